@@ -1,0 +1,3 @@
+"""MCLNet for visible-infrared person re-identification, in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Flax (linen) models: ResNet backbones, the two-stream MCLNet, the MCM."""
