@@ -1,0 +1,4 @@
+"""RegDB TFDS builder (registers "regdb" with TFDS on import)."""
+
+from data_pipeline.regdb.regdb import prepare
+from data_pipeline.regdb.regdb import Regdb

@@ -1,0 +1,324 @@
+"""Tests of the SYSU-MM01 and RegDB TFDS builders on generated layouts.
+
+Expected values are read from the files on disk with plain os / PIL code,
+independently of `data_pipeline.layouts`.
+"""
+
+import io
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from data_pipeline import layouts
+from data_pipeline import synthetic
+from data_pipeline.regdb import regdb
+from data_pipeline.sysu_mm01 import sysu_mm01
+
+VISIBLE_CAMS = (1, 2, 4, 5)
+
+
+def _pixels(path_or_bytes):
+    if isinstance(path_or_bytes, bytes):
+        path_or_bytes = io.BytesIO(path_or_bytes)
+    with Image.open(path_or_bytes) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _psnr(a, b):
+    """Peak signal-to-noise ratio in dB of two uint8 images."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10.0 * np.log10(255.0 ** 2 / max(mse, 1e-12))
+
+
+def _sysu_expected(root, split):
+    """{file_name: (identity, camera)} of a split, from the folders."""
+    groups = {"train": ("train", "val"), "train_only": ("train",),
+              "val": ("val",), "test": ("test",)}[split]
+    ids = set()
+    for g in groups:
+        with open(os.path.join(root, "exp", f"{g}_id.txt")) as f:
+            ids |= {int(t) for t in f.read().strip().split(",")}
+    out = {}
+    for cam in range(1, 7):
+        for pid_dir in os.listdir(os.path.join(root, f"cam{cam}")):
+            if int(pid_dir) in ids:
+                folder = os.path.join(root, f"cam{cam}", pid_dir)
+                for name in os.listdir(folder):
+                    out[f"cam{cam}/{pid_dir}/{name}"] = (int(pid_dir), cam)
+    return out
+
+
+def _records(builder, split):
+    source = builder.as_data_source(split)
+    return [source[i] for i in range(len(source))]
+
+
+@pytest.fixture(scope="module")
+def sysu(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sysu")
+    root = str(base / "raw")
+    synthetic.generate_sysu(root, num_identities=6, visible_images_per_camera=2,
+                            infrared_images_per_camera=2, height=32, width=16,
+                            seed=1)
+    builders = {
+        config: sysu_mm01.prepare(manual_dir=root, data_dir=str(base / "tfds"),
+                                  config=config)
+        for config in ("original", "288x144")
+    }
+    return root, builders
+
+
+@pytest.fixture(scope="module")
+def regdb_data(tmp_path_factory):
+    base = tmp_path_factory.mktemp("regdb")
+    root = str(base / "raw")
+    synthetic.generate_regdb(root, num_identities=6, images_per_modality=2,
+                             height=32, width=16, seed=1)
+    builders = {t: regdb.prepare(manual_dir=root, data_dir=str(base / "tfds"),
+                                 config=f"trial_{t}") for t in (1, 2)}
+    return root, builders
+
+
+@pytest.mark.parametrize("split", ["train", "train_only", "val", "test"])
+def test_sysu_examples_match_files_on_disk(sysu, split):
+    root, builders = sysu
+    builder = builders["original"]
+    assert builder.info.file_format.value == "array_record"
+    expected = _sysu_expected(root, split)
+    records = _records(builder, split)
+    assert builder.info.splits[split].num_examples == len(expected)
+    names = [r["file_name"].decode() for r in records]
+    assert sorted(names) == sorted(expected)
+    ids = sorted({pid for pid, _ in expected.values()})
+    for r, name in zip(records, names):
+        pid, cam = expected[name]
+        assert r["identity"] == pid
+        assert r["label"] == ids.index(pid)
+        assert r["camera"] == cam
+        assert r["modality"] == (0 if cam in VISIBLE_CAMS else 1)
+        # JPEGs of the right kind are passed through: identical pixels.
+        np.testing.assert_array_equal(r["image"],
+                                      _pixels(os.path.join(root, name)))
+
+
+def test_sysu_split_membership(sysu):
+    root, builders = sysu
+    ids = {s: {int(r["identity"]) for r in _records(builders["original"], s)}
+           for s in ("train", "train_only", "val", "test")}
+    assert ids["train"] == ids["train_only"] | ids["val"]
+    assert not ids["train_only"] & ids["val"]
+    assert not ids["train"] & ids["test"]
+    assert ids["train"] | ids["test"] == set(range(1, 7))
+    test = _records(builders["original"], "test")
+    assert {int(r["camera"]) for r in test} == set(range(1, 7))
+
+
+def test_sysu_resized_config(sysu):
+    root, builders = sysu
+    records = _records(builders["288x144"], "test")
+    assert len(records) == builders["original"].info.splits["test"].num_examples
+    for r in records[:6]:
+        assert r["image"].shape == (288, 144, 3)
+        with Image.open(os.path.join(root, r["file_name"].decode())) as img:
+            want = np.asarray(
+                img.convert("RGB").resize((144, 288), Image.LANCZOS))
+        # Re-encoded as JPEG (quality 95): close, not equal.
+        assert _psnr(r["image"], want) > 32.0
+
+
+def test_tfrecord_format_stays_possible(regdb_data, tmp_path):
+    """ArrayRecord lacks `as_dataset`; a tfrecord build streams with tf.data."""
+    root, builders = regdb_data
+    builder = regdb.prepare(manual_dir=root, data_dir=str(tmp_path / "tfds"),
+                            config="trial_1", file_format="tfrecord")
+    assert builder.info.file_format.value == "tfrecord"
+    # Reopened without a format, a prepared dataset keeps its own.
+    reopened = regdb.Regdb(data_dir=str(tmp_path / "tfds"), config="trial_1")
+    assert reopened.info.file_format.value == "tfrecord"
+    skip = {"image": tfds.decode.SkipDecoding()}
+    streamed = {r["file_name"].numpy().decode(): (r["label"].numpy(),
+                                                   r["image"].numpy())
+                for r in builder.as_dataset("test", decoders=skip)}
+    source = builders[1].as_data_source("test", decoders=skip)
+    assert len(streamed) == len(source)
+    for i in range(len(source)):
+        r = source[i]
+        assert isinstance(r["image"], bytes)
+        assert streamed[r["file_name"].decode()] == (r["label"], r["image"])
+
+
+@pytest.mark.parametrize("trial", [1, 2])
+def test_regdb_examples_match_index_files(regdb_data, trial):
+    root, builders = regdb_data
+    builder = builders[trial]
+    assert builder.info.file_format.value == "array_record"
+    all_names = set()
+    for split in ("train", "test"):
+        expected = {}
+        for modality, cam in (("visible", 1), ("thermal", 2)):
+            name = f"{split}_{modality}_{trial}.txt"
+            with open(os.path.join(root, "idx", name)) as f:
+                for line in f.read().splitlines():
+                    path, label = line.split()
+                    expected[path] = (int(label), cam)
+        records = _records(builder, split)
+        names = [r["file_name"].decode() for r in records]
+        assert sorted(names) == sorted(expected)
+        identities = sorted({pid for pid, _ in expected.values()})
+        for r, name in zip(records, names):
+            pid, cam = expected[name]
+            assert r["identity"] == pid
+            assert r["label"] == identities.index(pid)
+            assert r["camera"] == cam
+            assert r["modality"] == cam - 1
+            # BMP re-encoded as JPEG quality 95: close, not equal.
+            want = _pixels(os.path.join(root, name))
+            assert r["image"].shape == want.shape
+            assert _psnr(r["image"], want) > 32.0
+        all_names |= set(names)
+    assert len(all_names) == 6 * 2 * 2
+
+
+def test_regdb_trials_differ(regdb_data):
+    _, builders = regdb_data
+    train = {t: {r["file_name"] for r in _records(b, "train")}
+             for t, b in builders.items()}
+    assert train[1] != train[2]
+
+
+# --- Error paths. ---------------------------------------------------------
+
+
+@pytest.fixture
+def sysu_copy(sysu, tmp_path):
+    root, _ = sysu
+    copy = str(tmp_path / "sysu")
+    shutil.copytree(root, copy)
+    return copy
+
+
+@pytest.fixture
+def regdb_copy(regdb_data, tmp_path):
+    root, _ = regdb_data
+    copy = str(tmp_path / "regdb")
+    shutil.copytree(root, copy)
+    return copy
+
+
+def _prepare_sysu(manual_dir, tmp_path):
+    return sysu_mm01.prepare(manual_dir=manual_dir,
+                             data_dir=str(tmp_path / "tfds"), config="original")
+
+
+def test_sysu_missing_folder(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(layouts.DatasetLayoutError) as e:
+        _prepare_sysu(missing, tmp_path)
+    assert missing in str(e.value)
+    assert "cam1 .. cam6" in str(e.value)
+    assert "Wu" in str(e.value) and "request" in str(e.value)
+
+
+def test_sysu_missing_camera_folder(sysu_copy, tmp_path):
+    shutil.rmtree(os.path.join(sysu_copy, "cam3"))
+    with pytest.raises(layouts.DatasetLayoutError, match="lacks cam3"):
+        _prepare_sysu(sysu_copy, tmp_path)
+    # Nothing half-built is left to be mistaken for a dataset.
+    assert not os.path.exists(tmp_path / "tfds" / "sysu_mm01" / "original"
+                              / "1.0.0")
+
+
+def test_sysu_missing_split_file(sysu_copy, tmp_path):
+    os.remove(os.path.join(sysu_copy, "exp", "val_id.txt"))
+    with pytest.raises(layouts.DatasetLayoutError, match="val_id.txt"):
+        _prepare_sysu(sysu_copy, tmp_path)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("1,2,x\n", "'x', not an integer"),
+    ("\n", "is empty"),
+    ("3,3\n", r"repeats ids \[3\]"),
+])
+def test_sysu_malformed_split_file(sysu_copy, text, match):
+    with open(os.path.join(sysu_copy, "exp", "test_id.txt"), "w") as f:
+        f.write(text)
+    with pytest.raises(layouts.DatasetLayoutError, match=match):
+        layouts.read_sysu(sysu_copy)
+
+
+def test_sysu_id_in_two_splits_and_id_without_images(sysu_copy):
+    path = os.path.join(sysu_copy, "exp", "test_id.txt")
+    with open(os.path.join(sysu_copy, "exp", "train_id.txt")) as f:
+        train_first = f.read().split(",")[0].strip()
+    with open(path) as f:
+        test_ids = f.read().strip()
+    with open(path, "w") as f:
+        f.write(f"{test_ids},{train_first}\n")
+    with pytest.raises(layouts.DatasetLayoutError, match="both train and test"):
+        layouts.read_sysu(sysu_copy)
+    with open(path, "w") as f:
+        f.write(f"{test_ids},77\n")
+    with pytest.raises(layouts.DatasetLayoutError, match="id 77"):
+        layouts.read_sysu(sysu_copy)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_sysu_corrupt_jpeg_names_the_file(sysu_copy, tmp_path, damage):
+    with open(os.path.join(sysu_copy, "exp", "test_id.txt")) as f:
+        pid = int(f.read().split(",")[0])
+    bad = os.path.join(sysu_copy, "cam4", f"{pid:04d}", "0002.jpg")
+    with open(bad, "rb") as f:
+        data = f.read()
+    with open(bad, "wb") as f:
+        f.write(b"not a jpeg" * 20 if damage == "garbage"
+                else data[:len(data) // 2])
+    with pytest.raises(layouts.CorruptImageError) as e:
+        _prepare_sysu(sysu_copy, tmp_path)
+    assert bad in str(e.value)
+
+
+def test_regdb_missing_folder(regdb_copy, tmp_path):
+    shutil.rmtree(os.path.join(regdb_copy, "Thermal"))
+    with pytest.raises(layouts.DatasetLayoutError) as e:
+        regdb.prepare(manual_dir=regdb_copy, data_dir=str(tmp_path / "tfds"))
+    assert "lacks Thermal" in str(e.value) and "Nguyen" in str(e.value)
+
+
+def test_regdb_missing_split_file(regdb_copy, tmp_path):
+    os.remove(os.path.join(regdb_copy, "idx", "test_thermal_3.txt"))
+    # Other trials are unaffected.
+    assert len(layouts.read_regdb(regdb_copy, trial=2)["test"]) == 12
+    with pytest.raises(layouts.DatasetLayoutError, match="test_thermal_3.txt"):
+        regdb.prepare(manual_dir=regdb_copy, data_dir=str(tmp_path / "tfds"),
+                      config="trial_3")
+
+
+def test_regdb_malformed_index_and_missing_image(regdb_copy):
+    path = os.path.join(regdb_copy, "idx", "train_visible_1.txt")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    with open(path, "w") as f:
+        f.write("\n".join(lines + ["Visible/1/x.bmp"]) + "\n")
+    with pytest.raises(layouts.DatasetLayoutError, match="line 7"):
+        layouts.read_regdb(regdb_copy, trial=1)
+    with open(path, "w") as f:
+        f.write("\n".join(lines + ["Visible/1/x.bmp 0"]) + "\n")
+    with pytest.raises(layouts.DatasetLayoutError, match="x.bmp .*is missing"):
+        layouts.read_regdb(regdb_copy, trial=1)
+    with pytest.raises(ValueError, match="1..10"):
+        layouts.read_regdb(regdb_copy, trial=11)
+
+
+def test_regdb_corrupt_image_names_the_file(regdb_copy, tmp_path):
+    with open(os.path.join(regdb_copy, "idx", "test_visible_1.txt")) as f:
+        rel = f.readline().split()[0]
+    bad = os.path.join(regdb_copy, rel)
+    with open(bad, "wb") as f:
+        f.write(b"BM" + b"\0" * 30)
+    with pytest.raises(layouts.CorruptImageError) as e:
+        regdb.prepare(manual_dir=regdb_copy, data_dir=str(tmp_path / "tfds"))
+    assert bad in str(e.value)

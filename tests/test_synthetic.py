@@ -1,0 +1,246 @@
+"""Tests of the synthetic SYSU-MM01 / RegDB generator."""
+
+import filecmp
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipeline import synthetic
+
+TINY = dict(num_identities=8, height=32, width=16)
+
+
+def _files(root):
+    out = []
+    for d, _, names in os.walk(root):
+        out += [os.path.relpath(os.path.join(d, n), root) for n in names]
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def sysu_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("sysu") / "data")
+    summary = synthetic.generate_sysu(root, visible_images_per_camera=3,
+                                      infrared_images_per_camera=2, seed=7,
+                                      **TINY)
+    return root, summary
+
+
+@pytest.fixture(scope="module")
+def regdb_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("regdb") / "data")
+    summary = synthetic.generate_regdb(root, images_per_modality=3, seed=7,
+                                       **TINY)
+    return root, summary
+
+
+def test_sysu_layout_matches_arguments(sysu_root):
+    root, summary = sysu_root
+    files = _files(root)
+    images = [f for f in files if f.startswith("cam")]
+    expected = []
+    for cam in range(1, 7):
+        per_id = 2 if cam in (3, 6) else 3
+        for pid in range(1, 9):
+            expected += [f"cam{cam}/{pid:04d}/{k:04d}.jpg"
+                         for k in range(1, per_id + 1)]
+    assert images == sorted(expected)
+    assert summary.num_visible == 8 * 4 * 3
+    assert summary.num_infrared == 8 * 2 * 2
+    assert sorted(f for f in files if not f.startswith("cam")) == [
+        "exp/test_id.txt", "exp/train_id.txt", "exp/val_id.txt"]
+    with Image.open(os.path.join(root, images[0])) as img:
+        assert img.size == (16, 32) and img.mode == "RGB"
+
+
+def test_sysu_split_files_partition_the_ids(sysu_root):
+    root, summary = sysu_root
+    lists = {}
+    for name in ("train", "val", "test"):
+        with open(os.path.join(root, "exp", f"{name}_id.txt")) as f:
+            text = f.read()
+        assert text.count("\n") == 1  # one line, as SYSU-MM01's files
+        lists[name] = [int(t) for t in text.strip().split(",")]
+        assert lists[name] == list(summary.splits[name])
+    all_ids = lists["train"] + lists["val"] + lists["test"]
+    assert sorted(all_ids) == list(range(1, 9))
+    assert all(len(v) >= 1 for v in lists.values())
+
+
+def test_sysu_split_proportions_at_full_size():
+    split = synthetic.sysu_split(range(1, 492), seed=0)
+    assert [len(split[k]) for k in ("train", "val", "test")] == [296, 99, 96]
+    half = synthetic.sysu_split(range(1, 247), seed=0)
+    # 246 ids: round(246 * 99 / 491) = 50 val, round(246 * 96 / 491) = 48 test.
+    assert [len(half[k]) for k in ("train", "val", "test")] == [148, 50, 48]
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(sysu_root, tmp_path):
+    root, _ = sysu_root
+    again = str(tmp_path / "again")
+    synthetic.generate_sysu(again, visible_images_per_camera=3,
+                            infrared_images_per_camera=2, seed=7, **TINY)
+    files = _files(root)
+    assert _files(again) == files
+    match, mismatch, errors = filecmp.cmpfiles(root, again, files,
+                                               shallow=False)
+    assert mismatch == [] and errors == [] and len(match) == len(files)
+    other = str(tmp_path / "other")
+    synthetic.generate_sysu(other, visible_images_per_camera=3,
+                            infrared_images_per_camera=2, seed=8, **TINY)
+    images = [f for f in files if f.startswith("cam")]
+    _, mismatch, _ = filecmp.cmpfiles(root, other, images, shallow=False)
+    assert len(mismatch) == len(images)
+
+
+def test_infrared_images_are_grey_and_visible_are_not():
+    ids = synthetic.sample_identities(6, seed=0)
+    index = np.repeat(np.arange(6), 2)
+    out = {}
+    for infrared in (False, True):
+        camera = synthetic.make_camera(3 if infrared else 1, infrared=infrared,
+                                       outdoor=False, seed=0)
+        rng = np.random.default_rng(0)
+        views = synthetic.sample_views(camera, index.size, rng=rng)
+        out[infrared] = synthetic.render_camera(ids, index, views, camera,
+                                                height=32, width=16, rng=rng)
+        assert out[infrared].shape == (12, 32, 16, 3)
+        assert out[infrared].dtype == np.uint8
+    ir = out[True].astype(int)
+    np.testing.assert_array_equal(ir[..., 0], ir[..., 1])
+    np.testing.assert_array_equal(ir[..., 0], ir[..., 2])
+    vis = out[False].astype(int)
+    assert np.mean(np.abs(vis[..., 0] - vis[..., 1])) > 5
+
+
+def test_infrared_signature_is_not_a_function_of_colour():
+    ids = synthetic.sample_identities(4000, seed=1)
+    vis = ids["visible_palette"]  # [I, parts, 2, 3]
+    ir = ids["infrared_palette"][..., 0]  # [I, parts, 2]
+    for part in (synthetic._UPPER, synthetic._LOWER, synthetic._SKIN):
+        luma = vis[:, part, 0] @ np.array([0.299, 0.587, 0.114])
+        for channel in range(3):
+            r = np.corrcoef(vis[:, part, 0, channel], ir[:, part, 0])[0, 1]
+            assert abs(r) < 0.08, (part, channel, r)
+        assert abs(np.corrcoef(luma, ir[:, part, 0])[0, 1]) < 0.08
+    # The pattern contrast exists in both modalities (the shared cue).
+    assert np.all(np.abs(ir[:, synthetic._UPPER, 0] -
+                         ir[:, synthetic._UPPER, 1]) >= 0.18 - 1e-9)
+
+
+def test_raw_pixel_modality_gap():
+    """Same-modality raw-pixel matching must beat cross-modality clearly."""
+    n_ids, per_cam = 30, 3
+    ids = synthetic.sample_identities(n_ids, seed=3)
+    index = np.repeat(np.arange(n_ids), per_cam)
+    images = {}
+    for cam, infrared in ((1, False), (2, False), (3, True)):
+        camera = synthetic.make_camera(cam, infrared=infrared, outdoor=False,
+                                       seed=3)
+        rng = np.random.default_rng(cam)
+        views = synthetic.sample_views(camera, index.size, rng=rng)
+        images[cam] = synthetic.render_camera(
+            ids, index, views, camera, height=32, width=16,
+            rng=rng).reshape(index.size, -1).astype(np.float64)
+
+    def rank1(query, gallery):
+        d = ((query[:, None, :] - gallery[None, :, :]) ** 2).sum(-1)
+        return np.mean(index[np.argmin(d, axis=1)] == index)
+
+    same = rank1(images[1], images[2])
+    cross = rank1(images[3], images[2])
+    assert same > 3 * cross
+    assert same > 0.2
+
+
+def test_regdb_layout_and_index_files(regdb_root):
+    root, summary = regdb_root
+    files = _files(root)
+    for folder, prefix in (("Visible", "visible"), ("Thermal", "thermal")):
+        got = [f for f in files if f.startswith(folder + "/")]
+        assert got == sorted(f"{folder}/{pid}/{prefix}_{pid:04d}_{k:02d}.bmp"
+                             for pid in range(1, 9) for k in range(1, 4))
+    splits = {}
+    for t in range(1, 11):
+        train_ids = None
+        for split in ("train", "test"):
+            for modality in ("visible", "thermal"):
+                path = os.path.join(root, "idx", f"{split}_{modality}_{t}.txt")
+                with open(path) as f:
+                    lines = [line.split() for line in f.read().splitlines()]
+                pids = [int(p.split("/")[1]) for p, _ in lines]
+                labels = [int(label) for _, label in lines]
+                paths = [p for p, _ in lines]
+                assert all(os.path.isfile(os.path.join(root, p))
+                           for p in paths)
+                assert all(p.startswith(modality.capitalize() + "/")
+                           for p in paths)
+                assert len(lines) == 3 * len(set(pids))
+                # One label per person, equal labels for equal persons.
+                assert len(set(zip(pids, labels))) == len(set(pids))
+                if split == "train":
+                    assert sorted(set(labels)) == list(range(len(set(pids))))
+                    train_ids = set(pids)
+                else:
+                    assert not set(pids) & train_ids
+                    assert set(pids) | train_ids == set(range(1, 9))
+                    assert min(labels) == len(train_ids)
+                splits[(t, split, modality)] = sorted(set(pids))
+        assert (splits[(t, "train", "visible")] ==
+                splits[(t, "train", "thermal")])
+        assert len(splits[(t, "train", "visible")]) == 4
+    assert tuple(splits[(1, "train", "visible")]) == summary.splits["train_1"]
+    trains = {tuple(splits[(t, "train", "visible")]) for t in range(1, 11)}
+    assert len(trains) > 1  # trials are different random splits
+
+
+def test_regdb_jpg_format(tmp_path):
+    root = str(tmp_path / "r")
+    synthetic.generate_regdb(root, num_identities=2, images_per_modality=1,
+                             height=16, width=8, image_format="jpg",
+                             num_trials=1)
+    assert _files(root) == [
+        "Thermal/1/thermal_0001_01.jpg", "Thermal/2/thermal_0002_01.jpg",
+        "Visible/1/visible_0001_01.jpg", "Visible/2/visible_0002_01.jpg",
+        "idx/test_thermal_1.txt", "idx/test_visible_1.txt",
+        "idx/train_thermal_1.txt", "idx/train_visible_1.txt"]
+
+
+def test_cli_and_argument_errors(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    assert synthetic.main(["--layout=sysu", f"--out={out}", "--preset=tiny",
+                           "--images_per_camera=1",
+                           "--num_identities=3"]) == 0
+    assert len([f for f in _files(out) if f.startswith("cam")]) == 3 * 6
+    capsys.readouterr()
+    assert synthetic.main(["--layout=sysu", f"--out={out}",
+                           "--preset=tiny"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert synthetic.main(["--layout=sysu", f"--out={out}", "--preset=tiny",
+                           "--overwrite", "--num_identities=4",
+                           "--images_per_camera=1"]) == 0
+    assert len([f for f in _files(out) if f.startswith("cam")]) == 4 * 6
+    capsys.readouterr()
+    for flags, message in (
+            (["--layout=regdb", "--preset=sysu_sized"], "unknown preset"),
+            (["--layout=sysu", "--images_per_modality=2"], "--layout=regdb"),
+            (["--layout=regdb", "--images_per_camera=2"], "--layout=sysu"),
+            (["--layout=sysu", "--num_identities=2"], "num_identities"),
+            (["--layout=sysu", "--height=4"], "height")):
+        assert synthetic.main(flags + [f"--out={tmp_path / 'bad'}"]) == 2
+        assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "bad")
+    with pytest.raises(synthetic.SyntheticDataError, match="image_format"):
+        synthetic.generate_regdb(str(tmp_path / "z"), image_format="png")
+
+
+def test_reported_seconds_cover_only_the_call(tmp_path):
+    before = time.perf_counter()
+    summary = synthetic.generate_regdb(str(tmp_path / "r"), num_identities=2,
+                                       images_per_modality=1, height=16,
+                                       width=8, num_trials=1)
+    elapsed = time.perf_counter() - before
+    assert 0.0 < summary.seconds <= elapsed
