@@ -1,0 +1,485 @@
+"""Tests for mclnet_jax.evaluate: gallery draws, extraction, protocols.
+
+The SYSU draw is checked file for file against a re-implementation of the
+community procedure that walks a generated folder layout with os.listdir;
+protocol numbers against a direct computation (numpy distances on the
+directly selected query / gallery, then the metric functions, which
+test_metrics.py checks against a slow reference).
+"""
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+
+from mclnet_jax import evaluate
+from mclnet_jax import metrics
+
+H, W = 8, 4
+
+
+# --------------------------------------------------------------------------
+# A tiny SYSU layout on disk (names only matter for the draw).
+
+
+@pytest.fixture(scope="module")
+def sysu_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sysu")
+    rng = np.random.default_rng(0)
+    test_ids = [17, 3, 42, 8, 25, 99]  # 99 has no images at all
+    for pid in test_ids[:-1]:
+        for cam in range(1, 7):
+            if rng.random() < 0.2:  # some (id, camera) folders are missing
+                continue
+            folder = root / f"cam{cam}" / f"{pid:04d}"
+            folder.mkdir(parents=True)
+            count = int(rng.integers(1, 15))  # some with fewer than 10
+            for k in rng.choice(np.arange(1, 40), count, replace=False):
+                (folder / f"{k:04d}.jpg").write_bytes(b"")
+    (root / "exp").mkdir()
+    (root / "exp" / "test_id.txt").write_text(
+        ",".join(str(i) for i in test_ids) + "\n")
+    return str(root)
+
+
+def community_gallery(root, *, mode, trial, num_shots):
+    """process_gallery_sysu, re-implemented from its description."""
+    cams = ["cam1", "cam2", "cam4", "cam5"] if mode == "all" else [
+        "cam1", "cam2"]
+    with open(os.path.join(root, "exp", "test_id.txt")) as f:
+        ids = ["%04d" % int(x) for x in f.read().splitlines()[0].split(",")]
+    state = random.getstate()
+    random.seed(trial)
+    files = []
+    for pid in sorted(ids):
+        for cam in cams:
+            folder = os.path.join(root, cam, pid)
+            if os.path.isdir(folder):
+                new_files = sorted(folder + "/" + i for i in os.listdir(folder))
+                if num_shots == 1:
+                    files.append(random.choice(new_files))
+                else:
+                    files.extend(random.sample(
+                        new_files, min(num_shots, len(new_files))))
+    random.setstate(state)
+    return [os.path.relpath(p, root) for p in files]
+
+
+def community_query(root):
+    """process_query_sysu, re-implemented from its description."""
+    with open(os.path.join(root, "exp", "test_id.txt")) as f:
+        ids = ["%04d" % int(x) for x in f.read().splitlines()[0].split(",")]
+    files = []
+    for pid in sorted(ids):
+        for cam in ["cam3", "cam6"]:
+            folder = os.path.join(root, cam, pid)
+            if os.path.isdir(folder):
+                files.extend(sorted(folder + "/" + i
+                                    for i in os.listdir(folder)))
+    return [os.path.relpath(p, root) for p in files]
+
+
+@pytest.fixture(scope="module")
+def sysu_meta(sysu_root):
+    """Metadata as the TFDS test split has it, in a shuffled record order."""
+    records = []
+    for cam in range(1, 7):
+        cam_dir = os.path.join(sysu_root, f"cam{cam}")
+        if not os.path.isdir(cam_dir):
+            continue
+        for pid in os.listdir(cam_dir):
+            for name in os.listdir(os.path.join(cam_dir, pid)):
+                records.append(dict(
+                    identity=int(pid), camera=cam,
+                    modality=int(cam in (3, 6)),
+                    file_name=f"cam{cam}/{pid}/{name}"))
+    order = np.random.default_rng(1).permutation(len(records))
+    return evaluate.TestMetadata.from_records([records[i] for i in order])
+
+
+@pytest.mark.parametrize("mode", ["all", "indoor"])
+@pytest.mark.parametrize("num_shots", [1, 10])
+def test_sysu_gallery_draw_equals_community_file_for_file(
+        sysu_root, sysu_meta, mode, num_shots):
+    for trial in range(6):
+        ours = evaluate.sysu_gallery_indices(sysu_meta, mode=mode,
+                                             trial=trial, num_shots=num_shots)
+        want = community_gallery(sysu_root, mode=mode, trial=trial,
+                                 num_shots=num_shots)
+        assert [sysu_meta.file_name[i] for i in ours] == want
+
+
+def test_sysu_draw_leaves_global_random_state_alone(sysu_meta):
+    random.seed(123)
+    expected = random.random()
+    random.seed(123)
+    evaluate.sysu_gallery_indices(sysu_meta, trial=4)
+    assert random.random() == expected
+
+
+def test_sysu_query_equals_community(sysu_root, sysu_meta):
+    ours = evaluate.sysu_query_indices(sysu_meta)
+    assert [sysu_meta.file_name[i] for i in ours] == community_query(
+        sysu_root)
+
+
+def test_sysu_bad_mode_and_shots(sysu_meta):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        evaluate.sysu_gallery_indices(sysu_meta, mode="outdoor")
+    with pytest.raises(ValueError, match="num_shots"):
+        evaluate.sysu_gallery_indices(sysu_meta, num_shots=0)
+
+
+# --------------------------------------------------------------------------
+# Feature extraction with a fake model.
+
+
+def make_images(n, seed):
+    """[n, H, W, 3] images; pixel (0, 0, 0) holds index + 1 (0 = padding)."""
+    images = np.random.default_rng(seed).random((n, H, W, 3)).astype(np.float32)
+    images[:, 0, 0, 0] = np.arange(1, n + 1)
+    return images
+
+
+class FakeModel:
+    """A fixed random projection per modality ("stem"); logs what it sees.
+
+    "bn" is a scaled tanh: unscaled it saturates to exactly +-1, and the
+    resulting exact distance ties would make the tests depend on float
+    rounding of the two computations compared.
+    """
+
+    def __init__(self, dim=5, seed=0):
+        rng = np.random.default_rng(seed)
+        self.w = rng.standard_normal((2, 2, H * W * 3, dim)).astype(np.float32)
+        self.calls = []  # (modality, [image ids of real rows])
+
+    def embed_one(self, image, modality):
+        x = image.reshape(-1)
+        return {"pool": x @ self.w[modality, 0],
+                "bn": np.tanh(0.05 * (x @ self.w[modality, 1]))}
+
+    def __call__(self, images, modality):
+        images = np.asarray(images)
+        ids = images[:, 0, 0, 0].round().astype(int) - 1
+        self.calls.append((modality, ids[ids >= 0]))
+        flat = images.reshape(images.shape[0], -1)
+        return {"pool": flat @ self.w[modality, 0],
+                "bn": np.tanh(0.05 * (flat @ self.w[modality, 1])),
+                "logits": np.zeros((images.shape[0], 3))}
+
+
+def padded_batches(images, batch_size):
+    """A batches_fn: fixed batch size, last batch padded with mask False."""
+    def batches_fn(indices):
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start:start + batch_size]
+            pad = batch_size - len(idx)
+            yield {"image": np.concatenate(
+                       [images[idx], np.zeros((pad, H, W, 3), np.float32)]),
+                   "mask": np.arange(batch_size) < len(idx),
+                   "index": np.concatenate([idx, -np.ones(pad, int)])}
+    return batches_fn
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 7, 64])
+def test_extract_embeds_every_image_once_in_its_modality(batch_size):
+    n = 23
+    modality = np.random.default_rng(2).integers(0, 2, n)
+    images = make_images(n, seed=3)
+    model = FakeModel()
+    feats = evaluate.extract_features(
+        model, batches_fn=padded_batches(images, batch_size),
+        modality=modality)
+    seen = np.concatenate([ids for _, ids in model.calls])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(n))
+    for mod, ids in model.calls:
+        assert np.all(modality[ids] == mod)
+    for i in range(n):
+        want = model.embed_one(images[i], modality[i])
+        for name in ("pool", "bn"):
+            np.testing.assert_allclose(feats[name][i], want[name], rtol=1e-5,
+                                       atol=1e-5)
+    assert sorted(feats) == ["bn", "pool"]
+
+
+def test_extract_rejects_missing_or_repeated_images():
+    n = 6
+    modality = np.array([0, 0, 0, 1, 1, 1])
+    images = make_images(n, seed=4)
+    full = padded_batches(images, 4)
+
+    def drop_last(indices):
+        return full(indices[:-1])
+
+    def repeat_first(indices):
+        return full(np.concatenate([indices, indices[:1]]))
+
+    for bad in (drop_last, repeat_first):
+        with pytest.raises(ValueError, match="exactly once"):
+            evaluate.extract_features(FakeModel(), batches_fn=bad,
+                                      modality=modality)
+
+    def wrong_modality(indices):
+        return full(np.arange(n))
+
+    with pytest.raises(ValueError, match="modality"):
+        evaluate.extract_features(FakeModel(), batches_fn=wrong_modality,
+                                  modality=modality)
+
+
+# --------------------------------------------------------------------------
+# Protocols end to end.
+
+
+def test_sysu_protocol_equals_direct_computation(sysu_root, sysu_meta):
+    n = len(sysu_meta)
+    images = make_images(n, seed=5)
+    model = FakeModel(seed=1)
+    results = evaluate.run_sysu(
+        model, batches_fn=padded_batches(images, 8), metadata=sysu_meta,
+        trials=(0, 1, 2), max_rank=5)
+    # Features are extracted once: one pass over the split in total.
+    assert sum(len(ids) for _, ids in model.calls) == n
+    index_of = {name: i for i, name in enumerate(sysu_meta.file_name)}
+    query = [index_of[f] for f in community_query(sysu_root)]
+    for mode in ("all", "indoor"):
+        for trial in (0, 1, 2):
+            gallery = [index_of[f] for f in community_gallery(
+                sysu_root, mode=mode, trial=trial, num_shots=1)]
+            for name in ("pool", "bn"):
+                feats = np.stack([model.embed_one(images[i],
+                                                  sysu_meta.modality[i])[name]
+                                  for i in range(n)])
+                feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+                dist = -feats[query] @ feats[gallery].T
+                want = metrics.sysu_metrics(
+                    dist, query_ids=sysu_meta.identity[query],
+                    gallery_ids=sysu_meta.identity[gallery],
+                    query_cams=sysu_meta.camera[query],
+                    gallery_cams=sysu_meta.camera[gallery], max_rank=5)
+                got = results.per_trial[f"sysu_{mode}_single_shot"][name][
+                    trial]
+                np.testing.assert_allclose(got.cmc, want.cmc, atol=1e-6)
+                assert got.mAP == pytest.approx(want.mAP, abs=1e-6)
+                assert got.mINP == pytest.approx(want.mINP, abs=1e-6)
+
+
+def regdb_meta(seed, num_ids=5, per_id=3):
+    rng = np.random.default_rng(seed)
+    pids = np.sort(rng.choice(100, num_ids, replace=False))
+    records = []
+    for pid in pids:
+        for modality, folder in ((0, "Visible"), (1, "Thermal")):
+            for k in range(per_id):
+                records.append(dict(
+                    identity=pid, camera=modality + 1, modality=modality,
+                    file_name=f"{folder}/{pid}/img_{k}.bmp"))
+    order = rng.permutation(len(records))
+    return evaluate.TestMetadata.from_records([records[i] for i in order])
+
+
+def test_regdb_protocol_equals_direct_computation_and_summary(tmp_path):
+    trials = {}
+    images = {}
+    for t in (1, 2):
+        meta = regdb_meta(seed=t)
+        images[t] = make_images(len(meta), seed=10 + t)
+        trials[t] = (padded_batches(images[t], 4), meta)
+    model = FakeModel(seed=2)
+    results = evaluate.run_regdb(model, trials=trials, max_rank=4)
+    for t, (_, meta) in trials.items():
+        feats = np.stack([model.embed_one(images[t][i], meta.modality[i])["bn"]
+                          for i in range(len(meta))])
+        feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+        by_name = np.argsort(meta.file_name.astype(str), kind="stable")
+        vis = by_name[meta.modality[by_name] == 0]
+        ir = by_name[meta.modality[by_name] == 1]
+        for direction, q, g in (("visible_to_infrared", vis, ir),
+                                ("infrared_to_visible", ir, vis)):
+            want = metrics.standard_metrics(
+                -feats[q] @ feats[g].T, query_ids=meta.identity[q],
+                gallery_ids=meta.identity[g], max_rank=4)
+            got = results.per_trial[f"regdb_{direction}"]["bn"][t]
+            np.testing.assert_allclose(got.cmc, want.cmc, atol=1e-6)
+            assert got.mAP == pytest.approx(want.mAP, abs=1e-6)
+            assert got.mINP == pytest.approx(want.mINP, abs=1e-6)
+
+    # Summary, table and JSON agree with the per-trial numbers.
+    path = tmp_path / "results.json"
+    results.write_json(str(path))
+    loaded = json.loads(path.read_text())
+    entry = loaded["regdb_visible_to_infrared"]["pool"]
+    maps = [results.per_trial["regdb_visible_to_infrared"]["pool"][t].mAP
+            for t in (1, 2)]
+    assert entry["num_trials"] == 2
+    assert entry["mean"]["mAP"] == pytest.approx(np.mean(maps))
+    assert entry["std"]["mAP"] == pytest.approx(np.std(maps))
+    assert entry["trials"]["2"]["mAP"] == pytest.approx(maps[1])
+    assert "rank20" not in entry["mean"]  # max_rank=4
+    table = results.table()
+    assert "regdb_infrared_to_visible" in table
+    assert f"{100 * np.mean(maps):6.2f}" in table
+
+    with pytest.raises(ValueError, match="in both results"):
+        results.merge(results)
+
+
+def test_read_test_metadata_from_serialized_records_and_dicts():
+    tf = pytest.importorskip("tensorflow")
+    rows = [(5, 3, 1, "cam3/0005/0001.jpg"), (2, 1, 0, "cam1/0002/0007.jpg")]
+
+    def example(identity, camera, modality, name):
+        feature = {
+            "identity": tf.train.Feature(
+                int64_list=tf.train.Int64List(value=[identity])),
+            "camera": tf.train.Feature(
+                int64_list=tf.train.Int64List(value=[camera])),
+            "modality": tf.train.Feature(
+                int64_list=tf.train.Int64List(value=[modality])),
+            "file_name": tf.train.Feature(
+                bytes_list=tf.train.BytesList(value=[name.encode()])),
+        }
+        return tf.train.Example(
+            features=tf.train.Features(feature=feature)).SerializeToString()
+
+    serialized = [example(*r) for r in rows]
+    dicts = [dict(identity=r[0], camera=r[1], modality=r[2],
+                  file_name=r[3].encode()) for r in rows]
+    for source in (serialized, dicts):
+        meta = evaluate.read_test_metadata(source, chunk_size=1)
+        assert meta.identity.tolist() == [5, 2]
+        assert meta.camera.tolist() == [3, 1]
+        assert meta.modality.tolist() == [1, 0]
+        assert list(meta.file_name) == [r[3] for r in rows]
+
+
+def test_make_batches_fn_with_the_input_pipeline():
+    """extract_features over data_pipeline's padded eval batches."""
+    pytest.importorskip("data_pipeline.input_pipeline")
+    tf = pytest.importorskip("tensorflow")
+    n = 7
+    rng = np.random.default_rng(6)
+    pixels = rng.integers(0, 256, (n, 16, 8, 3), dtype=np.uint8)
+    source = [{"image": tf.io.encode_jpeg(p).numpy(), "identity": i,
+               "camera": 1 + i % 2, "modality": i % 2,
+               "file_name": f"x/{i}.jpg"} for i, p in enumerate(pixels)]
+    meta = evaluate.read_test_metadata(source)
+    seen = []
+
+    def embed_fn(images, modality):
+        images = np.asarray(images)
+        seen.append((modality, images.shape[0]))
+        flat = images.reshape(images.shape[0], -1)
+        return {"pool": flat[:, :4], "bn": flat[:, 4:8]}
+
+    batches_fn = evaluate.make_batches_fn(source, batch_size=3,
+                                          image_size=(16, 8))
+    feats = evaluate.extract_features(embed_fn, batches_fn=batches_fn,
+                                      modality=meta.modality)
+    assert all(b == 3 for _, b in seen)  # fixed batch: one compile each
+    # Row i holds image i's pixels (after the pipeline's normalisation).
+    direct = [np.asarray(next(iter(batches_fn(np.array([i]))))["image"][0])
+              for i in range(n)]
+    np.testing.assert_allclose(
+        feats["pool"], np.stack([d.reshape(-1)[:4] for d in direct]),
+        atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# A real linen module through make_model_embed_fn, on 1 and 2 devices.
+
+_TWO_STEM_MODEL = '''
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class TwoStem(nn.Module):
+    """MCLNet's call signature: a Dense "stem" per modality, BN, heads."""
+
+    @nn.compact
+    def __call__(self, visible=None, infrared=None, *, train):
+        rows = []
+        if visible is not None:
+            rows.append(nn.Dense(6, name="visible_stem")(
+                visible.reshape(visible.shape[0], -1)))
+        if infrared is not None:
+            rows.append(nn.Dense(6, name="infrared_stem")(
+                infrared.reshape(infrared.shape[0], -1)))
+        pool = jnp.concatenate(rows)
+        bn = nn.BatchNorm(use_running_average=not train, name="bnneck")(pool)
+        return {"pool": pool, "bn": bn, "logits": bn[:, :2]}
+'''
+
+
+def _two_stem_features(num_devices):
+    """Runs extraction on `num_devices` CPU devices in a fresh process."""
+    import subprocess
+    import sys
+    import textwrap
+    script = _TWO_STEM_MODEL + textwrap.dedent('''
+        import jax, numpy as np
+        from mclnet_jax import evaluate
+        model = TwoStem()
+        images = np.random.default_rng(0).random((7, 8, 4, 3), np.float32)
+        variables = model.init(jax.random.key(0), images[:1], images[:1],
+                               train=False)
+        modality = np.array([0, 1, 1, 0, 1, 0, 0])
+        def batches_fn(indices):
+            for s in range(0, len(indices), 4):
+                idx = indices[s:s + 4]
+                pad = 4 - len(idx)
+                yield {"image": np.concatenate(
+                           [images[idx], np.zeros((pad, 8, 4, 3), np.float32)]),
+                       "mask": np.arange(4) < len(idx),
+                       "index": np.concatenate([idx, -np.ones(pad, int)])}
+        embed_fn = evaluate.make_model_embed_fn(model, variables)
+        feats = evaluate.extract_features(embed_fn, batches_fn=batches_fn,
+                                          modality=modality)
+        direct = np.stack([np.asarray(model.apply(
+            variables, images[i:i + 1] if m == 0 else None,
+            images[i:i + 1] if m == 1 else None, train=False)["bn"][0])
+            for i, m in enumerate(modality)])
+        assert jax.device_count() == %d, jax.devices()
+        np.testing.assert_allclose(feats["bn"], direct, atol=1e-5)
+        print("OK", np.abs(feats["bn"]).sum())
+    ''' % num_devices)
+    flag = f"--xla_force_host_platform_device_count={num_devices}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flag)
+    out = subprocess.run([sys.executable, "-c", script], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return float(out.stdout.split()[-1])
+
+
+def test_model_embed_fn_uses_the_modality_stem_on_one_and_two_devices():
+    # Each run checks its features against per-image model.apply with the
+    # image in the visible or infrared slot; both device counts agree.
+    assert _two_stem_features(1) == pytest.approx(_two_stem_features(2),
+                                                  rel=1e-5)
+
+
+def test_draw_on_the_synthetic_generator_and_tfds_builder(tmp_path):
+    """Our draw from the TFDS test split == community walk of the layout."""
+    synthetic = pytest.importorskip("data_pipeline.synthetic")
+    sysu_mm01 = pytest.importorskip("data_pipeline.sysu_mm01.sysu_mm01")
+    input_pipeline = pytest.importorskip("data_pipeline.input_pipeline")
+    root = str(tmp_path / "sysu")
+    synthetic.generate_sysu(root, num_identities=12,
+                            visible_images_per_camera=3,
+                            infrared_images_per_camera=2, height=32, width=16,
+                            seed=0)
+    builder = sysu_mm01.prepare(manual_dir=root,
+                                data_dir=str(tmp_path / "tfds"),
+                                config="original")
+    meta = evaluate.read_test_metadata(
+        input_pipeline.open_source(builder, "test"))
+    for mode in ("all", "indoor"):
+        for trial in range(3):
+            ours = evaluate.sysu_gallery_indices(meta, mode=mode, trial=trial)
+            assert [meta.file_name[i] for i in ours] == community_gallery(
+                root, mode=mode, trial=trial, num_shots=1)
+    assert [meta.file_name[i] for i in evaluate.sysu_query_indices(meta)] == (
+        community_query(root))
