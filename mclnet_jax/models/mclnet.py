@@ -1,0 +1,218 @@
+"""MCLNet's embedding network (two-stream AGW) and its modality classifier.
+
+`MCLNet` is the feature extractor of Hao et al. (ICCV 2021), built like the
+authors' release (the AGW cross-modality baseline):
+
+  visible  [Nv, H, W, 3] -> visible_stem  --+
+                                            +-> concat -> layer1..layer4
+  infrared [Ni, H, W, 3] -> infrared_stem --+   (shared, with non-local
+                                                 blocks in layer2/layer3)
+  -> GeM (p = 3) or average pooling -> "pool"  [N, D]
+  -> BNNeck (BatchNorm without shift)  -> "bn"    [N, D]
+  -> bias-free linear classifier       -> "logits" [N, num_classes]
+
+Top-level parameter names: "visible_stem", "infrared_stem", "layer1" ..
+"layer4" (the backbone, non-local blocks live inside their stage), "bnneck"
+and "classifier" (the heads). The outputs are the same in training and
+evaluation; L2 normalisation belongs to the evaluator.
+
+`ModalityClassifier` is the modality confusion module's classifier:
+Dense(D -> 128) -> Dense(128 -> 2) -> BatchNorm, no activation (as released).
+"""
+
+from collections.abc import Sequence
+import numbers
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mclnet_jax.models import layers
+from mclnet_jax.models import resnet
+
+POOLINGS = ("gem", "avg")
+GEM_P = 3.0
+GEM_EPS = 1e-12
+
+
+def _bnneck_scale_init(key, shape, dtype=jnp.float32):
+    """N(1, 0.01), the release's BNNeck scale initialisation."""
+    return 1.0 + 0.01 * jax.random.normal(key, shape, dtype)
+
+
+def gem_pool(x: jax.Array, *, p: float = GEM_P,
+             eps: float = GEM_EPS) -> jax.Array:
+    """Generalised-mean pooling `(mean_hw(x^p) + eps)^(1/p)`, in float32.
+
+    Args:
+      x: [N, H, W, C], non-negative (post-ReLU).
+      p: the exponent.
+      eps: added before the root, as in the release.
+
+    Returns:
+      [N, C] float32.
+    """
+    x = x.astype(jnp.float32)
+    return (jnp.mean(x ** p, axis=(1, 2)) + eps) ** (1.0 / p)
+
+
+class MCLNet(nn.Module):
+    """Two-stream ResNet embedding network with BNNeck and classifier.
+
+    Attributes:
+      num_classes: identities of the classifier.
+      depth: ResNet depth, 18/34/50/101.
+      width_multiplier: scales all channel counts (tiny nets for tests).
+      last_stride: stride of layer4 (1 as released).
+      non_local_counts: non-local blocks after the last blocks of layer1..4;
+        (0, 2, 3, 0) as in AGW, (0, 0, 0, 0) for the "Base" ablation.
+      non_local_inter: inner width of the non-local blocks; 1 reproduces the
+        release (an integer-division quirk there), None means C // 2 (AGW's
+        intent).
+      pooling: "gem" (p = 3) or "avg".
+      dtype: compute dtype of the backbone (float32 or bfloat16); parameters
+        are float32, the returned features and logits are float32.
+    """
+
+    num_classes: int
+    depth: int = 50
+    width_multiplier: float = 1.0
+    last_stride: int = 1
+    non_local_counts: Sequence[int] = (0, 2, 3, 0)
+    non_local_inter: int | None = 1
+    pooling: str = "gem"
+    dtype: Any = jnp.float32
+
+    @property
+    def feature_dim(self) -> int:
+        """D: 2048 * width for depth 50/101, 512 * width for 18/34."""
+        return resnet.feature_dim(self.depth, self.width_multiplier)
+
+    def _check_config(self) -> None:
+        resnet.check_depth(self.depth)
+        if not (isinstance(self.num_classes, numbers.Integral)
+                and self.num_classes > 0):
+            raise ValueError(f"num_classes must be a positive int, got "
+                             f"{self.num_classes!r}.")
+        if self.pooling not in POOLINGS:
+            raise ValueError(
+                f"Unknown pooling {self.pooling!r}; use one of {POOLINGS}.")
+        if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.float32),
+                                         jnp.dtype(jnp.bfloat16)):
+            raise ValueError(
+                f"dtype must be float32 or bfloat16, got {self.dtype!r}.")
+        counts = tuple(self.non_local_counts)
+        blocks = resnet.BLOCKS_PER_STAGE[self.depth]
+        if len(counts) != 4 or any(
+                not 0 <= c <= b for c, b in zip(counts, blocks)):
+            raise ValueError(
+                f"non_local_counts must be 4 counts, each between 0 and the "
+                f"blocks of its stage {blocks}, got {counts!r}.")
+
+    @staticmethod
+    def _check_images(name: str, x: jax.Array | None) -> None:
+        if x is not None and (x.ndim != 4 or x.shape[-1] != 3):
+            raise ValueError(
+                f"{name} must be [N, H, W, 3] (NHWC RGB), got shape "
+                f"{tuple(x.shape)}.")
+
+    @nn.compact
+    def __call__(self, visible: jax.Array | None = None,
+                 infrared: jax.Array | None = None, *,
+                 train: bool) -> dict[str, jax.Array]:
+        """Embeds a batch of visible and/or infrared images.
+
+        Args:
+          visible: [Nv, H, W, 3] float images, or None.
+          infrared: [Ni, H, W, 3] float images (same H, W), or None.
+          train: batch statistics in BatchNorm (and their update) if True.
+
+        Returns:
+          {"pool": [N, D], "bn": [N, D], "logits": [N, num_classes]}, all
+          float32, N = Nv + Ni, rows ordered [visible; infrared].
+        """
+        self._check_config()
+        self._check_images("visible", visible)
+        self._check_images("infrared", infrared)
+        if visible is None and infrared is None:
+            raise ValueError("Give visible and/or infrared images; both are "
+                             "None.")
+        if (visible is not None and infrared is not None
+                and visible.shape[1:] != infrared.shape[1:]):
+            raise ValueError(
+                f"visible and infrared images must share [H, W, 3]; got "
+                f"{tuple(visible.shape)} and {tuple(infrared.shape)}.")
+
+        stem_width = resnet.scaled_width(resnet.STEM_WIDTH,
+                                         self.width_multiplier)
+        # Both stems always exist (created even when one input is absent) so
+        # the parameter tree does not depend on the call.
+        visible_stem = resnet.ResNetStem(stem_width, dtype=self.dtype,
+                                         name="visible_stem")
+        infrared_stem = resnet.ResNetStem(stem_width, dtype=self.dtype,
+                                          name="infrared_stem")
+        if self.is_initializing():
+            dummy = visible if visible is not None else infrared
+            if visible is None:
+                visible_stem(dummy[:1], train=False)
+            if infrared is None:
+                infrared_stem(dummy[:1], train=False)
+        parts = []
+        if visible is not None:
+            parts.append(visible_stem(visible, train=train))
+        if infrared is not None:
+            parts.append(infrared_stem(infrared, train=train))
+        x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
+
+        for stage in resnet.resnet_stages(
+                depth=self.depth, width_multiplier=self.width_multiplier,
+                last_stride=self.last_stride,
+                non_local_counts=tuple(self.non_local_counts),
+                non_local_inter=self.non_local_inter, dtype=self.dtype):
+            x = stage(x, train=train)
+
+        if self.pooling == "gem":
+            pool = gem_pool(x)
+        else:
+            pool = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        # BNNeck: no shift parameter at all (the release freezes it at 0).
+        bn = layers.BatchNorm(use_bias=False, scale_init=_bnneck_scale_init,
+                              dtype=jnp.float32, name="bnneck")(pool,
+                                                                train=train)
+        logits = nn.Dense(self.num_classes, use_bias=False,
+                          kernel_init=nn.initializers.normal(0.001),
+                          dtype=jnp.float32, param_dtype=jnp.float32,
+                          name="classifier")(bn)
+        return {"pool": pool, "bn": bn, "logits": logits}
+
+
+class ModalityClassifier(nn.Module):
+    """The MCM's classifier: Dense(D -> 128) -> Dense(128 -> 2) -> BatchNorm.
+
+    No activation between the layers, as in the release. PyTorch's default
+    Linear initialisation; BatchNorm with scale 1 and bias 0.
+
+    Attributes:
+      hidden: width of the first layer.
+      num_modalities: outputs (2: visible, infrared).
+    """
+
+    hidden: int = 128
+    num_modalities: int = 2
+
+    @nn.compact
+    def __call__(self, features: jax.Array, *, train: bool) -> jax.Array:
+        """features: [N, D] -> logits [N, num_modalities] float32."""
+        if features.ndim != 2:
+            raise ValueError(
+                f"features must be [N, D], got shape {tuple(features.shape)}.")
+        x = features.astype(jnp.float32)
+        for name, width in (("fc1", self.hidden),
+                            ("fc2", self.num_modalities)):
+            x = nn.Dense(width, use_bias=True,
+                         kernel_init=layers.torch_default_kernel_init(),
+                         bias_init=layers.torch_default_bias_init(
+                             x.shape[-1]),
+                         name=name)(x)
+        return layers.BatchNorm(name="bn")(x, train=train)
