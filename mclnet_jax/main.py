@@ -1,0 +1,75 @@
+r"""Command line: train or evaluate MCLNet. Kept short; the work is in train.py.
+
+  python -m mclnet_jax.main --config=configs/synthetic.py --workdir=/tmp/demo
+  python -m mclnet_jax.main --config=configs/sysu.py:mclnet \
+      --workdir=$HOME/runs/sysu --config.data.manual_dir=$HOME/data/SYSU-MM01
+  python -m mclnet_jax.main --config=configs/sysu.py --workdir=... \
+      --mode=evaluate --checkpoint=best
+
+Any config field can be overridden with --config.<field>=<value>. Rerunning
+the same command resumes from the latest checkpoint in the workdir.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+    "synthetic.py")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG,
+    "Config file, optionally with an argument: configs/sysu.py:base.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Checkpoints, TensorBoard logs and results go here.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+                          "train (and evaluate at the end), or evaluate only.")
+_CHECKPOINT = flags.DEFINE_enum(
+    "checkpoint", "latest", ["latest", "best"],
+    "--mode=evaluate: the latest checkpoint or the best on validation.")
+flags.mark_flags_as_required(["workdir"])
+
+
+class _QuietLibraries(logging.logging.Filter):
+    """Drops orbax's per-save INFO chatter from the console (not warnings)."""
+
+    def filter(self, record):
+        return (record.levelno >= logging.logging.WARNING
+                or f"{os.sep}orbax{os.sep}" not in record.pathname)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    # Imported after flag parsing: importing JAX/TensorFlow is slow and
+    # `--help` should not wait for it.
+    from mclnet_jax import train  # pylint: disable=g-import-not-at-top
+    from mclnet_jax import train_data  # pylint: disable=g-import-not-at-top
+
+    workdir = os.path.expanduser(_WORKDIR.value)
+    try:
+        if _MODE.value == "train":
+            train.train_and_evaluate(_CONFIG.value, workdir)
+        else:
+            train.evaluate_only(_CONFIG.value, workdir,
+                                which=_CHECKPOINT.value)
+    except train_data.DatasetUnavailableError as e:
+        logging.error("%s", e)
+        print(f"\nERROR: {e}", file=sys.stderr)
+        return 2
+    except (train.NonFiniteLossError, FileNotFoundError) as e:
+        logging.error("%s", e)
+        print(f"\nERROR: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
