@@ -30,18 +30,11 @@ D / 2048 so the margins keep their meaning for the narrow feature dimension
 D = 128. Everything else (losses, MCM, sampler, protocol) is the paper's.
 """
 
-import importlib.util
-import os
+from mclnet_jax import config_utils
 
 
 def _default():
-    spec = importlib.util.spec_from_file_location(
-        "mclnet_configs_default",
-        os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                     "default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_utils.load_sibling(__file__, "default.py")
 
 
 def get_config(arg=None):

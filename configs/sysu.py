@@ -30,18 +30,11 @@ Arguments after the colon, comma-separated (a bare word is the variant):
 Examples: configs/sysu.py:base   configs/sysu.py:variant=agw_re,search=both
 """
 
-import importlib.util
-import os
+from mclnet_jax import config_utils
 
 
 def _default():
-    spec = importlib.util.spec_from_file_location(
-        "mclnet_configs_default",
-        os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                     "default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_utils.load_sibling(__file__, "default.py")
 
 
 def get_config(arg=None):

@@ -72,7 +72,8 @@ class RegdbConfig(tfds.core.BuilderConfig):
     trial: int = 1
 
 
-class Regdb(tfds.core.GeneratorBasedBuilder):
+class Regdb(sysu_mm01.ArrayRecordByDefault,
+            tfds.core.GeneratorBasedBuilder):
     """RegDB visible-thermal person re-identification dataset."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -84,13 +85,6 @@ class Regdb(tfds.core.GeneratorBasedBuilder):
         for t in layouts.REGDB_TRIALS
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "trial_1"
-
-    def __init__(self, *, file_format=None, **kwargs):
-        """Like any TFDS builder; new datasets default to ArrayRecord files."""
-        super().__init__(file_format=file_format, **kwargs)
-        if file_format is None and not self.info.splits:
-            # Not prepared yet (an existing dataset keeps its recorded format).
-            self.info.set_file_format(DEFAULT_FILE_FORMAT, override=True)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(

@@ -119,7 +119,21 @@ def manual_root(dl_manager: tfds.download.DownloadManager,
             f"{str(e).splitlines()[0]}{instructions}") from None
 
 
-class SysuMm01(tfds.core.GeneratorBasedBuilder):
+class ArrayRecordByDefault:
+    """Builder mixin: new datasets are written as ArrayRecord files.
+
+    ArrayRecord gives the random access (`as_data_source`) that the
+    identity-balanced sampler needs; an explicit `file_format=` wins, and an
+    already prepared dataset keeps the format it was written with.
+    """
+
+    def __init__(self, *, file_format=None, **kwargs):
+        super().__init__(file_format=file_format, **kwargs)
+        if file_format is None and not self.info.splits:
+            self.info.set_file_format(DEFAULT_FILE_FORMAT, override=True)
+
+
+class SysuMm01(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     """SYSU-MM01 visible-infrared person re-identification dataset."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -132,13 +146,6 @@ class SysuMm01(tfds.core.GeneratorBasedBuilder):
                        description="Images at their original size."),
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "288x144"
-
-    def __init__(self, *, file_format=None, **kwargs):
-        """Like any TFDS builder; new datasets default to ArrayRecord files."""
-        super().__init__(file_format=file_format, **kwargs)
-        if file_format is None and not self.info.splits:
-            # Not prepared yet (an existing dataset keeps its recorded format).
-            self.info.set_file_format(DEFAULT_FILE_FORMAT, override=True)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
