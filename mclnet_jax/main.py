@@ -61,11 +61,9 @@ def main(argv):
             train.evaluate_only(_CONFIG.value, workdir,
                                 which=_CHECKPOINT.value)
     except train_data.DatasetUnavailableError as e:
-        logging.error("%s", e)
         print(f"\nERROR: {e}", file=sys.stderr)
         return 2
     except (train.NonFiniteLossError, FileNotFoundError) as e:
-        logging.error("%s", e)
         print(f"\nERROR: {e}", file=sys.stderr)
         return 3
     return 0

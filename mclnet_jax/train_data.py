@@ -97,10 +97,17 @@ def open_builder(config, workdir: str):
     try:
         return module.prepare(manual_dir=manual_dir, data_dir=data_dir,
                               config=dc.builder_config)
-    except (layouts.DatasetLayoutError, AssertionError) as e:
+    except layouts.DatasetLayoutError as e:
+        # The layout error already names the path, the layout and the source.
         raise DatasetUnavailableError(
-            f"{dc.dataset}: no usable dataset at {manual_dir!r} "
-            f"(set --config.data.manual_dir=PATH).\n{e}\n"
+            f"{dc.dataset}: {e}\n(Point --config.data.manual_dir=PATH at "
+            "the dataset folder.)") from None
+    except AssertionError:
+        # TFDS asserts when `manual_dir` is missing or empty and the records
+        # are not built yet; its message repeats the instructions verbosely.
+        raise DatasetUnavailableError(
+            f"{dc.dataset}: dataset folder not found at {manual_dir!r} (set "
+            f"--config.data.manual_dir=PATH).\n"
             f"{module.MANUAL_DOWNLOAD_INSTRUCTIONS}") from None
 
 
