@@ -128,8 +128,13 @@ class Conv1x1(nn.Module):
                             (1, 1, in_features, self.features), jnp.float32)
         if self.strides != 1:
             x = x[:, ::self.strides, ::self.strides, :]
-        y = jnp.dot(x.astype(self.dtype),
-                    kernel[0, 0].astype(self.dtype))   # contracts C_in
+        # As a 2-D [N*H*W, C_in] x [C_in, features] product: the weight
+        # gradient is then one dot contracting rows. From the 4-D form,
+        # XLA:CPU first transposes the output gradient to [features, N*H*W]
+        # (~15% of a ResNet-50 training step).
+        y = jnp.dot(x.reshape(-1, in_features).astype(self.dtype),
+                    kernel[0, 0].astype(self.dtype))
+        y = y.reshape(x.shape[:-1] + (self.features,))
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,),
                               jnp.float32)
