@@ -646,8 +646,9 @@ def write_results(workdir: str, results, *, step: int,
             json.dump(out, f, indent=2, sort_keys=True)
         with open(os.path.join(workdir, f"{name}.txt"), "w") as f:
             f.write(f"step {step}\n{table}\n")
-    logging.info("Results at step %d (%s):\n%s", step,
-                 os.path.join(workdir, name + ".json"), table)
+    # The evaluator has logged the table already.
+    logging.info("Results at step %d written to %s", step,
+                 os.path.join(workdir, name + ".{json,txt}"))
     return out
 
 
