@@ -4,7 +4,7 @@ Generates a synthetic dataset in the SYSU-MM01 folder layout into the workdir
 (once), builds it with the SYSU-MM01 TFDS builder, trains a narrow ResNet-18
 MCLNet from random initialisation on small images and evaluates it with the
 SYSU-MM01 protocol (all-search and indoor-search, single-shot, 10 gallery
-trials), next to a raw-pixel baseline. About 8 minutes on 2 (shared) CPU
+trials), next to a raw-pixel baseline. About 3 minutes on 2 idle CPU
 cores:
 
   python -m mclnet_jax.main --config=configs/synthetic.py \
