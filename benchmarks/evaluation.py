@@ -196,10 +196,14 @@ def bench_sysu(args):
     return dict(name="SYSU all-search", shape="3803 x 301",
                 ours_metrics=ours_metrics, ours_full=ours_full,
                 loop_metrics=loop_metrics_s, loop_full=loop_full, diff=diff,
-                full_diff=full_diff,
-                rank1=np.mean([o.cmc[0] for o in ours]),
-                mAP=np.mean([o.mAP for o in ours]),
-                mINP=np.mean([o.mINP for o in ours]))
+                full_diff=full_diff, **_mean_metrics(ours))
+
+
+def _mean_metrics(results) -> dict[str, float]:
+    """Mean rank-1, mAP and mINP over per-trial metric results."""
+    return dict(rank1=np.mean([o.cmc[0] for o in results]),
+                mAP=np.mean([o.mAP for o in results]),
+                mINP=np.mean([o.mINP for o in results]))
 
 
 def bench_regdb(args):
@@ -242,10 +246,7 @@ def bench_regdb(args):
     return dict(name="RegDB V->I", shape="2060 x 2060",
                 ours_metrics=ours_metrics, ours_full=ours_full,
                 loop_metrics=loop_metrics_s, loop_full=loop_full, diff=diff,
-                full_diff=full_diff,
-                rank1=np.mean([o.cmc[0] for o in ours]),
-                mAP=np.mean([o.mAP for o in ours]),
-                mINP=np.mean([o.mINP for o in ours]))
+                full_diff=full_diff, **_mean_metrics(ours))
 
 
 def main():

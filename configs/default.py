@@ -97,6 +97,18 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
     return out
 
 
+def _sgd_config(*, schedule_kind: str) -> ml_collections.ConfigDict:
+    """The release's SGD: lr 0.1, nesterov momentum 0.9, weight decay 5e-4."""
+    opt = ml_collections.ConfigDict()
+    opt.lr = 0.1
+    opt.momentum = 0.9
+    opt.nesterov = True
+    opt.weight_decay = 5e-4
+    opt.schedule = ml_collections.ConfigDict()
+    opt.schedule.kind = schedule_kind
+    return opt
+
+
 def get_config() -> ml_collections.ConfigDict:
     """The paper's settings (SYSU-MM01, ResNet-50, ImageNet init)."""
     config = ml_collections.ConfigDict()
@@ -164,13 +176,7 @@ def get_config() -> ml_collections.ConfigDict:
     # the heads' lr and no weight decay (optimizer.lr_mults / wd_mults).
     config.loss.train_centers = False
 
-    config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.lr = 0.1
-    config.optimizer.momentum = 0.9
-    config.optimizer.nesterov = True
-    config.optimizer.weight_decay = 5e-4
-    config.optimizer.schedule = ml_collections.ConfigDict()
-    config.optimizer.schedule.kind = "epochs"
+    config.optimizer = _sgd_config(schedule_kind="epochs")
     config.optimizer.schedule.warmup_epochs = 10
     config.optimizer.schedule.boundaries = (20, 50)
     config.optimizer.schedule.factors = (0.1, 0.01)
@@ -182,13 +188,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.optimizer.wd_mults = (("centers/.*", 0.0), (".*", 1.0))
 
-    config.mcm_optimizer = ml_collections.ConfigDict()
-    config.mcm_optimizer.lr = 0.1
-    config.mcm_optimizer.momentum = 0.9
-    config.mcm_optimizer.nesterov = True
-    config.mcm_optimizer.weight_decay = 5e-4
-    config.mcm_optimizer.schedule = ml_collections.ConfigDict()
-    config.mcm_optimizer.schedule.kind = "constant"
+    config.mcm_optimizer = _sgd_config(schedule_kind="constant")
     config.mcm_optimizer.lr_mults = ((".*", 1.0),)
     config.mcm_optimizer.wd_mults = ((".*", 1.0),)
 

@@ -37,6 +37,21 @@ def _default():
     return config_utils.load_sibling(__file__, "default.py")
 
 
+def _set_data(config, *, identities, images_per_camera, size, pad,
+              batch_identities, batch_instances, eval_batch_size):
+    """Generated data of `identities` ids at `size` (H, W), and its batches."""
+    config.data.synthetic = dict(generator=dict(
+        num_identities=identities,
+        visible_images_per_camera=images_per_camera,
+        infrared_images_per_camera=images_per_camera,
+        height=size[0], width=size[1], seed=0))
+    config.data.image_size = size
+    config.data.pad = pad
+    config.data.num_identities = batch_identities
+    config.data.num_instances = batch_instances
+    config.data.eval_batch_size = eval_batch_size
+
+
 def get_config(arg=None):
     default = _default()
     args = default.parse_arg(arg, {"variant": "mclnet", "tiny": False})
@@ -45,14 +60,9 @@ def get_config(arg=None):
 
     config.data.dataset = "sysu_mm01"
     config.data.builder_config = "original"  # Keep the generated size.
-    config.data.synthetic = dict(generator=dict(
-        num_identities=160, visible_images_per_camera=6,
-        infrared_images_per_camera=6, height=64, width=32, seed=0))
-    config.data.image_size = (64, 32)
-    config.data.pad = 4
-    config.data.num_identities = 8
-    config.data.num_instances = 4
-    config.data.eval_batch_size = 128
+    _set_data(config, identities=160, images_per_camera=6, size=(64, 32),
+              pad=4, batch_identities=8, batch_instances=4,
+              eval_batch_size=128)
 
     config.model.depth = 18
     config.model.width_multiplier = 0.25
@@ -79,14 +89,9 @@ def get_config(arg=None):
     config.eval.raw_pixel_baseline = True
 
     if args["tiny"]:
-        config.data.synthetic = dict(generator=dict(
-            num_identities=8, visible_images_per_camera=2,
-            infrared_images_per_camera=2, height=32, width=16, seed=0))
-        config.data.image_size = (32, 16)
-        config.data.pad = 2
-        config.data.num_identities = 2
-        config.data.num_instances = 2
-        config.data.eval_batch_size = 16
+        _set_data(config, identities=8, images_per_camera=2, size=(32, 16),
+                  pad=2, batch_identities=2, batch_instances=2,
+                  eval_batch_size=16)
         config.model.width_multiplier = 1 / 16
         config.num_epochs = 3
         config.log_every_steps = 2

@@ -641,12 +641,3 @@ def _jit_apply(images, params, *, config, dtype):
 def jit_normalize_and_erase(images, params, *, config, dtype):
     """`normalize_and_erase` as one fused XLA computation."""
     return normalize_and_erase(images, params, config=config, dtype=dtype)
-
-
-def eval_preprocess(
-    encoded, *, height: int, width: int,
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-) -> tf.Tensor:
-    """decode -> resize (H, W) -> normalise one image: `[H, W, 3]` float32."""
-    image = resize(decode_image(encoded), height=height, width=width)
-    return normalize(image, mean=tuple(mean), std=tuple(std))

@@ -298,7 +298,12 @@ def step_indices(
         rows_per_batch=num_identities * num_instances,
         process_index=process_index, process_count=process_count,
     )
-    batch = step % spe
+    return _plan_rows(metadata, plan, step % spe, rows)
+
+
+def _plan_rows(metadata: SplitMetadata, plan: sampling.EpochPlan, batch: int,
+               rows: slice) -> Tuple[np.ndarray, np.ndarray]:
+    """Source indices of `rows` of batch `batch` of `plan` (vis, ir)."""
     return (metadata.visible_indices[plan.visible[batch, rows]],
             metadata.infrared_indices[plan.infrared[batch, rows]])
 
@@ -388,12 +393,8 @@ def make_train_dataset(
 
     def fetch(step):
         step = int(step)
-        plan = plans(step // spe)
-        batch = step % spe
-        index = np.concatenate([
-            metadata.visible_indices[plan.visible[batch, rows]],
-            metadata.infrared_indices[plan.infrared[batch, rows]],
-        ])
+        index = np.concatenate(
+            _plan_rows(metadata, plans(step // spe), step % spe, rows))
         records = _encoded_images(_read(source, index))
         return (records, metadata.label[index].astype(np.int32),
                 metadata.camera[index].astype(np.int32))

@@ -635,6 +635,12 @@ def _check_size(name: str, value: int, minimum: int) -> None:
             f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
+def _check_image_size(height: int, width: int) -> None:
+    """The smallest images the synthetic renderer accepts: 16 x 8."""
+    _check_size("height", height, 16)
+    _check_size("width", width, 8)
+
+
 def sysu_split(identities: Sequence[int], *,
                seed: int) -> dict[str, tuple[int, ...]]:
     """Splits ids into train / val / test in SYSU-MM01's 296:99:96 proportion.
@@ -694,8 +700,7 @@ def generate_sysu(root: str, *, num_identities: int = 300,
     _check_size("num_identities", num_identities, 3)
     _check_size("visible_images_per_camera", visible_images_per_camera, 1)
     _check_size("infrared_images_per_camera", infrared_images_per_camera, 1)
-    _check_size("height", height, 16)
-    _check_size("width", width, 8)
+    _check_image_size(height, width)
     if not 1 <= jpeg_quality <= 95:
         raise SyntheticDataError(
             f"jpeg_quality must be in 1..95, got {jpeg_quality}.")
@@ -792,8 +797,7 @@ def generate_regdb(root: str, *, num_identities: int = 412,
     start = time.perf_counter()
     _check_size("num_identities", num_identities, 2)
     _check_size("images_per_modality", images_per_modality, 1)
-    _check_size("height", height, 16)
-    _check_size("width", width, 8)
+    _check_image_size(height, width)
     _check_size("num_trials", num_trials, 1)
     if image_format not in ("bmp", "jpg"):
         raise SyntheticDataError(

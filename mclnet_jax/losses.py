@@ -272,6 +272,21 @@ def modality_confusion_loss(*, logits: ArrayLike) -> jax.Array:
 # ---------------------------------------------------------------------------
 
 
+def _distances_and_masks(
+    features: ArrayLike, labels: ArrayLike
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Validated triplet inputs -> (distances [N, N], positive, negative).
+
+    `positive[i, j]` is `labels[i] == labels[j]` (the anchor itself
+    included), `negative` its complement.
+    """
+    features = _floating("features", features, 2, "[N, D]")
+    labels = _int_labels("labels", labels, features.shape[0], "features")
+    distances = _euclidean_distances(features)
+    positive = labels[:, None] == labels[None, :]
+    return distances, positive, jnp.logical_not(positive)
+
+
 def wrt_triplet_loss_and_accuracy(
     *, features: ArrayLike, labels: ArrayLike
 ) -> tuple[jax.Array, jax.Array]:
@@ -306,11 +321,7 @@ def wrt_triplet_loss_and_accuracy(
     Raises:
       ValueError: on wrong ranks, mismatched N or non-integer labels.
     """
-    features = _floating("features", features, 2, "[N, D]")
-    labels = _int_labels("labels", labels, features.shape[0], "features")
-    distances = _euclidean_distances(features)
-    positive = labels[:, None] == labels[None, :]
-    negative = jnp.logical_not(positive)
+    distances, positive, negative = _distances_and_masks(features, labels)
     positive_weights = _masked_softmax_weights(distances, positive)
     negative_weights = _masked_softmax_weights(-distances, negative)
     weighted_positive = jnp.sum(distances * positive_weights, axis=1)
@@ -359,11 +370,7 @@ def hard_triplet_loss(
     Raises:
       ValueError: on wrong ranks, mismatched N or non-integer labels.
     """
-    features = _floating("features", features, 2, "[N, D]")
-    labels = _int_labels("labels", labels, features.shape[0], "features")
-    distances = _euclidean_distances(features)
-    positive = labels[:, None] == labels[None, :]
-    negative = jnp.logical_not(positive)
+    distances, positive, negative = _distances_and_masks(features, labels)
     hardest_positive = _masked_max(distances, positive)[:, 0]
     hardest_negative = _masked_min(distances, negative)
     per_anchor = jax.nn.relu(hardest_positive - hardest_negative + margin)

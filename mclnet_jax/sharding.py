@@ -69,11 +69,14 @@ def check_batch_divisible(*, per_modality_batch: int, mesh: Mesh) -> None:
             f"{per_modality_batch}) must be divisible by the number of "
             f"devices ({devices}) so the global batch of "
             f"{2 * per_modality_batch} images shards evenly; change "
-            "config.num_identities (P) or config.num_instances (K).")
+            "config.data.num_identities (P) or config.data.num_instances "
+            "(K).")
     if per_modality_batch % jax.process_count():
         raise ValueError(
             f"P x K = {per_modality_batch} must be divisible by the number of "
-            f"processes ({jax.process_count()}).")
+            f"processes ({jax.process_count()}), each of which loads an "
+            "equal share; change config.data.num_identities (P) or "
+            "config.data.num_instances (K).")
 
 
 def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:

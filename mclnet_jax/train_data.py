@@ -248,6 +248,12 @@ def make_embed_fn(model, state) -> Callable[[np.ndarray, int], dict]:
 
     def embed_fn(images, modality):
         images = np.asarray(images)
+        if images.shape[0] % mesh.devices.size:
+            raise ValueError(
+                f"An evaluation batch of {images.shape[0]} images cannot be "
+                f"split over {mesh.devices.size} devices; set "
+                "config.data.eval_batch_size to a multiple of the device "
+                "count.")
         batch = jax.make_array_from_process_local_data(
             sharding.batch_sharded(mesh), images, images.shape)
         return jax.device_get(embed(variables, batch, int(modality)))

@@ -109,8 +109,11 @@ def test_flip_left_right_matches_numpy(images):
 
 def test_normalize_matches_torchvision_formula(images):
     out = augment.normalize(images).numpy()
-    mean = np.array(augment.IMAGENET_MEAN)
-    std = np.array(augment.IMAGENET_STD)
+    # torchvision's ImageNet statistics, written out (not read from augment).
+    mean = np.array([0.485, 0.456, 0.406])
+    std = np.array([0.229, 0.224, 0.225])
+    assert augment.IMAGENET_MEAN == pytest.approx(tuple(mean), abs=0)
+    assert augment.IMAGENET_STD == pytest.approx(tuple(std), abs=0)
     want = (images / 255.0 - mean) / std
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, want, atol=1e-6)
@@ -305,6 +308,10 @@ def test_disabled_augmentations_leave_images_alone(images):
                                   erasing_probability=0.0)
     out = augment.train_augment(images, seed=SEED, config=config).numpy()
     np.testing.assert_array_equal(out, augment.normalize(images).numpy())
+    # And against the formula directly, not only through `normalize`.
+    want = (images / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array(
+        [0.229, 0.224, 0.225])
+    np.testing.assert_allclose(out, want, atol=1e-6)
 
 
 @pytest.mark.parametrize("call,match", [

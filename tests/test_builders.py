@@ -83,6 +83,18 @@ def regdb_data(tmp_path_factory):
     return root, builders
 
 
+def _check_labels(records, names, expected, modality_of):
+    """Identity, label (rank among the split's ids), camera and modality of
+    each record agree with `expected[name] == (identity, camera)`."""
+    ids = sorted({pid for pid, _ in expected.values()})
+    for r, name in zip(records, names):
+        pid, cam = expected[name]
+        assert r["identity"] == pid
+        assert r["label"] == ids.index(pid)
+        assert r["camera"] == cam
+        assert r["modality"] == modality_of(cam)
+
+
 @pytest.mark.parametrize("split", ["train", "train_only", "val", "test"])
 def test_sysu_examples_match_files_on_disk(sysu, split):
     root, builders = sysu
@@ -93,13 +105,9 @@ def test_sysu_examples_match_files_on_disk(sysu, split):
     assert builder.info.splits[split].num_examples == len(expected)
     names = [r["file_name"].decode() for r in records]
     assert sorted(names) == sorted(expected)
-    ids = sorted({pid for pid, _ in expected.values()})
+    _check_labels(records, names, expected,
+                  lambda cam: 0 if cam in VISIBLE_CAMS else 1)
     for r, name in zip(records, names):
-        pid, cam = expected[name]
-        assert r["identity"] == pid
-        assert r["label"] == ids.index(pid)
-        assert r["camera"] == cam
-        assert r["modality"] == (0 if cam in VISIBLE_CAMS else 1)
         # JPEGs of the right kind are passed through: identical pixels.
         np.testing.assert_array_equal(r["image"],
                                       _pixels(os.path.join(root, name)))
@@ -168,13 +176,8 @@ def test_regdb_examples_match_index_files(regdb_data, trial):
         records = _records(builder, split)
         names = [r["file_name"].decode() for r in records]
         assert sorted(names) == sorted(expected)
-        identities = sorted({pid for pid, _ in expected.values()})
+        _check_labels(records, names, expected, lambda cam: cam - 1)
         for r, name in zip(records, names):
-            pid, cam = expected[name]
-            assert r["identity"] == pid
-            assert r["label"] == identities.index(pid)
-            assert r["camera"] == cam
-            assert r["modality"] == cam - 1
             # BMP re-encoded as JPEG quality 95: close, not equal.
             want = _pixels(os.path.join(root, name))
             assert r["image"].shape == want.shape

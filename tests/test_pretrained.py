@@ -140,6 +140,11 @@ def test_round_trip_mclnet(tiny_pair, tmp_path):
     assert jax.tree.structure(loaded) == jax.tree.structure(b)
 
     src, got = _backbone_leaves(a), _backbone_leaves(loaded)
+    before = _backbone_leaves(b)
+    # Not vacuous: every backbone leaf is compared, and b's values differ
+    # from a's everywhere, so an unloaded leaf would fail below.
+    assert got.keys() == src.keys() == before.keys() and len(got) > 50
+    assert not any(np.array_equal(src[k], before[k]) for k in src)
     for path_, value in got.items():
         # Both stems come from conv1/bn1, i.e. the exported visible stem.
         source = tuple("visible_stem" if p == "infrared_stem" else p

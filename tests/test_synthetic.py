@@ -72,7 +72,10 @@ def test_sysu_split_files_partition_the_ids(sysu_root):
 
 def test_sysu_split_proportions_at_full_size():
     split = synthetic.sysu_split(range(1, 492), seed=0)
+    # SYSU-MM01's own files: 491 ids = 296 train + 99 val + 96 test.
     assert [len(split[k]) for k in ("train", "val", "test")] == [296, 99, 96]
+    assert sorted(int(i) for k in ("train", "val", "test")
+                  for i in split[k]) == list(range(1, 492))
     half = synthetic.sysu_split(range(1, 247), seed=0)
     # 246 ids: round(246 * 99 / 491) = 50 val, round(246 * 96 / 491) = 48 test.
     assert [len(half[k]) for k in ("train", "val", "test")] == [148, 50, 48]

@@ -231,6 +231,8 @@ def test_step_matches_straightforward_two_pass_reference(tiny):
     np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5)
     for got, want in ((new_state.params, want_params),
                       (new_state.mcm_params, want_mcm)):
+        # zip would silently drop leaves if the trees differed.
+        assert jax.tree.structure(got) == jax.tree.structure(want)
         for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0],
                                 jax.tree.leaves(want)):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6,
