@@ -67,7 +67,7 @@ def peak_rss_gib():
 def bench(per_modality, *, repeats, dtype, num_classes=395):
     config = _config(per_modality, dtype)
     model = train.make_model(config, num_classes=num_classes)
-    tx, schedule, mcm_tx, _ = train.make_optimizers(config,
+    tx, schedule, mcm_tx = train.make_optimizers(config,
                                                     steps_per_epoch=696)
     state = train.init_state(config, model=model, num_classes=num_classes,
                              num_cameras=6, tx=tx, mcm_tx=mcm_tx)

@@ -41,6 +41,7 @@ Any `embed_fn(images [B, H, W, 3], modality) -> {"pool": [B, D], "bn":
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -362,33 +363,14 @@ def extract_features(embed_fn: EmbedFn, *, batches_fn: BatchesFn,
     return features
 
 
-def make_model_embed_fn(model, variables: Mapping[str, Any], *,
-                        feature_names: Sequence[str] = FEATURE_NAMES,
-                        devices: Sequence[Any] | None = None) -> EmbedFn:
-    """`embed_fn` for an MCLNet-style linen module, data-parallel.
-
-    Calls `model.apply(variables, visible, infrared, train=False)` with the
-    batch as `visible` or `infrared` according to the modality (so the
-    matching stem is used), jitted once per modality and batch shape. The
-    batch is split over `devices` along its first axis (B must be divisible
-    by their number); the variables are replicated.
-
-    Args:
-        model: e.g. `MCLNet(...)`; returns a dict with `feature_names`.
-        variables: {"params": ..., "batch_stats": ...}.
-        feature_names: outputs to return.
-        devices: default all local devices.
-    """
+@functools.lru_cache(maxsize=8)
+def _compiled_forward(model, mesh, feature_names: tuple[str, ...]):
+    """One jitted eval forward per (model, mesh, outputs), reused across calls
+    (a training run evaluates the same model many times)."""
     # pylint: disable=g-import-not-at-top
     import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from jax.sharding import NamedSharding, PartitionSpec
     # pylint: enable=g-import-not-at-top
-
-    devices = list(jax.local_devices() if devices is None else devices)
-    mesh = Mesh(np.asarray(devices), ("data",))
-    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    variables = jax.device_put(variables, replicated)
 
     def forward(variables, images, modality):
         visible = images if modality == VISIBLE else None
@@ -396,16 +378,51 @@ def make_model_embed_fn(model, variables: Mapping[str, Any], *,
         out = model.apply(variables, visible, infrared, train=False)
         return {name: out[name] for name in feature_names}
 
-    forward = jax.jit(forward, static_argnums=2,
-                      out_shardings=batch_sharding)
+    # Replicated outputs: every process can fetch all the features.
+    return jax.jit(forward, static_argnums=2,
+                   out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+def make_model_embed_fn(model, variables: Mapping[str, Any], *,
+                        feature_names: Sequence[str] = FEATURE_NAMES,
+                        mesh=None) -> EmbedFn:
+    """`embed_fn` for an MCLNet-style linen module, data-parallel.
+
+    Calls `model.apply(variables, visible, infrared, train=False)` with the
+    batch as `visible` or `infrared` according to the modality (so the
+    matching stem is used), compiled once per model, mesh and batch shape.
+    The batch is split over the mesh's devices along its first axis (B must
+    be divisible by their number); the outputs come back to every process.
+    With several processes, each passes the same full batch.
+
+    Args:
+        model: e.g. `MCLNet(...)`; returns a dict with `feature_names`.
+        variables: {"params": ..., "batch_stats": ...}.
+        feature_names: outputs to return.
+        mesh: a `("data",)` mesh; default all local devices.
+    """
+    # pylint: disable=g-import-not-at-top
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    # pylint: enable=g-import-not-at-top
+
+    if mesh is None:
+        mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    forward = _compiled_forward(model, mesh, tuple(feature_names))
+    num_devices = mesh.devices.size
 
     def embed_fn(images, modality):
-        if np.shape(images)[0] % len(devices):
+        images = np.asarray(images)
+        if images.shape[0] % num_devices:
             raise ValueError(
-                f"batch of {np.shape(images)[0]} images cannot be split over "
-                f"{len(devices)} devices: use a batch size divisible by it.")
-        images = jax.device_put(images, batch_sharding)
-        return jax.device_get(forward(variables, images, int(modality)))
+                f"An evaluation batch of {images.shape[0]} images cannot be "
+                f"split over {num_devices} devices: use a batch size "
+                "divisible by it (config.data.eval_batch_size in training "
+                "configs).")
+        batch = jax.make_array_from_process_local_data(
+            batch_sharding, images, images.shape)
+        return jax.device_get(forward(variables, batch, int(modality)))
 
     return embed_fn
 

@@ -116,12 +116,12 @@ def make_model(config, *, num_classes: int) -> mclnet_model.MCLNet:
 
 
 def make_optimizers(config, *, steps_per_epoch: int):
-    """(extractor tx, extractor schedule, MCM tx, MCM schedule)."""
+    """(extractor tx, extractor schedule, MCM tx)."""
     tx, schedule = optim.make(config.optimizer,
                               steps_per_epoch=steps_per_epoch)
-    mcm_tx, mcm_schedule = optim.make(config.mcm_optimizer,
-                                      steps_per_epoch=steps_per_epoch)
-    return tx, schedule, mcm_tx, mcm_schedule
+    mcm_tx, _ = optim.make(config.mcm_optimizer,
+                           steps_per_epoch=steps_per_epoch)
+    return tx, schedule, mcm_tx
 
 
 def _load_pretrained(config, variables: PyTree) -> PyTree:
@@ -466,7 +466,7 @@ def _setup(config, workdir: str) -> _Run:
         * config.data.num_instances, mesh=mesh)
     steps_per_epoch = config.data.steps_per_epoch or data.steps_per_epoch
     model = make_model(config, num_classes=data.num_classes)
-    tx, schedule, mcm_tx, _ = make_optimizers(
+    tx, schedule, mcm_tx = make_optimizers(
         config, steps_per_epoch=steps_per_epoch)
     replicated = sharding.replicated(mesh)
     make = functools.partial(

@@ -15,7 +15,6 @@ CLI prints it instead of a traceback.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable, Iterator
 
@@ -219,21 +218,6 @@ def _run_protocol(config, embed_fn, batches_fn, test_meta,
         f"{ec.protocol!r}.")
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_embed(model, mesh):
-    """One compiled feature extractor per (model, mesh), reused across evals."""
-
-    @functools.partial(jax.jit, static_argnums=2,
-                       out_shardings=sharding.replicated(mesh))
-    def embed(variables, images, modality):
-        visible = images if modality == 0 else None
-        infrared = images if modality == 1 else None
-        out = model.apply(variables, visible, infrared, train=False)
-        return {"pool": out["pool"], "bn": out["bn"]}
-
-    return embed
-
-
 def make_embed_fn(model, state) -> Callable[[np.ndarray, int], dict]:
     """`embed_fn(images [B, H, W, 3], modality) -> {"pool", "bn"}` on the mesh.
 
@@ -241,21 +225,7 @@ def make_embed_fn(model, state) -> Callable[[np.ndarray, int], dict]:
     and the features come back replicated, so each host sees all of them.
     B must be divisible by the number of devices.
     """
-    mesh = sharding.make_mesh()
-    embed = _jitted_embed(model, mesh)
-    variables = {"params": state.params["model"],
-                 "batch_stats": state.batch_stats}
-
-    def embed_fn(images, modality):
-        images = np.asarray(images)
-        if images.shape[0] % mesh.devices.size:
-            raise ValueError(
-                f"An evaluation batch of {images.shape[0]} images cannot be "
-                f"split over {mesh.devices.size} devices; set "
-                "config.data.eval_batch_size to a multiple of the device "
-                "count.")
-        batch = jax.make_array_from_process_local_data(
-            sharding.batch_sharded(mesh), images, images.shape)
-        return jax.device_get(embed(variables, batch, int(modality)))
-
-    return embed_fn
+    return evaluate_lib.make_model_embed_fn(
+        model, {"params": state.params["model"],
+                "batch_stats": state.batch_stats},
+        mesh=sharding.make_mesh())

@@ -75,7 +75,7 @@ def tiny_batches(num_steps, seed=0):
 
 def setup(config):
     model = train.make_model(config, num_classes=NUM_CLASSES)
-    tx, schedule, mcm_tx, _ = train.make_optimizers(config,
+    tx, schedule, mcm_tx = train.make_optimizers(config,
                                                     steps_per_epoch=3)
     state = train.init_state(config, model=model, num_classes=NUM_CLASSES,
                              num_cameras=6, tx=tx, mcm_tx=mcm_tx)
