@@ -1,4 +1,9 @@
-r"""Shared defaults: MCLNet on SYSU-MM01 as the paper and its release train it.
+r"""Shared defaults: MCLNet on SYSU-MM01 as the authors' release trains it.
+
+Every choice that changes the numbers follows the release as it runs; each
+departure (the paper's equations, stable WRT, trained centers, model
+selection on validation ids, ...) is a named switch, listed in the README's
+"Release, paper and our switches" table.
 
 Not run directly; `configs/sysu.py`, `configs/regdb.py` and
 `configs/synthetic.py` start from `get_config()` and change what differs.
@@ -114,7 +119,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.variant = "mclnet"
     config.seed = 0
-    config.num_epochs = 200
+    # The release's loop is `range(0, 201)`: epochs 0..200.
+    config.num_epochs = 201
     # Stop early (e.g. smoke runs); None trains num_epochs.
     config.max_steps = ml_collections.config_dict.placeholder(int)
     config.log_every_steps = 50
@@ -156,12 +162,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.non_local_inter = 1
     config.model.pooling = "gem"
     config.model.dtype = "float32"
-    # torchvision-named ImageNet ResNet .safetensors file; None: random init.
+    # torchvision-named ImageNet ResNet .safetensors file, or "random" for an
+    # explicit random initialisation. Required for depth >= 50 (the release's
+    # lr diverges from scratch); see README "Pretrained weights".
     config.model.pretrained = ml_collections.config_dict.placeholder(str)
+    # A checkpoint of the authors' release (embed_net state_dict converted
+    # with `python -m mclnet_jax.tools.convert_release`) for --mode=evaluate.
+    config.model.release_checkpoint = ml_collections.config_dict.placeholder(
+        str)
 
     config.loss = ml_collections.ConfigDict()
     config.loss.triplet = "wrt"  # "wrt" (AGW) or "hard" (Base).
     config.loss.triplet_margin = 0.3  # Only for "hard".
+    # "release": the release's row-maximum quirk in the WRT weights;
+    # "stable": a proper masked maximum (see losses.wrt_triplet_loss).
+    config.loss.wrt_variant = "release"
     config.loss.label_smoothing = 0.0
     config.loss.mcm = True
     config.loss.confusion_weight = 1.0
@@ -170,7 +185,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.center_weight = 5e-4  # lambda of Eq. 8.
     config.loss.sigma = 8.0
     config.loss.rho = 4500.0
-    config.loss.center_variant = "paper"  # Eq. 5/6; "release" for the code's.
+    # "release": the code's hinges on batch means; "paper": Eq. 5/6's
+    # per-sample hinges.
+    config.loss.center_variant = "release"
     # False (the release): centers stay at their N(0, 1) init. True (the
     # paper's reading): they are trained by the extractor's optimiser with
     # the heads' lr and no weight decay (optimizer.lr_mults / wd_mults).
@@ -205,6 +222,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.modes = ("all", "indoor")  # SYSU search modes.
     # Also evaluate raw pixels with the same protocol (a no-learning floor).
     config.eval.raw_pixel_baseline = False
+    # k-reciprocal re-ranking (Zhong et al., CVPR 2017) of the distances.
+    config.eval.rerank = False
+    config.eval.rerank_k1 = 20
+    config.eval.rerank_k2 = 6
+    config.eval.rerank_lambda = 0.3
+    # Figures (rank lists, CMC, t-SNE, distance histograms) after training.
+    config.eval.figures = True
 
     config.distributed = ml_collections.ConfigDict()
     config.distributed.enabled = False

@@ -66,6 +66,8 @@ def get_config(arg=None):
 
     config.model.depth = 18
     config.model.width_multiplier = 0.25
+    # Explicitly from scratch: no ImageNet weights at this size.
+    config.model.pretrained = "random"
     config.model.non_local_counts = tuple(
         min(c, 1) for c in config.model.non_local_counts)
     d = 512 * config.model.width_multiplier

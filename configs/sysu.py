@@ -10,9 +10,12 @@ Run (paper reproduction, final checkpoint reported, both search modes):
 `manual_dir` holds cam1 .. cam6 and exp/ (train_id.txt, val_id.txt,
 test_id.txt); the TFDS records are written once to ~/tensorflow_datasets
 (--config.data.data_dir to change). `pretrained` is a torchvision ResNet-50
-state dict saved with safetensors (without it the release's lr diverges
-from random initialisation within a few steps). 200 epochs of
-floor(22258 / 32) + 1 = 696 steps.
+state dict saved with safetensors; it is required (the release's lr diverges
+from random initialisation within a few steps; `--config.model.pretrained=
+random` trains from scratch anyway). 201 epochs (the release's
+`range(0, 201)`) of floor(22258 / 32) + 1 = 696 steps; the final checkpoint
+is evaluated (the release kept the best on the test set; we never select on
+test). Defaults reproduce the release; see the README's switch table.
 
 Arguments after the colon, comma-separated (a bare word is the variant):
 

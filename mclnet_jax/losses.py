@@ -163,13 +163,27 @@ def _masked_softmax_weights(values: jax.Array, mask: jax.Array) -> jax.Array:
     """AGW's softmax weights over the masked entries of each row.
 
     `exp(v - max) * mask / (sum(exp(v - max) * mask) + 1e-6)` with the maximum
-    taken over the masked entries only (see `wrt_triplet_loss`).
+    taken over the masked entries only (WRT's "stable" variant).
     """
     shifted = jnp.where(mask, values - _masked_max(values, mask), 0.0)
     unnormalised = jnp.exp(shifted) * mask
     normaliser = jnp.sum(unnormalised, axis=1, keepdims=True)
     normaliser = normaliser + _SOFTMAX_WEIGHT_EPS
     return unnormalised / normaliser
+
+
+def _release_softmax_weights(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """The release's weights: the maximum of `values * mask` over the row.
+
+    `values` are already masked by the caller (`d * mask` or `-d * mask`), as
+    in the release. For negatives that row maximum is the 0 of the positive
+    entries, so nothing is subtracted and exp(-d) competes with the 1e-6.
+    """
+    mask = mask.astype(values.dtype)
+    row_max = jnp.max(values * mask, axis=1, keepdims=True)
+    unnormalised = jnp.exp(values - row_max) * mask
+    normaliser = jnp.sum(unnormalised, axis=1, keepdims=True)
+    return unnormalised / (normaliser + _SOFTMAX_WEIGHT_EPS)
 
 
 def _softmax_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -287,8 +301,12 @@ def _distances_and_masks(
     return distances, positive, jnp.logical_not(positive)
 
 
+WRT_VARIANTS = ("stable", "release")
+
+
 def wrt_triplet_loss_and_accuracy(
-    *, features: ArrayLike, labels: ArrayLike
+    *, features: ArrayLike, labels: ArrayLike,
+    variant: Literal["stable", "release"] = "stable",
 ) -> tuple[jax.Array, jax.Array]:
     """Weighted regularised triplet loss (AGW, L_wrt of Eq. 7) and its accuracy.
 
@@ -296,34 +314,57 @@ def wrt_triplet_loss_and_accuracy(
     each anchor i, positives P_i = {j : y_j = y_i} (the anchor itself
     included, as in AGW) and negatives N_i = {j : y_j != y_i}:
 
-      w_ij = exp(d_ij - max_P) / (sum_{k in P_i} exp(d_ik - max_P) + 1e-6),
+      w_ij = exp(d_ij - m_P) / (sum_{k in P_i} exp(d_ik - m_P) + 1e-6),
       pos_i = sum_{j in P_i} w_ij d_ij                (soft hardest positive)
-      w_ij = exp(-d_ij - max_N) / (sum_{k in N_i} exp(-d_ik - max_N) + 1e-6),
+      w_ij = exp(-d_ij - m_N) / (sum_{k in N_i} exp(-d_ik - m_N) + 1e-6),
       neg_i = sum_{j in N_i} w_ij d_ij                (soft hardest negative)
       loss = 1/N sum_i log(1 + exp(pos_i - neg_i))    (soft margin)
       accuracy = 1/N #{i : neg_i >= pos_i}
 
-    max_P and max_N are the maxima over the masked entries only (max_N =
-    max_{k in N_i} -d_ik). The authors' release instead takes the maximum of
-    `value * mask` over the whole row, which for negatives is 0; with large
-    distances (unnormalised 2048-d features) its exp(-d) then falls towards
-    the 1e-6 and the negative weights shrink. Both agree where distances are
-    small. An anchor without negatives (a single-class batch) gets neg_i = 0.
+    The shifts m differ between the variants:
+
+    * "stable" (default): m_P = max_{k in P_i} d_ik and m_N = max_{k in N_i}
+      -d_ik, the maxima over the masked entries, so the weights of each set
+      sum to 1 (up to the 1e-6).
+    * "release": the authors' code, bit for bit: m is the maximum of
+      `value * mask` over the whole row. For positives that is m_P again;
+      for negatives it is 0 (the masked-out entries), so nothing is
+      subtracted, exp(-d) competes with the 1e-6 and, for the large
+      distances of unnormalised 2048-d features, the negative weights sum to
+      well below 1 (about 0.98 at d = 14, 0.46 at 18, 0.015 at 22). This is
+      what the published numbers were trained with. The two agree where
+      distances are small.
+
+    An anchor without negatives (a single-class batch) gets neg_i = 0.
 
     Args:
       features: [N, D] float32 or bfloat16, e.g. MCLNet's pre-BN `pool`.
       labels: [N] int, identity labels (any integers; equal means same id).
+      variant: "stable" or "release", see above.
 
     Returns:
       (loss, accuracy): float32 scalars. The accuracy comes from the same
       distance computation and carries no gradient.
 
     Raises:
-      ValueError: on wrong ranks, mismatched N or non-integer labels.
+      ValueError: on an unknown `variant`, wrong ranks, mismatched N or
+        non-integer labels.
     """
+    if variant not in WRT_VARIANTS:
+        raise ValueError(
+            f'`variant` must be "stable" or "release", got {variant!r}.'
+        )
     distances, positive, negative = _distances_and_masks(features, labels)
-    positive_weights = _masked_softmax_weights(distances, positive)
-    negative_weights = _masked_softmax_weights(-distances, negative)
+    if variant == "stable":
+        positive_weights = _masked_softmax_weights(distances, positive)
+        negative_weights = _masked_softmax_weights(-distances, negative)
+    else:
+        positive_distances = distances * positive
+        negative_distances = distances * negative
+        positive_weights = _release_softmax_weights(positive_distances,
+                                                    positive)
+        negative_weights = _release_softmax_weights(-negative_distances,
+                                                    negative)
     weighted_positive = jnp.sum(distances * positive_weights, axis=1)
     weighted_negative = jnp.sum(distances * negative_weights, axis=1)
     loss = jnp.mean(jax.nn.softplus(weighted_positive - weighted_negative))
@@ -332,19 +373,24 @@ def wrt_triplet_loss_and_accuracy(
     return loss, accuracy
 
 
-def wrt_triplet_loss(*, features: ArrayLike, labels: ArrayLike) -> jax.Array:
+def wrt_triplet_loss(
+    *, features: ArrayLike, labels: ArrayLike,
+    variant: Literal["stable", "release"] = "stable",
+) -> jax.Array:
     """AGW's weighted regularised triplet loss (L_wrt of Eq. 7).
 
-    See `wrt_triplet_loss_and_accuracy` for the definition.
+    See `wrt_triplet_loss_and_accuracy` for the definition and `variant`.
 
     Args:
       features: [N, D] float32 or bfloat16.
       labels: [N] int.
+      variant: "stable" (default) or "release".
 
     Returns:
       float32 scalar.
     """
-    loss, _ = wrt_triplet_loss_and_accuracy(features=features, labels=labels)
+    loss, _ = wrt_triplet_loss_and_accuracy(features=features, labels=labels,
+                                            variant=variant)
     return loss
 
 

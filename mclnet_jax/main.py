@@ -28,11 +28,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Checkpoints, TensorBoard logs and results go here.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
-                          "train (and evaluate at the end), or evaluate only.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "evaluate", "analyze", "export"],
+    "train (and evaluate at the end); evaluate only; analyze: figures into "
+    "WORKDIR/figures; export: the eval-mode network into WORKDIR/export.")
 _CHECKPOINT = flags.DEFINE_enum(
     "checkpoint", "latest", ["latest", "best"],
-    "--mode=evaluate: the latest checkpoint or the best on validation.")
+    "--mode=evaluate/analyze/export: the latest checkpoint or the best on "
+    "validation.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -57,10 +60,19 @@ def main(argv):
     try:
         if _MODE.value == "train":
             train.train_and_evaluate(_CONFIG.value, workdir)
-        else:
+        elif _MODE.value == "evaluate":
             train.evaluate_only(_CONFIG.value, workdir,
                                 which=_CHECKPOINT.value)
-    except train_data.DatasetUnavailableError as e:
+        elif _MODE.value == "analyze":
+            from mclnet_jax import analysis  # pylint: disable=g-import-not-at-top
+            analysis.analyze_workdir(_CONFIG.value, workdir,
+                                     which=_CHECKPOINT.value)
+        else:
+            from mclnet_jax import export  # pylint: disable=g-import-not-at-top
+            export.export_workdir(_CONFIG.value, workdir,
+                                  which=_CHECKPOINT.value)
+    except (train_data.DatasetUnavailableError,
+            train.ConfigurationError) as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 2
     except (train.NonFiniteLossError, FileNotFoundError) as e:

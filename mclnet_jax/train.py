@@ -48,6 +48,7 @@ from mclnet_jax import checkpointing
 from mclnet_jax import losses
 from mclnet_jax import optim
 from mclnet_jax import sharding
+from mclnet_jax.models import layers
 from mclnet_jax.models import mclnet as mclnet_model
 
 PyTree = Any
@@ -95,14 +96,61 @@ class TrainState:
 # ---------------------------------------------------------------------------
 
 
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+           "float64": jnp.float64}
+# The release's learning rate diverges from random initialisation for these.
+_PRETRAINED_REQUIRED_DEPTH = 50
+RANDOM_INIT = "random"
+
+
+def _dtype(config):
+    dtype = _DTYPES.get(config.model.dtype)
+    if dtype is None:
+        raise ConfigurationError(
+            f"config.model.dtype must be one of {sorted(_DTYPES)}, got "
+            f"{config.model.dtype!r}.")
+    return dtype
+
+
+def configure_precision(config) -> None:
+    """Turns on 64-bit JAX for `config.model.dtype == "float64"`.
+
+    The float64 mode exists for exact comparisons with a PyTorch reference;
+    it is never a training setting. `jax_enable_x64` is process-wide.
+    """
+    if _dtype(config) == jnp.float64 and not jax.config.jax_enable_x64:
+        logging.warning("config.model.dtype=float64: enabling jax_enable_x64 "
+                        "(parity checks only; slow).")
+        jax.config.update("jax_enable_x64", True)
+
+
+def check_initialisation(config) -> None:
+    """Refuses a deep network without ImageNet weights unless asked for.
+
+    Raises:
+      ConfigurationError: depth >= 50 and `config.model.pretrained` unset.
+    """
+    m = config.model
+    if m.depth < _PRETRAINED_REQUIRED_DEPTH or m.get("pretrained"):
+        return
+    raise ConfigurationError(
+        f"config.model.pretrained is not set for a ResNet-{m.depth}. The "
+        "release trains from ImageNet weights, and its learning rate "
+        "diverges from random initialisation within a few steps. Save "
+        "torchvision's ResNet-50 as safetensors once (needs torch and "
+        "torchvision):\n"
+        "  python -c \"import torchvision, safetensors.torch as st; "
+        "st.save_file(torchvision.models.resnet50(weights='IMAGENET1K_V1')"
+        ".state_dict(), 'resnet50.safetensors')\"\n"
+        "then pass --config.model.pretrained=/path/to/resnet50.safetensors. "
+        f"To train from scratch anyway, pass "
+        f"--config.model.pretrained={RANDOM_INIT}.")
+
+
 def make_model(config, *, num_classes: int) -> mclnet_model.MCLNet:
     """The extractor described by `config.model`."""
     m = config.model
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(m.dtype)
-    if dtype is None:
-        raise ValueError(
-            f"config.model.dtype must be 'float32' or 'bfloat16', got "
-            f"{m.dtype!r}.")
+    dtype = _dtype(config)
     return mclnet_model.MCLNet(
         num_classes=num_classes,
         depth=m.depth,
@@ -113,6 +161,11 @@ def make_model(config, *, num_classes: int) -> mclnet_model.MCLNet:
         pooling=m.pooling,
         dtype=dtype,
     )
+
+
+def make_modality_classifier(config) -> mclnet_model.ModalityClassifier:
+    """The MCM's classifier; float32 (float64 in the float64 mode)."""
+    return mclnet_model.ModalityClassifier(dtype=_dtype(config))
 
 
 def make_optimizers(config, *, steps_per_epoch: int):
@@ -126,7 +179,7 @@ def make_optimizers(config, *, steps_per_epoch: int):
 
 def _load_pretrained(config, variables: PyTree) -> PyTree:
     path = config.model.get("pretrained")
-    if not path:
+    if not path or path == RANDOM_INIT:
         return variables
     # Imported lazily: only runs that start from ImageNet weights need it.
     from mclnet_jax.models import pretrained  # pylint: disable=g-import-not-at-top
@@ -141,7 +194,8 @@ def init_state(config, *, model: mclnet_model.MCLNet, num_classes: int,
     """A fresh state, deterministic from `config.seed`.
 
     The backbone comes from `config.model.pretrained` (ImageNet weights) when
-    set and `load_pretrained`. Centers are N(0, 1) as in the release:
+    set (not "random") and `load_pretrained`. Centers are N(0, 1) as in the
+    release:
     [num_classes, D] for ICA and [num_cameras, D] for CCA, created only for
     the enabled losses.
     """
@@ -155,15 +209,18 @@ def init_state(config, *, model: mclnet_model.MCLNet, num_classes: int,
         variables = _load_pretrained(config, variables)
     model_params = variables["params"]
     d = model.feature_dim
-    mcm = mclnet_model.ModalityClassifier()
+    mcm = make_modality_classifier(config)
+    param_dtype = layers.param_dtype(model.dtype)
     mcm_vars = jax.jit(functools.partial(mcm.init, train=False))(
-        mcm_rng, jnp.zeros((2, d), jnp.float32))
+        mcm_rng, jnp.zeros((2, d), param_dtype))
 
     centers = {}
     if config.loss.ica:
-        centers["ica"] = jax.random.normal(ica_rng, (num_classes, d))
+        centers["ica"] = jax.random.normal(ica_rng, (num_classes, d),
+                                           param_dtype)
     if config.loss.cca:
-        centers["cca"] = jax.random.normal(cca_rng, (num_cameras, d))
+        centers["cca"] = jax.random.normal(cca_rng, (num_cameras, d),
+                                           param_dtype)
     params = {"model": model_params}
     frozen = {}
     if config.loss.train_centers and centers:
@@ -228,7 +285,12 @@ def make_train_step(config, *, model: mclnet_model.MCLNet,
         raise ValueError(
             "config.loss.center_variant must be 'paper' or 'release', got "
             f"{lc.center_variant!r}.")
-    mcm = mclnet_model.ModalityClassifier()
+    wrt_variant = lc.get("wrt_variant", "stable")
+    if wrt_variant not in losses.WRT_VARIANTS:
+        raise ValueError(
+            f"config.loss.wrt_variant must be one of {losses.WRT_VARIANTS}, "
+            f"got {wrt_variant!r}.")
+    mcm = make_modality_classifier(config)
 
     def train_step(state: TrainState, batch: Batch):
         labels, cameras, modality = _concat_labels(batch)
@@ -280,8 +342,8 @@ def make_train_step(config, *, model: mclnet_model.MCLNet,
                 label_smoothing=lc.label_smoothing)
             if lc.triplet == "wrt":
                 terms["loss_triplet"], acc = (
-                    losses.wrt_triplet_loss_and_accuracy(features=pool,
-                                                         labels=labels))
+                    losses.wrt_triplet_loss_and_accuracy(
+                        features=pool, labels=labels, variant=wrt_variant))
             else:
                 terms["loss_triplet"] = losses.hard_triplet_loss(
                     features=pool, labels=labels, margin=lc.triplet_margin)
@@ -345,6 +407,10 @@ def _tree_all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
               if jnp.issubdtype(x.dtype, jnp.floating)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+class ConfigurationError(ValueError):
+    """A config that cannot run as asked (the CLI exits with code 2)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -457,6 +523,7 @@ def _setup(config, workdir: str) -> _Run:
     # Imported here: the data stack (TensorFlow) is only needed for a run.
     from mclnet_jax import train_data  # pylint: disable=g-import-not-at-top
 
+    configure_precision(config)
     sharding.maybe_initialize_distributed(config)
     os.makedirs(workdir, exist_ok=True)
     data = train_data.prepare(config, workdir)
@@ -495,7 +562,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     Raises:
       NonFiniteLossError: a loss or parameter became NaN/inf.
       train_data.DatasetUnavailableError: the dataset folder is missing.
+      ConfigurationError: e.g. a ResNet-50 without `model.pretrained`
+        (checked before any data is built).
     """
+    check_initialisation(config)
     run = _setup(config, workdir)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -574,14 +644,89 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     return out
 
 
+def _release_state(config, run: _Run) -> TrainState:
+    """A fresh state whose extractor is `config.model.release_checkpoint`.
+
+    Raises:
+      ConfigurationError: the file is missing, or the checkpoint's model
+        (depth, non-local blocks, identities, ...) is not the configured one;
+        the message names the overrides that fix it.
+    """
+    # Imported lazily: only this path reads release checkpoints.
+    from mclnet_jax.models import release  # pylint: disable=g-import-not-at-top
+    path = os.path.expanduser(config.model.release_checkpoint)
+    try:
+        state_dict = release.read(path)
+        found = release.describe_embed_net(state_dict)
+    except (OSError, ValueError) as e:
+        raise ConfigurationError(
+            f"config.model.release_checkpoint: {e}") from e
+    m = config.model
+    configured = {
+        "depth": m.depth,
+        "non_local_counts": tuple(m.non_local_counts),
+        "non_local_inter": (m.non_local_inter if any(m.non_local_counts)
+                            else None),
+        "feature_dim": run.model.feature_dim,
+    }
+    wrong = [f"{k}: checkpoint {found[k]!r}, config {v!r}"
+             for k, v in configured.items()
+             if v is not None and found[k] != v]
+    if wrong:
+        raise ConfigurationError(
+            f"The release checkpoint {path} is not the configured model ("
+            + "; ".join(wrong) + "). Override the config to match, e.g. "
+            f"--config.model.depth={found['depth']} "
+            f"--config.model.width_multiplier={found['width_multiplier']:g} "
+            f"--config.model.non_local_counts='{found['non_local_counts']}'"
+            + (f" --config.model.non_local_inter={found['non_local_inter']}"
+               if found["non_local_inter"] else "") + ".")
+    if found["num_classes"] != run.data.num_classes:
+        raise ConfigurationError(
+            f"The release checkpoint {path} classifies "
+            f"{found['num_classes']} identities, but the training data of "
+            f"this config has {run.data.num_classes}: evaluate it with the "
+            f"config of the dataset it was trained on (configs/sysu.py: "
+            f"SYSU-MM01, configs/regdb.py: RegDB, same trial).")
+    state = init_state(config, model=run.model,
+                       num_classes=run.data.num_classes,
+                       num_cameras=run.data.num_cameras, tx=run.tx,
+                       mcm_tx=run.mcm_tx, load_pretrained=False)
+    try:
+        variables = release.load_embed_net(
+            {"params": state.params["model"],
+             "batch_stats": state.batch_stats}, state_dict)
+    except ValueError as e:
+        raise ConfigurationError(
+            f"config.model.release_checkpoint: {e}") from e
+    logging.info("Extractor from the release checkpoint %s.", path)
+    state = state.replace(params={**state.params, "model": variables["params"]},
+                          batch_stats=variables["batch_stats"])
+    return jax.device_put(state, run.state_sharding)
+
+
 def evaluate_only(config, workdir: str, *, which: str = "latest"
                   ) -> dict[str, Any]:
     """Restores the latest (or best) checkpoint and runs the test protocol.
 
-    Writes `results_<which>.json` / `.txt` into the workdir.
+    Writes `results_<which>.json` / `.txt` into the workdir. With
+    `config.model.release_checkpoint` set, evaluates that checkpoint of the
+    authors' release instead (`which` must stay "latest") and writes
+    `results_release.{json,txt}` (step 0).
     """
     if which not in ("latest", "best"):
         raise ValueError(f"which must be 'latest' or 'best', got {which!r}.")
+    if config.model.get("release_checkpoint"):
+        if which != "latest":
+            raise ConfigurationError(
+                "--checkpoint=best does not apply to "
+                "config.model.release_checkpoint; drop one of them.")
+        run = _setup(config, workdir)
+        state = _release_state(config, run)
+        results = run.data.evaluate(run.model, state,
+                                    split=config.data.test_split)
+        return write_results(workdir, results, step=0,
+                             name="results_release")
     run = _setup(config, workdir)
     state = run.restore_or_init(config, which=which, init=False)
     if state is None:

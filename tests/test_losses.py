@@ -92,6 +92,32 @@ def np_wrt(*, features, labels):
     return np.mean(losses_), correct / n
 
 
+def np_wrt_release(*, features, labels):
+    """The release's WRT, one anchor at a time: its softmax weights subtract
+    the maximum of `value * mask` over the anchor's whole row (all N
+    entries, masked-out ones as 0), not the maximum over the masked set."""
+    n = len(features)
+    losses_, correct = [], 0
+    for i in range(n):
+        row = np.array([np_distance(features[i], features[j])
+                        for j in range(n)])
+        pos_mask = np.array([labels[j] == labels[i] for j in range(n)], float)
+        neg_mask = 1.0 - pos_mask
+
+        def weighted(values, mask):
+            # values are already masked (d * mask or -d * mask).
+            shift = max(values[j] * mask[j] for j in range(n))
+            num = [np.exp(values[j] - shift) * mask[j] for j in range(n)]
+            total = sum(num) + 1e-6
+            return sum(num[j] / total * row[j] for j in range(n))
+
+        weighted_pos = weighted(row * pos_mask, pos_mask)
+        weighted_neg = weighted(-row * neg_mask, neg_mask)
+        losses_.append(np.log1p(np.exp(weighted_pos - weighted_neg)))
+        correct += weighted_neg >= weighted_pos
+    return np.mean(losses_), correct / n
+
+
 def np_hard_triplet(*, features, labels, margin=0.3):
     n = len(features)
     total = 0.0
@@ -208,6 +234,10 @@ CASES = [
     Case("wrt_triplet", losses.wrt_triplet_loss,
          lambda **kw: np_wrt(**kw)[0],
          (("features", "features"), ("labels", "labels")), ("features",)),
+    Case("wrt_triplet_release",
+         functools.partial(losses.wrt_triplet_loss, variant="release"),
+         lambda **kw: np_wrt_release(**kw)[0],
+         (("features", "features"), ("labels", "labels")), ("features",)),
     Case("hard_triplet", losses.hard_triplet_loss, np_hard_triplet,
          (("features", "features"), ("labels", "labels")), ("features",)),
     Case("center_paper",
@@ -270,6 +300,54 @@ def test_wrt_accuracy_matches_numpy_reference():
         np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
         assert 0.0 < expected_accuracy < 1.0
         np.testing.assert_allclose(accuracy, expected_accuracy, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale", [0.25, 3.0, 6.0])
+def test_wrt_release_accuracy_matches_numpy_reference(scale):
+    # At scale 6 the distances reach ~15-25, where the release's negative
+    # weights fall well below 1 and the variants disagree.
+    problem = make_problem(1)
+    features = problem["features"] * scale
+    loss, accuracy = jax.jit(functools.partial(
+        losses.wrt_triplet_loss_and_accuracy, variant="release"))(
+            features=jnp.asarray(features, jnp.float32),
+            labels=problem["labels"])
+    expected_loss, expected_accuracy = np_wrt_release(
+        features=np.asarray(features, np.float32).astype(np.float64),
+        labels=problem["labels"])
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(accuracy, expected_accuracy, atol=1e-7)
+    stable, _ = np_wrt(features=features, labels=problem["labels"])
+    if scale < 1:   # Small distances: the two variants agree.
+        np.testing.assert_allclose(expected_loss, stable, rtol=1e-4)
+    if scale == 6.0:
+        assert abs(expected_loss - stable) > 1.0
+
+
+@pytest.mark.parametrize("distance, weight_sum", [
+    (14.0, 0.98), (18.0, 0.46), (22.0, 0.015)])
+def test_wrt_release_negative_weights_shrink_with_distance(distance,
+                                                          weight_sum):
+    # A batch of 8 ids x 8 images: each anchor has 56 negatives. Put all of
+    # them at `distance` and every positive on the anchor: the release's
+    # negative weights sum to 56 e^-d / (56 e^-d + 1e-6), the documented
+    # 0.98 / 0.46 / 0.015, so its soft negative distance is d * that sum.
+    labels = np.repeat(np.arange(8), 8).astype(np.int32)
+    features = np.zeros((64, 64))
+    # Classes on orthogonal axes at distance d from each other.
+    features[np.arange(64), labels] = distance / np.sqrt(2.0)
+    expected = 56 * np.exp(-distance) / (56 * np.exp(-distance) + 1e-6)
+    np.testing.assert_allclose(expected, weight_sum, rtol=0.04)
+    release = losses.wrt_triplet_loss(
+        features=jnp.asarray(features, jnp.float32), labels=labels,
+        variant="release")
+    stable = losses.wrt_triplet_loss(
+        features=jnp.asarray(features, jnp.float32), labels=labels)
+    # Positive distances are the clamp's 1e-6: loss = softplus(0 - neg).
+    np.testing.assert_allclose(release, np.log1p(np.exp(-distance * expected)),
+                               rtol=1e-4)
+    np.testing.assert_allclose(stable, np.log1p(np.exp(-distance)),
+                               rtol=1e-4, atol=1e-12)
 
 
 def test_triplet_losses_on_a_single_class_batch():
@@ -456,6 +534,8 @@ C = jnp.zeros((5, 3))
      "labels.*shape"),
     (lambda: losses.wrt_triplet_loss(features=Y[:, None], labels=Y),
      "floating"),
+    (lambda: losses.wrt_triplet_loss(features=F, labels=Y, variant="torch"),
+     "variant"),
     (lambda: losses.hard_triplet_loss(features=F[0], labels=Y),
      "features.*shape"),
     (lambda: losses.center_aggregation_loss(

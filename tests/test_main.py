@@ -78,12 +78,34 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("xla_cache")
 
 
+def test_resnet50_without_weights_stops_before_the_data(tmp_path, cache_dir):
+    missing = tmp_path / "no_such_SYSU-MM01"
+    proc = subprocess.run(
+        _command(tmp_path / "work", config="configs/sysu.py",
+                 extra=(f"--config.data.manual_dir={missing}",
+                        f"--config.data.data_dir={tmp_path / 'tfds'}")),
+        env=_env(cache_dir), cwd=_REPO, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "config.model.pretrained is not set for a ResNet-50" in proc.stderr
+    assert "diverges from random initialisation" in proc.stderr
+    assert "--config.model.pretrained=random" in proc.stderr
+    assert "save_file(torchvision.models.resnet50" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Stopped before building or even looking for the data.
+    assert str(missing) not in proc.stderr
+    assert not (tmp_path / "tfds").exists()
+
+
 def test_missing_dataset_gives_path_and_instructions(tmp_path, cache_dir):
+    # An explicit random initialisation passes the weights check (the run
+    # starts) and then stops at the missing dataset.
     missing = tmp_path / "no_such_SYSU-MM01"
     proc = subprocess.run(
         _command(tmp_path / "work", config="configs/sysu.py:base",
                  extra=(f"--config.data.manual_dir={missing}",
-                        f"--config.data.data_dir={tmp_path / 'tfds'}")),
+                        f"--config.data.data_dir={tmp_path / 'tfds'}",
+                        "--config.model.pretrained=random")),
         env=_env(cache_dir), cwd=_REPO, capture_output=True, text=True,
         timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]

@@ -214,13 +214,14 @@ def test_step_matches_straightforward_two_pass_reference(tiny):
                                     mutable=["batch_stats"])
             loss = (losses.identity_loss(logits=out["logits"], labels=labels)
                     + losses.wrt_triplet_loss(features=out["pool"],
-                                              labels=labels)
+                                              labels=labels,
+                                              variant=lc.wrt_variant)
                     + losses.modality_confusion_loss(logits=m_logits))
             for name, target in (("ica", labels), ("cca", cameras)):
                 loss += lc.center_weight * losses.center_aggregation_loss(
                     features=out["bn"], labels=target,
                     centers=params["centers"][name], sigma=lc.sigma,
-                    rho=lc.rho)
+                    rho=lc.rho, variant=lc.center_variant)
             return loss
 
         loss, grads = jax.value_and_grad(total)(state.params)
@@ -244,6 +245,48 @@ def test_step_matches_straightforward_two_pass_reference(tiny):
     # Centers are trained here: they moved; frozen centers would not.
     assert not np.allclose(new_state.params["centers"]["ica"],
                            state.params["centers"]["ica"])
+
+
+def test_float64_mode_keeps_every_state_leaf_in_float64(fast_compile):
+    del fast_compile
+    config = tiny_config()
+    config.model.dtype = "float64"
+    with jax.enable_x64(True):
+        _, _, _, state, step = setup(config)
+        new_state, metrics = jax.jit(step)(state, tiny_batches(1)[0])
+        for tree in (state, new_state):
+            floats = [x.dtype for x in jax.tree.leaves(tree)
+                      if jnp.issubdtype(x.dtype, jnp.floating)]
+            assert floats and set(floats) == {jnp.dtype(jnp.float64)}
+        assert metrics["loss"].dtype == jnp.float64
+    # The same config's float32 twin stays float32 even with x64 on.
+    with jax.enable_x64(True):
+        _, _, _, state32, _ = setup(tiny_config())
+    assert {x.dtype for x in jax.tree.leaves(state32.params)} == {
+        jnp.dtype(jnp.float32)}
+
+
+def test_float64_without_x64_is_a_clear_error():
+    config = tiny_config()
+    config.model.dtype = "float64"
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match="needs 64-bit JAX"):
+            setup(config)
+
+
+@pytest.mark.parametrize("depth, pretrained, ok", [
+    (50, None, False), (101, None, False), (50, "", False),
+    (50, "random", True), (50, "w.safetensors", True), (18, None, True)])
+def test_deep_networks_need_explicit_initialisation(depth, pretrained, ok):
+    config = load_default_config()
+    config.model.depth = depth
+    config.model.pretrained = pretrained
+    if ok:
+        train.check_initialisation(config)
+    else:
+        with pytest.raises(train.ConfigurationError,
+                           match="pretrained=random"):
+            train.check_initialisation(config)
 
 
 def test_check_finite_names_the_bad_metric():

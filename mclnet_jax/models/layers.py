@@ -12,6 +12,15 @@ BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
 
+def param_dtype(dtype: Any) -> Any:
+    """Parameter and statistics dtype for a compute dtype.
+
+    float32, except float64 for float64 compute (the exact-parity mode,
+    which needs `jax_enable_x64`); bfloat16 compute keeps float32 parameters.
+    """
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
 def torch_default_kernel_init() -> Any:
     """PyTorch's default Conv/Linear weight init: U(+-1/sqrt(fan_in)).
 
@@ -36,7 +45,8 @@ class BatchNorm(nn.Module):
     Differences from `flax.linen.BatchNorm`, all to match PyTorch: the running
     variance is updated with the unbiased batch variance (n / (n - 1)), and
     the batch variance is computed as mean((x - mean)^2) rather than
-    E[x^2] - E[x]^2. Statistics are always computed in float32.
+    E[x^2] - E[x]^2. Statistics are computed in float32 (float64 for float64
+    inputs or dtype).
 
     Variables: params "scale" [C] and (if `use_bias`) "bias" [C];
     batch_stats "mean" [C] and "var" [C].
@@ -60,19 +70,21 @@ class BatchNorm(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """x: [..., C]; returns the normalised x, same shape."""
         features = x.shape[-1]
-        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
-        bias = (self.param("bias", self.bias_init, (features,), jnp.float32)
+        out_dtype = self.dtype or x.dtype
+        sdt = jnp.promote_types(param_dtype(out_dtype),
+                                param_dtype(x.dtype))
+        scale = self.param("scale", self.scale_init, (features,), sdt)
+        bias = (self.param("bias", self.bias_init, (features,), sdt)
                 if self.use_bias else None)
         ra_mean = self.variable("batch_stats", "mean",
-                                lambda: jnp.zeros((features,), jnp.float32))
+                                lambda: jnp.zeros((features,), sdt))
         ra_var = self.variable("batch_stats", "var",
-                               lambda: jnp.ones((features,), jnp.float32))
-        out_dtype = self.dtype or x.dtype
+                               lambda: jnp.ones((features,), sdt))
         if train:
             axes = tuple(range(x.ndim - 1))
-            x32 = x.astype(jnp.float32)
-            mean = jnp.mean(x32, axis=axes)
-            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+            xs = x.astype(sdt)
+            mean = jnp.mean(xs, axis=axes)
+            var = jnp.mean(jnp.square(xs - mean), axis=axes)
             if not self.is_initializing():
                 n = math.prod(x.shape[:-1])
                 unbiased = var * (n / max(n - 1, 1))
@@ -86,8 +98,8 @@ class BatchNorm(nn.Module):
         add = -mean * mul
         if bias is not None:
             add = add + bias
-        if out_dtype == jnp.float32 or x.dtype == jnp.float32:
-            y = x.astype(jnp.float32) * mul + add
+        if jnp.finfo(out_dtype).bits >= 32 or jnp.finfo(x.dtype).bits >= 32:
+            y = x.astype(sdt) * mul + add
         else:
             y = x * mul.astype(x.dtype) + add.astype(x.dtype)
         return y.astype(out_dtype)
@@ -110,7 +122,7 @@ class Conv1x1(nn.Module):
       strides: spatial stride (both axes).
       use_bias: add a learnable bias.
       kernel_init, bias_init: initialisers.
-      dtype: compute dtype; parameters are float32.
+      dtype: compute dtype; parameters are float32 (float64 for float64).
     """
 
     features: int
@@ -125,7 +137,8 @@ class Conv1x1(nn.Module):
         """x: [N, H, W, C_in] -> [N, ceil(H / s), ceil(W / s), features]."""
         in_features = x.shape[-1]
         kernel = self.param("kernel", self.kernel_init,
-                            (1, 1, in_features, self.features), jnp.float32)
+                            (1, 1, in_features, self.features),
+                            param_dtype(self.dtype))
         if self.strides != 1:
             x = x[:, ::self.strides, ::self.strides, :]
         # As a 2-D [N*H*W, C_in] x [C_in, features] product: the weight
@@ -137,6 +150,6 @@ class Conv1x1(nn.Module):
         y = y.reshape(x.shape[:-1] + (self.features,))
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,),
-                              jnp.float32)
+                              param_dtype(self.dtype))
             y = y + bias.astype(self.dtype)
         return y

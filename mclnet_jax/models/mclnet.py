@@ -51,10 +51,23 @@ def gem_pool(x: jax.Array, *, p: float = GEM_P,
       eps: added before the root, as in the release.
 
     Returns:
-      [N, C] float32.
+      [N, C] float32 (float64 for float64 inputs).
     """
-    x = x.astype(jnp.float32)
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     return (jnp.mean(x ** p, axis=(1, 2)) + eps) ** (1.0 / p)
+
+
+DTYPES = ("float32", "bfloat16", "float64")
+
+
+def _check_dtype(dtype: Any) -> None:
+    if jnp.dtype(dtype).name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+    if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "dtype float64 needs 64-bit JAX: run inside "
+            "`with jax.enable_x64(True):` or set JAX_ENABLE_X64=1 (the "
+            "trainer does this for config.model.dtype='float64').")
 
 
 class MCLNet(nn.Module):
@@ -71,8 +84,9 @@ class MCLNet(nn.Module):
         release (an integer-division quirk there), None means C // 2 (AGW's
         intent).
       pooling: "gem" (p = 3) or "avg".
-      dtype: compute dtype of the backbone (float32 or bfloat16); parameters
-        are float32, the returned features and logits are float32.
+      dtype: compute dtype of the backbone: float32, bfloat16 (float32
+        parameters, features and logits) or float64 (everything float64: the
+        exact-parity mode; needs `jax_enable_x64`).
     """
 
     num_classes: int
@@ -98,10 +112,7 @@ class MCLNet(nn.Module):
         if self.pooling not in POOLINGS:
             raise ValueError(
                 f"Unknown pooling {self.pooling!r}; use one of {POOLINGS}.")
-        if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.float32),
-                                         jnp.dtype(jnp.bfloat16)):
-            raise ValueError(
-                f"dtype must be float32 or bfloat16, got {self.dtype!r}.")
+        _check_dtype(self.dtype)
         counts = tuple(self.non_local_counts)
         blocks = resnet.BLOCKS_PER_STAGE[self.depth]
         if len(counts) != 4 or any(
@@ -172,17 +183,18 @@ class MCLNet(nn.Module):
                 non_local_inter=self.non_local_inter, dtype=self.dtype):
             x = stage(x, train=train)
 
+        head_dtype = layers.param_dtype(self.dtype)
         if self.pooling == "gem":
             pool = gem_pool(x)
         else:
-            pool = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+            pool = jnp.mean(x.astype(head_dtype), axis=(1, 2))
         # BNNeck: no shift parameter at all (the release freezes it at 0).
         bn = layers.BatchNorm(use_bias=False, scale_init=_bnneck_scale_init,
-                              dtype=jnp.float32, name="bnneck")(pool,
-                                                                train=train)
+                              dtype=head_dtype, name="bnneck")(pool,
+                                                               train=train)
         logits = nn.Dense(self.num_classes, use_bias=False,
                           kernel_init=nn.initializers.normal(0.001),
-                          dtype=jnp.float32, param_dtype=jnp.float32,
+                          dtype=head_dtype, param_dtype=head_dtype,
                           name="classifier")(bn)
         return {"pool": pool, "bn": bn, "logits": logits}
 
@@ -196,21 +208,26 @@ class ModalityClassifier(nn.Module):
     Attributes:
       hidden: width of the first layer.
       num_modalities: outputs (2: visible, infrared).
+      dtype: parameter and compute dtype, float32 (or float64 for the
+        exact-parity mode).
     """
 
     hidden: int = 128
     num_modalities: int = 2
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features: jax.Array, *, train: bool) -> jax.Array:
-        """features: [N, D] -> logits [N, num_modalities] float32."""
+        """features: [N, D] -> logits [N, num_modalities] in `dtype`."""
         if features.ndim != 2:
             raise ValueError(
                 f"features must be [N, D], got shape {tuple(features.shape)}.")
-        x = features.astype(jnp.float32)
+        _check_dtype(self.dtype)
+        dtype = layers.param_dtype(self.dtype)
+        x = features.astype(dtype)
         for name, width in (("fc1", self.hidden),
                             ("fc2", self.num_modalities)):
-            x = nn.Dense(width, use_bias=True,
+            x = nn.Dense(width, use_bias=True, dtype=dtype, param_dtype=dtype,
                          kernel_init=layers.torch_default_kernel_init(),
                          bias_init=layers.torch_default_bias_init(
                              x.shape[-1]),

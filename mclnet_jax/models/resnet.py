@@ -90,7 +90,7 @@ def _conv(features: int, kernel: int, strides: int, *, dtype: Any,
     return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
                    padding=((pad, pad), (pad, pad)), use_bias=False,
                    kernel_init=conv_kernel_init, dtype=dtype,
-                   param_dtype=jnp.float32, name=name)
+                   param_dtype=layers.param_dtype(dtype), name=name)
 
 
 class BasicBlock(nn.Module):
@@ -269,7 +269,7 @@ class ResNet(nn.Module):
                                    last_stride=self.last_stride,
                                    dtype=self.dtype):
             x = stage(x, train=train)
-        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        x = jnp.mean(x.astype(layers.param_dtype(self.dtype)), axis=(1, 2))
         if self.num_classes is not None:
             x = nn.Dense(self.num_classes, name="fc")(x)
         return x
