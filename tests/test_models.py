@@ -92,6 +92,18 @@ def test_mclnet50_param_count():
                        for k in shapes["params"][stage])
 
 
+def test_mclnet50_half_width_non_local_param_count():
+    # AGW's intended inter = C/2 (README switch table): per block
+    # 3*(C*C/2 + C/2) theta/phi/g + (C/2*C + C) W + 2*C W-BN;
+    # layer2 (C=512): 2 * 526,592; layer3 (C=1024): 3 * 2,101,760.
+    non_local = 2 * 526_592 + 3 * 2_101_760
+    assert non_local == 7_358_464
+    shapes = jax.eval_shape(lambda: mclnet.MCLNet(
+        num_classes=395, non_local_inter=None).init(
+            jax.random.key(0), jnp.zeros((1, 288, 144, 3)), train=False))
+    assert _count(shapes["params"]) == 24_357_263 - 28_687 + non_local
+
+
 # ------------------------------------------------------------ init values ---
 
 def test_conv_init_is_kaiming_normal_fan_out():
