@@ -41,6 +41,7 @@ def tiny_config():
     config.model.depth = 18
     config.model.width_multiplier = 1 / 16
     config.model.non_local_counts = (0, 1, 1, 0)
+    config.model.pretrained = "random"  # Explicitly from scratch.
     config.data.image_size = (32, 16)
     config.data.num_identities = P
     config.data.num_instances = K
