@@ -25,9 +25,17 @@ difference is printed ("full |diff|"). Ours is timed as the median of
 --repeats runs, the loop once (it is slow). The community's own code takes
 9.9 s (SYSU) and 36.7 s (RegDB) for the metrics on the reference machine.
 
+Then k-reciprocal re-ranking (`rerank.k_reciprocal_distance`, k1=20, k2=6,
+lambda=0.3) of one trial at both sizes: SYSU all-search 3,803 queries x 301
+gallery (N = 4,104, q_q included) and RegDB V->I 2,060 x 2,060 (N = 4,120).
+Printed: the median seconds of --rerank_repeats runs of the Euclidean
+distances (q_g, q_q, g_g from the normalised features) and of the
+re-ranking itself, and R1 / mAP of that trial without and with it.
+
 Run:
-    python benchmarks/evaluation.py            # full size (~1-2 min)
+    python benchmarks/evaluation.py            # full size (~2-3 min)
     python benchmarks/evaluation.py --quick    # 2 trials, smoke test
+    python benchmarks/evaluation.py --only_rerank   # re-ranking only
 """
 
 import argparse
@@ -37,6 +45,7 @@ import numpy as np
 
 from mclnet_jax import evaluate
 from mclnet_jax import metrics
+from mclnet_jax import rerank
 
 COMMUNITY_SECONDS = {"SYSU all-search": 9.9, "RegDB V->I": 36.7}
 
@@ -249,17 +258,77 @@ def bench_regdb(args):
                 full_diff=full_diff, **_mean_metrics(ours))
 
 
+def bench_rerank(args):
+    """Re-ranking of one SYSU trial and one RegDB direction at full size."""
+    meta, feats = sysu_test_split(np.random.default_rng(0), dim=args.dim)
+    query = evaluate.sysu_query_indices(meta)
+    gallery = evaluate.sysu_gallery_indices(meta, mode="all", trial=0)
+    sysu = (metrics.l2_normalize(feats[query]),
+            metrics.l2_normalize(feats[gallery]),
+            dict(query_ids=meta.identity[query],
+                 gallery_ids=meta.identity[gallery],
+                 query_cams=meta.camera[query],
+                 gallery_cams=meta.camera[gallery]),
+            metrics.sysu_metrics)
+    ids, vis, ir = regdb_trial(np.random.default_rng(1), dim=args.dim,
+                               seed=0)
+    regdb = (metrics.l2_normalize(vis), metrics.l2_normalize(ir),
+             dict(query_ids=ids, gallery_ids=ids), metrics.standard_metrics)
+    rows = []
+    for name, (q, g, kw, metric_fn) in (("SYSU all-search", sysu),
+                                        ("RegDB V->I", regdb)):
+        def distances(q=q, g=g):
+            return (rerank.euclidean_distance(q, g),
+                    rerank.euclidean_distance(q),
+                    rerank.euclidean_distance(g))
+
+        dist_s, dists = median_seconds(distances, args.rerank_repeats)
+        rerank_s, reranked = median_seconds(
+            lambda dists=dists: rerank.k_reciprocal_distance(*dists),
+            args.rerank_repeats)
+        before = metric_fn(metrics.negative_inner_product(q, g), **kw)
+        after = metric_fn(reranked, **kw)
+        rows.append(dict(name=name, shape=f"{len(q)} x {len(g)}",
+                         n=len(q) + len(g), dist_s=dist_s,
+                         rerank_s=rerank_s, before=before, after=after))
+    return rows
+
+
+def print_rerank(rows, args):
+    print(f"\nk-reciprocal re-ranking (k1=20, k2=6, lambda=0.3), one trial, "
+          f"D={args.dim}; seconds = median of {args.rerank_repeats} runs "
+          "(machine may be shared: noisy).")
+    header = (f"{'protocol':<16} {'Q x G':>11} {'N':>5} | "
+              f"{'distances':>9} {'re-rank':>7} | {'R1':>6} {'mAP':>6} -> "
+              f"{'R1':>6} {'mAP':>6}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['name']:<16} {r['shape']:>11} {r['n']:>5} | "
+              f"{r['dist_s']:9.3f} {r['rerank_s']:7.3f} | "
+              f"{100 * r['before'].rank(1):6.2f} "
+              f"{100 * r['before'].mAP:6.2f} -> "
+              f"{100 * r['after'].rank(1):6.2f} "
+              f"{100 * r['after'].mAP:6.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dim", type=int, default=2048,
                         help="feature dimension (MCLNet ResNet-50: 2048)")
+    parser.add_argument("--rerank_repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true",
                         help="2 trials, 3 repeats: a smoke test")
+    parser.add_argument("--only_rerank", action="store_true",
+                        help="time the re-ranking only")
     args = parser.parse_args()
     if args.quick:
-        args.trials, args.repeats = 2, 3
+        args.trials, args.repeats, args.rerank_repeats = 2, 3, 2
+    if args.only_rerank:
+        print_rerank(bench_rerank(args), args)
+        return
     rows = [bench_sysu(args), bench_regdb(args)]
     print(f"{args.trials} trials, D={args.dim}; seconds (ours: median of "
           f"{args.repeats}; loop: 1 run). Machine may be shared: noisy.")
@@ -286,6 +355,7 @@ def main():
               f"{100 * r['mINP']:6.2f}")
     print("'vs community': community seconds (9.9 SYSU, 36.7 RegDB for 10 "
           "trials, scaled to --trials) / ours, metrics only / full.")
+    print_rerank(bench_rerank(args), args)
 
 
 if __name__ == "__main__":

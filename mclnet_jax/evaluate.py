@@ -22,6 +22,15 @@ Features are extracted once per test split (both "pool" and "bn" outputs of
 the model), L2-normalised, and every trial is an index selection into them;
 distance = negative inner product, as in the community code.
 
+With `rerank=rerank.RerankParams(...)` every protocol is also evaluated on
+k-reciprocal re-ranked distances (`rerank.k_reciprocal_distance`, per SYSU
+trial and per RegDB direction) under the protocol name + "+rerank". The
+re-ranking is given Euclidean distances of the same (normalised) features,
+sqrt(2 - 2 cos), which it squares to 2 - 2 cos: the squared Euclidean
+distance that feature-based re-ranking code (reid-strong-baseline, AGW)
+computes from normalised features. The ranking it starts from is the
+evaluator's (monotonic in cos).
+
 Typical use (single process)::
 
     source = input_pipeline.open_source(builder, "test")
@@ -50,6 +59,7 @@ from absl import logging
 import numpy as np
 
 from mclnet_jax import metrics as metrics_lib
+from mclnet_jax import rerank as rerank_lib
 
 VISIBLE = 0
 INFRARED = 1
@@ -60,6 +70,8 @@ SYSU_TRIALS = tuple(range(10))
 REGDB_TRIALS = tuple(range(1, 11))
 REGDB_DIRECTIONS = ("visible_to_infrared", "infrared_to_visible")
 SUMMARY_RANKS = (1, 5, 10, 20)
+# Appended to the protocol name of re-ranked results.
+RERANK_SUFFIX = "+rerank"
 
 EmbedFn = Callable[[Any, int], Mapping[str, Any]]
 Batch = Mapping[str, Any]
@@ -473,14 +485,22 @@ class EvaluationResults:
 
     Protocol names: "sysu_<mode>_single_shot", "sysu_<mode>_multi_shot"
     (10 shots; "sysu_<mode>_<n>_shot" for other n) and
-    "regdb_visible_to_infrared" / "regdb_infrared_to_visible". Means and
-    standard deviations (population, ddof=0) are over trials.
+    "regdb_visible_to_infrared" / "regdb_infrared_to_visible", each with
+    `RERANK_SUFFIX` ("+rerank") when computed from re-ranked distances with
+    the parameters `rerank`. Means and standard deviations (population,
+    ddof=0) are over trials.
     """
 
     per_trial: dict[str, dict[str, dict[int, metrics_lib.RetrievalMetrics]]]
+    rerank: rerank_lib.RerankParams | None = None
 
     def merge(self, other: "EvaluationResults") -> "EvaluationResults":
         """Union of two results (e.g. RegDB trials evaluated one by one)."""
+        if (self.rerank and other.rerank
+                and self.rerank != other.rerank):
+            raise ValueError(
+                f"cannot merge results re-ranked with different parameters: "
+                f"{self.rerank.describe()} vs {other.rerank.describe()}.")
         merged = {p: {f: dict(t) for f, t in fs.items()}
                   for p, fs in self.per_trial.items()}
         for p, fs in other.per_trial.items():
@@ -491,7 +511,7 @@ class EvaluationResults:
                     raise ValueError(
                         f"{p}/{f}: trials {sorted(clash)} are in both results.")
                 dest.update(trials)
-        return EvaluationResults(merged)
+        return EvaluationResults(merged, rerank=self.rerank or other.rerank)
 
     def summary(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
         """{protocol: {feature: {"mean": {...}, "std": {...}}}} fractions."""
@@ -503,17 +523,23 @@ class EvaluationResults:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: per-trial metrics, mean and std (fractions)."""
+        """JSON-friendly: per-trial metrics, mean and std (fractions).
+
+        Entries of re-ranked protocols also hold "rerank": {"k1", "k2",
+        "lambda_value"}.
+        """
         summary = self.summary()
         out = {}
         for p, fs in self.per_trial.items():
             for f, trials in fs.items():
-                out.setdefault(p, {})[f] = {
+                entry = out.setdefault(p, {})[f] = {
                     "trials": {str(t): trials[t].to_dict()
                                for t in sorted(trials)},
                     "num_trials": len(trials),
                     **summary[p][f],
                 }
+                if p.endswith(RERANK_SUFFIX) and self.rerank is not None:
+                    entry["rerank"] = self.rerank.to_dict()
         return out
 
     def write_json(self, path: str) -> None:
@@ -531,7 +557,8 @@ class EvaluationResults:
         """Mean +- std over trials in percent, one row per protocol/feature."""
         summary = self.summary()
         columns = [f"rank{k}" for k in SUMMARY_RANKS] + ["mAP", "mINP"]
-        header = (f"{'protocol':<28} {'feature':<7} {'trials':>6}  "
+        width = max([28] + [len(p) for p in summary])
+        header = (f"{'protocol':<{width}} {'feature':<7} {'trials':>6}  "
                   + "  ".join(f"{c:>14}" for c in columns))
         lines = [header, "-" * len(header)]
         for p in sorted(summary):
@@ -540,8 +567,12 @@ class EvaluationResults:
                 cells = [f"{100 * mean[c]:6.2f} +-{100 * std[c]:5.2f}"
                          if c in mean else f"{'-':>14}" for c in columns]
                 lines.append(
-                    f"{p:<28} {f:<7} {len(self.per_trial[p][f]):>6}  "
+                    f"{p:<{width}} {f:<7} {len(self.per_trial[p][f]):>6}  "
                     + "  ".join(cells))
+        if any(p.endswith(RERANK_SUFFIX) for p in summary):
+            params = (f": {self.rerank.describe()}" if self.rerank else "")
+            lines.append(f"{RERANK_SUFFIX}: k-reciprocal re-ranking (Zhong "
+                         f"et al., CVPR 2017){params}")
         return "\n".join(lines)
 
 
@@ -564,7 +595,8 @@ def _check_features(features: Mapping[str, np.ndarray], num: int) -> None:
 def evaluate_sysu(features: Mapping[str, np.ndarray], metadata: TestMetadata,
                   *, modes: Sequence[str] = ("all", "indoor"),
                   trials: Sequence[int] = SYSU_TRIALS, num_shots: int = 1,
-                  max_rank: int = 20, normalize: bool = True
+                  max_rank: int = 20, normalize: bool = True,
+                  rerank: rerank_lib.RerankParams | None = None
                   ) -> EvaluationResults:
     """SYSU-MM01 protocols from features of the whole test split.
 
@@ -577,6 +609,8 @@ def evaluate_sysu(features: Mapping[str, np.ndarray], metadata: TestMetadata,
         num_shots: 1 (single-shot, the community protocol) or e.g. 10.
         max_rank: CMC length.
         normalize: L2-normalise the features first (the protocol does).
+        rerank: also evaluate k-reciprocal re-ranked distances with these
+            parameters (protocols + "+rerank"; see the module docstring).
 
     Returns:
         `EvaluationResults` with protocols "sysu_<mode>_single_shot" (or
@@ -584,6 +618,7 @@ def evaluate_sysu(features: Mapping[str, np.ndarray], metadata: TestMetadata,
     """
     _check_features(features, len(metadata))
     _check_num_shots(num_shots)
+    _check_rerank(rerank)
     query = sysu_query_indices(metadata)
     shots = {1: "single_shot", 10: "multi_shot"}.get(num_shots,
                                                       f"{num_shots}_shot")
@@ -613,11 +648,46 @@ def evaluate_sysu(features: Mapping[str, np.ndarray], metadata: TestMetadata,
                     query_cams=query_cams,
                     gallery_cams=metadata.camera[gallery],
                     max_rank=max_rank)
-    return EvaluationResults(per_trial)
+        if rerank is None:
+            continue
+        value = _rerank_features(value, normalize)
+        logging.info("Re-ranking %d SYSU galleries (%s), %d queries.",
+                     len(galleries), name, query.size)
+        q_q = rerank_lib.euclidean_distance(value[query])
+        for (mode, t), gallery in galleries.items():
+            dist = rerank_lib.k_reciprocal_distance(
+                rerank_lib.euclidean_distance(value[query], value[gallery]),
+                q_q, rerank_lib.euclidean_distance(value[gallery]),
+                **rerank.to_dict())
+            per_trial.setdefault(
+                f"sysu_{mode}_{shots}{RERANK_SUFFIX}", {}).setdefault(
+                    name, {})[t] = metrics_lib.sysu_metrics(
+                        dist, query_ids=query_ids,
+                        gallery_ids=metadata.identity[gallery],
+                        query_cams=query_cams,
+                        gallery_cams=metadata.camera[gallery],
+                        max_rank=max_rank)
+    return EvaluationResults(per_trial, rerank=rerank)
+
+
+def _check_rerank(rerank) -> None:
+    if rerank is not None and not isinstance(rerank,
+                                             rerank_lib.RerankParams):
+        raise ValueError(
+            f"rerank must be None or a rerank.RerankParams, got {rerank!r} "
+            "(e.g. rerank=rerank.RerankParams(k1=20, k2=6, "
+            "lambda_value=0.3)).")
+
+
+def _rerank_features(value, normalize: bool) -> np.ndarray:
+    """The features whose Euclidean distances are re-ranked."""
+    value = np.asarray(value)
+    return metrics_lib.l2_normalize(value) if normalize else value
 
 
 def evaluate_regdb(features: Mapping[str, np.ndarray], metadata: TestMetadata,
-                   *, trial: int, max_rank: int = 20, normalize: bool = True
+                   *, trial: int, max_rank: int = 20, normalize: bool = True,
+                   rerank: rerank_lib.RerankParams | None = None
                    ) -> EvaluationResults:
     """Both RegDB directions for one trial's test split.
 
@@ -627,12 +697,15 @@ def evaluate_regdb(features: Mapping[str, np.ndarray], metadata: TestMetadata,
         trial: the trial number (1..10), used as the key of the results.
         max_rank: CMC length.
         normalize: L2-normalise the features first (the protocol does).
+        rerank: also evaluate k-reciprocal re-ranked distances with these
+            parameters (protocols + "+rerank"; see the module docstring).
 
     Returns:
         `EvaluationResults` with protocols "regdb_visible_to_infrared" and
         "regdb_infrared_to_visible"; merge trials with `merge`.
     """
     _check_features(features, len(metadata))
+    _check_rerank(rerank)
     visible, infrared = regdb_indices(metadata,
                                       direction="visible_to_infrared")
     per_trial = {}
@@ -651,7 +724,28 @@ def evaluate_regdb(features: Mapping[str, np.ndarray], metadata: TestMetadata,
                     gallery_ids=metadata.identity[g],
                     query_cams=metadata.camera[q],
                     gallery_cams=metadata.camera[g], max_rank=max_rank)}
-    return EvaluationResults(per_trial)
+        if rerank is None:
+            continue
+        value = _rerank_features(value, normalize)
+        vis_ir = rerank_lib.euclidean_distance(value[visible],
+                                               value[infrared])
+        vis_vis = rerank_lib.euclidean_distance(value[visible])
+        ir_ir = rerank_lib.euclidean_distance(value[infrared])
+        for direction, (q, g, q_g, q_q, g_g) in {
+                "visible_to_infrared": (visible, infrared, vis_ir, vis_vis,
+                                        ir_ir),
+                "infrared_to_visible": (infrared, visible, vis_ir.T, ir_ir,
+                                        vis_vis),
+        }.items():
+            dist = rerank_lib.k_reciprocal_distance(q_g, q_q, g_g,
+                                                    **rerank.to_dict())
+            per_trial.setdefault(f"regdb_{direction}{RERANK_SUFFIX}", {})[
+                name] = {trial: metrics_lib.standard_metrics(
+                    dist, query_ids=metadata.identity[q],
+                    gallery_ids=metadata.identity[g],
+                    query_cams=metadata.camera[q],
+                    gallery_cams=metadata.camera[g], max_rank=max_rank)}
+    return EvaluationResults(per_trial, rerank=rerank)
 
 
 # ---------------------------------------------------------------------------
@@ -667,7 +761,8 @@ def run_sysu(embed_fn: EmbedFn, *, batches_fn: BatchesFn,
     Args:
         embed_fn, batches_fn, feature_names: see `extract_features`.
         metadata: `read_test_metadata` of the SYSU "test" split.
-        **kwargs: `evaluate_sysu` options (modes, trials, num_shots, ...).
+        **kwargs: `evaluate_sysu` options (modes, trials, num_shots, rerank,
+            ...).
     """
     features = extract_features(embed_fn, batches_fn=batches_fn,
                                 modality=metadata.modality,
@@ -688,7 +783,7 @@ def run_regdb(embed_fn: EmbedFn, *,
         embed_fn, feature_names: see `extract_features`.
         trials: {trial: (batches_fn, metadata)} for that trial's test split
             (the TFDS config "trial_<t>").
-        **kwargs: `evaluate_regdb` options (max_rank, normalize).
+        **kwargs: `evaluate_regdb` options (max_rank, normalize, rerank).
     """
     if not trials:
         raise ValueError("trials is empty: give at least one RegDB trial.")

@@ -688,20 +688,25 @@ def _release_state(config, run: _Run) -> TrainState:
             f"this config has {run.data.num_classes}: evaluate it with the "
             f"config of the dataset it was trained on (configs/sysu.py: "
             f"SYSU-MM01, configs/regdb.py: RegDB, same trial).")
-    state = init_state(config, model=run.model,
-                       num_classes=run.data.num_classes,
-                       num_cameras=run.data.num_cameras, tx=run.tx,
-                       mcm_tx=run.mcm_tx, load_pretrained=False)
+    # Shapes only: evaluation reads nothing but the extractor, so the rest
+    # of the state (MCM, optimiser, centers) is zeros and nothing is
+    # initialised or compiled for it.
+    abstract = jax.eval_shape(functools.partial(
+        init_state, config, model=run.model,
+        num_classes=run.data.num_classes, num_cameras=run.data.num_cameras,
+        tx=run.tx, mcm_tx=run.mcm_tx, load_pretrained=False))
     try:
         variables = release.load_embed_net(
-            {"params": state.params["model"],
-             "batch_stats": state.batch_stats}, state_dict)
+            {"params": abstract.params["model"],
+             "batch_stats": abstract.batch_stats}, state_dict)
     except ValueError as e:
         raise ConfigurationError(
             f"config.model.release_checkpoint: {e}") from e
     logging.info("Extractor from the release checkpoint %s.", path)
-    state = state.replace(params={**state.params, "model": variables["params"]},
-                          batch_stats=variables["batch_stats"])
+    state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+    state = state.replace(
+        params={**state.params, "model": variables["params"]},
+        batch_stats=variables["batch_stats"])
     return jax.device_put(state, run.state_sharding)
 
 

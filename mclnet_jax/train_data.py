@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from mclnet_jax import evaluate as evaluate_lib
+from mclnet_jax import rerank as rerank_lib
 from mclnet_jax import sharding
 
 # Where the real datasets are looked for when config.data.manual_dir is None.
@@ -200,19 +201,36 @@ def prepare(config, workdir: str) -> RunData:
     )
 
 
+def rerank_params(eval_config) -> rerank_lib.RerankParams | None:
+    """config.eval.rerank{,_k1,_k2,_lambda} -> RerankParams, None when off."""
+    if not eval_config.get("rerank"):
+        return None
+    defaults = rerank_lib.RerankParams()
+    try:
+        return rerank_lib.RerankParams(
+            k1=eval_config.get("rerank_k1", defaults.k1),
+            k2=eval_config.get("rerank_k2", defaults.k2),
+            lambda_value=eval_config.get("rerank_lambda",
+                                         defaults.lambda_value))
+    except ValueError as e:
+        raise ValueError(f"config.eval.rerank_*: {e}") from None
+
+
 def _run_protocol(config, embed_fn, batches_fn, test_meta,
                   feature_names=evaluate_lib.FEATURE_NAMES):
     ec = config.eval
+    # With re-ranking on, results hold the plain and the "+rerank" rows.
+    rerank = rerank_params(ec)
     if ec.protocol == "sysu":
         return evaluate_lib.run_sysu(
             embed_fn, batches_fn=batches_fn, metadata=test_meta,
             feature_names=feature_names, modes=tuple(ec.modes),
-            trials=tuple(range(ec.num_trials)))
+            trials=tuple(range(ec.num_trials)), rerank=rerank)
     if ec.protocol == "regdb":
         trial = int(config.data.builder_config.split("_")[-1])
         return evaluate_lib.run_regdb(
             embed_fn, trials={trial: (batches_fn, test_meta)},
-            feature_names=feature_names)
+            feature_names=feature_names, rerank=rerank)
     raise ValueError(
         f"config.eval.protocol must be 'sysu' or 'regdb', got "
         f"{ec.protocol!r}.")

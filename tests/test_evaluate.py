@@ -16,6 +16,7 @@ import pytest
 
 from mclnet_jax import evaluate
 from mclnet_jax import metrics
+from mclnet_jax import rerank
 
 H, W = 8, 4
 
@@ -325,6 +326,119 @@ def test_regdb_protocol_equals_direct_computation_and_summary(tmp_path):
 
     with pytest.raises(ValueError, match="in both results"):
         results.merge(results)
+
+
+def _euclidean(a, b):
+    """Plain pairwise Euclidean distances (float64), for the rerank tests."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+
+
+def test_sysu_rerank_equals_direct_computation(sysu_root, sysu_meta):
+    rng = np.random.default_rng(7)
+    # Identity structure so that re-ranking has neighbours to work with.
+    centres = rng.standard_normal((100, 6))
+    feats = (centres[sysu_meta.identity]
+             + 0.7 * rng.standard_normal((len(sysu_meta), 6)))
+    features = {"bn": feats.astype(np.float32)}
+    params = rerank.RerankParams(k1=5, k2=3, lambda_value=0.3)
+    plain = evaluate.evaluate_sysu(features, sysu_meta, trials=(0, 1),
+                                   max_rank=5)
+    results = evaluate.evaluate_sysu(features, sysu_meta, trials=(0, 1),
+                                     max_rank=5, rerank=params)
+    assert results.rerank == params and plain.rerank is None
+    assert sorted(results.per_trial) == sorted(
+        list(plain.per_trial) + [p + "+rerank" for p in plain.per_trial])
+    index_of = {name: i for i, name in enumerate(sysu_meta.file_name)}
+    query = [index_of[f] for f in community_query(sysu_root)]
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    differs = False
+    for mode in ("all", "indoor"):
+        for trial in (0, 1):
+            gallery = [index_of[f] for f in community_gallery(
+                sysu_root, mode=mode, trial=trial, num_shots=1)]
+            protocol = f"sysu_{mode}_single_shot"
+            # The plain rows do not change when re-ranking is on.
+            assert (results.per_trial[protocol]["bn"][trial].to_dict()
+                    == plain.per_trial[protocol]["bn"][trial].to_dict())
+            q, g = unit[query], unit[gallery]
+            dist = rerank.k_reciprocal_distance(
+                _euclidean(q, g), _euclidean(q, q), _euclidean(g, g),
+                k1=5, k2=3, lambda_value=0.3)
+            want = metrics.sysu_metrics(
+                dist, query_ids=sysu_meta.identity[query],
+                gallery_ids=sysu_meta.identity[gallery],
+                query_cams=sysu_meta.camera[query],
+                gallery_cams=sysu_meta.camera[gallery], max_rank=5)
+            got = results.per_trial[protocol + "+rerank"]["bn"][trial]
+            np.testing.assert_allclose(got.cmc, want.cmc, atol=1e-6)
+            assert got.mAP == pytest.approx(want.mAP, abs=1e-6)
+            differs |= got.mAP != pytest.approx(
+                plain.per_trial[protocol]["bn"][trial].mAP, abs=1e-6)
+    assert differs  # re-ranking changed something: the test can fail
+    table = results.table()
+    assert "sysu_indoor_single_shot+rerank" in table
+    assert "k1=5, k2=3, lambda=0.3" in table
+    assert "+rerank" not in plain.table()
+    as_dict = results.to_dict()
+    assert as_dict["sysu_all_single_shot+rerank"]["bn"]["rerank"] == {
+        "k1": 5, "k2": 3, "lambda_value": 0.3}
+    assert "rerank" not in as_dict["sysu_all_single_shot"]["bn"]
+
+
+def test_regdb_rerank_both_directions_and_merge():
+    meta = regdb_meta(seed=3, num_ids=6, per_id=4)
+    rng = np.random.default_rng(8)
+    centres = rng.standard_normal((100, 6))
+    feats = (centres[meta.identity] + 0.3 * meta.modality[:, None]
+             + 0.6 * rng.standard_normal((len(meta), 6)))
+    params = rerank.RerankParams(k1=4, k2=2, lambda_value=0.5)
+    results = evaluate.evaluate_regdb({"pool": feats}, meta, trial=4,
+                                      max_rank=4, rerank=params)
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    by_name = np.argsort(meta.file_name.astype(str), kind="stable")
+    vis = by_name[meta.modality[by_name] == 0]
+    ir = by_name[meta.modality[by_name] == 1]
+    for direction, q, g in (("visible_to_infrared", vis, ir),
+                            ("infrared_to_visible", ir, vis)):
+        dist = rerank.k_reciprocal_distance(
+            _euclidean(unit[q], unit[g]), _euclidean(unit[q], unit[q]),
+            _euclidean(unit[g], unit[g]), k1=4, k2=2, lambda_value=0.5)
+        want = metrics.standard_metrics(
+            dist, query_ids=meta.identity[q], gallery_ids=meta.identity[g],
+            max_rank=4)
+        got = results.per_trial[f"regdb_{direction}+rerank"]["pool"][4]
+        np.testing.assert_allclose(got.cmc, want.cmc, atol=1e-6)
+        assert got.mAP == pytest.approx(want.mAP, abs=1e-6)
+        assert got.mINP == pytest.approx(want.mINP, abs=1e-6)
+    # Trials merge; different parameters do not.
+    other = evaluate.evaluate_regdb({"pool": feats}, meta, trial=5,
+                                    max_rank=4, rerank=params)
+    merged = results.merge(other)
+    assert merged.rerank == params
+    assert sorted(merged.per_trial["regdb_visible_to_infrared+rerank"][
+        "pool"]) == [4, 5]
+    changed = evaluate.evaluate_regdb(
+        {"pool": feats}, meta, trial=5, max_rank=4,
+        rerank=rerank.RerankParams(k1=3))
+    with pytest.raises(ValueError, match="different parameters"):
+        results.merge(changed)
+    with pytest.raises(ValueError, match="rerank must be None or a"):
+        evaluate.evaluate_regdb({"pool": feats}, meta, trial=5, rerank=True)
+
+
+def test_rerank_params_from_config():
+    from mclnet_jax import train_data  # pylint: disable=g-import-not-at-top
+    import ml_collections  # pylint: disable=g-import-not-at-top
+
+    ec = ml_collections.ConfigDict(dict(
+        rerank=False, rerank_k1=10, rerank_k2=3, rerank_lambda=0.5))
+    assert train_data.rerank_params(ec) is None
+    ec.rerank = True
+    assert train_data.rerank_params(ec) == rerank.RerankParams(10, 3, 0.5)
+    ec.rerank_k2 = 0
+    with pytest.raises(ValueError, match="config.eval.rerank_.*k2"):
+        train_data.rerank_params(ec)
 
 
 def test_read_test_metadata_from_serialized_records_and_dicts():

@@ -1,0 +1,471 @@
+"""Checkpoints of the authors' PyTorch release <-> MCLNet variables.
+
+The release (built on the AGW cross-modality baseline) saves
+`embed_net.state_dict()`. Its names, and where they live here:
+
+  visible_module.visible.{conv1,bn1}.*   <- params/visible_stem/...
+  thermal_module.thermal.{conv1,bn1}.*   <- params/infrared_stem/...
+  base_resnet.base.layer{1..4}.*         <- params/layer{1..4}/block{i}/...
+                                            (torchvision names inside)
+  NL_{k}.{i}.{g.0,theta,phi,W.0}.*       <- layer{k}/non_local{i}/{g,theta,
+  NL_{k}.{i}.W.1.*                          phi,W}, .../W_bn (BatchNorm)
+  bottleneck.{weight,running_mean,       <- bnneck/{scale,mean,var}
+              running_var}
+  bottleneck.bias                        (frozen at 0 in the release; must
+                                            be all zeros, we have no shift)
+  classifier.weight                      <- classifier/kernel (transposed)
+
+NL_k's i-th block follows the i-th of the last `len(NL_k)` blocks of
+layer k, which is our `non_local{i}`. The release also stores copies it
+never uses; they are accepted and ignored by name on loading:
+`visible_module.visible.{layer*,fc}.*`, the same under `thermal_module`,
+`base_resnet.base.{conv1,bn1,fc}.*` and every `*.num_batches_tracked`.
+Anything else (an unknown key, a missing key, a shape) is a ValueError
+naming the keys.
+
+The modality classifier (`Discriminator_ModalityClassifier`) maps
+map1 <- fc1, map3 <- fc2, bn <- bn; its unused `map2` is ignored.
+
+Exports are complete state dicts that a module with the release's
+structure loads with `load_state_dict(..., strict=True)`. The unused
+copies are filled so that they mean something: each stem's copy of
+layer1..4 holds the shared layers, `base_resnet.base.{conv1,bn1}` holds
+the visible stem, every `fc` (ImageNet head, 1000 classes) is zero,
+`map2` is the identity, `num_batches_tracked` is 0.
+
+Layouts are converted with the helpers of `pretrained.py` (OIHW <-> HWIO,
+[out, in] <-> [in, out]); arrays keep their dtype both ways (float32, or
+float64 in the float64 mode). Files are `.safetensors` (no pickle); turn a
+release `.t` file into one with `python -m mclnet_jax.tools.convert_release`.
+"""
+
+from collections.abc import Callable, Iterable, Mapping
+import os
+import re
+from typing import Any
+
+from flax import traverse_util
+import jax.numpy as jnp
+import numpy as np
+from safetensors import numpy as safetensors_numpy
+
+from mclnet_jax.models import pretrained
+from mclnet_jax.models import resnet
+
+Variables = Mapping[str, Any]
+Source = str | os.PathLike | Mapping[str, Any]
+
+# The torchvision ResNet's ImageNet head, stored (unused) in every copy.
+IMAGENET_CLASSES = 1000
+BNNECK_BIAS = "bottleneck.bias"
+CONVERTER = "python -m mclnet_jax.tools.convert_release"
+
+# pretrained.py's key and layout machinery, shared within the package so
+# that both formats convert layouts and name ResNet variables identically.
+# pylint: disable=protected-access
+_LEAF_NAMES = pretrained._LEAF_NAMES
+_resnet_key = pretrained._torch_key
+_flat = pretrained._flat
+_format_keys = pretrained._format_keys
+_to_torch_layout = pretrained._to_torch_layout
+_from_torch_layout = pretrained._from_torch_layout
+# pylint: enable=protected-access
+
+_STEM_PREFIXES = {"visible_stem": "visible_module.visible.",
+                  "infrared_stem": "thermal_module.thermal."}
+_BASE_PREFIX = "base_resnet.base."
+_NON_LOCAL_PARTS = {"g": "g.0", "theta": "theta", "phi": "phi", "W": "W.0",
+                    "W_bn": "W.1"}
+_MCM_LAYERS = {"fc1": "map1", "fc2": "map3", "bn": "bn"}
+_BN_LEAVES = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+_STEMS = r"(visible_module\.visible|thermal_module\.thermal)"
+
+# Stored by the release but never used by its forward pass.
+_EMBED_IGNORED = re.compile(
+    rf"^{_STEMS}\.(layer[1-4]|fc)\."
+    r"|^base_resnet\.base\.(conv1|bn1|fc)\."
+    r"|\.num_batches_tracked$")
+_MCM_IGNORED = re.compile(r"^map2\.|\.num_batches_tracked$")
+
+# Every key an embed_net state dict can hold (for checks without a model).
+_EMBED_KNOWN = re.compile(
+    rf"^{_STEMS}\.(conv1\.weight|bn1\.{_BN_LEAVES})$"
+    r"|^base_resnet\.base\.layer[1-4]\.\d+\.(conv[1-3]\.weight"
+    rf"|bn[1-3]\.{_BN_LEAVES}|downsample\.0\.weight"
+    rf"|downsample\.1\.{_BN_LEAVES})$"
+    r"|^NL_[1-4]\.\d+\.(g\.0|theta|phi|W\.0)\.(weight|bias)$"
+    rf"|^NL_[1-4]\.\d+\.W\.1\.{_BN_LEAVES}$"
+    rf"|^bottleneck\.{_BN_LEAVES}$|^classifier\.weight$")
+_EMBED_REQUIRED = (
+    "visible_module.visible.conv1.weight",
+    "thermal_module.thermal.conv1.weight",
+    *(f"base_resnet.base.layer{k}.0.conv1.weight" for k in range(1, 5)),
+    "bottleneck.weight", BNNECK_BIAS, "classifier.weight")
+
+
+# ------------------------------------------------------------ key mapping --
+
+def _leaf(collection: str, leaf: str) -> str | None:
+    return _LEAF_NAMES.get((collection, leaf))
+
+
+def _unmapped(path: tuple[str, ...], what: str) -> ValueError:
+    return ValueError(
+        f"{what} variable {'/'.join(path)!r} has no counterpart in the "
+        f"release's state dict; pass variables of the model as built by "
+        f"mclnet_jax (model.init(...)).")
+
+
+def _embed_key(path: tuple[str, ...]) -> str:
+    """The release key of one flattened MCLNet variable path."""
+    mapped = _resnet_key(path, "mclnet")
+    if mapped is not None:
+        key, stem = mapped
+        return (_STEM_PREFIXES[stem] if stem else _BASE_PREFIX) + key
+    collection, *modules, leaf = path
+    torch_leaf = _leaf(collection, leaf)
+    if torch_leaf is not None:
+        if (len(modules) == 3 and re.fullmatch(r"layer[1-4]", modules[0])
+                and re.fullmatch(r"non_local\d+", modules[1])
+                and modules[2] in _NON_LOCAL_PARTS):
+            stage = modules[0][len("layer"):]
+            index = modules[1][len("non_local"):]
+            return (f"NL_{stage}.{index}.{_NON_LOCAL_PARTS[modules[2]]}."
+                    f"{torch_leaf}")
+        if modules == ["bnneck"] and leaf != "bias":
+            return f"bottleneck.{torch_leaf}"
+        if modules == ["classifier"] and leaf == "kernel":
+            return "classifier.weight"
+    raise _unmapped(path, "MCLNet")
+
+
+def _mcm_key(path: tuple[str, ...]) -> str:
+    """The release key of one flattened modality-classifier variable path."""
+    collection, *modules, leaf = path
+    torch_leaf = _leaf(collection, leaf)
+    if torch_leaf is None or len(modules) != 1 or (
+            modules[0] not in _MCM_LAYERS):
+        raise _unmapped(path, "Modality classifier")
+    return f"{_MCM_LAYERS[modules[0]]}.{torch_leaf}"
+
+
+# -------------------------------------------------------------- reading --
+
+def read(source: Source) -> dict[str, np.ndarray]:
+    """A state dict from a `.safetensors` path or a mapping name -> array.
+
+    Raises:
+      FileNotFoundError: the path does not exist.
+      ValueError: the path is not a `.safetensors` file (e.g. the release's
+        pickled `.t`: convert it first).
+      TypeError: `source` is neither a path nor a mapping.
+    """
+    if isinstance(source, Mapping):
+        return {str(k): np.asarray(v) for k, v in source.items()}
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            f"source must be a .safetensors path or a dict name -> array, "
+            f"got {type(source).__name__}.")
+    path = os.fspath(source)
+    if not path.endswith(".safetensors"):
+        raise ValueError(
+            f"Release checkpoint {path!r} is not a .safetensors file. "
+            f"Pickled checkpoints (.t, .pth) are not read here; convert "
+            f"once with: {CONVERTER} --input={path} "
+            f"--output=OUT.safetensors")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Release checkpoint {path!r} not found. Make it from the "
+            f"release's .t file with: {CONVERTER} --input=X.t "
+            f"--output={path}")
+    return safetensors_numpy.load_file(path)
+
+
+def _check_keys(given: Iterable[str], expected: Iterable[str], *,
+                ignored: re.Pattern, what: str, hint: str) -> None:
+    given, expected = set(given), set(expected)
+    missing = sorted(expected - given)
+    unknown = sorted(k for k in given - expected if not ignored.search(k))
+    problems = []
+    if missing:
+        problems.append(f"lacks {len(missing)} key(s) the model needs: "
+                        f"{_format_keys(missing)}")
+    if unknown:
+        problems.append(f"has {len(unknown)} key(s) the model does not: "
+                        f"{_format_keys(unknown)}")
+    if problems:
+        raise ValueError(f"The {what} state dict " + "; it ".join(problems)
+                         + f". {hint}")
+
+
+def _load(variables: Variables, source: Source, *,
+          key_of: Callable[[tuple[str, ...]], str], ignored: re.Pattern,
+          extra: Mapping[str, tuple[int, ...]], what: str,
+          hint: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Fills `variables` from `source`; returns (variables, state dict)."""
+    flat = _flat(variables)
+    keys = {path: key_of(path) for path in flat}
+    state_dict = read(source)
+    _check_keys(state_dict, [*keys.values(), *extra], ignored=ignored,
+                what=what, hint=hint)
+    new_flat, wrong = {}, []
+    for path, key in keys.items():
+        target = flat[path]
+        value = _from_torch_layout(np.asarray(state_dict[key]))
+        if tuple(value.shape) != tuple(target.shape):
+            torch_shape = _to_torch_layout(
+                np.zeros(target.shape, np.int8)).shape
+            wrong.append(f"{key}: file {tuple(np.shape(state_dict[key]))}, "
+                         f"model {tuple(torch_shape)}")
+            continue
+        new_flat[path] = jnp.asarray(value, dtype=target.dtype)
+    for key, shape in extra.items():
+        if tuple(np.shape(state_dict[key])) != shape:
+            wrong.append(f"{key}: file {tuple(np.shape(state_dict[key]))}, "
+                         f"model {shape}")
+    if wrong:
+        raise ValueError(
+            f"Shape mismatch in the {what} state dict (torch layout) for "
+            f"{len(wrong)} key(s): {'; '.join(sorted(wrong)[:20])}. {hint}")
+    return traverse_util.unflatten_dict(new_flat), state_dict
+
+
+# ------------------------------------------------------------ embed net --
+
+_EMBED_HINT = (
+    "Set config.model.depth, width_multiplier, non_local_counts and "
+    "non_local_inter to the release model's (release.describe_embed_net "
+    "reads them from the state dict), and use the dataset it was trained on "
+    "(the classifier's identities).")
+
+
+def load_embed_net(variables: Variables, source: Source) -> dict:
+    """MCLNet variables filled from a release `embed_net` state dict.
+
+    Args:
+      variables: {"params", "batch_stats"} of an `mclnet.MCLNet` (e.g. from
+        `model.init`, or its `jax.eval_shape`): the structure, shapes and
+        dtypes to fill. Not modified.
+      source: a `.safetensors` path or a dict name -> numpy array, torch
+        layout, release names.
+
+    Returns:
+      New variables, same structure and dtypes, every leaf from `source`.
+
+    Raises:
+      ValueError: a key is missing, unknown (not one of the unused copies
+        listed in the module docstring), has the wrong shape, or
+        `bottleneck.bias` is not all zeros; the message names the keys.
+    """
+    d = tuple(variables["params"]["bnneck"]["scale"].shape)
+    loaded, state_dict = _load(
+        variables, source, key_of=_embed_key, ignored=_EMBED_IGNORED,
+        extra={BNNECK_BIAS: d}, what="embed_net", hint=_EMBED_HINT)
+    bias = np.asarray(state_dict[BNNECK_BIAS])
+    if np.any(bias != 0):
+        raise ValueError(
+            f"{BNNECK_BIAS!r} must be all zeros (the release freezes the "
+            f"BNNeck shift at 0 and MCLNet has no shift parameter); got "
+            f"max |bias| = {float(np.max(np.abs(bias))):.3g}. This "
+            f"checkpoint was not trained with the release's BNNeck.")
+    return loaded
+
+
+def _torch_array(value: Any) -> np.ndarray:
+    value = np.asarray(value)
+    if value.dtype not in (np.float32, np.float64):
+        value = value.astype(np.float32)
+    # A copy: the caller may hand it to torch.from_numpy, which must not
+    # share (read-only) memory with JAX's buffers.
+    return np.array(_to_torch_layout(value), order="C", copy=True)
+
+
+def _add_num_batches_tracked(state: dict[str, np.ndarray]) -> None:
+    for key in list(state):
+        if key.endswith(".running_mean"):
+            prefix = key[:-len("running_mean")]
+            state[prefix + "num_batches_tracked"] = np.zeros((), np.int64)
+
+
+def embed_net_state_dict(variables: Variables) -> dict[str, np.ndarray]:
+    """MCLNet variables as a complete release `embed_net` state dict.
+
+    Args:
+      variables: {"params", "batch_stats"} of an `mclnet.MCLNet`.
+
+    Returns:
+      Release key -> numpy array in torch layout and the variables' dtype
+      (float32 or float64; `num_batches_tracked` int64 0). Includes the
+      unused copies (see the module docstring), so a module with the
+      release's structure loads it with `strict=True`.
+    """
+    flat = _flat(variables)
+    state = {_embed_key(path): _torch_array(v) for path, v in flat.items()}
+    scale = state["bottleneck.weight"]
+    state[BNNECK_BIAS] = np.zeros_like(scale)
+    for key in list(state):
+        # Unused copies: shared layers into each stem's copy, the visible
+        # stem into the base's conv1/bn1.
+        if key.startswith(_BASE_PREFIX):
+            for prefix in _STEM_PREFIXES.values():
+                state[prefix + key[len(_BASE_PREFIX):]] = state[key].copy()
+        elif key.startswith(_STEM_PREFIXES["visible_stem"]):
+            rest = key[len(_STEM_PREFIXES["visible_stem"]):]
+            state[_BASE_PREFIX + rest] = state[key].copy()
+    for prefix in (*_STEM_PREFIXES.values(), _BASE_PREFIX):
+        state[prefix + "fc.weight"] = np.zeros(
+            (IMAGENET_CLASSES, scale.shape[0]), scale.dtype)
+        state[prefix + "fc.bias"] = np.zeros((IMAGENET_CLASSES,), scale.dtype)
+    _add_num_batches_tracked(state)
+    return state
+
+
+def export_embed_net(variables: Variables, path: str | os.PathLike) -> None:
+    """Writes `embed_net_state_dict(variables)` to a `.safetensors` file."""
+    safetensors_numpy.save_file(embed_net_state_dict(variables),
+                                os.fspath(path))
+
+
+# ------------------------------------------------- modality classifier --
+
+_MCM_HINT = ("Pass the state dict of the release's "
+             "Discriminator_ModalityClassifier (map1, map2, map3, bn) for a "
+             "feature dimension equal to the model's.")
+
+
+def load_modality_classifier(mcm_variables: Variables,
+                             source: Source) -> dict:
+    """`mclnet.ModalityClassifier` variables from a release state dict.
+
+    Args:
+      mcm_variables: {"params", "batch_stats"} of a `ModalityClassifier`
+        (arrays or `jax.ShapeDtypeStruct`s).
+      source: a `.safetensors` path or a dict name -> numpy array with the
+        release's `Discriminator_ModalityClassifier` names.
+
+    Returns:
+      New variables, same structure and dtypes.
+
+    Raises:
+      ValueError: missing, unknown (other than `map2.*` and
+        `num_batches_tracked`) or wrongly shaped keys, named.
+    """
+    loaded, _ = _load(mcm_variables, source, key_of=_mcm_key,
+                      ignored=_MCM_IGNORED, extra={},
+                      what="modality classifier", hint=_MCM_HINT)
+    return loaded
+
+
+def modality_classifier_state_dict(
+        mcm_variables: Variables) -> dict[str, np.ndarray]:
+    """ModalityClassifier variables as a complete release state dict.
+
+    `map2` (unused by the release) is written as the identity with zero
+    bias, `bn.num_batches_tracked` as 0, so `strict=True` loading works.
+    """
+    flat = _flat(mcm_variables)
+    state = {_mcm_key(path): _torch_array(v) for path, v in flat.items()}
+    hidden = state["map1.bias"].shape[0]
+    dtype = state["map1.bias"].dtype
+    state["map2.weight"] = np.eye(hidden, dtype=dtype)
+    state["map2.bias"] = np.zeros((hidden,), dtype)
+    _add_num_batches_tracked(state)
+    return state
+
+
+def export_modality_classifier(mcm_variables: Variables,
+                               path: str | os.PathLike) -> None:
+    """Writes `modality_classifier_state_dict` to a `.safetensors` file."""
+    safetensors_numpy.save_file(modality_classifier_state_dict(mcm_variables),
+                                os.fspath(path))
+
+
+# ------------------------------------------- checks without a model --
+
+def check_embed_net_keys(keys: Iterable[str]) -> None:
+    """Raises ValueError unless `keys` look like a release embed_net's.
+
+    Every key must be one the release's embed_net can hold, and the stems,
+    the four stages, the BNNeck and the classifier must be present. Shapes
+    and counts are checked later, against a model, by `load_embed_net`.
+    """
+    keys = set(keys)
+    unknown = sorted(k for k in keys if not _EMBED_KNOWN.search(k)
+                     and not _EMBED_IGNORED.search(k))
+    missing = sorted(set(_EMBED_REQUIRED) - keys)
+    if unknown or missing:
+        raise ValueError(
+            "This does not look like the release's embed_net state dict: "
+            + (f"unknown key(s) {_format_keys(unknown)}" if unknown else "")
+            + ("; " if unknown and missing else "")
+            + (f"missing key(s) {_format_keys(missing)}" if missing else "")
+            + ". Expected names such as visible_module.visible.conv1.weight"
+            ", base_resnet.base.layer1.0.conv1.weight, NL_2.0.theta.weight"
+            ", bottleneck.weight and classifier.weight.")
+
+
+def check_modality_classifier_keys(keys: Iterable[str]) -> None:
+    """Raises ValueError unless `keys` are a release modality classifier's."""
+    keys = set(keys)
+    required = {f"{m}.{leaf}" for m in ("map1", "map3")
+                for leaf in ("weight", "bias")}
+    required |= {f"bn.{leaf}" for leaf in ("weight", "bias", "running_mean",
+                                            "running_var")}
+    unknown = sorted(k for k in keys - required if not _MCM_IGNORED.search(k))
+    missing = sorted(required - keys)
+    if unknown or missing:
+            raise ValueError(
+            "This does not look like the release's "
+            "Discriminator_ModalityClassifier state dict (map1, map2, map3, "
+            f"bn): unknown key(s) [{_format_keys(unknown)}], missing key(s) "
+            f"[{_format_keys(missing)}].")
+
+
+def describe_embed_net(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The model settings a release embed_net state dict was made with.
+
+    Args:
+      state_dict: release key -> array (torch layout).
+
+    Returns:
+      {"depth", "width_multiplier", "non_local_counts", "non_local_inter",
+      "feature_dim", "num_classes"}, the `config.model` values (and the
+      number of training identities) that `load_embed_net` needs. The width
+      multiplier is the stem's width / 64; "non_local_inter" is None when
+      there are no non-local blocks.
+
+    Raises:
+      ValueError: the keys do not look like an embed_net (see
+        `check_embed_net_keys`) or the stage depths match no ResNet.
+    """
+    check_embed_net_keys(state_dict)
+    blocks = []
+    for k in range(1, 5):
+        pattern = re.compile(rf"^base_resnet\.base\.layer{k}\.(\d+)\.")
+        indices = {int(m.group(1)) for m in map(pattern.match, state_dict)
+                   if m}
+        blocks.append(max(indices) + 1)
+    bottleneck = any(
+        k.startswith("base_resnet.base.layer1.0.conv3.") for k in state_dict)
+    depths = [d for d, b in resnet.BLOCKS_PER_STAGE.items()
+              if b == tuple(blocks) and (d >= 50) == bottleneck]
+    if not depths:
+        raise ValueError(
+            f"The embed_net's stages have {tuple(blocks)} "
+            f"{'bottleneck' if bottleneck else 'basic'} blocks, which is no "
+            f"ResNet depth of {sorted(resnet.BLOCKS_PER_STAGE)}.")
+    counts = []
+    for k in range(1, 5):
+        pattern = re.compile(rf"^NL_{k}\.(\d+)\.")
+        counts.append(len({m.group(1) for m in map(pattern.match, state_dict)
+                           if m}))
+    theta = [np.shape(v) for k, v in state_dict.items()
+             if re.match(r"^NL_[1-4]\.\d+\.theta\.weight$", k)]
+    classifier = np.shape(state_dict["classifier.weight"])
+    stem = np.shape(state_dict["visible_module.visible.conv1.weight"])
+    return {"depth": depths[0],
+            "width_multiplier": stem[0] / resnet.STEM_WIDTH,
+            "non_local_counts": tuple(counts),
+            "non_local_inter": theta[0][0] if theta else None,
+            "feature_dim": classifier[1],
+            "num_classes": classifier[0]}
