@@ -68,7 +68,8 @@ def epoch_schedule(
         factors: one multiplier per boundary.
 
     Returns:
-        step (int array or int) -> learning rate (float32 scalar).
+        step (int array or int) -> learning rate (float32 scalar; float64
+        under jax_enable_x64).
     """
     if steps_per_epoch <= 0:
         raise ValueError(
@@ -87,14 +88,17 @@ def epoch_schedule(
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
 
     def schedule(step):
+        # float64 under jax_enable_x64 (the parity mode), so the lr is
+        # exactly torch's there; float32 otherwise.
+        dtype = jnp.result_type(float)
         epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
-        lr = jnp.asarray(base_lr, jnp.float32)
+        lr = jnp.asarray(base_lr, dtype)
         if warmup_epochs:
-            warm = base_lr * (epoch + 1).astype(jnp.float32) / warmup_epochs
+            warm = base_lr * (epoch + 1).astype(dtype) / warmup_epochs
             lr = jnp.where(epoch < warmup_epochs, warm, lr)
         for boundary, factor in zip(boundaries, factors):
             lr = jnp.where(epoch >= boundary,
-                           jnp.float32(base_lr * factor), lr)
+                           jnp.asarray(base_lr * factor, dtype), lr)
         return lr
 
     return schedule
@@ -105,7 +109,7 @@ def make_schedule(config, *, steps_per_epoch: int) -> Schedule:
     kind = config.schedule.kind
     if kind == "constant":
         lr = float(config.lr)
-        return lambda step: jnp.full((), lr, jnp.float32)
+        return lambda step: jnp.full((), lr, jnp.result_type(float))
     if kind == "epochs":
         return epoch_schedule(
                 base_lr=float(config.lr),

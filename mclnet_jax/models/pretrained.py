@@ -40,7 +40,7 @@ RESNET_STEM = "stem"
 DEFAULT_IGNORE_PREFIXES = ("fc.",)
 
 # Flax leaf name -> torch parameter/buffer name, per collection.
-_LEAF_NAMES = {
+LEAF_NAMES = {
     ("params", "kernel"): "weight",
     ("params", "scale"): "weight",
     ("params", "bias"): "bias",
@@ -62,13 +62,13 @@ def _model_kind(params: Mapping[str, Any]) -> str:
         f"{sorted(params)}. Pass model.init(...)'s variables.")
 
 
-def _torch_key(path: tuple[str, ...], kind: str) -> tuple[str, str] | None:
+def torch_key(path: tuple[str, ...], kind: str) -> tuple[str, str] | None:
     """(torch key, stem or "") for a flattened variable path, None if the
     variable is not part of the torchvision backbone."""
     collection, *modules, leaf = path
-    if (collection, leaf) not in _LEAF_NAMES or not modules:
+    if (collection, leaf) not in LEAF_NAMES or not modules:
         return None
-    torch_leaf = _LEAF_NAMES[(collection, leaf)]
+    torch_leaf = LEAF_NAMES[(collection, leaf)]
     top = modules[0]
     stem = ""
     if ((kind == "mclnet" and top in MCLNET_STEMS)
@@ -86,7 +86,7 @@ def _torch_key(path: tuple[str, ...], kind: str) -> tuple[str, str] | None:
     return ".".join([*parts, torch_leaf]), stem
 
 
-def _to_torch_layout(value: np.ndarray) -> np.ndarray:
+def to_torch_layout(value: np.ndarray) -> np.ndarray:
     if value.ndim == 4:                           # HWIO -> OIHW
         return np.transpose(value, (3, 2, 0, 1))
     if value.ndim == 2:                           # [in, out] -> [out, in]
@@ -94,7 +94,7 @@ def _to_torch_layout(value: np.ndarray) -> np.ndarray:
     return value
 
 
-def _from_torch_layout(value: np.ndarray) -> np.ndarray:
+def from_torch_layout(value: np.ndarray) -> np.ndarray:
     if value.ndim == 4:                           # OIHW -> HWIO
         return np.transpose(value, (2, 3, 1, 0))
     if value.ndim == 2:
@@ -102,7 +102,7 @@ def _from_torch_layout(value: np.ndarray) -> np.ndarray:
     return value
 
 
-def _flat(variables: Variables) -> dict[tuple[str, ...], Any]:
+def flat_variables(variables: Variables) -> dict[tuple[str, ...], Any]:
     if "params" not in variables:
         raise ValueError(
             f"variables must hold 'params' (and 'batch_stats'); got "
@@ -110,7 +110,7 @@ def _flat(variables: Variables) -> dict[tuple[str, ...], Any]:
     return traverse_util.flatten_dict(flax.core.unfreeze(variables))
 
 
-def _format_keys(keys: Sequence[str], limit: int = 20) -> str:
+def format_keys(keys: Sequence[str], limit: int = 20) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
@@ -139,11 +139,11 @@ def load_state_dict(
         has a key the backbone lacks, or a shape differs; the message names
         the keys.
     """
-    flat = _flat(variables)
+    flat = flat_variables(variables)
     kind = _model_kind(variables["params"])
     expected: dict[str, list[tuple[str, ...]]] = {}
     for path in flat:
-        mapped = _torch_key(path, kind)
+        mapped = torch_key(path, kind)
         if mapped is not None:
             expected.setdefault(mapped[0], []).append(path)
 
@@ -155,24 +155,24 @@ def load_state_dict(
     if missing:
         raise ValueError(
             f"Checkpoint lacks {len(missing)} key(s) the {kind} backbone "
-            f"needs: {_format_keys(missing)}. Is it a torchvision ResNet of "
+            f"needs: {format_keys(missing)}. Is it a torchvision ResNet of "
             f"the same depth?")
     if unexpected:
         raise ValueError(
             f"Checkpoint has {len(unexpected)} key(s) the {kind} backbone "
-            f"does not: {_format_keys(unexpected)}. Check the depth, or pass "
+            f"does not: {format_keys(unexpected)}. Check the depth, or pass "
             f"ignore_prefixes to skip them.")
 
     new_flat = dict(flat)
     for key, paths in expected.items():
-        value = _from_torch_layout(np.asarray(state_dict[key]))
+        value = from_torch_layout(np.asarray(state_dict[key]))
         for path in paths:
             target = flat[path]
             if tuple(value.shape) != tuple(target.shape):
                 raise ValueError(
                     f"Shape mismatch for checkpoint key {key!r}: file has "
                     f"{tuple(np.shape(state_dict[key]))}, the model needs "
-                    f"{tuple(_to_torch_layout(np.zeros(target.shape)).shape)}"
+                    f"{tuple(to_torch_layout(np.zeros(target.shape)).shape)}"
                     f" (torch layout). Check depth and width_multiplier.")
             new_flat[path] = jnp.asarray(value, dtype=target.dtype)
     return traverse_util.unflatten_dict(new_flat)
@@ -191,7 +191,7 @@ def state_dict(variables: Variables, *,
       torchvision key -> float32 numpy array in torch layout (no
       num_batches_tracked; PyTorch's BatchNorm fills it in when loading).
     """
-    flat = _flat(variables)
+    flat = flat_variables(variables)
     kind = _model_kind(variables["params"])
     if kind == "mclnet":
         stem = "visible" if stem is None else stem
@@ -206,11 +206,11 @@ def state_dict(variables: Variables, *,
         chosen = RESNET_STEM
     out = {}
     for path, value in flat.items():
-        mapped = _torch_key(path, kind)
+        mapped = torch_key(path, kind)
         if mapped is None or mapped[1] not in ("", chosen):
             continue
         out[mapped[0]] = np.ascontiguousarray(
-            _to_torch_layout(np.asarray(value, dtype=np.float32)))
+            to_torch_layout(np.asarray(value, dtype=np.float32)))
     return out
 
 

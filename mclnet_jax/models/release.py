@@ -60,16 +60,6 @@ IMAGENET_CLASSES = 1000
 BNNECK_BIAS = "bottleneck.bias"
 CONVERTER = "python -m mclnet_jax.tools.convert_release"
 
-# pretrained.py's key and layout machinery, shared within the package so
-# that both formats convert layouts and name ResNet variables identically.
-# pylint: disable=protected-access
-_LEAF_NAMES = pretrained._LEAF_NAMES
-_resnet_key = pretrained._torch_key
-_flat = pretrained._flat
-_format_keys = pretrained._format_keys
-_to_torch_layout = pretrained._to_torch_layout
-_from_torch_layout = pretrained._from_torch_layout
-# pylint: enable=protected-access
 
 _STEM_PREFIXES = {"visible_stem": "visible_module.visible.",
                   "infrared_stem": "thermal_module.thermal."}
@@ -106,7 +96,7 @@ _EMBED_REQUIRED = (
 # ------------------------------------------------------------ key mapping --
 
 def _leaf(collection: str, leaf: str) -> str | None:
-    return _LEAF_NAMES.get((collection, leaf))
+    return pretrained.LEAF_NAMES.get((collection, leaf))
 
 
 def _unmapped(path: tuple[str, ...], what: str) -> ValueError:
@@ -118,7 +108,7 @@ def _unmapped(path: tuple[str, ...], what: str) -> ValueError:
 
 def _embed_key(path: tuple[str, ...]) -> str:
     """The release key of one flattened MCLNet variable path."""
-    mapped = _resnet_key(path, "mclnet")
+    mapped = pretrained.torch_key(path, "mclnet")
     if mapped is not None:
         key, stem = mapped
         return (_STEM_PREFIXES[stem] if stem else _BASE_PREFIX) + key
@@ -189,10 +179,10 @@ def _check_keys(given: Iterable[str], expected: Iterable[str], *,
     problems = []
     if missing:
         problems.append(f"lacks {len(missing)} key(s) the model needs: "
-                        f"{_format_keys(missing)}")
+                        f"{pretrained.format_keys(missing)}")
     if unknown:
         problems.append(f"has {len(unknown)} key(s) the model does not: "
-                        f"{_format_keys(unknown)}")
+                        f"{pretrained.format_keys(unknown)}")
     if problems:
         raise ValueError(f"The {what} state dict " + "; it ".join(problems)
                          + f". {hint}")
@@ -203,7 +193,7 @@ def _load(variables: Variables, source: Source, *,
           extra: Mapping[str, tuple[int, ...]], what: str,
           hint: str) -> tuple[dict, dict[str, np.ndarray]]:
     """Fills `variables` from `source`; returns (variables, state dict)."""
-    flat = _flat(variables)
+    flat = pretrained.flat_variables(variables)
     keys = {path: key_of(path) for path in flat}
     state_dict = read(source)
     _check_keys(state_dict, [*keys.values(), *extra], ignored=ignored,
@@ -211,9 +201,9 @@ def _load(variables: Variables, source: Source, *,
     new_flat, wrong = {}, []
     for path, key in keys.items():
         target = flat[path]
-        value = _from_torch_layout(np.asarray(state_dict[key]))
+        value = pretrained.from_torch_layout(np.asarray(state_dict[key]))
         if tuple(value.shape) != tuple(target.shape):
-            torch_shape = _to_torch_layout(
+            torch_shape = pretrained.to_torch_layout(
                 np.zeros(target.shape, np.int8)).shape
             wrong.append(f"{key}: file {tuple(np.shape(state_dict[key]))}, "
                          f"model {tuple(torch_shape)}")
@@ -277,7 +267,7 @@ def _torch_array(value: Any) -> np.ndarray:
         value = value.astype(np.float32)
     # A copy: the caller may hand it to torch.from_numpy, which must not
     # share (read-only) memory with JAX's buffers.
-    return np.array(_to_torch_layout(value), order="C", copy=True)
+    return np.array(pretrained.to_torch_layout(value), order="C", copy=True)
 
 
 def _add_num_batches_tracked(state: dict[str, np.ndarray]) -> None:
@@ -299,7 +289,7 @@ def embed_net_state_dict(variables: Variables) -> dict[str, np.ndarray]:
       unused copies (see the module docstring), so a module with the
       release's structure loads it with `strict=True`.
     """
-    flat = _flat(variables)
+    flat = pretrained.flat_variables(variables)
     state = {_embed_key(path): _torch_array(v) for path, v in flat.items()}
     scale = state["bottleneck.weight"]
     state[BNNECK_BIAS] = np.zeros_like(scale)
@@ -363,7 +353,7 @@ def modality_classifier_state_dict(
     `map2` (unused by the release) is written as the identity with zero
     bias, `bn.num_batches_tracked` as 0, so `strict=True` loading works.
     """
-    flat = _flat(mcm_variables)
+    flat = pretrained.flat_variables(mcm_variables)
     state = {_mcm_key(path): _torch_array(v) for path, v in flat.items()}
     hidden = state["map1.bias"].shape[0]
     dtype = state["map1.bias"].dtype
@@ -394,11 +384,16 @@ def check_embed_net_keys(keys: Iterable[str]) -> None:
                      and not _EMBED_IGNORED.search(k))
     missing = sorted(set(_EMBED_REQUIRED) - keys)
     if unknown or missing:
+        problems = []
+        if unknown:
+            problems.append(
+                f"unknown key(s) {pretrained.format_keys(unknown)}")
+        if missing:
+            problems.append(
+                f"missing key(s) {pretrained.format_keys(missing)}")
         raise ValueError(
             "This does not look like the release's embed_net state dict: "
-            + (f"unknown key(s) {_format_keys(unknown)}" if unknown else "")
-            + ("; " if unknown and missing else "")
-            + (f"missing key(s) {_format_keys(missing)}" if missing else "")
+            + "; ".join(problems)
             + ". Expected names such as visible_module.visible.conv1.weight"
             ", base_resnet.base.layer1.0.conv1.weight, NL_2.0.theta.weight"
             ", bottleneck.weight and classifier.weight.")
@@ -414,11 +409,11 @@ def check_modality_classifier_keys(keys: Iterable[str]) -> None:
     unknown = sorted(k for k in keys - required if not _MCM_IGNORED.search(k))
     missing = sorted(required - keys)
     if unknown or missing:
-            raise ValueError(
+        raise ValueError(
             "This does not look like the release's "
             "Discriminator_ModalityClassifier state dict (map1, map2, map3, "
-            f"bn): unknown key(s) [{_format_keys(unknown)}], missing key(s) "
-            f"[{_format_keys(missing)}].")
+            f"bn): unknown key(s) [{pretrained.format_keys(unknown)}], "
+            f"missing key(s) [{pretrained.format_keys(missing)}].")
 
 
 def describe_embed_net(state_dict: Mapping[str, Any]) -> dict[str, Any]:
