@@ -13,6 +13,9 @@ a `best_fn` keeps the *best* checkpoints and may delete the latest one, which
 would break resume. A checkpoint is only ever written for a finite state (the
 caller checks; see `train._save_checked`), and orbax commits a step
 atomically, so a run killed mid-save resumes from the previous complete one.
+
+`restore_model_variables` reads just the network of a workdir's checkpoint
+(for feature extraction and export): no dataset, no optimiser state.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Mapping
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 LATEST_DIR = "checkpoints"
@@ -139,3 +143,73 @@ class Checkpointer:
             return None
         with open(path) as f:
             return json.load(f)
+
+
+def restore_model_variables(workdir: str, *, which: str = "latest"
+                            ) -> tuple[dict[str, Any], int]:
+    """The network's variables in a workdir's newest (or best) checkpoint.
+
+    Reads only `params["model"]` and `batch_stats` of the saved
+    `train.TrainState` (not the optimiser state, the modality classifier or
+    the centers), with the shapes stored in the checkpoint, so neither the
+    dataset nor the number of classes needs to be known: the classifier's
+    width is `variables["params"]["classifier"]["kernel"].shape[-1]`.
+
+    Args:
+      workdir: a training workdir (holds checkpoints/ or checkpoints_best/).
+      which: "latest" or "best".
+
+    Returns:
+      ({"params": ..., "batch_stats": ...} of numpy arrays on the host, the
+      checkpoint's step).
+
+    Raises:
+      ValueError: `which` is not "latest"/"best", or the checkpoint is not a
+        training state.
+      FileNotFoundError: no such checkpoint in the workdir.
+    """
+    if which not in ("latest", "best"):
+        raise ValueError(f"which must be 'latest' or 'best', got {which!r}.")
+    directory = os.path.join(os.path.abspath(workdir),
+                             LATEST_DIR if which == "latest" else BEST_DIR)
+    hint = ("train first (python -m mclnet_jax.main --mode=train) with this "
+            "--workdir" + (
+                ", a validation split (config.data.val_split) and "
+                "config.checkpoint.best_metric, or use --checkpoint=latest"
+                if which == "best" else ""))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"No {which} checkpoint: {directory} does not exist; {hint}.")
+    # Only reads: a manager that is never asked to save writes nothing
+    # (orbax's read_only=True would do the same, with two warnings).
+    manager = ocp.CheckpointManager(
+        directory, item_handlers=ocp.PyTreeCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(
+                f"No {which} checkpoint in {directory}; {hint}.")
+        metadata = manager.item_metadata(step)
+        tree = getattr(metadata, "tree", metadata)
+        try:
+            wanted = {"params": {"model": tree["params"]["model"]},
+                      "batch_stats": tree["batch_stats"]}
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                f"{directory}/{step} is not an mclnet_jax training "
+                "checkpoint (no params/model and batch_stats).") from e
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
+        # Host numpy arrays: the saved device layout (e.g. 8 GPUs) need not
+        # exist where the model is used.
+        restore_args = jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+        logging.info("Restoring the network of %s step %d.", directory,
+                     step)
+        restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+            item=abstract, restore_args=restore_args, partial_restore=True))
+    finally:
+        manager.close()
+    return ({"params": restored["params"]["model"],
+             "batch_stats": restored["batch_stats"]}, int(step))

@@ -1,0 +1,409 @@
+r"""Features of your own images from a trained workdir (command line, notebook).
+
+  python -m mclnet_jax.embed --workdir=$HOME/runs/sysu --checkpoint=best \
+      --modality=infrared --images='photos/*.jpg' --out=features.npz
+
+writes features.npz with
+
+  pool        [N, D] float32  the pooled feature (GeM or average),
+  bn          [N, D] float32  the BNNeck feature (what the paper reports),
+  file_names  [N] str         the image paths, in the order of the rows,
+  modality, checkpoint, step  what produced them.
+
+The features are the model's raw outputs, NOT L2-normalised; the evaluator
+normalises them before comparing (negative inner product), so do the same:
+`f / np.linalg.norm(f, axis=1, keepdims=True)`. The images go through the
+evaluation preprocessing of `evaluate.make_batches_fn` (decode JPEG/PNG/BMP/
+GIF to RGB, resize to config.data.image_size bilinear with antialiasing,
+ImageNet mean/std), whatever their size. --images is a glob (quote it) or a
+directory, which means every .jpg/.jpeg/.png/.bmp/.gif file below it,
+sorted. An image that cannot be decoded stops the run with its name (exit
+code 2) and nothing is written; the output appears atomically (written to a
+temporary file beside it, then renamed). A missing checkpoint exits with 3.
+
+The model is rebuilt from WORKDIR/config.json (written by training) and the
+checkpoint alone: the number of classes comes from the checkpoint, and the
+dataset need not be present. In a notebook:
+
+  from mclnet_jax import embed
+  model = embed.load_model("runs/sysu", checkpoint="best")
+  out = embed.embed_images(model, "photos/*.jpg", modality="infrared")
+  out["bn"]  # [N, D]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+from typing import Any, Mapping, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+MODALITIES = ("visible", "infrared")
+CONFIG_FILE = "config.json"
+
+
+class ImageError(ValueError):
+    """No image matched, or an image cannot be read (CLI exit code 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A trained network ready to embed images (see `load_model`).
+
+    Attributes:
+      model: the `MCLNet` module.
+      variables: {"params", "batch_stats"} numpy arrays.
+      config: the run's config (from WORKDIR/config.json).
+      step: the checkpoint's training step.
+      checkpoint: "latest" or "best".
+      workdir: where it came from.
+    """
+
+    model: Any
+    variables: Mapping[str, Any]
+    config: Any
+    step: int
+    checkpoint: str
+    workdir: str
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) the images are resized to."""
+        return tuple(int(v) for v in self.config.data.image_size)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.feature_dim
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+
+def read_workdir_config(workdir: str):
+    """The `ml_collections.ConfigDict` a training run saved in its workdir."""
+    # pylint: disable-next=g-import-not-at-top
+    import ml_collections
+
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: it is written by training (python -m "
+            "mclnet_jax.main --mode=train --workdir=...). Pass the workdir of "
+            "a training run, or the run's config explicitly (load_model(..., "
+            "config=...)).")
+    with open(path, encoding="utf-8") as f:
+        try:
+            return ml_collections.ConfigDict(json.load(f))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}.") from e
+
+
+def load_model(workdir: str, *, checkpoint: str = "latest",
+               config=None) -> LoadedModel:
+    """Rebuilds the trained network of a workdir without its dataset.
+
+    Args:
+      workdir: a training workdir.
+      checkpoint: "latest" or "best" (best on validation).
+      config: the run's config; default WORKDIR/config.json. Only
+        `config.model` and `config.data` (image_size, eval_batch_size) are
+        used.
+
+    Returns:
+      `LoadedModel` (its variables stay on the host).
+
+    Raises:
+      FileNotFoundError: no config.json or no such checkpoint.
+      ValueError: a bad `checkpoint` name.
+    """
+    # pylint: disable=g-import-not-at-top
+    from mclnet_jax import checkpointing
+    from mclnet_jax import train
+    # pylint: enable=g-import-not-at-top
+
+    if checkpoint not in ("latest", "best"):
+        raise ValueError(
+            f"checkpoint must be 'latest' or 'best', got {checkpoint!r}.")
+    workdir = os.path.expanduser(workdir)
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(
+            f"workdir {workdir} does not exist; pass the --workdir of a "
+            "training run.")
+    if config is None:
+        config = read_workdir_config(workdir)
+    variables, step = checkpointing.restore_model_variables(
+        workdir, which=checkpoint)
+    num_classes = int(variables["params"]["classifier"]["kernel"].shape[-1])
+    model = train.make_model(config, num_classes=num_classes)
+    logging.info("Loaded the %s checkpoint of %s (step %d, %d classes, "
+                 "D = %d).", checkpoint, workdir, step, num_classes,
+                 model.feature_dim)
+    return LoadedModel(model=model, variables=variables, config=config,
+                       step=step, checkpoint=checkpoint, workdir=workdir)
+
+
+def modality_index(modality: str) -> int:
+    """"visible" -> 0, "infrared" -> 1 (the evaluator's codes)."""
+    if modality not in MODALITIES:
+        raise ValueError(
+            f"modality must be one of {MODALITIES}, got {modality!r}: it "
+            "picks the network's visible or infrared stem.")
+    return MODALITIES.index(modality)
+
+
+def find_images(images: str | Sequence[str]) -> list[str]:
+    """The image files named by a directory, a glob, or a list of paths.
+
+    A directory means every file below it (recursively) whose extension is
+    one of IMAGE_EXTENSIONS (any case), sorted; a glob (`**` recurses) keeps
+    every file it matches, sorted; a list is kept as given.
+
+    Raises:
+      ImageError: nothing matched, or a listed path is not a file.
+    """
+    if isinstance(images, (str, os.PathLike)):
+        pattern = os.path.expanduser(os.fspath(images))
+        if os.path.isdir(pattern):
+            found = []
+            for root, dirs, files in os.walk(pattern):
+                dirs.sort()
+                found.extend(os.path.join(root, name) for name in files
+                             if name.lower().endswith(IMAGE_EXTENSIONS))
+            what = (f"no {'/'.join(IMAGE_EXTENSIONS)} files under the "
+                    f"directory {pattern}")
+        else:
+            found = [p for p in glob.glob(pattern, recursive=True)
+                     if os.path.isfile(p)]
+            what = f"no file matches {pattern!r}"
+        found.sort()
+        if not found:
+            raise ImageError(
+                f"{what}. Give a directory of images or a glob such as "
+                "'photos/*.jpg' (quoted, so that the shell does not expand "
+                "it).")
+        return found
+    paths = [os.fspath(p) for p in images]
+    if not paths:
+        raise ImageError("no images given: the list of paths is empty.")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise ImageError(
+            f"{len(missing)} image path(s) are not files, e.g. "
+            f"{missing[:3]}.")
+    return paths
+
+
+class _FileSource:
+    """The files as a random-access split of encoded images (read lazily),
+    the source format `input_pipeline.make_eval_dataset` accepts."""
+
+    def __init__(self, paths: Sequence[str]):
+        self._paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index: int) -> dict[str, bytes]:
+        with open(self._paths[int(index)], "rb") as f:
+            return {"image": f.read()}
+
+
+def unreadable_images(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """(path, reason) of each file that the evaluation decoder rejects."""
+    # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+    from data_pipeline import augment
+    # pylint: enable=g-import-not-at-top
+
+    bad = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                augment.decode_image(tf.constant(f.read()))
+        except (OSError, tf.errors.OpError) as e:
+            reason = getattr(e, "message", None) or str(e)
+            # Keep TensorFlow's message, not its op and device decoration.
+            reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", reason)
+            bad.append((path, " ".join(reason.split()) or type(e).__name__))
+    return bad
+
+
+def _unreadable_error(bad: Sequence[tuple[str, str]]) -> ImageError:
+    lines = "\n".join(f"  {p}: {r}" for p, r in bad[:10])
+    more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return ImageError(
+        f"{len(bad)} image(s) cannot be decoded as JPEG/PNG/BMP/GIF; remove "
+        f"or fix them:\n{lines}{more}")
+
+
+def embed_images(workdir: str | LoadedModel,
+                 images: str | Sequence[str], *, modality: str,
+                 checkpoint: str = "latest",
+                 batch_size: int | None = None) -> dict[str, Any]:
+    """Embeds image files with a trained network, as the evaluator does.
+
+    Args:
+      workdir: a training workdir, or a `LoadedModel` from `load_model`
+        (reused, e.g. to embed several folders).
+      images: a directory, a glob or a list of paths (see `find_images`).
+      modality: "visible" or "infrared": the stem the images go through.
+      checkpoint: "latest" or "best" (only when `workdir` is a path).
+      batch_size: images per forward pass (a multiple of the device count);
+        default config.data.eval_batch_size.
+
+    Returns:
+      {"pool": [N, D] float32, "bn": [N, D] float32 (raw, NOT
+      L2-normalised), "file_names": [N] str array, "modality": str,
+      "checkpoint": str, "step": int}.
+
+    Raises:
+      ImageError: no image found, or some cannot be decoded (all named).
+    """
+    # pylint: disable=g-import-not-at-top
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    import tensorflow as tf
+    from mclnet_jax import evaluate
+    # pylint: enable=g-import-not-at-top
+
+    mod = modality_index(modality)
+    paths = find_images(images)
+    loaded = (workdir if isinstance(workdir, LoadedModel)
+              else load_model(workdir, checkpoint=checkpoint))
+    devices = jax.local_devices()
+    if batch_size is None:
+        batch_size = int(loaded.config.data.eval_batch_size)
+        batch_size = -(-batch_size // len(devices)) * len(devices)
+        # No need to pad a handful of images up to a large batch.
+        batch_size = min(batch_size,
+                         -(-len(paths) // len(devices)) * len(devices))
+    if (isinstance(batch_size, bool) or int(batch_size) != batch_size
+            or batch_size < 1 or batch_size % len(devices)):
+        raise ValueError(
+            f"batch_size must be a positive multiple of the {len(devices)} "
+            f"local device(s), got {batch_size!r}.")
+
+    mesh = Mesh(np.asarray(devices), ("data",))
+    # On the devices once, not with every batch.
+    variables = jax.device_put(dict(loaded.variables),
+                               NamedSharding(mesh, PartitionSpec()))
+    embed_fn = evaluate.make_model_embed_fn(loaded.model, variables,
+                                            mesh=mesh)
+    # The evaluator's own preprocessing, over the files instead of a split.
+    batches_fn = evaluate.make_batches_fn(
+        _FileSource(paths), batch_size=int(batch_size),
+        image_size=loaded.image_size)
+    logging.info("Embedding %d %s images with %s step %d.", len(paths),
+                 modality, loaded.workdir, loaded.step)
+    try:
+        features = evaluate.extract_features(
+            embed_fn, batches_fn=batches_fn,
+            modality=np.full(len(paths), mod, np.int64))
+    except (OSError, tf.errors.OpError) as e:
+        # tf.data does not say which file failed: find out.
+        bad = unreadable_images(paths)
+        if bad:
+            raise _unreadable_error(bad) from e
+        raise
+    return {"pool": features["pool"], "bn": features["bn"],
+            "file_names": np.asarray(paths, dtype=str),
+            "modality": modality, "checkpoint": loaded.checkpoint,
+            "step": loaded.step}
+
+
+def write_features(path: str, features: Mapping[str, Any]) -> None:
+    """Writes `features` to an .npz at `path` atomically (all or nothing).
+
+    The arrays go to a temporary file in the same folder, which is then
+    renamed over `path`, so a reader never sees a partial file and a failed
+    run leaves no file behind.
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder,
+                               prefix=f".{os.path.basename(path)}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in features.items()})
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the permissions
+        # an ordinary new file would get.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _define_flags() -> None:
+    """The command line's flags (only when run as a program: `main.py`
+    imports this module through `export`, and flag names must not clash)."""
+    flags.DEFINE_string(
+        "workdir", None,
+        "The training run's workdir (config.json, checkpoints).")
+    flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+                      "The latest checkpoint, or the best on validation.")
+    flags.DEFINE_enum(
+        "modality", None, list(MODALITIES),
+        "Which stem the images go through: visible (RGB camera) or "
+        "infrared.")
+    flags.DEFINE_string(
+        "images", None,
+        "A directory (every image file below it) or a quoted glob, e.g. "
+        "'photos/*.jpg'.")
+    flags.DEFINE_string("out", None, "The .npz file to write.")
+    flags.DEFINE_integer(
+        "batch_size", None,
+        "Images per forward pass; default config.data.eval_batch_size.")
+    flags.mark_flags_as_required(["workdir", "modality", "images", "out"])
+
+
+class _QuietOrbax(logging.logging.Filter):
+    """Drops orbax's INFO chatter about reading a checkpoint (not warnings)."""
+
+    def filter(self, record):
+        return (record.levelno >= logging.logging.WARNING
+                or f"{os.sep}orbax{os.sep}" not in record.pathname)
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietOrbax())
+    fl = flags.FLAGS
+    try:
+        features = embed_images(fl.workdir, fl.images, modality=fl.modality,
+                                checkpoint=fl.checkpoint,
+                                batch_size=fl.batch_size)
+        write_features(fl.out, features)
+    except (ImageError, ValueError) as e:
+        print(f"\nERROR: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"\nERROR: {e}", file=sys.stderr)
+        return 3
+    logging.info("Wrote %s: pool and bn [%d, %d] (not normalised).",
+                 fl.out, *features["bn"].shape)
+    return 0
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
