@@ -641,7 +641,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if config.eval.get("raw_pixel_baseline"):
         write_results(workdir, run.data.raw_pixel_baseline(
             config.data.test_split), step=0, name="results_raw_pixels")
+    if config.eval.get("figures"):
+        _write_figures(config, workdir, run, state, results)
     return out
+
+
+def _write_figures(config, workdir: str, run: _Run, state: TrainState,
+                   results) -> None:
+    """Figures into workdir/figures; a failure there never fails the run."""
+    from mclnet_jax import analysis  # pylint: disable=g-import-not-at-top
+    try:
+        analysis.write_figures(config, workdir, model=run.model, state=state,
+                               results=results)
+    except Exception:  # pylint: disable=broad-except
+        logging.exception("Drawing the figures failed (the results are "
+                          "saved); retry with --mode=analyze.")
 
 
 def _release_state(config, run: _Run) -> TrainState:

@@ -22,7 +22,8 @@ import pytest
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TINY = "configs/synthetic.py:tiny=1"
 # Long enough (6 epochs x 13 steps) that a kill lands mid-run.
-_OVERRIDES = ("--config.num_epochs=6", "--config.checkpoint.every_steps=10")
+_OVERRIDES = ("--config.num_epochs=6", "--config.checkpoint.every_steps=10",
+              "--config.eval.figures=False")
 
 
 def _env(cache_dir):
