@@ -19,6 +19,8 @@ import pytest
 from mclnet_jax import analysis
 from mclnet_jax import evaluate
 
+import test_main  # pylint: disable=g-bad-import-order
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _rank_list_jobs = analysis._rank_list_jobs  # pylint: disable=protected-access
 
@@ -400,18 +402,6 @@ def test_pair_distances_and_histogram_against_slow_pairs(tmp_path):
 # End to end: a tiny trained workdir, then --mode=analyze.
 
 
-def _env(cache_dir):
-    env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    # Halves the compile time of the tiny run; numbers are not checked here.
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env.pop("XLA_FLAGS", None)
-    return env
-
-
 def _main(workdir, *extra):
     return [sys.executable, "-m", "mclnet_jax.main",
             "--config=configs/synthetic.py:tiny=1", f"--workdir={workdir}",
@@ -419,7 +409,7 @@ def _main(workdir, *extra):
 
 
 def test_analyze_workdir_draws_every_figure(tmp_path):
-    env = _env(tmp_path / "xla_cache")
+    env = test_main._env(tmp_path / "xla_cache", fast_compile=True)
     workdir = tmp_path / "work"
     # A few steps at a small lr: the eval-mode features stay finite (at the
     # tiny config's lr 0.1 they overflow before the BatchNorm statistics

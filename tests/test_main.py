@@ -26,11 +26,16 @@ _OVERRIDES = ("--config.num_epochs=6", "--config.checkpoint.every_steps=10",
               "--config.eval.figures=False")
 
 
-def _env(cache_dir):
+def _env(cache_dir, *, fast_compile=False):
+    """The environment of a CLI subprocess: a shared compilation cache; with
+    `fast_compile` XLA optimisations off (for runs whose numbers are not
+    checked)."""
     env = dict(os.environ)
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    if fast_compile:
+        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env.pop("XLA_FLAGS", None)
     return env

@@ -44,8 +44,6 @@ initialisation to compile. Run with `pytest -s` to see the first-step
 losses side by side and the worst deviations.
 """
 
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
@@ -61,11 +59,11 @@ torch = pytest.importorskip(
     "torch", reason="the PyTorch parity tests need torch (extra 'parity')")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
+import test_train
 import torch_release
 import torch_release_step
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 6
 NUM_CAMERAS = 6
 P, K = 2, 4
@@ -89,13 +87,7 @@ MIN_VARIANT_GAP = 1e-3
 
 
 def _config(*, dtype: str, wrt_variant: str):
-    spec = importlib.util.spec_from_file_location(
-        "mclnet_default_config_parity",
-        os.path.join(_REPO, "configs", "default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    module.apply_variant(config, "mclnet")
+    config = test_train.load_default_config()
     config.model.depth = 18
     config.model.width_multiplier = 1 / 16
     config.model.non_local_counts = (0, 1, 1, 0)
@@ -123,23 +115,9 @@ def _config(*, dtype: str, wrt_variant: str):
 
 def _batches(num_steps: int, dtype, seed: int = 0):
     """P identities x K images per modality; cameras 1-based as in SYSU."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(num_steps):
-        ids = rng.choice(NUM_CLASSES, size=P, replace=False)
-        labels = np.repeat(ids, K).astype(np.int32)
-        shape = (P * K, HEIGHT, WIDTH, 3)
-        out.append({
-            "visible": rng.normal(size=shape).astype(dtype),
-            "infrared": rng.normal(size=shape).astype(dtype),
-            "visible_labels": labels,
-            "infrared_labels": labels.copy(),
-            "visible_cameras": rng.choice([1, 2, 4, 5], size=P * K).astype(
-                np.int32),
-            "infrared_cameras": rng.choice([3, 6], size=P * K).astype(
-                np.int32),
-        })
-    return out
+    return test_train.tiny_batches(num_steps, seed, num_ids=P,
+                                   num_instances=K, num_classes=NUM_CLASSES,
+                                   size=(HEIGHT, WIDTH), dtype=dtype)
 
 
 def _flat(tree, prefix: str) -> dict[str, np.ndarray]:

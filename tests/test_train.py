@@ -53,23 +53,24 @@ def tiny_config():
     return config
 
 
-def tiny_batches(num_steps, seed=0):
-    """Deterministic fake batches: P identities x K images per modality."""
+def tiny_batches(num_steps, seed=0, *, num_ids=P, num_instances=K,
+                 num_classes=NUM_CLASSES, size=(32, 16), dtype=np.float32):
+    """Deterministic fake batches: num_ids identities x num_instances images
+    per modality; cameras 1-based as in SYSU."""
     rng = np.random.default_rng(seed)
+    n = num_ids * num_instances
     out = []
     for _ in range(num_steps):
-        ids = rng.choice(NUM_CLASSES, size=P, replace=False)
-        labels = np.repeat(ids, K).astype(np.int32)
+        ids = rng.choice(num_classes, size=num_ids, replace=False)
+        labels = np.repeat(ids, num_instances).astype(np.int32)
         out.append({
-            "visible": rng.normal(size=(P * K, 32, 16, 3)).astype(np.float32),
-            "infrared": rng.normal(size=(P * K, 32, 16, 3)).astype(
-                np.float32),
+            "visible": rng.normal(size=(n, *size, 3)).astype(dtype),
+            "infrared": rng.normal(size=(n, *size, 3)).astype(dtype),
             "visible_labels": labels,
             "infrared_labels": labels.copy(),
-            "visible_cameras": rng.choice([1, 2, 4, 5], size=P * K).astype(
+            "visible_cameras": rng.choice([1, 2, 4, 5], size=n).astype(
                 np.int32),
-            "infrared_cameras": rng.choice([3, 6], size=P * K).astype(
-                np.int32),
+            "infrared_cameras": rng.choice([3, 6], size=n).astype(np.int32),
         })
     return out
 
