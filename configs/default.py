@@ -143,6 +143,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.image_size = (288, 144)  # (height, width)
     config.data.pad = 10
     config.data.random_erasing = RANDOM_ERASING_P
+    # Ours, not the paper's or the release's: probability that a training
+    # image is replaced by its grey (luma) version (data_pipeline/augment.py,
+    # "random grey"); infrared images are grey already. Off here; the
+    # synthetic demo turns it on (configs/synthetic.py).
+    config.data.random_grey = 0.0
     config.data.num_identities = 8  # P identities per batch.
     config.data.num_instances = 4  # K images per identity and modality.
     # None: the release's floor(max(N_vis, N_ir) / (P * K)) + 1.

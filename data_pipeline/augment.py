@@ -23,7 +23,14 @@ Randomness is split from pixel work, for speed and determinism:
   one fused XLA computation (one pass over the pixels: several times faster
   than op-by-op TF on CPU).
 * `random_pad_and_crop`, `random_flip`, `random_erasing` combine the two.
-  `train_augment` runs the whole chain on a batch. The training pipeline
+  `train_augment` runs the whole chain on a batch.
+* Ours, not the release's (off by default): random grey, which replaces a
+  training image by its luma (ITU-R 601 weights, in every channel) with
+  probability `TrainAugment.grey_probability`, before normalisation.
+  Infrared images are grey already, so only visible images change: it
+  takes colour away as an identity cue, so that a network must match
+  visible images on what the infrared camera also sees (used by the
+  synthetic demo; see docs/demo_findings.md). The training pipeline
   does the same in pieces: `sample_train_params(step_seed(seed, step))` for
   the rows of the *global* batch, `crop_and_flip` per image,
   `jit_normalize_and_erase` per batch; so an image's augmentation depends
@@ -48,6 +55,8 @@ ERASING_AREA_RANGE = (0.1, 0.8)
 ERASING_MIN_ASPECT = 0.3
 ERASING_MAX_ATTEMPTS = 100
 ERASING_FILL = (0.4914, 0.4822, 0.4465)
+# ITU-R 601 luma weights (PIL's convert("L")) of the random-grey option.
+GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
 # Pinned so that augmentations do not depend on which algorithm
 # "auto_select" picks on a given TensorFlow build or device.
@@ -68,6 +77,9 @@ class TrainAugment:
       erasing_max_attempts: rectangles tried before leaving the image intact.
       erasing_fill: one value per channel, written after normalisation.
       mean, std: normalisation statistics of [0, 1] pixels.
+      grey_probability: ours (not in the paper or the release): probability
+        that an image is replaced by its luma in all three channels (see the
+        module docstring); 0 disables it.
     """
 
     padding: int = 10
@@ -79,10 +91,12 @@ class TrainAugment:
     erasing_fill: Tuple[float, ...] = ERASING_FILL
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
+    grey_probability: float = 0.0
 
     def __post_init__(self):
         _check_padding(self.padding)
         _check_probability(self.flip_probability, "flip_probability")
+        _check_probability(self.grey_probability, "grey_probability")
         _check_erasing(
             self.erasing_probability, self.erasing_area_range,
             self.erasing_min_aspect, self.erasing_max_attempts,
@@ -344,6 +358,14 @@ def sample_erasing(
     }
 
 
+def sample_grey(seed, *, num: int, probability: float) -> tf.Tensor:
+    """[num] bool: which images to turn grey (the random-grey option)."""
+    seed = _check_seed(seed)
+    _check_num(num)
+    _check_probability(probability, "grey probability")
+    return tf.random.stateless_uniform([num], seed, alg=_RNG_ALG) < probability
+
+
 # ------------------------------------------------- deterministic batch ops
 
 
@@ -405,6 +427,28 @@ def flip_left_right(images, flips) -> tf.Tensor:
                        lambda: tf.reverse(images, axis=[1]), lambda: images)
     flips = tf.reshape(tf.cast(flips, tf.bool), [-1, 1, 1, 1])
     return tf.where(flips, tf.reverse(images, axis=[2]), images)
+
+
+def to_grey(images, grey) -> tf.Tensor:
+    """Replaces the images whose `grey` entry is True by their luma.
+
+    Args:
+      images: [N, H, W, 3] pixels (any real or integer dtype).
+      grey: [N] bool.
+
+    Returns:
+      [N, H, W, 3] float32: luma = 0.299 R + 0.587 G + 0.114 B (unrounded)
+      in every channel of the selected images, the others unchanged.
+    """
+    images = _check_images(images, "to_grey")
+    if images.shape[-1] != 3:
+        raise ValueError(
+            f"to_grey expects RGB images [N, H, W, 3], got {images.shape}.")
+    images = tf.cast(images, tf.float32)
+    luma = tf.reduce_sum(images * tf.constant(GREY_WEIGHTS, tf.float32),
+                         axis=-1, keepdims=True)
+    grey = tf.reshape(tf.cast(grey, tf.bool), [-1, 1, 1, 1])
+    return tf.where(grey, tf.broadcast_to(luma, tf.shape(images)), images)
 
 
 def normalize(
@@ -512,10 +556,15 @@ def sample_train_params(
     """Every random choice of `train_augment` for `num` rows.
 
     Returns:
-      dict: "offsets" [num, 2] int32, "flips" [num] bool, and the erasing
-      boxes ("erase", "top", "left", "height", "width" [num]).
+      dict: "offsets" [num, 2] int32, "flips" [num] bool, the erasing
+      boxes ("erase", "top", "left", "height", "width" [num]) and "grey"
+      [num] bool (the random-grey option; all False when it is off).
     """
     s_crop, s_flip, s_erase = tf.unstack(split_seed(seed, 3))
+    # A seed of its own, folded in, so that the draws above are the same
+    # whether or not the random-grey option exists.
+    s_grey = tf.random.experimental.stateless_fold_in(
+        _check_seed(seed), 3, alg=_RNG_ALG)
     params = {
         "offsets": sample_crop_offsets(s_crop, num=num, padding=config.padding),
         "flips": sample_flips(
@@ -529,6 +578,8 @@ def sample_train_params(
         min_aspect=config.erasing_min_aspect,
         max_attempts=config.erasing_max_attempts,
     ))
+    params["grey"] = sample_grey(s_grey, num=num,
+                                 probability=config.grey_probability)
     return params
 
 
@@ -538,8 +589,8 @@ def apply_train_params(
 ) -> tf.Tensor:
     """Deterministic part of the training chain on a batch.
 
-    pad + crop -> flip (`crop_and_flip`) -> normalise -> erase -> cast
-    (`normalize_and_erase`).
+    pad + crop -> flip (`crop_and_flip`) -> grey (if enabled) -> normalise
+    -> erase -> cast (`normalize_and_erase`).
 
     Args:
       images: [N, H, W, 3] uint8.
@@ -568,7 +619,9 @@ def crop_and_flip(images, params: Dict[str, tf.Tensor], *,
 def normalize_and_erase(images, params: Dict[str, tf.Tensor], *,
                         config: TrainAugment = TrainAugment(),
                         dtype=tf.float32) -> tf.Tensor:
-    """Normalise, random-erase (given boxes) and cast a batch [N, H, W, C]."""
+    """Grey (if on), normalise, erase (given boxes), cast: [N, H, W, C]."""
+    if config.grey_probability > 0:
+        images = to_grey(images, params["grey"])
     images = normalize(images, mean=tuple(config.mean), std=tuple(config.std))
     if config.erasing_probability > 0:
         images = erase(images, params, fill=tuple(config.erasing_fill))

@@ -5,12 +5,14 @@ Data flow (training):
   identity-balanced plan (sampling.py, numpy, per epoch)
     -> per step: read the planned records by index from the split's
        random-access source (TFDS array_record), in one Python call
-    -> per step: every random choice (crop offsets, flips, erasing boxes)
+    -> per step: every random choice (crop offsets, flips, erasing boxes,
+       random grey)
        drawn from (seed, global step) for the rows of the global batch
        (augment.sample_train_params), this host's rows kept
     -> per image, in parallel: decode JPEG, resize to (H, W), pad + crop,
        flip (uint8)
-    -> per step: normalise + random erasing, one fused XLA computation
+    -> per step: random grey (ours, off by default) + normalise + random
+       erasing, one fused XLA computation
     -> {"visible", "infrared": [P*K/hosts, H, W, 3] float32 (or bfloat16),
        "visible_labels", "infrared_labels", "visible_cameras",
        "infrared_cameras": [P*K/hosts] int32, "step": int64 scalar}

@@ -206,13 +206,16 @@ def _contrasting_level(rng: np.random.Generator,
     return np.clip(np.where(go_up, up, down), 0.0, 1.0)
 
 
-def sample_identities(num_identities: int, *,
-                      seed: int) -> dict[str, np.ndarray]:
+def sample_identities(num_identities: int, *, seed: int,
+                      pattern_scale: float = 1.0) -> dict[str, np.ndarray]:
     """Draws the appearance of every identity.
 
     Args:
       num_identities: number of people.
       seed: random seed.
+      pattern_scale: multiplies every clothing-pattern frequency (stripes,
+        checks, dots per body height); < 1 draws coarser patterns, which
+        stay visible on small images. The random draws do not depend on it.
 
     Returns:
       Dict of arrays with leading dimension `num_identities`: shape parameters
@@ -293,6 +296,10 @@ def sample_identities(num_identities: int, *,
     ir[:, _STRAP, :, 0] = u(0.1, 0.9)[:, None]
     a["visible_palette"] = vis
     a["infrared_palette"] = ir
+    _check_pattern_scale(pattern_scale)
+    for key in ("upper_freq_v", "upper_freq_u", "lower_freq_v",
+                "lower_freq_u"):
+        a[key] = a[key] * pattern_scale
     return a
 
 
@@ -635,6 +642,14 @@ def _check_size(name: str, value: int, minimum: int) -> None:
             f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
+def _check_pattern_scale(pattern_scale: float) -> None:
+    if not (isinstance(pattern_scale, (int, float, np.floating))
+            and 0 < pattern_scale <= 10):
+        raise SyntheticDataError(
+            f"pattern_scale must be a number in (0, 10], got "
+            f"{pattern_scale!r} (1: the default pattern frequencies).")
+
+
 def _check_image_size(height: int, width: int) -> None:
     """The smallest images the synthetic renderer accepts: 16 x 8."""
     _check_size("height", height, 16)
@@ -673,7 +688,7 @@ def generate_sysu(root: str, *, num_identities: int = 300,
                   visible_images_per_camera: int = 10,
                   infrared_images_per_camera: int = 10,
                   height: int = 96, width: int = 48, seed: int = 0,
-                  jpeg_quality: int = 90,
+                  jpeg_quality: int = 90, pattern_scale: float = 1.0,
                   overwrite: bool = False) -> GenerationSummary:
     """Writes a synthetic dataset in the SYSU-MM01 layout.
 
@@ -691,6 +706,8 @@ def generate_sysu(root: str, *, num_identities: int = 300,
       width: image width in pixels (>= 8).
       seed: random seed; equal seeds give byte-identical files.
       jpeg_quality: JPEG quality (1..95).
+      pattern_scale: clothing-pattern frequency factor (see
+        `sample_identities`).
       overwrite: replace cam*/exp folders already under `root`.
 
     Returns:
@@ -704,9 +721,11 @@ def generate_sysu(root: str, *, num_identities: int = 300,
     if not 1 <= jpeg_quality <= 95:
         raise SyntheticDataError(
             f"jpeg_quality must be in 1..95, got {jpeg_quality}.")
+    _check_pattern_scale(pattern_scale)
     _prepare_root(root, [f"cam{c}" for c in range(1, 7)] + ["exp"], overwrite)
 
-    identities = sample_identities(num_identities, seed=seed)
+    identities = sample_identities(num_identities, seed=seed,
+                                   pattern_scale=pattern_scale)
     pids = np.arange(1, num_identities + 1)
     counts = {"visible": 0, "infrared": 0}
     for cam in range(1, 7):
@@ -766,6 +785,7 @@ def generate_regdb(root: str, *, num_identities: int = 412,
                    images_per_modality: int = 10, height: int = 128,
                    width: int = 64, seed: int = 0, image_format: str = "bmp",
                    num_trials: int = REGDB_NUM_TRIALS,
+                   pattern_scale: float = 1.0,
                    overwrite: bool = False) -> GenerationSummary:
     """Writes a synthetic dataset in the RegDB layout.
 
@@ -789,6 +809,8 @@ def generate_regdb(root: str, *, num_identities: int = 412,
       seed: random seed; equal seeds give byte-identical files.
       image_format: "bmp" (as RegDB) or "jpg".
       num_trials: number of trial split files (RegDB has 10).
+      pattern_scale: clothing-pattern frequency factor (see
+        `sample_identities`).
       overwrite: replace Visible/Thermal/idx folders already under `root`.
 
     Returns:
@@ -799,12 +821,14 @@ def generate_regdb(root: str, *, num_identities: int = 412,
     _check_size("images_per_modality", images_per_modality, 1)
     _check_image_size(height, width)
     _check_size("num_trials", num_trials, 1)
+    _check_pattern_scale(pattern_scale)
     if image_format not in ("bmp", "jpg"):
         raise SyntheticDataError(
             f"image_format must be 'bmp' or 'jpg', got {image_format!r}.")
     _prepare_root(root, ["Visible", "Thermal", "idx"], overwrite)
 
-    identities = sample_identities(num_identities, seed=seed)
+    identities = sample_identities(num_identities, seed=seed,
+                                   pattern_scale=pattern_scale)
     pids = np.arange(1, num_identities + 1)
     index = np.repeat(np.arange(num_identities), images_per_modality)
     # Both cameras see the same moment: share the pose, not the camera style.
@@ -885,6 +909,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pattern_scale", type=float,
+                        help="clothing-pattern frequency factor (default 1; "
+                        "< 1: coarser patterns)")
     parser.add_argument("--image_format", choices=("bmp", "jpg"),
                         help="regdb only (default bmp)")
     parser.add_argument("--overwrite", action="store_true")
@@ -899,7 +926,7 @@ def _generator_kwargs(args: argparse.Namespace) -> dict:
             f"unknown preset {args.preset!r} for layout {args.layout}; choose "
             f"one of {sorted(presets)}.")
     kwargs = dict(presets[args.preset])
-    common = ("num_identities", "height", "width")
+    common = ("num_identities", "height", "width", "pattern_scale")
     if args.layout == "sysu":
         if (args.images_per_modality is not None or
                 args.image_format is not None):

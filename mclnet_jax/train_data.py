@@ -145,7 +145,8 @@ def prepare(config, workdir: str) -> RunData:
         metadata, num_identities=dc.num_identities,
         num_instances=dc.num_instances)
     augmentation = input_pipeline.TrainAugment(
-        padding=dc.pad, erasing_probability=dc.random_erasing)
+        padding=dc.pad, erasing_probability=dc.random_erasing,
+        grey_probability=dc.get("random_grey", 0.0))
 
     def train_iterator(*, start_step: int):
         stream = input_pipeline.train_iterator(

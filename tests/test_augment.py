@@ -6,6 +6,7 @@ distributions of the authors' release (flip rate, crop offsets, erasing rate,
 area, aspect, fill values).
 """
 
+import dataclasses
 import io
 import math
 import random
@@ -336,5 +337,72 @@ def test_disabled_augmentations_leave_images_alone(images):
                                    seed=SEED, positions=[0]), "num_rows"),
 ])
 def test_bad_inputs_raise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_to_grey_matches_luma_formula(images):
+    grey = np.array([True, False, True, False, False, True])
+    out = augment.to_grey(images, grey).numpy()
+    luma = (0.299 * images[..., 0].astype(np.float64)
+            + 0.587 * images[..., 1] + 0.114 * images[..., 2])
+    for n in range(6):
+        if grey[n]:
+            for c in range(3):
+                np.testing.assert_allclose(out[n, ..., c], luma[n],
+                                           atol=1e-3)
+        else:
+            np.testing.assert_array_equal(out[n], images[n])
+    # A grey image stays as it is (infrared images are unchanged).
+    flat = np.repeat(images[..., :1], 3, axis=-1)
+    np.testing.assert_allclose(
+        augment.to_grey(flat, np.ones(6, bool)).numpy(), flat, atol=1e-3)
+
+
+def test_random_grey_in_the_chain_and_other_draws_unchanged(images):
+    seed = augment.step_seed(2, 9)
+    off = augment.TrainAugment(padding=0, flip_probability=0.0,
+                               erasing_probability=0.0)
+    on = dataclasses.replace(off, grey_probability=0.5)
+    p_off = augment.sample_train_params(seed, num=6, height=H, width=W,
+                                        config=off)
+    p_on = augment.sample_train_params(seed, num=6, height=H, width=W,
+                                       config=on)
+    # The option has its own seed: crop, flip and erasing draws are the
+    # same with and without it.
+    for key in p_off:
+        if key != "grey":
+            np.testing.assert_array_equal(p_off[key], p_on[key])
+    assert not p_off["grey"].numpy().any()
+    grey = p_on["grey"].numpy()
+    out = augment.train_augment(images, seed=seed, config=on).numpy()
+    jit = augment.train_augment(images, seed=seed, config=on,
+                                jit_compile=True).numpy()
+    mean, std = np.array(on.mean), np.array(on.std)
+    for n in range(6):
+        img = images[n].astype(np.float64)
+        if grey[n]:
+            luma = img @ np.array([0.299, 0.587, 0.114])
+            img = np.repeat(luma[..., None], 3, axis=-1)
+        want = (img / 255.0 - mean) / std
+        np.testing.assert_allclose(out[n], want, atol=1e-5)
+        np.testing.assert_allclose(jit[n], want, atol=1e-5)
+
+
+def test_grey_rate():
+    grey = augment.sample_grey(SEED, num=20000, probability=0.3).numpy()
+    assert abs(grey.mean() - 0.3) < 0.015
+    assert not augment.sample_grey(SEED, num=100, probability=0.0).numpy(
+        ).any()
+    assert augment.sample_grey(SEED, num=100, probability=1.0).numpy().all()
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: augment.TrainAugment(grey_probability=1.5), "grey_probability"),
+    (lambda: augment.sample_grey(SEED, num=2, probability=-0.1),
+     "grey probability"),
+    (lambda: augment.to_grey(np.zeros((1, 2, 2, 1)), [True]), "RGB"),
+])
+def test_grey_bad_inputs_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()

@@ -247,3 +247,30 @@ def test_eval_subset_keeps_order(builder):
     assert mask.sum() == subset.size and len(batches) == 2
     with pytest.raises(ValueError, match="indices must be in"):
         ip.make_eval_dataset(source, batch_size=4, indices=[len(source)])
+
+
+def test_random_grey_turns_the_planned_visible_images_grey(
+        source, metadata, reference):
+    # Ours (not the release's): with probability 1 every visible image is
+    # its luma; infrared images (grey already) are unchanged. Crop, flip
+    # and erasing off so the images are the records themselves.
+    config = augment.TrainAugment(padding=0, flip_probability=0.0,
+                                  erasing_probability=0.0,
+                                  grey_probability=1.0)
+    batch = _take(source, 1, metadata=metadata, augmentation=config)[0]
+    visible, infrared = ip.step_indices(
+        metadata, seed=SEED, step=0, num_identities=P, num_instances=K)
+    mean, std = np.array(config.mean), np.array(config.std)
+    for images, index, grey in ((batch["visible"], visible, True),
+                                (batch["infrared"], infrared, False)):
+        for img, i in zip(images, index):
+            pixels = reference[i]["image"].astype(np.float64)
+            if grey:
+                luma = pixels @ np.array([0.299, 0.587, 0.114])
+                pixels = np.repeat(luma[..., None], 3, axis=-1)
+            want = (pixels / 255.0 - mean) / std
+            np.testing.assert_allclose(img, want, atol=ATOL)
+    # Really grey: the three channels agree once un-normalised.
+    rgb = batch["visible"] * std + mean
+    np.testing.assert_allclose(rgb[..., 0], rgb[..., 1], atol=1e-5)
+    np.testing.assert_allclose(rgb[..., 1], rgb[..., 2], atol=1e-5)

@@ -134,6 +134,42 @@ def test_infrared_signature_is_not_a_function_of_colour():
                          ir[:, synthetic._UPPER, 1]) >= 0.18 - 1e-9)
 
 
+def test_pattern_scale_scales_only_the_pattern_frequencies():
+    keys = ("upper_freq_v", "upper_freq_u", "lower_freq_v", "lower_freq_u")
+    base = synthetic.sample_identities(50, seed=4)
+    coarse = synthetic.sample_identities(50, seed=4, pattern_scale=0.4)
+    for key, value in base.items():
+        if key in keys:
+            np.testing.assert_allclose(coarse[key], 0.4 * value)
+        else:
+            np.testing.assert_array_equal(coarse[key], value)
+    # Coarser stripes: fewer light/dark runs along a horizontally striped
+    # torso (pattern 1), counted on the rendered label of the pattern.
+    v = np.linspace(0.01, 0.29, 200)[None, :, None]
+    u = np.zeros((1, 1, 1))
+
+    def runs(freq):
+        pat = synthetic._garment_pattern(
+            np.ones((1, 1, 1), int), u, v, np.full((1, 1, 1), 10.0),
+            np.full((1, 1, 1), freq), np.zeros((1, 1, 1)),
+            np.full((1, 1, 1), 0.5), np.full((1, 1, 1), 0.2))[0, :, 0]
+        return int(np.sum(pat[1:] != pat[:-1]))
+
+    # 0.28 body units at 10 cycles: 2.8 periods, 5 or 6 edges; at 4
+    # cycles: 1.1 periods, 2 or 3 edges.
+    assert runs(10.0) in (5, 6)
+    assert runs(4.0) in (2, 3)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, 11.0, "x"])
+def test_bad_pattern_scale_raises(tmp_path, value):
+    with pytest.raises(synthetic.SyntheticDataError, match="pattern_scale"):
+        synthetic.sample_identities(4, seed=0, pattern_scale=value)
+    with pytest.raises(synthetic.SyntheticDataError, match="pattern_scale"):
+        synthetic.generate_sysu(str(tmp_path / "d"), pattern_scale=value,
+                                **TINY)
+
+
 def test_raw_pixel_modality_gap():
     """Same-modality raw-pixel matching must beat cross-modality clearly."""
     n_ids, per_cam = 30, 3

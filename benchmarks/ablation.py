@@ -1,0 +1,268 @@
+r"""The paper's ablation rows on synthetic data, over several seeds.
+
+Trains Base, AGW*, AGW*+MCM, AGW*+ICA,CCA and MCLNet (the variants base,
+agw_re, agw_re_mcm, agw_re_ica_cca, mclnet of configs/default.py) with the
+demo's setting (configs/synthetic.py: data, model, schedule) for N seeds,
+evaluates each on the SYSU-MM01 all-search single-shot protocol (10 gallery
+trials) and prints one table: mean +- std over seeds of rank-1 / mAP / mINP
+per row, and the paired difference of each row to AGW* (same seed: same
+data, same initialisation) with its std over seeds. Seed s generates the
+synthetic data with generator seed s and trains with config.seed = s; the
+data of a seed is generated and built once and shared by its rows. Stds are
+sample stds (ddof 1) over seeds.
+
+Writes <workdir>/ablation.json and <workdir>/ablation.md; every run keeps
+its own workdir (<workdir>/runs/<row>_seed<s>, with results.json), and a
+rerun skips the runs that have finished, so an interrupted benchmark
+resumes.
+
+Usage::
+
+    python benchmarks/ablation.py --workdir=/tmp/ablation  # ~1 h, 2 cores
+    python benchmarks/ablation.py --workdir=/tmp/ablation --seeds=5
+    python benchmarks/ablation.py --workdir=/tmp/ablation_gpu --setting=large
+    python benchmarks/ablation.py --workdir=/tmp/ab_tiny --setting=tiny
+
+Settings: "demo" (default) is configs/synthetic.py as is, so every row
+shares the demo's departures: random erasing is off in every row (AGW* here
+is AGW without erasing; it halves learning from scratch at this budget) and
+our random grey (config.data.random_grey = 0.5) is on in every row; the
+rows differ only in what configs/default.py's variant table switches
+(triplet, pooling, non-local, MCM, ICA, CCA). "large" (for a GPU) has more
+identities and images, bigger images, a wider network and a longer
+schedule; "tiny" is a seconds-long smoke run (the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from mclnet_jax import config_utils
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+# (variant, label) in the paper's order; AGW* is the reference of the
+# paired differences.
+ROWS = (("base", "Base"), ("agw_re", "AGW*"), ("agw_re_mcm", "AGW*+MCM"),
+        ("agw_re_ica_cca", "AGW*+ICA,CCA"), ("mclnet", "MCLNet"))
+REFERENCE = "agw_re"
+METRICS = ("rank1", "mAP", "mINP")
+PROTOCOL = "sysu_all_single_shot"
+SETTINGS = ("demo", "large", "tiny")
+
+
+def load_config(variant: str, *, seed: int, setting: str):
+    """The run's config (configs/synthetic.py plus the setting's changes)."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got "
+                         f"{setting!r}.")
+    module = config_utils.load_sibling(
+        os.path.join(_ROOT, "configs", "synthetic.py"), "synthetic.py")
+    arg = f"variant={variant},seed={seed}"
+    if setting == "tiny":
+        arg += ",tiny=1"
+    if setting == "large":
+        arg += ",large=1"
+    config = module.get_config(arg)
+    # Only the model's all-search numbers are compared.
+    config.eval.modes = ("all",)
+    config.eval.raw_pixel_baseline = False
+    config.eval.figures = False
+    return config
+
+
+def _run_dir(workdir: str, variant: str, seed: int) -> str:
+    return os.path.join(workdir, "runs", f"{variant}_seed{seed}")
+
+
+def _generate(workdir: str, seed: int, setting: str) -> tuple[str, str]:
+    """Generates seed's data once; returns (manual_dir, tfds data_dir)."""
+    from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+    config = load_config(REFERENCE, seed=seed, setting=setting)
+    root = os.path.join(workdir, f"data_seed{seed}")
+    marker = os.path.join(root, ".complete")
+    if not os.path.exists(marker):
+        synthetic.generate_sysu(root, overwrite=True,
+                                **dict(config.data.synthetic.generator))
+        with open(marker, "w") as f:
+            f.write("ok\n")
+    return root, os.path.join(workdir, f"tfds_seed{seed}")
+
+
+def _worker(args) -> int:
+    """Trains and evaluates one (row, seed) in this process."""
+    # pylint: disable=g-import-not-at-top
+    from absl import logging
+    from mclnet_jax import train
+    # pylint: enable=g-import-not-at-top
+    logging.set_verbosity(logging.WARNING)
+    config = load_config(args.variant, seed=args.seed, setting=args.setting)
+    config.data.synthetic = None
+    config.data.manual_dir = args.manual_dir
+    config.data.data_dir = args.data_dir
+    train.train_and_evaluate(config, args.run_dir)
+    return 0
+
+
+def read_result(run_dir: str, feature: str) -> dict[str, float] | None:
+    """{metric: percent} of a finished run, or None."""
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        summary = json.load(f)["summary"]
+    mean = summary[PROTOCOL][feature]["mean"]
+    return {m: 100.0 * float(mean[m]) for m in METRICS}
+
+
+def summarize(results: dict[str, dict[int, dict[str, float]]],
+              seeds) -> dict:
+    """Mean / std per row and paired differences to AGW* (percent)."""
+
+    def stats(values):
+        values = np.asarray(values, np.float64)
+        std = float(np.std(values, ddof=1)) if values.size > 1 else 0.0
+        return {"mean": float(np.mean(values)), "std": std}
+
+    out = {}
+    ref = results.get(REFERENCE, {})
+    for variant, label in ROWS:
+        runs = results.get(variant, {})
+        done = [s for s in seeds if s in runs]
+        if not done:
+            continue
+        row = {"label": label, "seeds": done}
+        for m in METRICS:
+            row[m] = stats([runs[s][m] for s in done])
+            paired = [s for s in done if s in ref]
+            if variant != REFERENCE and paired:
+                row[f"{m}_vs_agw"] = stats([runs[s][m] - ref[s][m]
+                                            for s in paired])
+        out[variant] = row
+    return out
+
+
+def markdown(table: dict, *, title: str) -> str:
+    """The summary as a Markdown table."""
+    lines = [title, "",
+             "| Row | R1 (%) | mAP (%) | mINP (%) | dR1 vs AGW* | dmAP vs "
+             "AGW* | dmINP vs AGW* |",
+             "|---|---|---|---|---|---|---|"]
+    for variant, _ in ROWS:
+        if variant not in table:
+            continue
+        row = table[variant]
+        cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}"
+                 for m in METRICS]
+        for m in METRICS:
+            d = row.get(f"{m}_vs_agw")
+            cells.append("—" if d is None else
+                         f"{d['mean']:+.1f} ± {d['std']:.1f}")
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Ablation rows on synthetic data over seeds.")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="number of seeds (0 .. N-1)")
+    parser.add_argument("--setting", choices=SETTINGS, default="demo",
+                        help="demo (default, ~1 h on 2 cores), large (GPU), "
+                        "tiny (smoke test)")
+    parser.add_argument("--rows", default=",".join(v for v, _ in ROWS),
+                        help="comma-separated variants (default: all five)")
+    parser.add_argument("--feature", choices=("bn", "pool"), default="bn",
+                        help="feature reported (both are evaluated)")
+    # Internal: one run in a child process.
+    parser.add_argument("--worker", action="store_true",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--manual_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--data_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--run_dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return _worker(args)
+
+    known = {v for v, _ in ROWS}
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = sorted(set(rows) - known)
+    if unknown or not rows:
+        parser.error(f"--rows: unknown {unknown}; choose from "
+                     f"{sorted(known)}.")
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1.")
+    seeds = list(range(args.seeds))
+    workdir = os.path.abspath(os.path.expanduser(args.workdir))
+    os.makedirs(workdir, exist_ok=True)
+    start = time.time()
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    timings = {}
+    for seed in seeds:
+        manual_dir, data_dir = _generate(workdir, seed, args.setting)
+        for variant in rows:
+            run_dir = _run_dir(workdir, variant, seed)
+            res = read_result(run_dir, args.feature)
+            if res is None:
+                t0 = time.time()
+                cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker",
+                       f"--variant={variant}", f"--seed={seed}",
+                       f"--setting={args.setting}",
+                       f"--manual_dir={manual_dir}",
+                       f"--data_dir={data_dir}", f"--run_dir={run_dir}",
+                       f"--workdir={workdir}"]
+                print(f"[{time.time() - start:7.0f} s] training {variant} "
+                      f"seed {seed}", flush=True)
+                proc = subprocess.run(cmd, cwd=_ROOT, check=False)
+                if proc.returncode:
+                    print(f"{variant} seed {seed} failed (exit "
+                          f"{proc.returncode}); see {run_dir}.",
+                          file=sys.stderr)
+                    return proc.returncode
+                cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                timings[f"{variant}_seed{seed}"] = {
+                    "wall_s": round(time.time() - t0, 1),
+                    "cpu_s": round(cpu1.ru_utime + cpu1.ru_stime -
+                                   cpu0.ru_utime - cpu0.ru_stime, 1)}
+                res = read_result(run_dir, args.feature)
+            results.setdefault(variant, {})[seed] = res
+    table = summarize(results, seeds)
+    wall = time.time() - start
+    max_rss_mb = resource.getrusage(
+        resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    title = (f"Synthetic ablation ({args.setting} setting, {len(seeds)} "
+             f"seeds, SYSU all-search single-shot, {args.feature} "
+             "features; mean ± std over seeds; d = paired difference to "
+             "AGW*)")
+    md = markdown(table, title=title)
+    with open(os.path.join(workdir, "ablation.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(workdir, "ablation.json"), "w") as f:
+        json.dump({"setting": args.setting, "seeds": seeds,
+                   "feature": args.feature, "protocol": PROTOCOL,
+                   "rows": table, "per_seed": results,
+                   "timings": timings, "wall_s": round(wall, 1),
+                   "max_child_rss_mb": round(max_rss_mb, 1)}, f, indent=2)
+    print(md)
+    print(f"Wall time {wall / 60:.1f} min (runs done now: "
+          f"{len(timings)}); tables in {workdir}/ablation.{{md,json}}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
