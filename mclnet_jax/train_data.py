@@ -133,6 +133,18 @@ class RunData:
     raw_pixel_baseline: Callable[[str], Any]
 
 
+def train_augment(data_config):
+    """config.data -> the training augmentation (input_pipeline.TrainAugment).
+
+    `random_grey` is ours (not in the paper or the release); 0 by default.
+    """
+    from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
+    return input_pipeline.TrainAugment(
+        padding=data_config.pad,
+        erasing_probability=data_config.random_erasing,
+        grey_probability=data_config.get("random_grey", 0.0))
+
+
 def prepare(config, workdir: str) -> RunData:
     """Builds the dataset and returns the run's data hooks."""
     from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -144,9 +156,7 @@ def prepare(config, workdir: str) -> RunData:
     steps_per_epoch = input_pipeline.train_steps_per_epoch(
         metadata, num_identities=dc.num_identities,
         num_instances=dc.num_instances)
-    augmentation = input_pipeline.TrainAugment(
-        padding=dc.pad, erasing_probability=dc.random_erasing,
-        grey_probability=dc.get("random_grey", 0.0))
+    augmentation = train_augment(dc)
 
     def train_iterator(*, start_step: int):
         stream = input_pipeline.train_iterator(

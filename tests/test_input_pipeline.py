@@ -7,6 +7,9 @@ feature decoding (labels, cameras), the JPEG bytes decoded with
 levels, which would hide small errors), and plain numpy augmentation.
 """
 
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,6 +19,7 @@ from data_pipeline import augment
 from data_pipeline import input_pipeline as ip
 from data_pipeline import synthetic
 from data_pipeline.sysu_mm01 import sysu_mm01
+from mclnet_jax import train_data
 
 H, W = 32, 16
 P, K = 2, 2
@@ -274,3 +278,22 @@ def test_random_grey_turns_the_planned_visible_images_grey(
     rgb = batch["visible"] * std + mean
     np.testing.assert_allclose(rgb[..., 0], rgb[..., 1], atol=1e-5)
     np.testing.assert_allclose(rgb[..., 1], rgb[..., 2], atol=1e-5)
+
+
+def test_train_augment_follows_the_config():
+    # Every augmentation field of config.data reaches the pipeline (a
+    # missing one would silently train without it).
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__))), "configs", "synthetic.py")
+    spec = importlib.util.spec_from_file_location("synthetic_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    demo = module.get_config()
+    got = train_data.train_augment(demo.data)
+    assert (got.padding, got.erasing_probability, got.grey_probability) == (
+        demo.data.pad, demo.data.random_erasing, demo.data.random_grey)
+    assert got.grey_probability == 0.5
+    demo.data.random_erasing = 0.8
+    demo.data.random_grey = 0.0
+    got = train_data.train_augment(demo.data)
+    assert (got.erasing_probability, got.grey_probability) == (0.8, 0.0)
