@@ -47,6 +47,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from mclnet_jax import console
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 MODALITIES = ("visible", "infrared")
 CONFIG_FILE = "config.json"
@@ -375,19 +377,12 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["workdir", "modality", "images", "out"])
 
 
-class _QuietOrbax(logging.logging.Filter):
-    """Drops orbax's INFO chatter about reading a checkpoint (not warnings)."""
-
-    def filter(self, record):
-        return (record.levelno >= logging.logging.WARNING
-                or f"{os.sep}orbax{os.sep}" not in record.pathname)
-
-
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietOrbax())
     fl = flags.FLAGS
+    # Nothing but --out is written: no log file (--log_dir to get one).
+    console.configure(None)
     try:
         features = embed_images(fl.workdir, fl.images, modality=fl.modality,
                                 checkpoint=fl.checkpoint,

@@ -15,8 +15,9 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from mclnet_jax import console
 
 _DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -39,24 +40,20 @@ _CHECKPOINT = flags.DEFINE_enum(
 flags.mark_flags_as_required(["workdir"])
 
 
-class _QuietLibraries(logging.logging.Filter):
-    """Drops orbax's per-save INFO chatter from the console (not warnings)."""
-
-    def filter(self, record):
-        return (record.levelno >= logging.logging.WARNING
-                or f"{os.sep}orbax{os.sep}" not in record.pathname)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    workdir = os.path.expanduser(_WORKDIR.value)
+    # The console gets progress, results and warnings; the rest goes to
+    # WORKDIR/log.txt (before TensorFlow is imported).
+    log_file = console.configure(workdir)
     # Imported after flag parsing: importing JAX/TensorFlow is slow and
     # `--help` should not wait for it.
-    from mclnet_jax import train  # pylint: disable=g-import-not-at-top
-    from mclnet_jax import train_data  # pylint: disable=g-import-not-at-top
+    with console.native_stderr_to(log_file):
+        import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+        from mclnet_jax import train  # pylint: disable=g-import-not-at-top
+        from mclnet_jax import train_data  # pylint: disable=g-import-not-at-top
 
-    workdir = os.path.expanduser(_WORKDIR.value)
     try:
         if _MODE.value == "train":
             train.train_and_evaluate(_CONFIG.value, workdir)

@@ -124,10 +124,21 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted(
         tmp_path, cache_dir):
     env = _env(cache_dir)
     reference = str(tmp_path / "uninterrupted")
-    subprocess.run(_command(reference), env=env, cwd=_REPO, check=True,
-                   capture_output=True, timeout=600)
+    proc = subprocess.run(_command(reference), env=env, cwd=_REPO,
+                          check=True, capture_output=True, text=True,
+                          timeout=600)
     total, want_summary, want_metrics = _final(reference)
     assert total == 78 and want_metrics["step"] == 78
+    # The console: progress and the results table; the libraries' INFO
+    # chatter (TFDS, orbax) only in WORKDIR/log.txt.
+    assert "step 78/78" in proc.stderr
+    assert "sysu_all_single_shot" in proc.stderr
+    with open(os.path.join(reference, "log.txt"), encoding="utf-8") as f:
+        log = f.read()
+    assert "step 78/78" in log
+    for chatter in ("dataset_builder.py", "checkpoint_manager.py"):
+        assert chatter in log
+        assert chatter not in proc.stderr
 
     workdir = str(tmp_path / "interrupted")
     code = _run_until_checkpoint(_command(workdir), env, workdir, after=0,

@@ -1,0 +1,83 @@
+"""What the command-line tools print, and what goes to their log file.
+
+The console shows this package's progress and results and every warning;
+the INFO chatter of TensorFlow, TFDS, orbax and JAX goes only to a log file
+(`log.txt` in the workdir, or `--log_dir`). `-v 1` (absl's `--verbosity`)
+shows everything on the console, as before. Call `configure` once, after
+flag parsing, and import TensorFlow inside `native_stderr_to(log file)`:
+its C++ start-up notices (oneDNN, absl::InitializeLog) ignore
+TF_CPP_MIN_LOG_LEVEL and are written straight to file descriptor 2.
+"""
+
+import contextlib
+import logging as std_logging
+import os
+import sys
+
+from absl import flags
+from absl import logging
+
+# Where this package's (and its data pipeline's) modules live.
+_OURS = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 name) + os.sep
+    for name in ("mclnet_jax", "data_pipeline"))
+LOG_FILE = "log.txt"
+
+
+class _OursOrWarnings(std_logging.Filter):
+    """Keeps warnings and errors from anywhere, INFO from this package only."""
+
+    def filter(self, record):
+        return (record.levelno >= std_logging.WARNING
+                or record.pathname.startswith(_OURS))
+
+
+def configure(log_dir: str | None) -> str | None:
+    """Splits logging between the console and `log_dir/log.txt`.
+
+    Args:
+      log_dir: the folder of the log file (created if needed); `--log_dir`
+        overrides it. None: no log file, the libraries' INFO is dropped.
+
+    Returns:
+      The log file's path; None without one, or when `--verbosity >= 1`
+      asked for everything on the console (then nothing is filtered).
+    """
+    if logging.get_verbosity() >= 1:
+        return None
+    # TensorFlow's C++ INFO lines (oneDNN notices and the like) are noise on
+    # the console; its warnings stay. Only if the user has not chosen.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    logging.get_absl_handler().addFilter(_OursOrWarnings())
+    log_dir = flags.FLAGS["log_dir"].value or log_dir
+    if not log_dir:
+        return None
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(log_dir, LOG_FILE)
+    to_file = std_logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.PythonFormatter())
+    to_file.setLevel(std_logging.DEBUG)
+    std_logging.getLogger().addHandler(to_file)
+    return path
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: str | None):
+    """Sends file descriptor 2 (C++ libraries too) to `path` for a while.
+
+    With `path` None (everything on the console), does nothing.
+    """
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
