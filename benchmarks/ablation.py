@@ -48,14 +48,17 @@ import numpy as np
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from mclnet_jax import config_utils
-# pylint: enable=g-import-not-at-top,wrong-import-position
+from mclnet_jax import config_utils  # noqa: E402 (needs the path above)
 
 # (variant, label) in the paper's order; AGW* is the reference of the
 # paired differences.
-ROWS = (("base", "Base"), ("agw_re", "AGW*"), ("agw_re_mcm", "AGW*+MCM"),
-        ("agw_re_ica_cca", "AGW*+ICA,CCA"), ("mclnet", "MCLNet"))
+ROWS = (
+    ("base", "Base"),
+    ("agw_re", "AGW*"),
+    ("agw_re_mcm", "AGW*+MCM"),
+    ("agw_re_ica_cca", "AGW*+ICA,CCA"),
+    ("mclnet", "MCLNet"),
+)
 REFERENCE = "agw_re"
 METRICS = ("rank1", "mAP", "mINP")
 PROTOCOL = "sysu_all_single_shot"
@@ -65,10 +68,10 @@ SETTINGS = ("demo", "large", "tiny")
 def load_config(variant: str, *, seed: int, setting: str):
     """The run's config (configs/synthetic.py plus the setting's changes)."""
     if setting not in SETTINGS:
-        raise ValueError(f"setting must be one of {SETTINGS}, got "
-                         f"{setting!r}.")
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}.")
     module = config_utils.load_sibling(
-        os.path.join(_ROOT, "configs", "synthetic.py"), "synthetic.py")
+        os.path.join(_ROOT, "configs", "synthetic.py"), "synthetic.py"
+    )
     arg = f"variant={variant},seed={seed}"
     if setting == "tiny":
         arg += ",tiny=1"
@@ -89,12 +92,14 @@ def _run_dir(workdir: str, variant: str, seed: int) -> str:
 def _generate(workdir: str, seed: int, setting: str) -> tuple[str, str]:
     """Generates seed's data once; returns (manual_dir, tfds data_dir)."""
     from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+
     config = load_config(REFERENCE, seed=seed, setting=setting)
     root = os.path.join(workdir, f"data_seed{seed}")
     marker = os.path.join(root, ".complete")
     if not os.path.exists(marker):
-        synthetic.generate_sysu(root, overwrite=True,
-                                **dict(config.data.synthetic.generator))
+        synthetic.generate_sysu(
+            root, overwrite=True, **dict(config.data.synthetic.generator)
+        )
         with open(marker, "w") as f:
             f.write("ok\n")
     return root, os.path.join(workdir, f"tfds_seed{seed}")
@@ -104,7 +109,9 @@ def _worker(args) -> int:
     """Trains and evaluates one (row, seed) in this process."""
     # pylint: disable=g-import-not-at-top
     from absl import logging
+
     from mclnet_jax import train
+
     # pylint: enable=g-import-not-at-top
     logging.set_verbosity(logging.WARNING)
     config = load_config(args.variant, seed=args.seed, setting=args.setting)
@@ -126,8 +133,7 @@ def read_result(run_dir: str, feature: str) -> dict[str, float] | None:
     return {m: 100.0 * float(mean[m]) for m in METRICS}
 
 
-def summarize(results: dict[str, dict[int, dict[str, float]]],
-              seeds) -> dict:
+def summarize(results: dict[str, dict[int, dict[str, float]]], seeds) -> dict:
     """Mean / std per row and paired differences to AGW* (percent)."""
 
     def stats(values):
@@ -147,48 +153,63 @@ def summarize(results: dict[str, dict[int, dict[str, float]]],
             row[m] = stats([runs[s][m] for s in done])
             paired = [s for s in done if s in ref]
             if variant != REFERENCE and paired:
-                row[f"{m}_vs_agw"] = stats([runs[s][m] - ref[s][m]
-                                            for s in paired])
+                row[f"{m}_vs_agw"] = stats(
+                    [runs[s][m] - ref[s][m] for s in paired]
+                )
         out[variant] = row
     return out
 
 
 def markdown(table: dict, *, title: str) -> str:
     """The summary as a Markdown table."""
-    lines = [title, "",
-             "| Row | R1 (%) | mAP (%) | mINP (%) | dR1 vs AGW* | dmAP vs "
-             "AGW* | dmINP vs AGW* |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        title,
+        "",
+        "| Row | R1 (%) | mAP (%) | mINP (%) | dR1 vs AGW* | dmAP vs "
+        "AGW* | dmINP vs AGW* |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for variant, _ in ROWS:
         if variant not in table:
             continue
         row = table[variant]
-        cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}"
-                 for m in METRICS]
+        cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" for m in METRICS]
         for m in METRICS:
             d = row.get(f"{m}_vs_agw")
-            cells.append("—" if d is None else
-                         f"{d['mean']:+.1f} ± {d['std']:.1f}")
+            cells.append(
+                "—" if d is None else f"{d['mean']:+.1f} ± {d['std']:.1f}"
+            )
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        description="Ablation rows on synthetic data over seeds.")
+        description="Ablation rows on synthetic data over seeds."
+    )
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--seeds", type=int, default=3,
-                        help="number of seeds (0 .. N-1)")
-    parser.add_argument("--setting", choices=SETTINGS, default="demo",
-                        help="demo (default, ~1 h on 2 cores), large (GPU), "
-                        "tiny (smoke test)")
-    parser.add_argument("--rows", default=",".join(v for v, _ in ROWS),
-                        help="comma-separated variants (default: all five)")
-    parser.add_argument("--feature", choices=("bn", "pool"), default="bn",
-                        help="feature reported (both are evaluated)")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="number of seeds (0 .. N-1)"
+    )
+    parser.add_argument(
+        "--setting",
+        choices=SETTINGS,
+        default="demo",
+        help="demo (default, ~1 h on 2 cores), large (GPU), tiny (smoke test)",
+    )
+    parser.add_argument(
+        "--rows",
+        default=",".join(v for v, _ in ROWS),
+        help="comma-separated variants (default: all five)",
+    )
+    parser.add_argument(
+        "--feature",
+        choices=("bn", "pool"),
+        default="bn",
+        help="feature reported (both are evaluated)",
+    )
     # Internal: one run in a child process.
-    parser.add_argument("--worker", action="store_true",
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--manual_dir", help=argparse.SUPPRESS)
@@ -202,8 +223,7 @@ def main(argv=None) -> int:
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = sorted(set(rows) - known)
     if unknown or not rows:
-        parser.error(f"--rows: unknown {unknown}; choose from "
-                     f"{sorted(known)}.")
+        parser.error(f"--rows: unknown {unknown}; choose from {sorted(known)}.")
     if args.seeds < 1:
         parser.error("--seeds must be >= 1.")
     seeds = list(range(args.seeds))
@@ -220,47 +240,77 @@ def main(argv=None) -> int:
             if res is None:
                 t0 = time.time()
                 cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                cmd = [sys.executable, os.path.abspath(__file__), "--worker",
-                       f"--variant={variant}", f"--seed={seed}",
-                       f"--setting={args.setting}",
-                       f"--manual_dir={manual_dir}",
-                       f"--data_dir={data_dir}", f"--run_dir={run_dir}",
-                       f"--workdir={workdir}"]
-                print(f"[{time.time() - start:7.0f} s] training {variant} "
-                      f"seed {seed}", flush=True)
+                cmd = [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--worker",
+                    f"--variant={variant}",
+                    f"--seed={seed}",
+                    f"--setting={args.setting}",
+                    f"--manual_dir={manual_dir}",
+                    f"--data_dir={data_dir}",
+                    f"--run_dir={run_dir}",
+                    f"--workdir={workdir}",
+                ]
+                print(
+                    f"[{time.time() - start:7.0f} s] training {variant} "
+                    f"seed {seed}",
+                    flush=True,
+                )
                 proc = subprocess.run(cmd, cwd=_ROOT, check=False)
                 if proc.returncode:
-                    print(f"{variant} seed {seed} failed (exit "
-                          f"{proc.returncode}); see {run_dir}.",
-                          file=sys.stderr)
+                    print(
+                        f"{variant} seed {seed} failed (exit "
+                        f"{proc.returncode}); see {run_dir}.",
+                        file=sys.stderr,
+                    )
                     return proc.returncode
                 cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 timings[f"{variant}_seed{seed}"] = {
                     "wall_s": round(time.time() - t0, 1),
-                    "cpu_s": round(cpu1.ru_utime + cpu1.ru_stime -
-                                   cpu0.ru_utime - cpu0.ru_stime, 1)}
+                    "cpu_s": round(
+                        cpu1.ru_utime
+                        + cpu1.ru_stime
+                        - cpu0.ru_utime
+                        - cpu0.ru_stime,
+                        1,
+                    ),
+                }
                 res = read_result(run_dir, args.feature)
             results.setdefault(variant, {})[seed] = res
     table = summarize(results, seeds)
     wall = time.time() - start
-    max_rss_mb = resource.getrusage(
-        resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-    title = (f"Synthetic ablation ({args.setting} setting, {len(seeds)} "
-             f"seeds, SYSU all-search single-shot, {args.feature} "
-             "features; mean ± std over seeds; d = paired difference to "
-             "AGW*)")
+    max_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    title = (
+        f"Synthetic ablation ({args.setting} setting, {len(seeds)} "
+        f"seeds, SYSU all-search single-shot, {args.feature} "
+        "features; mean ± std over seeds; d = paired difference to "
+        "AGW*)"
+    )
     md = markdown(table, title=title)
     with open(os.path.join(workdir, "ablation.md"), "w") as f:
         f.write(md)
     with open(os.path.join(workdir, "ablation.json"), "w") as f:
-        json.dump({"setting": args.setting, "seeds": seeds,
-                   "feature": args.feature, "protocol": PROTOCOL,
-                   "rows": table, "per_seed": results,
-                   "timings": timings, "wall_s": round(wall, 1),
-                   "max_child_rss_mb": round(max_rss_mb, 1)}, f, indent=2)
+        json.dump(
+            {
+                "setting": args.setting,
+                "seeds": seeds,
+                "feature": args.feature,
+                "protocol": PROTOCOL,
+                "rows": table,
+                "per_seed": results,
+                "timings": timings,
+                "wall_s": round(wall, 1),
+                "max_child_rss_mb": round(max_rss_mb, 1),
+            },
+            f,
+            indent=2,
+        )
     print(md)
-    print(f"Wall time {wall / 60:.1f} min (runs done now: "
-          f"{len(timings)}); tables in {workdir}/ablation.{{md,json}}.")
+    print(
+        f"Wall time {wall / 60:.1f} min (runs done now: "
+        f"{len(timings)}); tables in {workdir}/ablation.{{md,json}}."
+    )
     return 0
 
 

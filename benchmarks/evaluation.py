@@ -43,9 +43,7 @@ import time
 
 import numpy as np
 
-from mclnet_jax import evaluate
-from mclnet_jax import metrics
-from mclnet_jax import rerank
+from mclnet_jax import evaluate, metrics, rerank
 
 COMMUNITY_SECONDS = {"SYSU all-search": 9.9, "RegDB V->I": 36.7}
 
@@ -54,8 +52,9 @@ COMMUNITY_SECONDS = {"SYSU all-search": 9.9, "RegDB V->I": 36.7}
 # A straightforward per-query loop (community style) as the baseline.
 
 
-def loop_metrics(distmat, q_ids, g_ids, q_cams, g_cams, *, flavour,
-                 max_rank=20):
+def loop_metrics(
+    distmat, q_ids, g_ids, q_cams, g_cams, *, flavour, max_rank=20
+):
     """Per-query loop; returns (cmc [max_rank], mAP, mINP)."""
     num_q = distmat.shape[0]
     indices = np.argsort(distmat, axis=1, kind="stable")
@@ -84,10 +83,14 @@ def loop_metrics(distmat, q_ids, g_ids, q_cams, g_cams, *, flavour,
         cum = raw.cumsum()
         last = np.flatnonzero(raw).max()
         all_inp.append(cum[last] / (last + 1.0))
-        all_ap.append((cum / np.arange(1.0, raw.size + 1) * raw).sum()
-                      / raw.sum())
-    return (np.mean(all_cmc, axis=0), float(np.mean(all_ap)),
-            float(np.mean(all_inp)))
+        all_ap.append(
+            (cum / np.arange(1.0, raw.size + 1) * raw).sum() / raw.sum()
+        )
+    return (
+        np.mean(all_cmc, axis=0),
+        float(np.mean(all_ap)),
+        float(np.mean(all_inp)),
+    )
 
 
 def loop_distance(query, gallery):
@@ -110,8 +113,11 @@ def features_for(identity, camera, *, dim, seed, noise=4.5):
     centers = rng.standard_normal((identity.max() + 1, dim)).astype(np.float32)
     offsets = rng.standard_normal((camera.max() + 1, dim)).astype(np.float32)
     rng = np.random.default_rng([seed, identity.size, int(camera[0])])
-    return (centers[identity] + offsets[camera]
-            + noise * rng.standard_normal((identity.size, dim), np.float32))
+    return (
+        centers[identity]
+        + offsets[camera]
+        + noise * rng.standard_normal((identity.size, dim), np.float32)
+    )
 
 
 def sysu_test_split(rng, *, dim):
@@ -121,29 +127,39 @@ def sysu_test_split(rng, *, dim):
     # 301 of the 384 (id, visible camera) folders exist, as in SYSU-MM01.
     present = rng.choice(len(rgb_folders), 301, replace=False)
     ir_folders = [(i, c) for i in ids for c in (3, 6)]
-    ir_counts = rng.multinomial(3803 - len(ir_folders),
-                                np.ones(len(ir_folders)) / len(ir_folders)) + 1
+    ir_counts = (
+        rng.multinomial(
+            3803 - len(ir_folders), np.ones(len(ir_folders)) / len(ir_folders)
+        )
+        + 1
+    )
     rows = []
     for k in present:
         i, c = rgb_folders[k]
-        rows += [(i, c, 0, f"cam{c}/{i:04d}/{j:04d}.jpg")
-                 for j in range(1, int(rng.integers(5, 40)))]
-    for (i, c), n in zip(ir_folders, ir_counts):
-        rows += [(i, c, 1, f"cam{c}/{i:04d}/{j:04d}.jpg")
-                 for j in range(1, n + 1)]
+        rows += [
+            (i, c, 0, f"cam{c}/{i:04d}/{j:04d}.jpg")
+            for j in range(1, int(rng.integers(5, 40)))
+        ]
+    for (i, c), n in zip(ir_folders, ir_counts, strict=True):
+        rows += [
+            (i, c, 1, f"cam{c}/{i:04d}/{j:04d}.jpg") for j in range(1, n + 1)
+        ]
     rows = [rows[k] for k in rng.permutation(len(rows))]
     meta = evaluate.TestMetadata.from_records(
         dict(identity=i, camera=c, modality=m, file_name=f)
-        for i, c, m, f in rows)
+        for i, c, m, f in rows
+    )
     return meta, features_for(meta.identity, meta.camera, dim=dim, seed=0)
 
 
 def regdb_trial(rng, *, dim, seed):
     ids = np.sort(rng.choice(412, 206, replace=False))
     identity = np.repeat(ids, 10)
-    return (identity,
-            features_for(identity, np.full(2060, 1), dim=dim, seed=seed),
-            features_for(identity, np.full(2060, 2), dim=dim, seed=seed))
+    return (
+        identity,
+        features_for(identity, np.full(2060, 1), dim=dim, seed=seed),
+        features_for(identity, np.full(2060, 2), dim=dim, seed=seed),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -159,8 +175,11 @@ def median_seconds(fn, repeats):
 
 
 def check_same(ours, loop, what, tol=1e-9):
-    diff = max(np.abs(ours.cmc - loop[0]).max(), abs(ours.mAP - loop[1]),
-               abs(ours.mINP - loop[2]))
+    diff = max(
+        np.abs(ours.cmc - loop[0]).max(),
+        abs(ours.mAP - loop[1]),
+        abs(ours.mINP - loop[2]),
+    )
     if diff > tol:
         raise AssertionError(f"{what}: ours and the loop differ by {diff}")
     return diff
@@ -171,91 +190,151 @@ def bench_sysu(args):
     meta, feats = sysu_test_split(rng, dim=args.dim)
     trials = range(args.trials)
     query = evaluate.sysu_query_indices(meta)
-    galleries = [evaluate.sysu_gallery_indices(meta, mode="all", trial=t)
-                 for t in trials]
+    galleries = [
+        evaluate.sysu_gallery_indices(meta, mode="all", trial=t) for t in trials
+    ]
     assert query.size == 3803 and all(g.size == 301 for g in galleries)
-    kw = [dict(query_ids=meta.identity[query], gallery_ids=meta.identity[g],
-               query_cams=meta.camera[query], gallery_cams=meta.camera[g])
-          for g in galleries]
+    kw = [
+        dict(
+            query_ids=meta.identity[query],
+            gallery_ids=meta.identity[g],
+            query_cams=meta.camera[query],
+            gallery_cams=meta.camera[g],
+        )
+        for g in galleries
+    ]
     dists = [loop_distance(feats[query], feats[g]) for g in galleries]
 
     ours_metrics, ours = median_seconds(
-        lambda: [metrics.sysu_metrics(d, **k) for d, k in zip(dists, kw)],
-        args.repeats)
+        lambda: [
+            metrics.sysu_metrics(d, **k) for d, k in zip(dists, kw, strict=True)
+        ],
+        args.repeats,
+    )
     ours_full, full = median_seconds(
-        lambda: evaluate.evaluate_sysu({"bn": feats}, meta, modes=("all",),
-                                       trials=trials),
-        args.repeats)
+        lambda: evaluate.evaluate_sysu(
+            {"bn": feats}, meta, modes=("all",), trials=trials
+        ),
+        args.repeats,
+    )
 
     start = time.perf_counter()
-    loop = [loop_metrics(d, k["query_ids"], k["gallery_ids"],
-                         k["query_cams"], k["gallery_cams"], flavour="sysu")
-            for d, k in zip(dists, kw)]
+    loop = [
+        loop_metrics(
+            d,
+            k["query_ids"],
+            k["gallery_ids"],
+            k["query_cams"],
+            k["gallery_cams"],
+            flavour="sysu",
+        )
+        for d, k in zip(dists, kw, strict=True)
+    ]
     loop_metrics_s = time.perf_counter() - start
     start = time.perf_counter()
     for g in galleries:
         loop_distance(feats[query], feats[g])
     loop_full = loop_metrics_s + time.perf_counter() - start
 
-    diff = max(check_same(o, l, "SYSU") for o, l in zip(ours, loop))
+    diff = max(
+        check_same(o, ref, "SYSU") for o, ref in zip(ours, loop, strict=True)
+    )
     full_diff = max(
-        check_same(full.per_trial["sysu_all_single_shot"]["bn"][t], l,
-                   "SYSU evaluate_sysu", tol=1e-3)
-        for t, l in zip(trials, loop))
-    return dict(name="SYSU all-search", shape="3803 x 301",
-                ours_metrics=ours_metrics, ours_full=ours_full,
-                loop_metrics=loop_metrics_s, loop_full=loop_full, diff=diff,
-                full_diff=full_diff, **_mean_metrics(ours))
+        check_same(
+            full.per_trial["sysu_all_single_shot"]["bn"][t],
+            ref,
+            "SYSU evaluate_sysu",
+            tol=1e-3,
+        )
+        for t, ref in zip(trials, loop, strict=True)
+    )
+    return dict(
+        name="SYSU all-search",
+        shape="3803 x 301",
+        ours_metrics=ours_metrics,
+        ours_full=ours_full,
+        loop_metrics=loop_metrics_s,
+        loop_full=loop_full,
+        diff=diff,
+        full_diff=full_diff,
+        **_mean_metrics(ours),
+    )
 
 
 def _mean_metrics(results) -> dict[str, float]:
     """Mean rank-1, mAP and mINP over per-trial metric results."""
-    return dict(rank1=np.mean([o.cmc[0] for o in results]),
-                mAP=np.mean([o.mAP for o in results]),
-                mINP=np.mean([o.mINP for o in results]))
+    return dict(
+        rank1=np.mean([o.cmc[0] for o in results]),
+        mAP=np.mean([o.mAP for o in results]),
+        mINP=np.mean([o.mINP for o in results]),
+    )
 
 
 def bench_regdb(args):
     rng = np.random.default_rng(1)
-    data = [regdb_trial(rng, dim=args.dim, seed=t)
-            for t in range(args.trials)]
+    data = [regdb_trial(rng, dim=args.dim, seed=t) for t in range(args.trials)]
     vis_cam, ir_cam = np.full(2060, 1), np.full(2060, 2)
     dists = [loop_distance(v, i) for _, v, i in data]
 
     def ours_metrics_fn():
-        return [metrics.standard_metrics(d, query_ids=ids, gallery_ids=ids,
-                                         query_cams=vis_cam,
-                                         gallery_cams=ir_cam)
-                for d, (ids, _, _) in zip(dists, data)]
+        return [
+            metrics.standard_metrics(
+                d,
+                query_ids=ids,
+                gallery_ids=ids,
+                query_cams=vis_cam,
+                gallery_cams=ir_cam,
+            )
+            for d, (ids, _, _) in zip(dists, data, strict=True)
+        ]
 
     def ours_full_fn():
         out = []
         for ids, v, i in data:
             d = metrics.negative_inner_product(v, i)
-            out.append(metrics.standard_metrics(
-                d, query_ids=ids, gallery_ids=ids, query_cams=vis_cam,
-                gallery_cams=ir_cam))
+            out.append(
+                metrics.standard_metrics(
+                    d,
+                    query_ids=ids,
+                    gallery_ids=ids,
+                    query_cams=vis_cam,
+                    gallery_cams=ir_cam,
+                )
+            )
         return out
 
     ours_metrics, ours = median_seconds(ours_metrics_fn, args.repeats)
     ours_full, full = median_seconds(ours_full_fn, args.repeats)
 
     start = time.perf_counter()
-    loop = [loop_metrics(d, ids, ids, vis_cam, ir_cam, flavour="standard")
-            for d, (ids, _, _) in zip(dists, data)]
+    loop = [
+        loop_metrics(d, ids, ids, vis_cam, ir_cam, flavour="standard")
+        for d, (ids, _, _) in zip(dists, data, strict=True)
+    ]
     loop_metrics_s = time.perf_counter() - start
     start = time.perf_counter()
     for _, v, i in data:
         loop_distance(v, i)
     loop_full = loop_metrics_s + time.perf_counter() - start
 
-    diff = max(check_same(o, l, "RegDB") for o, l in zip(ours, loop))
-    full_diff = max(check_same(o, l, "RegDB full", tol=1e-3)
-                    for o, l in zip(full, loop))
-    return dict(name="RegDB V->I", shape="2060 x 2060",
-                ours_metrics=ours_metrics, ours_full=ours_full,
-                loop_metrics=loop_metrics_s, loop_full=loop_full, diff=diff,
-                full_diff=full_diff, **_mean_metrics(ours))
+    diff = max(
+        check_same(o, ref, "RegDB") for o, ref in zip(ours, loop, strict=True)
+    )
+    full_diff = max(
+        check_same(o, ref, "RegDB full", tol=1e-3)
+        for o, ref in zip(full, loop, strict=True)
+    )
+    return dict(
+        name="RegDB V->I",
+        shape="2060 x 2060",
+        ours_metrics=ours_metrics,
+        ours_full=ours_full,
+        loop_metrics=loop_metrics_s,
+        loop_full=loop_full,
+        diff=diff,
+        full_diff=full_diff,
+        **_mean_metrics(ours),
+    )
 
 
 def bench_rerank(args):
@@ -263,66 +342,99 @@ def bench_rerank(args):
     meta, feats = sysu_test_split(np.random.default_rng(0), dim=args.dim)
     query = evaluate.sysu_query_indices(meta)
     gallery = evaluate.sysu_gallery_indices(meta, mode="all", trial=0)
-    sysu = (metrics.l2_normalize(feats[query]),
-            metrics.l2_normalize(feats[gallery]),
-            dict(query_ids=meta.identity[query],
-                 gallery_ids=meta.identity[gallery],
-                 query_cams=meta.camera[query],
-                 gallery_cams=meta.camera[gallery]),
-            metrics.sysu_metrics)
-    ids, vis, ir = regdb_trial(np.random.default_rng(1), dim=args.dim,
-                               seed=0)
-    regdb = (metrics.l2_normalize(vis), metrics.l2_normalize(ir),
-             dict(query_ids=ids, gallery_ids=ids), metrics.standard_metrics)
+    sysu = (
+        metrics.l2_normalize(feats[query]),
+        metrics.l2_normalize(feats[gallery]),
+        dict(
+            query_ids=meta.identity[query],
+            gallery_ids=meta.identity[gallery],
+            query_cams=meta.camera[query],
+            gallery_cams=meta.camera[gallery],
+        ),
+        metrics.sysu_metrics,
+    )
+    ids, vis, ir = regdb_trial(np.random.default_rng(1), dim=args.dim, seed=0)
+    regdb = (
+        metrics.l2_normalize(vis),
+        metrics.l2_normalize(ir),
+        dict(query_ids=ids, gallery_ids=ids),
+        metrics.standard_metrics,
+    )
     rows = []
-    for name, (q, g, kw, metric_fn) in (("SYSU all-search", sysu),
-                                        ("RegDB V->I", regdb)):
+    for name, (q, g, kw, metric_fn) in (
+        ("SYSU all-search", sysu),
+        ("RegDB V->I", regdb),
+    ):
+
         def distances(q=q, g=g):
-            return (rerank.euclidean_distance(q, g),
-                    rerank.euclidean_distance(q),
-                    rerank.euclidean_distance(g))
+            return (
+                rerank.euclidean_distance(q, g),
+                rerank.euclidean_distance(q),
+                rerank.euclidean_distance(g),
+            )
 
         dist_s, dists = median_seconds(distances, args.rerank_repeats)
         rerank_s, reranked = median_seconds(
             lambda dists=dists: rerank.k_reciprocal_distance(*dists),
-            args.rerank_repeats)
+            args.rerank_repeats,
+        )
         before = metric_fn(metrics.negative_inner_product(q, g), **kw)
         after = metric_fn(reranked, **kw)
-        rows.append(dict(name=name, shape=f"{len(q)} x {len(g)}",
-                         n=len(q) + len(g), dist_s=dist_s,
-                         rerank_s=rerank_s, before=before, after=after))
+        rows.append(
+            dict(
+                name=name,
+                shape=f"{len(q)} x {len(g)}",
+                n=len(q) + len(g),
+                dist_s=dist_s,
+                rerank_s=rerank_s,
+                before=before,
+                after=after,
+            )
+        )
     return rows
 
 
 def print_rerank(rows, args):
-    print(f"\nk-reciprocal re-ranking (k1=20, k2=6, lambda=0.3), one trial, "
-          f"D={args.dim}; seconds = median of {args.rerank_repeats} runs "
-          "(machine may be shared: noisy).")
-    header = (f"{'protocol':<16} {'Q x G':>11} {'N':>5} | "
-              f"{'distances':>9} {'re-rank':>7} | {'R1':>6} {'mAP':>6} -> "
-              f"{'R1':>6} {'mAP':>6}")
+    print(
+        f"\nk-reciprocal re-ranking (k1=20, k2=6, lambda=0.3), one trial, "
+        f"D={args.dim}; seconds = median of {args.rerank_repeats} runs "
+        "(machine may be shared: noisy)."
+    )
+    header = (
+        f"{'protocol':<16} {'Q x G':>11} {'N':>5} | "
+        f"{'distances':>9} {'re-rank':>7} | {'R1':>6} {'mAP':>6} -> "
+        f"{'R1':>6} {'mAP':>6}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['name']:<16} {r['shape']:>11} {r['n']:>5} | "
-              f"{r['dist_s']:9.3f} {r['rerank_s']:7.3f} | "
-              f"{100 * r['before'].rank(1):6.2f} "
-              f"{100 * r['before'].mAP:6.2f} -> "
-              f"{100 * r['after'].rank(1):6.2f} "
-              f"{100 * r['after'].mAP:6.2f}")
+        print(
+            f"{r['name']:<16} {r['shape']:>11} {r['n']:>5} | "
+            f"{r['dist_s']:9.3f} {r['rerank_s']:7.3f} | "
+            f"{100 * r['before'].rank(1):6.2f} "
+            f"{100 * r['before'].mAP:6.2f} -> "
+            f"{100 * r['after'].rank(1):6.2f} "
+            f"{100 * r['after'].mAP:6.2f}"
+        )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--dim", type=int, default=2048,
-                        help="feature dimension (MCLNet ResNet-50: 2048)")
+    parser.add_argument(
+        "--dim",
+        type=int,
+        default=2048,
+        help="feature dimension (MCLNet ResNet-50: 2048)",
+    )
     parser.add_argument("--rerank_repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true",
-                        help="2 trials, 3 repeats: a smoke test")
-    parser.add_argument("--only_rerank", action="store_true",
-                        help="time the re-ranking only")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 trials, 3 repeats: a smoke test"
+    )
+    parser.add_argument(
+        "--only_rerank", action="store_true", help="time the re-ranking only"
+    )
     args = parser.parse_args()
     if args.quick:
         args.trials, args.repeats, args.rerank_repeats = 2, 3, 2
@@ -330,31 +442,41 @@ def main():
         print_rerank(bench_rerank(args), args)
         return
     rows = [bench_sysu(args), bench_regdb(args)]
-    print(f"{args.trials} trials, D={args.dim}; seconds (ours: median of "
-          f"{args.repeats}; loop: 1 run). Machine may be shared: noisy.")
-    header = (f"{'protocol':<16} {'Q x G':>11} | {'ours':>7} {'loop':>7} "
-              f"{'ratio':>6} | {'ours':>7} {'loop':>7} {'ratio':>6} | "
-              f"{'vs community':>12} | {'|diff|':>8} {'full |diff|':>11} "
-              f"{'R1':>6} {'mAP':>6} {'mINP':>6}")
-    print(f"{'':<16} {'':>11} | {'metrics only':^22} | "
-          f"{'normalise+distance+metrics':^22} |")
+    print(
+        f"{args.trials} trials, D={args.dim}; seconds (ours: median of "
+        f"{args.repeats}; loop: 1 run). Machine may be shared: noisy."
+    )
+    header = (
+        f"{'protocol':<16} {'Q x G':>11} | {'ours':>7} {'loop':>7} "
+        f"{'ratio':>6} | {'ours':>7} {'loop':>7} {'ratio':>6} | "
+        f"{'vs community':>12} | {'|diff|':>8} {'full |diff|':>11} "
+        f"{'R1':>6} {'mAP':>6} {'mINP':>6}"
+    )
+    print(
+        f"{'':<16} {'':>11} | {'metrics only':^22} | "
+        f"{'normalise+distance+metrics':^22} |"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         scale = args.trials / 10
         community = COMMUNITY_SECONDS[r["name"]] * scale
-        print(f"{r['name']:<16} {r['shape']:>11} | "
-              f"{r['ours_metrics']:7.3f} {r['loop_metrics']:7.2f} "
-              f"{r['loop_metrics'] / r['ours_metrics']:5.0f}x | "
-              f"{r['ours_full']:7.3f} {r['loop_full']:7.2f} "
-              f"{r['loop_full'] / r['ours_full']:5.0f}x | "
-              f"{community / r['ours_metrics']:4.0f}x /"
-              f"{community / r['ours_full']:4.0f}x | "
-              f"{r['diff']:8.1e} {r['full_diff']:11.1e} "
-              f"{100 * r['rank1']:6.2f} {100 * r['mAP']:6.2f} "
-              f"{100 * r['mINP']:6.2f}")
-    print("'vs community': community seconds (9.9 SYSU, 36.7 RegDB for 10 "
-          "trials, scaled to --trials) / ours, metrics only / full.")
+        print(
+            f"{r['name']:<16} {r['shape']:>11} | "
+            f"{r['ours_metrics']:7.3f} {r['loop_metrics']:7.2f} "
+            f"{r['loop_metrics'] / r['ours_metrics']:5.0f}x | "
+            f"{r['ours_full']:7.3f} {r['loop_full']:7.2f} "
+            f"{r['loop_full'] / r['ours_full']:5.0f}x | "
+            f"{community / r['ours_metrics']:4.0f}x /"
+            f"{community / r['ours_full']:4.0f}x | "
+            f"{r['diff']:8.1e} {r['full_diff']:11.1e} "
+            f"{100 * r['rank1']:6.2f} {100 * r['mAP']:6.2f} "
+            f"{100 * r['mINP']:6.2f}"
+        )
+    print(
+        "'vs community': community seconds (9.9 SYSU, 36.7 RegDB for 10 "
+        "trials, scaled to --trials) / ours, metrics only / full."
+    )
     print_rerank(bench_rerank(args), args)
 
 

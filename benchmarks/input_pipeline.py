@@ -25,9 +25,7 @@ import resource
 import statistics
 import time
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
 # Quiet TensorFlow's C++ logging; must precede its import.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,21 +34,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from data_pipeline import augment
+from data_pipeline import augment, sampling, synthetic
 from data_pipeline import input_pipeline as ip
-from data_pipeline import sampling
-from data_pipeline import synthetic
 from data_pipeline.sysu_mm01 import sysu_mm01
+
 # pylint: enable=wrong-import-position
 
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "TFDS data_dir holding (or to hold) sysu_mm01.",
-    required=True)
+    "data_dir",
+    None,
+    "TFDS data_dir holding (or to hold) sysu_mm01.",
+    required=True,
+)
 _MANUAL_DIR = flags.DEFINE_string(
-    "manual_dir", None, "SYSU-MM01 folder to build from if data_dir lacks it.")
+    "manual_dir", None, "SYSU-MM01 folder to build from if data_dir lacks it."
+)
 _GENERATE = flags.DEFINE_bool(
-    "generate", False,
-    "Write a SYSU-sized synthetic set into --manual_dir first if it is empty.")
+    "generate",
+    False,
+    "Write a SYSU-sized synthetic set into --manual_dir first if it is empty.",
+)
 _CONFIG = flags.DEFINE_string("config", "288x144", "sysu_mm01 builder config.")
 _SPLIT = flags.DEFINE_string("split", "train", "Split to stream.")
 _HEIGHT = flags.DEFINE_integer("height", 288, "Output image height.")
@@ -62,9 +65,11 @@ _WINDOW = flags.DEFINE_integer("window", 20, "Steps per timing window.")
 _WARMUP = flags.DEFINE_integer("warmup", 10, "Untimed steps first.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Also time pipeline prefixes.")
 _PROFILE_STEPS = flags.DEFINE_integer(
-    "profile_steps", 160, "Timed steps per profiled prefix.")
+    "profile_steps", 160, "Timed steps per profiled prefix."
+)
 _THREADS = flags.DEFINE_integer(
-    "threads", 0, "tf.data private thread pool size (0: TF default).")
+    "threads", 0, "tf.data private thread pool size (0: TF default)."
+)
 
 
 def _cpu_seconds() -> float:
@@ -108,16 +113,23 @@ def _builder():
         raise app.UsageError(
             f"sysu_mm01/{_CONFIG.value} is not prepared under "
             f"{_DATA_DIR.value}; pass --manual_dir (and --generate for a "
-            "synthetic set).")
+            "synthetic set)."
+        )
     if _GENERATE.value and not os.path.isdir(
-            os.path.join(_MANUAL_DIR.value, "exp")):
-        logging.info("Generating a SYSU-sized synthetic set in %s ...",
-                     _MANUAL_DIR.value)
-        synthetic.generate_sysu(_MANUAL_DIR.value, seed=0,
-                                **synthetic.SYSU_PRESETS["sysu_sized"])
+        os.path.join(_MANUAL_DIR.value, "exp")
+    ):
+        logging.info(
+            "Generating a SYSU-sized synthetic set in %s ...", _MANUAL_DIR.value
+        )
+        synthetic.generate_sysu(
+            _MANUAL_DIR.value, seed=0, **synthetic.SYSU_PRESETS["sysu_sized"]
+        )
     logging.info("Building sysu_mm01 into %s ...", _DATA_DIR.value)
-    return sysu_mm01.prepare(manual_dir=_MANUAL_DIR.value,
-                             data_dir=_DATA_DIR.value, config=_CONFIG.value)
+    return sysu_mm01.prepare(
+        manual_dir=_MANUAL_DIR.value,
+        data_dir=_DATA_DIR.value,
+        config=_CONFIG.value,
+    )
 
 
 def _options():
@@ -139,14 +151,21 @@ def _prefixes(source, metadata):
 
     plan = sampling.epoch_plan(
         visible_labels=metadata.label[metadata.visible_indices],
-        infrared_labels=metadata.label[metadata.infrared_indices], seed=0,
-        epoch=0, num_identities=_P.value, num_instances=_K.value)
+        infrared_labels=metadata.label[metadata.infrared_indices],
+        seed=0,
+        epoch=0,
+        num_identities=_P.value,
+        num_instances=_K.value,
+    )
 
     def fetch(step):
         batch = int(step) % plan.num_batches
-        index = np.concatenate([
-            metadata.visible_indices[plan.visible[batch]],
-            metadata.infrared_indices[plan.infrared[batch]]])
+        index = np.concatenate(
+            [
+                metadata.visible_indices[plan.visible[batch]],
+                metadata.infrared_indices[plan.infrared[batch]],
+            ]
+        )
         records = source.__getitems__([int(i) for i in index])
         out = np.empty(len(records), dtype=object)
         out[:] = records
@@ -156,33 +175,49 @@ def _prefixes(source, metadata):
         records = tf.numpy_function(fetch, [step], tf.string, stateful=False)
         records = tf.ensure_shape(records, [rows])
         return tf.io.parse_example(
-            records, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
+            records, {"image": tf.io.FixedLenFeature([], tf.string)}
+        )["image"]
 
     def decode(encoded):
-        return augment.resize(augment.decode_image(encoded), height=size[0],
-                              width=size[1])
+        return augment.resize(
+            augment.decode_image(encoded), height=size[0], width=size[1]
+        )
 
     encoded = steps.map(read, num_parallel_calls=2, deterministic=True)
     per_image = encoded.unbatch().map(
-        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
     yield "read + parse records (per step)", encoded, 1
     yield "+ decode JPEG, batch (uint8)", per_image.batch(rows), 1
 
     def train(**kwargs):
         return ip.make_train_dataset(
-            source, seed=0, num_identities=_P.value, num_instances=_K.value,
-            image_size=size, metadata=metadata, **kwargs)
+            source,
+            seed=0,
+            num_identities=_P.value,
+            num_instances=_K.value,
+            image_size=size,
+            metadata=metadata,
+            **kwargs,
+        )
 
     no_crop = augment.TrainAugment(
-        padding=0, flip_probability=0.0, erasing_probability=0.0)
+        padding=0, flip_probability=0.0, erasing_probability=0.0
+    )
     no_erasing = augment.TrainAugment(erasing_probability=0.0)
     yield ("+ draw params, normalise (XLA)", train(augmentation=no_crop), 1)
-    yield ("+ pad/crop + flip (per image, uint8)",
-           train(augmentation=no_erasing), 1)
+    yield (
+        "+ pad/crop + flip (per image, uint8)",
+        train(augmentation=no_erasing),
+        1,
+    )
     yield "+ random erasing (fused in XLA) = full", train(), 1
     # Several times slower: time fewer steps.
-    yield ("full, normalise + erase op by op (no XLA)",
-           train(jit_compile=False), 4)
+    yield (
+        "full, normalise + erase op by op (no XLA)",
+        train(jit_compile=False),
+        4,
+    )
 
 
 def main(argv):
@@ -196,47 +231,71 @@ def main(argv):
     metadata_s = time.perf_counter() - start
     rows = 2 * _P.value * _K.value
     steps_per_epoch = ip.train_steps_per_epoch(
-        metadata, num_identities=_P.value, num_instances=_K.value)
-    print(f"split {_SPLIT.value}: {metadata.visible_indices.size} visible + "
-          f"{metadata.infrared_indices.size} infrared images, "
-          f"{metadata.num_classes} ids; metadata read in {metadata_s:.1f} s; "
-          f"{steps_per_epoch} steps/epoch")
-    print(f"load average at start: {load_start[0]:.1f} (1 min), "
-          f"{os.cpu_count()} CPUs")
+        metadata, num_identities=_P.value, num_instances=_K.value
+    )
+    print(
+        f"split {_SPLIT.value}: {metadata.visible_indices.size} visible + "
+        f"{metadata.infrared_indices.size} infrared images, "
+        f"{metadata.num_classes} ids; metadata read in {metadata_s:.1f} s; "
+        f"{steps_per_epoch} steps/epoch"
+    )
+    print(
+        f"load average at start: {load_start[0]:.1f} (1 min), "
+        f"{os.cpu_count()} CPUs"
+    )
 
     dataset = ip.make_train_dataset(
-        source, seed=0, num_identities=_P.value, num_instances=_K.value,
-        image_size=(_HEIGHT.value, _WIDTH.value), metadata=metadata,
+        source,
+        seed=0,
+        num_identities=_P.value,
+        num_instances=_K.value,
+        image_size=(_HEIGHT.value, _WIDTH.value),
+        metadata=metadata,
     ).with_options(_options())
     median, rates, cpu_us = _time(
-        dataset, images_per_element=rows, steps=_STEPS.value,
-        window=_WINDOW.value, warmup=_WARMUP.value)
-    print(f"training pipeline {_HEIGHT.value}x{_WIDTH.value}, "
-          f"{_P.value}x({_K.value}+{_K.value}) per step: "
-          f"{median:.0f} images/s median over {len(rates)} windows of "
-          f"{_WINDOW.value} steps (min {min(rates):.0f}, "
-          f"max {max(rates):.0f}); "
-          f"process CPU {cpu_us:.0f} us/image "
-          f"(= {1e6 / cpu_us * os.cpu_count():.0f} images/s if "
-          f"{os.cpu_count()} cores were free)")
-    print(f"peak RSS while streaming: {_peak_rss_mb():.0f} MB "
-          f"(RSS before reading metadata {rss_before:.0f} MB, now "
-          f"{_current_rss_mb():.0f} MB)")
+        dataset,
+        images_per_element=rows,
+        steps=_STEPS.value,
+        window=_WINDOW.value,
+        warmup=_WARMUP.value,
+    )
+    print(
+        f"training pipeline {_HEIGHT.value}x{_WIDTH.value}, "
+        f"{_P.value}x({_K.value}+{_K.value}) per step: "
+        f"{median:.0f} images/s median over {len(rates)} windows of "
+        f"{_WINDOW.value} steps (min {min(rates):.0f}, "
+        f"max {max(rates):.0f}); "
+        f"process CPU {cpu_us:.0f} us/image "
+        f"(= {1e6 / cpu_us * os.cpu_count():.0f} images/s if "
+        f"{os.cpu_count()} cores were free)"
+    )
+    print(
+        f"peak RSS while streaming: {_peak_rss_mb():.0f} MB "
+        f"(RSS before reading metadata {rss_before:.0f} MB, now "
+        f"{_current_rss_mb():.0f} MB)"
+    )
     del dataset
 
     if _PROFILE.value:
-        print("\nprofile (each row adds one stage; CPU us/image is process "
-              "CPU time over images, all threads):")
+        print(
+            "\nprofile (each row adds one stage; CPU us/image is process "
+            "CPU time over images, all threads):"
+        )
         previous = 0.0
         for name, ds, divisor in _prefixes(source, metadata):
             window = max(1, _WINDOW.value // divisor)
-            median, _, cpu_us = _time(ds.with_options(_options()),
-                                      images_per_element=rows,
-                                      steps=_PROFILE_STEPS.value // divisor,
-                                      window=window, warmup=2)
+            median, _, cpu_us = _time(
+                ds.with_options(_options()),
+                images_per_element=rows,
+                steps=_PROFILE_STEPS.value // divisor,
+                window=window,
+                warmup=2,
+            )
             delta = cpu_us - previous if not name.startswith("full,") else 0.0
-            print(f"  {name:44s} {median:7.0f} images/s  {cpu_us:6.0f} us/img"
-                  + (f"  (+{delta:.0f})" if delta else ""))
+            print(
+                f"  {name:44s} {median:7.0f} images/s  {cpu_us:6.0f} us/img"
+                + (f"  (+{delta:.0f})" if delta else "")
+            )
             if not name.startswith("full,"):
                 previous = cpu_us
     print(f"load average at end: {os.getloadavg()[0]:.1f} (1 min)")

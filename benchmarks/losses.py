@@ -21,25 +21,28 @@ train step's time (goal: under 2% of a ResNet-50 step).
 import statistics
 import time
 
-from absl import app
-from absl import flags
-
-import mclnet_jax  # pylint: disable=unused-import  (XLA:CPU defaults first)
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 
 from mclnet_jax import losses
 
 _IDS_PER_BATCH = flags.DEFINE_integer("ids_per_batch", 8, "Identities.")
 _IMAGES_PER_ID = flags.DEFINE_integer(
-    "images_per_id", 8, "Images per identity (half visible, half infrared).")
+    "images_per_id", 8, "Images per identity (half visible, half infrared)."
+)
 _DIM = flags.DEFINE_integer("dim", 2048, "Feature dimension D.")
 _NUM_IDS = flags.DEFINE_integer("num_ids", 395, "Identity centers / logits.")
 _NUM_CAMERAS = flags.DEFINE_integer("num_cameras", 6, "Camera centers.")
-_VARIANT = flags.DEFINE_enum("variant", "paper", ["paper", "release"],
-                             "center_aggregation_loss variant.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                           "Dtype of the network outputs fed to the losses.")
+_VARIANT = flags.DEFINE_enum(
+    "variant", "paper", ["paper", "release"], "center_aggregation_loss variant."
+)
+_DTYPE = flags.DEFINE_enum(
+    "dtype",
+    "float32",
+    ["float32", "bfloat16"],
+    "Dtype of the network outputs fed to the losses.",
+)
 _REPEATS = flags.DEFINE_integer("repeats", 200, "Timed calls per figure.")
 _WARMUP = flags.DEFINE_integer("warmup", 10, "Untimed calls after compiling.")
 
@@ -61,40 +64,56 @@ def _make_batch(dtype):
     }
     outputs = {k: v.astype(dtype) for k, v in outputs.items()}
     half = _IMAGES_PER_ID.value // 2
-    modality = jnp.tile(jnp.repeat(jnp.array([0, 1]), half),
-                        _IDS_PER_BATCH.value)
+    modality = jnp.tile(
+        jnp.repeat(jnp.array([0, 1]), half), _IDS_PER_BATCH.value
+    )
     constants = {
-        "labels": jax.random.permutation(
-            keys[4], _NUM_IDS.value)[:_IDS_PER_BATCH.value].repeat(
-                _IMAGES_PER_ID.value),
+        "labels": jax.random.permutation(keys[4], _NUM_IDS.value)[
+            : _IDS_PER_BATCH.value
+        ].repeat(_IMAGES_PER_ID.value),
         "modality": modality,
         "cameras": jax.random.randint(keys[5], (n,), 0, _NUM_CAMERAS.value),
         "id_centers": jax.random.normal(keys[6], (_NUM_IDS.value, _DIM.value)),
         "camera_centers": jax.random.normal(
-            jax.random.fold_in(keys[6], 1), (_NUM_CAMERAS.value, _DIM.value)),
+            jax.random.fold_in(keys[6], 1), (_NUM_CAMERAS.value, _DIM.value)
+        ),
     }
     return outputs, constants
 
 
 def _loss_terms(outputs, constants):
     """Each loss of a training step, by name."""
-    aggregation = lambda labels, centers: losses.center_aggregation_loss(
-        features=outputs["bn"], labels=labels, centers=centers, sigma=_SIGMA,
-        rho=_RHO, variant=_VARIANT.value)
+
+    def aggregation(labels, centers):
+        return losses.center_aggregation_loss(
+            features=outputs["bn"],
+            labels=labels,
+            centers=centers,
+            sigma=_SIGMA,
+            rho=_RHO,
+            variant=_VARIANT.value,
+        )
+
     return {
         "identity": lambda: losses.identity_loss(
-            logits=outputs["id_logits"], labels=constants["labels"]),
+            logits=outputs["id_logits"], labels=constants["labels"]
+        ),
         "wrt_triplet": lambda: losses.wrt_triplet_loss(
-            features=outputs["pool"], labels=constants["labels"]),
+            features=outputs["pool"], labels=constants["labels"]
+        ),
         "modality_confusion": lambda: losses.modality_confusion_loss(
-            logits=outputs["modality_logits"]),
+            logits=outputs["modality_logits"]
+        ),
         "modality_classifier": lambda: losses.modality_classifier_loss(
-            logits=outputs["modality_logits"],
-            modality=constants["modality"]),
-        "ica": lambda: _LAMBDA * aggregation(constants["labels"],
-                                             constants["id_centers"]),
-        "cca": lambda: _LAMBDA * aggregation(constants["cameras"],
-                                             constants["camera_centers"]),
+            logits=outputs["modality_logits"], modality=constants["modality"]
+        ),
+        "ica": lambda: (
+            _LAMBDA * aggregation(constants["labels"], constants["id_centers"])
+        ),
+        "cca": lambda: (
+            _LAMBDA
+            * aggregation(constants["cameras"], constants["camera_centers"])
+        ),
     }
 
 
@@ -107,8 +126,9 @@ def _one_loss(name):
 
 
 def _hard_triplet(outputs, constants):
-    return losses.hard_triplet_loss(features=outputs["pool"],
-                                    labels=constants["labels"])
+    return losses.hard_triplet_loss(
+        features=outputs["pool"], labels=constants["labels"]
+    )
 
 
 def _median_ms(fn, *args) -> float:
@@ -129,21 +149,26 @@ def main(argv):
     dtype = jnp.dtype(_DTYPE.value)
     outputs, constants = _make_batch(dtype)
     n = outputs["pool"].shape[0]
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} "
-          f"({jax.default_backend()}); batch {n} x {_DIM.value} {dtype.name}, "
-          f"{_NUM_IDS.value} identity / {_NUM_CAMERAS.value} camera centers, "
-          f"center variant {_VARIANT.value!r}; median of {_REPEATS.value} "
-          "calls")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].device_kind} "
+        f"({jax.default_backend()}); batch {n} x {_DIM.value} {dtype.name}, "
+        f"{_NUM_IDS.value} identity / {_NUM_CAMERAS.value} camera centers, "
+        f"center variant {_VARIANT.value!r}; median of {_REPEATS.value} "
+        "calls"
+    )
     rows = [("all losses", _all_losses)]
-    rows += [(name, _one_loss(name))
-             for name in _loss_terms(outputs, constants)]
+    rows += [
+        (name, _one_loss(name)) for name in _loss_terms(outputs, constants)
+    ]
     rows += [("hard_triplet (Base ablation)", _hard_triplet)]
     print(f"{'':30s} {'forward ms':>11s} {'fwd+bwd ms':>11s}")
     for name, loss_fn in rows:
         forward = jax.jit(loss_fn)
         backward = jax.jit(jax.value_and_grad(loss_fn))
-        print(f"{name:30s} {_median_ms(forward, outputs, constants):11.3f} "
-              f"{_median_ms(backward, outputs, constants):11.3f}")
+        print(
+            f"{name:30s} {_median_ms(forward, outputs, constants):11.3f} "
+            f"{_median_ms(backward, outputs, constants):11.3f}"
+        )
 
 
 if __name__ == "__main__":

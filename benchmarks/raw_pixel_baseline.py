@@ -42,15 +42,21 @@ import time
 import numpy as np
 from PIL import Image
 
-from data_pipeline import layouts
-from data_pipeline import synthetic
+from data_pipeline import layouts, synthetic
 
 
 def _load(root: str, records) -> np.ndarray:
     """[N, H*W*3] float32 pixels in [0, 1]."""
-    return np.stack([
-        np.asarray(Image.open(os.path.join(root, r.file_name)).convert("RGB"),
-                   np.float32).reshape(-1) / 255.0 for r in records])
+    return np.stack(
+        [
+            np.asarray(
+                Image.open(os.path.join(root, r.file_name)).convert("RGB"),
+                np.float32,
+            ).reshape(-1)
+            / 255.0
+            for r in records
+        ]
+    )
 
 
 def _grey(x: np.ndarray) -> np.ndarray:
@@ -64,16 +70,20 @@ def _edges(x: np.ndarray, height: int, width: int) -> np.ndarray:
     g = _grey(x).reshape(x.shape[0], height, width, 3)[..., 0]
     gy = np.diff(g, axis=1)[:, :, :-1]
     gx = np.diff(g, axis=2)[:, :-1, :]
-    e = np.sqrt(gx ** 2 + gy ** 2).reshape(x.shape[0], -1)
+    e = np.sqrt(gx**2 + gy**2).reshape(x.shape[0], -1)
     e -= e.mean(axis=1, keepdims=True)
     return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
-def _nearest(query: np.ndarray, gallery: np.ndarray,
-             allowed: np.ndarray | None = None) -> np.ndarray:
+def _nearest(
+    query: np.ndarray, gallery: np.ndarray, allowed: np.ndarray | None = None
+) -> np.ndarray:
     """Index of the nearest gallery row per query; allowed: [Q, G] bool."""
-    d = (np.sum(query ** 2, 1)[:, None] - 2.0 * query @ gallery.T +
-         np.sum(gallery ** 2, 1)[None, :])
+    d = (
+        np.sum(query**2, 1)[:, None]
+        - 2.0 * query @ gallery.T
+        + np.sum(gallery**2, 1)[None, :]
+    )
     if allowed is not None:
         d = np.where(allowed, d, np.inf)
     return np.argmin(d, axis=1)
@@ -85,8 +95,11 @@ def _rank1(q_ids, g_ids, query, gallery, allowed=None) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", help="a synthetic SYSU-layout folder; "
-                        "if unset the default set is generated in a temp dir")
+    parser.add_argument(
+        "--data_dir",
+        help="a synthetic SYSU-layout folder; "
+        "if unset the default set is generated in a temp dir",
+    )
     parser.add_argument("--ids", choices=("test", "all"), default="test")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -96,30 +109,38 @@ def main() -> None:
         if root is None:
             root = os.path.join(tmp, "sysu")
             summary = synthetic.generate_sysu(root, seed=args.seed)
-            print(f"generated the default synthetic SYSU set "
-                  f"({summary.num_images} images) in {summary.seconds:.1f} s")
+            print(
+                f"generated the default synthetic SYSU set "
+                f"({summary.num_images} images) in {summary.seconds:.1f} s"
+            )
         layout = layouts.read_sysu(root)
         if args.ids == "test":
             records = layout.records("test")
         else:
-            records = sorted((r for v in layout.images.values() for r in v),
-                             key=lambda r: r.file_name)
+            records = sorted(
+                (r for v in layout.images.values() for r in v),
+                key=lambda r: r.file_name,
+            )
         pixels = _load(root, records)
         ids = np.array([r.identity for r in records])
         cams = np.array([r.camera for r in records])
         vis = np.isin(cams, layouts.SYSU_VISIBLE_CAMERAS)
         ir = ~vis
         n_ids = len(set(ids.tolist()))
-        print(f"{args.ids} ids: {n_ids}, images {len(records)} "
-              f"({vis.sum()} visible, {ir.sum()} infrared), "
-              f"{pixels.shape[1]} pixel values each; chance rank-1 ~ "
-              f"{100.0 / n_ids:.1f}%")
+        print(
+            f"{args.ids} ids: {n_ids}, images {len(records)} "
+            f"({vis.sum()} visible, {ir.sum()} infrared), "
+            f"{pixels.shape[1]} pixel values each; chance rank-1 ~ "
+            f"{100.0 / n_ids:.1f}%"
+        )
         start = time.perf_counter()
         results = {}
         results["cross IR->visible, all images"] = _rank1(
-            ids[ir], ids[vis], pixels[ir], pixels[vis])
+            ids[ir], ids[vis], pixels[ir], pixels[vis]
+        )
         results["cross IR->visible, grey gallery"] = _rank1(
-            ids[ir], ids[vis], pixels[ir], _grey(pixels[vis]))
+            ids[ir], ids[vis], pixels[ir], _grey(pixels[vis])
+        )
         single = []
         for trial in range(10):
             rng = np.random.default_rng(trial)
@@ -131,22 +152,30 @@ def main() -> None:
                         pick.append(rng.choice(rows))
             pick = np.array(pick)
             allowed = ~((cams[ir][:, None] == 3) & (cams[pick][None, :] == 2))
-            single.append(_rank1(ids[ir], ids[pick], pixels[ir], pixels[pick],
-                                 allowed))
+            single.append(
+                _rank1(ids[ir], ids[pick], pixels[ir], pixels[pick], allowed)
+            )
         results["cross IR->visible, SYSU single-shot all-search, 10 trials"] = (
-            float(np.mean(single)))
+            float(np.mean(single))
+        )
         with Image.open(os.path.join(root, records[0].file_name)) as img:
             width, height = img.size
         edges = _edges(pixels, height, width)
         results["cross IR->visible, edge maps (learnability check)"] = _rank1(
-            ids[ir], ids[vis], edges[ir], edges[vis])
+            ids[ir], ids[vis], edges[ir], edges[vis]
+        )
         other_cam = cams[vis][:, None] != cams[vis][None, :]
         results["same visible->visible, other cameras"] = _rank1(
-            ids[vis], ids[vis], pixels[vis], pixels[vis], other_cam)
+            ids[vis], ids[vis], pixels[vis], pixels[vis], other_cam
+        )
         q3, q6 = cams == 3, cams == 6
-        hits = (np.sum(ids[pixel_rows][_nearest(pixels[q], pixels[pixel_rows])]
-                       == ids[q])
-                for q, pixel_rows in ((q3, q6), (q6, q3)))
+        hits = (
+            np.sum(
+                ids[pixel_rows][_nearest(pixels[q], pixels[pixel_rows])]
+                == ids[q]
+            )
+            for q, pixel_rows in ((q3, q6), (q6, q3))
+        )
         results["same IR->IR, other camera"] = float(sum(hits) / ir.sum())
         for name, value in results.items():
             print(f"  rank-1 {100 * value:5.1f}%  {name}")

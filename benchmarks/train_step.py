@@ -34,7 +34,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _config(per_modality, dtype):
     spec = importlib.util.spec_from_file_location(
-        "mclnet_configs_sysu", os.path.join(_REPO, "configs", "sysu.py"))
+        "mclnet_configs_sysu", os.path.join(_REPO, "configs", "sysu.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config("mclnet")
@@ -67,13 +68,21 @@ def peak_rss_gib():
 def bench(per_modality, *, repeats, dtype, num_classes=395):
     config = _config(per_modality, dtype)
     model = train.make_model(config, num_classes=num_classes)
-    tx, schedule, mcm_tx = train.make_optimizers(config,
-                                                    steps_per_epoch=696)
-    state = train.init_state(config, model=model, num_classes=num_classes,
-                             num_cameras=6, tx=tx, mcm_tx=mcm_tx)
-    step = jax.jit(train.make_train_step(config, model=model, tx=tx,
-                                         schedule=schedule, mcm_tx=mcm_tx),
-                   donate_argnums=0)
+    tx, schedule, mcm_tx = train.make_optimizers(config, steps_per_epoch=696)
+    state = train.init_state(
+        config,
+        model=model,
+        num_classes=num_classes,
+        num_cameras=6,
+        tx=tx,
+        mcm_tx=mcm_tx,
+    )
+    step = jax.jit(
+        train.make_train_step(
+            config, model=model, tx=tx, schedule=schedule, mcm_tx=mcm_tx
+        ),
+        donate_argnums=0,
+    )
     batch = jax.device_put(_batch(config, num_classes))
     start = time.perf_counter()
     state, metrics = step(state, batch)
@@ -90,29 +99,39 @@ def bench(per_modality, *, repeats, dtype, num_classes=395):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batches", default="32,8",
-                        help="images per modality, comma-separated")
+    parser.add_argument(
+        "--batches", default="32,8", help="images per modality, comma-separated"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtype", default="float32",
-                        choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"]
+    )
     args = parser.parse_args(argv)
-    print(f"backend: {jax.default_backend()}, devices: {jax.devices()}, "
-          f"dtype: {args.dtype}, cpu count: {os.cpu_count()}")
-    print("note: if the machine is shared, figures are noisy; medians of "
-          f"{args.repeats} timed steps after a warm-up step.")
+    print(
+        f"backend: {jax.default_backend()}, devices: {jax.devices()}, "
+        f"dtype: {args.dtype}, cpu count: {os.cpu_count()}"
+    )
+    print(
+        "note: if the machine is shared, figures are noisy; medians of "
+        f"{args.repeats} timed steps after a warm-up step."
+    )
     for n in (int(b) for b in args.batches.split(",")):
         compile_s, times = bench(n, repeats=args.repeats, dtype=args.dtype)
         med = statistics.median(times)
         rate = 2 * n / med
-        line = (f"{n}+{n} images: {med:.2f} s/step (median; min "
-                f"{min(times):.2f}, max {max(times):.2f}), {rate:.2f} "
-                f"images/s, first step incl. compile {compile_s:.1f} s, "
-                f"peak RSS {peak_rss_gib():.2f} GiB")
+        line = (
+            f"{n}+{n} images: {med:.2f} s/step (median; min "
+            f"{min(times):.2f}, max {max(times):.2f}), {rate:.2f} "
+            f"images/s, first step incl. compile {compile_s:.1f} s, "
+            f"peak RSS {peak_rss_gib():.2f} GiB"
+        )
         if n in RELEASE_SECONDS and jax.default_backend() == "cpu":
             release_rate = 2 * n / RELEASE_SECONDS[n]
-            line += (f"; release {RELEASE_SECONDS[n]} s/step "
-                     f"({release_rate:.1f} images/s): "
-                     f"{rate / release_rate:.2f}x")
+            line += (
+                f"; release {RELEASE_SECONDS[n]} s/step "
+                f"({release_rate:.1f} images/s): "
+                f"{rate / release_rate:.2f}x"
+            )
         print(line, flush=True)
     return 0
 

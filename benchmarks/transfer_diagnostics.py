@@ -47,19 +47,19 @@ import time
 import numpy as np
 
 # Runs from a checkout without installing.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_pipeline import sampling
-from data_pipeline import synthetic
+from data_pipeline import sampling, synthetic
 from mclnet_jax import config_utils
 from mclnet_jax import evaluate as evaluate_lib
 from mclnet_jax import metrics as metrics_lib
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), "configs")
+_CONFIGS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"
+)
 # Identity attributes that are *not* shared by the modalities.
 _PALETTES = ("visible_palette", "infrared_palette")
 
@@ -74,8 +74,7 @@ def _parse_gen(items) -> dict:
     out = {}
     for item in items or ():
         key, value = item.split("=", 1)
-        out[key] = float(value) if "." in value or "e" in value else int(
-            value)
+        out[key] = float(value) if "." in value or "e" in value else int(value)
     return out
 
 
@@ -85,6 +84,7 @@ def _parse_gen(items) -> dict:
 
 def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:
     from PIL import Image  # pylint: disable=g-import-not-at-top
+
     out = np.empty_like(images)
     for i, im in enumerate(images):
         buf = io.BytesIO()
@@ -94,8 +94,15 @@ def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:
     return out
 
 
-def make_data(*, ids: int, per_camera: int, size: tuple[int, int],
-              seed: int, jpeg: int, gen: dict) -> dict:
+def make_data(
+    *,
+    ids: int,
+    per_camera: int,
+    size: tuple[int, int],
+    seed: int,
+    jpeg: int,
+    gen: dict,
+) -> dict:
     """Renders every camera's images of `ids` identities (SYSU cameras).
 
     Returns:
@@ -107,13 +114,23 @@ def make_data(*, ids: int, per_camera: int, size: tuple[int, int],
     for cam in range(1, 7):
         infrared = cam in synthetic.SYSU_INFRARED_CAMERAS
         camera = synthetic.make_camera(
-            cam, infrared=infrared,
-            outdoor=cam not in synthetic.SYSU_INDOOR_CAMERAS, seed=seed)
+            cam,
+            infrared=infrared,
+            outdoor=cam not in synthetic.SYSU_INDOOR_CAMERAS,
+            seed=seed,
+        )
         rng = np.random.default_rng([seed, 2, cam])
         index = np.repeat(np.arange(ids), per_camera)
         views = synthetic.sample_views(camera, index.size, rng=rng)
-        im = synthetic.render_camera(attributes, index, views, camera,
-                                     height=size[0], width=size[1], rng=rng)
+        im = synthetic.render_camera(
+            attributes,
+            index,
+            views,
+            camera,
+            height=size[0],
+            width=size[1],
+            rng=rng,
+        )
         if jpeg:
             im = _jpeg(im, jpeg)
         images.append(im)
@@ -127,10 +144,16 @@ def make_data(*, ids: int, per_camera: int, size: tuple[int, int],
         "identity": np.concatenate(ident).astype(np.int64),
         "camera": camera.astype(np.int64),
         "modality": np.isin(camera, synthetic.SYSU_INFRARED_CAMERAS).astype(
-            np.int64),
-        "views": views_by_cam, "cameras": cameras, "attributes": attributes,
+            np.int64
+        ),
+        "views": views_by_cam,
+        "cameras": cameras,
+        "attributes": attributes,
         "splits": synthetic.sysu_split(list(range(1, ids + 1)), seed=seed),
-        "per_camera": per_camera, "seed": seed, "size": size, "jpeg": jpeg,
+        "per_camera": per_camera,
+        "seed": seed,
+        "size": size,
+        "jpeg": jpeg,
     }
 
 
@@ -140,8 +163,9 @@ def make_data(*, ids: int, per_camera: int, size: tuple[int, int],
 
 def make_config(args):
     """configs/synthetic.py with the sweep's overrides."""
-    module = config_utils.load_sibling(os.path.join(_CONFIGS, "x.py"),
-                                       "synthetic.py")
+    module = config_utils.load_sibling(
+        os.path.join(_CONFIGS, "x.py"), "synthetic.py"
+    )
     config = module.get_config(f"variant={args.variant}")
     config.seed = args.seed
     config.data.image_size = _parse_size(args.size)
@@ -156,15 +180,25 @@ def make_config(args):
     return config
 
 
-def train(config, data: dict, *, steps: int, decay_at: float, grey: float,
-          grey_mode: str, log_every: int = 100):
+def train(
+    config,
+    data: dict,
+    *,
+    steps: int,
+    decay_at: float,
+    grey: float,
+    grey_mode: str,
+    log_every: int = 100,
+):
     """Trains on the train ids of `data`; returns (model, state, log)."""
     # pylint: disable=g-import-not-at-top
     import jax
     import optax
     import tensorflow as tf
+
     from data_pipeline import augment
     from mclnet_jax import train as train_lib
+
     # pylint: enable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
     train_ids = np.asarray(data["splits"]["train"])
@@ -175,35 +209,54 @@ def train(config, data: dict, *, steps: int, decay_at: float, grey: float,
     vis_lab = np.searchsorted(train_ids, data["identity"][vis])
     ir_lab = np.searchsorted(train_ids, data["identity"][ir])
     p, k = config.data.num_identities, config.data.num_instances
-    spe = sampling.steps_per_epoch(num_visible=vis.size, num_infrared=ir.size,
-                                   num_identities=p, num_instances=k)
+    spe = sampling.steps_per_epoch(
+        num_visible=vis.size,
+        num_infrared=ir.size,
+        num_identities=p,
+        num_instances=k,
+    )
     model = train_lib.make_model(config, num_classes=train_ids.size)
     # The demo's SGD (one lr for all layers, as configs/synthetic.py) on a
     # step schedule: one decay (x0.1) at `decay_at` of the run, so that runs
     # of any length compare.
     schedule = optax.piecewise_constant_schedule(
-        config.optimizer.lr, {int(decay_at * steps): 0.1})
+        config.optimizer.lr, {int(decay_at * steps): 0.1}
+    )
     oc = config.optimizer
     tx = optax.chain(
         optax.add_decayed_weights(oc.weight_decay),
-        optax.sgd(schedule, momentum=oc.momentum, nesterov=oc.nesterov))
+        optax.sgd(schedule, momentum=oc.momentum, nesterov=oc.nesterov),
+    )
     mcm_tx = optax.chain(
         optax.add_decayed_weights(config.mcm_optimizer.weight_decay),
-        optax.sgd(config.mcm_optimizer.lr, momentum=oc.momentum,
-                  nesterov=oc.nesterov))
-    state = train_lib.init_state(config, model=model,
-                                 num_classes=train_ids.size, num_cameras=6,
-                                 tx=tx, mcm_tx=mcm_tx, load_pretrained=False)
-    step_fn = jax.jit(train_lib.make_train_step(
-        config, model=model, tx=tx, schedule=schedule, mcm_tx=mcm_tx))
-    aug = augment.TrainAugment(padding=config.data.pad,
-                               erasing_probability=config.data.random_erasing)
+        optax.sgd(
+            config.mcm_optimizer.lr, momentum=oc.momentum, nesterov=oc.nesterov
+        ),
+    )
+    state = train_lib.init_state(
+        config,
+        model=model,
+        num_classes=train_ids.size,
+        num_cameras=6,
+        tx=tx,
+        mcm_tx=mcm_tx,
+        load_pretrained=False,
+    )
+    step_fn = jax.jit(
+        train_lib.make_train_step(
+            config, model=model, tx=tx, schedule=schedule, mcm_tx=mcm_tx
+        )
+    )
+    aug = augment.TrainAugment(
+        padding=config.data.pad, erasing_probability=config.data.random_erasing
+    )
     h, w = config.data.image_size
 
     @tf.function(jit_compile=True)
     def augment_batch(images, seed):
-        params = augment.sample_train_params(seed, num=2 * p * k, height=h,
-                                             width=w, config=aug)
+        params = augment.sample_train_params(
+            seed, num=2 * p * k, height=h, width=w, config=aug
+        )
         x = augment.crop_and_flip(images, params, config=aug)
         if grey > 0:
             x = _grey_augment(tf, x, seed, grey, grey_mode, p * k)
@@ -215,26 +268,40 @@ def train(config, data: dict, *, steps: int, decay_at: float, grey: float,
     for step in range(steps):
         epoch, b = divmod(step, spe)
         if epoch != plan_epoch:
-            plan = sampling.epoch_plan(visible_labels=vis_lab,
-                                       infrared_labels=ir_lab,
-                                       seed=config.seed, epoch=epoch,
-                                       num_identities=p, num_instances=k)
+            plan = sampling.epoch_plan(
+                visible_labels=vis_lab,
+                infrared_labels=ir_lab,
+                seed=config.seed,
+                epoch=epoch,
+                num_identities=p,
+                num_instances=k,
+            )
             plan_epoch = epoch
         rows = np.concatenate([vis[plan.visible[b]], ir[plan.infrared[b]]])
-        x = augment_batch(tf.constant(data["images"][rows]),
-                          augment.step_seed(config.seed, step)).numpy()
+        x = augment_batch(
+            tf.constant(data["images"][rows]),
+            augment.step_seed(config.seed, step),
+        ).numpy()
         lab = np.searchsorted(train_ids, data["identity"][rows])
-        batch = {"visible": x[:p * k], "infrared": x[p * k:],
-                 "visible_labels": lab[:p * k],
-                 "infrared_labels": lab[p * k:],
-                 "visible_cameras": data["camera"][rows[:p * k]],
-                 "infrared_cameras": data["camera"][rows[p * k:]]}
+        batch = {
+            "visible": x[: p * k],
+            "infrared": x[p * k :],
+            "visible_labels": lab[: p * k],
+            "infrared_labels": lab[p * k :],
+            "visible_cameras": data["camera"][rows[: p * k]],
+            "infrared_cameras": data["camera"][rows[p * k :]],
+        }
         state, m = step_fn(state, batch)
         if (step + 1) % log_every == 0 or step + 1 == steps:
             m = {k_: float(v) for k_, v in jax.device_get(m).items()}
-            log.append({"step": step + 1, "loss_id": m["loss_id"],
-                        "loss": m["loss"],
-                        "cpu_s": time.process_time() - t0})
+            log.append(
+                {
+                    "step": step + 1,
+                    "loss_id": m["loss_id"],
+                    "loss": m["loss"],
+                    "cpu_s": time.process_time() - t0,
+                }
+            )
             print(json.dumps(log[-1]), file=sys.stderr, flush=True)
     return model, state, log
 
@@ -243,19 +310,20 @@ def _grey_augment(tf, x, seed, probability, mode, num_visible):
     """Visible rows (the first num_visible) -> grey or one channel, w.p."""
     s = tf.random.experimental.stateless_fold_in(seed, 7)
     u = tf.random.stateless_uniform([x.shape[0]], s, alg="philox")
-    c = tf.random.stateless_uniform([x.shape[0]], s + 1, minval=0, maxval=4,
-                                    dtype=tf.int32, alg="philox")
+    c = tf.random.stateless_uniform(
+        [x.shape[0]], s + 1, minval=0, maxval=4, dtype=tf.int32, alg="philox"
+    )
     xf = tf.cast(x, tf.float32)
-    luma = tf.reduce_sum(xf * tf.constant([0.299, 0.587, 0.114]), -1,
-                         keepdims=True)
+    luma = tf.reduce_sum(
+        xf * tf.constant([0.299, 0.587, 0.114]), -1, keepdims=True
+    )
     if mode == "grey":
         one = luma
     else:  # "channel": R, G, B or luma, uniformly.
         chans = tf.concat([xf, luma], -1)
         one = tf.gather(chans, c, axis=3, batch_dims=1)[..., None]
     apply = (u < probability) & (tf.range(x.shape[0]) < num_visible)
-    out = tf.where(apply[:, None, None, None],
-                   tf.repeat(one, 3, axis=-1), xf)
+    out = tf.where(apply[:, None, None, None], tf.repeat(one, 3, axis=-1), xf)
     return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
@@ -263,30 +331,33 @@ def _grey_augment(tf, x, seed, probability, mode, num_visible):
 # Measurements.
 
 
-def embed(model, state, images: np.ndarray, modality: np.ndarray,
-          batch: int = 128) -> dict:
+def embed(
+    model, state, images: np.ndarray, modality: np.ndarray, batch: int = 128
+) -> dict:
     """{"pool", "bn"} features of uint8 images (eval transform)."""
     # pylint: disable=g-import-not-at-top
-    from data_pipeline import augment
     import tensorflow as tf
+
+    from data_pipeline import augment
+
     # pylint: enable=g-import-not-at-top
     fn = evaluate_lib.make_model_embed_fn(
-        model, {"params": state.params["model"],
-                "batch_stats": state.batch_stats})
+        model,
+        {"params": state.params["model"], "batch_stats": state.batch_stats},
+    )
     out = {"pool": [], "bn": []}
     order = np.argsort(modality, kind="stable")
     for mod in (0, 1):
         idx = order[modality[order] == mod]
         for s in range(0, idx.size, batch):
-            part = idx[s:s + batch]
+            part = idx[s : s + batch]
             x = augment.normalize(tf.constant(images[part])).numpy()
             pad = batch - part.size
             if pad:
-                x = np.concatenate([x, np.zeros((pad,) + x.shape[1:],
-                                                x.dtype)])
+                x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
             f = fn(x, mod)
             for name in out:
-                out[name].append((part, np.asarray(f[name])[:part.size]))
+                out[name].append((part, np.asarray(f[name])[: part.size]))
     res = {}
     for name, chunks in out.items():
         feats = np.zeros((images.shape[0], chunks[0][1].shape[1]), np.float32)
@@ -297,10 +368,16 @@ def embed(model, state, images: np.ndarray, modality: np.ndarray,
 
 
 def _metadata(identity, camera, modality) -> evaluate_lib.TestMetadata:
-    names = np.array([f"cam{c}/{i:04d}/{k:06d}.jpg" for k, (i, c) in
-                      enumerate(zip(identity, camera))], dtype=object)
-    return evaluate_lib.TestMetadata(identity=identity, camera=camera,
-                                     modality=modality, file_name=names)
+    names = np.array(
+        [
+            f"cam{c}/{i:04d}/{k:06d}.jpg"
+            for k, (i, c) in enumerate(zip(identity, camera, strict=True))
+        ],
+        dtype=object,
+    )
+    return evaluate_lib.TestMetadata(
+        identity=identity, camera=camera, modality=modality, file_name=names
+    )
 
 
 def sysu_all(features: dict, meta) -> dict:
@@ -310,8 +387,9 @@ def sysu_all(features: dict, meta) -> dict:
     out = {}
     for name in features:
         s = summary["sysu_all_single_shot"][name]["mean"]
-        out[name] = {k: round(100 * float(s[k]), 2) for k in ("rank1", "mAP",
-                                                               "mINP")}
+        out[name] = {
+            k: round(100 * float(s[k]), 2) for k in ("rank1", "mAP", "mINP")
+        }
     return out
 
 
@@ -319,8 +397,10 @@ def same_modality(features: np.ndarray, meta, trials: int = 10) -> dict:
     """R1 / mAP (%) within each modality: query camera vs other cameras."""
     f = metrics_lib.l2_normalize(features)
     out = {}
-    for name, qcams, gcams in (("visible", (1, 2, 4, 5), (1, 2, 4, 5)),
-                               ("infrared", (3, 6), (3, 6))):
+    for name, qcams, gcams in (
+        ("visible", (1, 2, 4, 5), (1, 2, 4, 5)),
+        ("infrared", (3, 6), (3, 6)),
+    ):
         r1, ap = [], []
         for t in range(trials):
             rng = np.random.default_rng(t)
@@ -328,24 +408,31 @@ def same_modality(features: np.ndarray, meta, trials: int = 10) -> dict:
             g = []
             for pid in np.unique(meta.identity):
                 for c in gcams:
-                    cand = np.flatnonzero((meta.identity == pid) &
-                                          (meta.camera == c))
+                    cand = np.flatnonzero(
+                        (meta.identity == pid) & (meta.camera == c)
+                    )
                     g.append(rng.choice(cand))
             g = np.asarray(g)
             # The query's own camera is removed for its identity.
             m = metrics_lib.standard_metrics(
-                -f[q] @ f[g].T, query_ids=meta.identity[q],
-                gallery_ids=meta.identity[g], query_cams=meta.camera[q],
-                gallery_cams=meta.camera[g])
+                -f[q] @ f[g].T,
+                query_ids=meta.identity[q],
+                gallery_ids=meta.identity[g],
+                query_cams=meta.camera[q],
+                gallery_cams=meta.camera[g],
+            )
             r1.append(m.cmc[0] * 100)
             ap.append(m.mAP * 100)
-        out[name] = {"rank1": round(float(np.mean(r1)), 2),
-                     "mAP": round(float(np.mean(ap)), 2)}
+        out[name] = {
+            "rank1": round(float(np.mean(r1)), 2),
+            "mAP": round(float(np.mean(ap)), 2),
+        }
     return out
 
 
-def modality_probe(features: np.ndarray, identity: np.ndarray,
-                   modality: np.ndarray) -> dict:
+def modality_probe(
+    features: np.ndarray, identity: np.ndarray, modality: np.ndarray
+) -> dict:
     """Modality probe accuracy (%) and between-modality variance share.
 
     Logistic regression on L2-normalised features, 2 folds over identities;
@@ -353,6 +440,7 @@ def modality_probe(features: np.ndarray, identity: np.ndarray,
     """
     # pylint: disable-next=g-import-not-at-top
     from sklearn.linear_model import LogisticRegression
+
     f = metrics_lib.l2_normalize(features)
     ids = np.unique(identity)
     half = np.isin(identity, ids[::2])
@@ -362,11 +450,15 @@ def modality_probe(features: np.ndarray, identity: np.ndarray,
         clf.fit(f[tr], modality[tr])
         acc.append(clf.score(f[~tr], modality[~tr]))
     total = ((f - f.mean(0)) ** 2).sum(1).mean()
-    between = sum((modality == m).mean() * ((f[modality == m].mean(0) -
-                                             f.mean(0)) ** 2).sum()
-                  for m in (0, 1))
-    return {"probe_accuracy": round(float(np.mean(acc)) * 100, 2),
-            "modality_variance_share": round(float(between / total), 4)}
+    between = sum(
+        (modality == m).mean()
+        * ((f[modality == m].mean(0) - f.mean(0)) ** 2).sum()
+        for m in (0, 1)
+    )
+    return {
+        "probe_accuracy": round(float(np.mean(acc)) * 100, 2),
+        "modality_variance_share": round(float(between / total), 4),
+    }
 
 
 def cue_sensitivity(model, state, data: dict, *, pairs: int = 64) -> dict:
@@ -387,13 +479,16 @@ def cue_sensitivity(model, state, data: dict, *, pairs: int = 64) -> dict:
     out = {}
     for cam in (1, 3):
         camera = data["cameras"][cam]
-        views = {k: v[::data["per_camera"]][a_ids]
-                 for k, v in data["views"][cam].items()}
+        views = {
+            k: v[:: data["per_camera"]][a_ids]
+            for k, v in data["views"][cam].items()
+        }
 
-        def render(ident):
+        def render(ident, cam=cam, views=views, camera=camera):
             r = np.random.default_rng([data["seed"], 9, cam])
-            im = synthetic.render(ident, views, camera, height=h, width=w,
-                                  rng=r)
+            im = synthetic.render(
+                ident, views, camera, height=h, width=w, rng=r
+            )
             return _jpeg(im, data["jpeg"]) if data["jpeg"] else im
 
         def gather(rows):
@@ -409,16 +504,24 @@ def cue_sensitivity(model, state, data: dict, *, pairs: int = 64) -> dict:
         res = {}
         for name in ("pool", "bn"):
             z = metrics_lib.l2_normalize(f[name]).reshape(4, n, -1)
-            d = {k: np.linalg.norm(z[0] - z[i], axis=1)
-                 for k, i in (("donor", 1), ("specific", 2), ("shared", 3))}
-            res[name] = {k: round(float(d[k].mean() / d["donor"].mean()), 3)
-                         for k in ("specific", "shared")}
+            d = {
+                k: np.linalg.norm(z[0] - z[i], axis=1)
+                for k, i in (("donor", 1), ("specific", 2), ("shared", 3))
+            }
+            res[name] = {
+                k: round(float(d[k].mean() / d["donor"].mean()), 3)
+                for k in ("specific", "shared")
+            }
         # The same on raw pixels.
         x = ims.reshape(4, n, -1).astype(np.float32) / 255.0
-        d = {k: np.linalg.norm(x[0] - x[i], axis=1)
-             for k, i in (("donor", 1), ("specific", 2), ("shared", 3))}
-        res["pixels"] = {k: round(float(d[k].mean() / d["donor"].mean()), 3)
-                         for k in ("specific", "shared")}
+        d = {
+            k: np.linalg.norm(x[0] - x[i], axis=1)
+            for k, i in (("donor", 1), ("specific", 2), ("shared", 3))
+        }
+        res["pixels"] = {
+            k: round(float(d[k].mean() / d["donor"].mean()), 3)
+            for k in ("specific", "shared")
+        }
         out["visible" if mod == 0 else "infrared"] = res
     return out
 
@@ -426,17 +529,28 @@ def cue_sensitivity(model, state, data: dict, *, pairs: int = 64) -> dict:
 def run(args) -> dict:
     size = _parse_size(args.size)
     t0 = time.process_time()
-    data = make_data(ids=args.ids, per_camera=args.per_camera, size=size,
-                     seed=args.data_seed, jpeg=args.jpeg,
-                     gen=_parse_gen(args.gen))
+    data = make_data(
+        ids=args.ids,
+        per_camera=args.per_camera,
+        size=size,
+        seed=args.data_seed,
+        jpeg=args.jpeg,
+        gen=_parse_gen(args.gen),
+    )
     gen_cpu = time.process_time() - t0
     config = make_config(args)
-    model, state, log = train(config, data, steps=args.steps,
-                              decay_at=args.decay_at, grey=args.grey,
-                              grey_mode=args.grey_mode)
+    model, state, log = train(
+        config,
+        data,
+        steps=args.steps,
+        decay_at=args.decay_at,
+        grey=args.grey,
+        grey_mode=args.grey_mode,
+    )
     test = np.isin(data["identity"], data["splits"]["test"])
-    meta = _metadata(data["identity"][test], data["camera"][test],
-                     data["modality"][test])
+    meta = _metadata(
+        data["identity"][test], data["camera"][test], data["modality"][test]
+    )
     feats = embed(model, state, data["images"][test], meta.modality)
     x = data["images"][test].reshape(int(test.sum()), -1).astype(np.float32)
     result = {
@@ -452,10 +566,13 @@ def run(args) -> dict:
     }
     if args.diagnostics:
         result["same"] = {n: same_modality(f, meta) for n, f in feats.items()}
-        result["probe"] = {n: modality_probe(f, meta.identity, meta.modality)
-                           for n, f in feats.items()}
-        result["probe"]["pixels"] = modality_probe(x, meta.identity,
-                                                   meta.modality)
+        result["probe"] = {
+            n: modality_probe(f, meta.identity, meta.modality)
+            for n, f in feats.items()
+        }
+        result["probe"]["pixels"] = modality_probe(
+            x, meta.identity, meta.modality
+        )
         result["cues"] = cue_sensitivity(model, state, data)
     return result
 
@@ -472,16 +589,26 @@ def main(argv=None):
     parser.add_argument("--decay_at", type=float, default=0.75)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--erasing", type=float, default=0.0)
-    parser.add_argument("--grey", type=float, default=0.0,
-                        help="probability of a grey/channel visible image")
-    parser.add_argument("--grey_mode", choices=("grey", "channel"),
-                        default="grey")
+    parser.add_argument(
+        "--grey",
+        type=float,
+        default=0.0,
+        help="probability of a grey/channel visible image",
+    )
+    parser.add_argument(
+        "--grey_mode", choices=("grey", "channel"), default="grey"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data_seed", type=int, default=0)
-    parser.add_argument("--jpeg", type=int, default=90,
-                        help="JPEG quality of the round trip; 0: none")
-    parser.add_argument("--gen", action="append",
-                        help="generator keyword k=v (repeatable)")
+    parser.add_argument(
+        "--jpeg",
+        type=int,
+        default=90,
+        help="JPEG quality of the round trip; 0: none",
+    )
+    parser.add_argument(
+        "--gen", action="append", help="generator keyword k=v (repeatable)"
+    )
     parser.add_argument("--diagnostics", type=int, default=1)
     parser.add_argument("--out", help="append the JSON line to this file")
     args = parser.parse_args(argv)

@@ -50,18 +50,19 @@ AGW_NON_LOCAL = (0, 2, 3, 0)
 RANDOM_ERASING_P = 0.8
 
 
-def apply_variant(config: ml_collections.ConfigDict,
-                  name: str) -> ml_collections.ConfigDict:
+def apply_variant(
+    config: ml_collections.ConfigDict, name: str
+) -> ml_collections.ConfigDict:
     """Sets the ablation switches of `name` (see the module docstring)."""
     if name not in VARIANTS:
         raise ValueError(
-            f"Unknown variant {name!r}; choose one of {sorted(VARIANTS)}.")
+            f"Unknown variant {name!r}; choose one of {sorted(VARIANTS)}."
+        )
     triplet, pooling, non_local, erasing, mcm, ica, cca = VARIANTS[name]
     config.variant = name
     config.loss.triplet = triplet
     config.model.pooling = pooling
-    config.model.non_local_counts = AGW_NON_LOCAL if non_local else (0, 0, 0,
-                                                                      0)
+    config.model.non_local_counts = AGW_NON_LOCAL if non_local else (0, 0, 0, 0)
     config.data.random_erasing = RANDOM_ERASING_P if erasing else 0.0
     config.loss.mcm = mcm
     config.loss.ica = ica
@@ -89,7 +90,8 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
         if key not in defaults:
             raise ValueError(
                 f"Unknown config argument {key!r} in {arg!r}; known: "
-                f"{sorted(defaults)}.")
+                f"{sorted(defaults)}."
+            )
         default = defaults[key]
         if isinstance(default, bool):
             if value.lower() not in ("0", "1", "true", "false"):
@@ -174,7 +176,8 @@ def get_config() -> ml_collections.ConfigDict:
     # A checkpoint of the authors' release (embed_net state_dict converted
     # with `python -m mclnet_jax.tools.convert_release`) for --mode=evaluate.
     config.model.release_checkpoint = ml_collections.config_dict.placeholder(
-        str)
+        str
+    )
 
     config.loss = ml_collections.ConfigDict()
     config.loss.triplet = "wrt"  # "wrt" (AGW) or "hard" (Base).
@@ -218,8 +221,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 1000
     config.checkpoint.keep = 2
     # Path into the validation results, e.g. "all/bn/mAP"; None: no best.
-    config.checkpoint.best_metric = ml_collections.config_dict.placeholder(
-        str)
+    config.checkpoint.best_metric = ml_collections.config_dict.placeholder(str)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.protocol = "sysu"  # "sysu" or "regdb".
@@ -238,11 +240,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.distributed = ml_collections.ConfigDict()
     config.distributed.enabled = False
     config.distributed.coordinator_address = (
-        ml_collections.config_dict.placeholder(str))
+        ml_collections.config_dict.placeholder(str)
+    )
     config.distributed.num_processes = ml_collections.config_dict.placeholder(
-        int)
+        int
+    )
     config.distributed.process_id = ml_collections.config_dict.placeholder(int)
     # e.g. "gloo" for multi-process CPU runs.
-    config.distributed.cpu_collectives = (
-        ml_collections.config_dict.placeholder(str))
+    config.distributed.cpu_collectives = ml_collections.config_dict.placeholder(
+        str
+    )
     return config

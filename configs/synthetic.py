@@ -55,16 +55,31 @@ def _default():
     return config_utils.load_sibling(__file__, "default.py")
 
 
-def _set_data(config, *, identities, images_per_camera, size, pad,
-              batch_identities, batch_instances, eval_batch_size, seed,
-              pattern_scale):
+def _set_data(
+    config,
+    *,
+    identities,
+    images_per_camera,
+    size,
+    pad,
+    batch_identities,
+    batch_instances,
+    eval_batch_size,
+    seed,
+    pattern_scale,
+):
     """Generated data of `identities` ids at `size` (H, W), and its batches."""
-    config.data.synthetic = dict(generator=dict(
-        num_identities=identities,
-        visible_images_per_camera=images_per_camera,
-        infrared_images_per_camera=images_per_camera,
-        height=size[0], width=size[1], seed=seed,
-        pattern_scale=pattern_scale))
+    config.data.synthetic = dict(
+        generator=dict(
+            num_identities=identities,
+            visible_images_per_camera=images_per_camera,
+            infrared_images_per_camera=images_per_camera,
+            height=size[0],
+            width=size[1],
+            seed=seed,
+            pattern_scale=pattern_scale,
+        )
+    )
     config.data.image_size = size
     config.data.pad = pad
     config.data.num_identities = batch_identities
@@ -88,27 +103,40 @@ def _set_width(config, width_multiplier):
 
 def get_config(arg=None):
     default = _default()
-    args = default.parse_arg(arg, {"variant": "mclnet", "tiny": False,
-                                   "large": False, "seed": 0})
+    args = default.parse_arg(
+        arg, {"variant": "mclnet", "tiny": False, "large": False, "seed": 0}
+    )
     if args["tiny"] and args["large"]:
-        raise ValueError("configs/synthetic.py: tiny=1 and large=1 exclude "
-                         "each other; pick one.")
+        raise ValueError(
+            "configs/synthetic.py: tiny=1 and large=1 exclude "
+            "each other; pick one."
+        )
     config = default.get_config()
     default.apply_variant(config, args["variant"])
     config.seed = args["seed"]
 
     config.data.dataset = "sysu_mm01"
     config.data.builder_config = "original"  # Keep the generated size.
-    _set_data(config, identities=260, images_per_camera=4, size=(96, 48),
-              pad=6, batch_identities=8, batch_instances=4,
-              eval_batch_size=128, seed=args["seed"], pattern_scale=0.4)
+    _set_data(
+        config,
+        identities=260,
+        images_per_camera=4,
+        size=(96, 48),
+        pad=6,
+        batch_identities=8,
+        batch_instances=4,
+        eval_batch_size=128,
+        seed=args["seed"],
+        pattern_scale=0.4,
+    )
 
     config.model.depth = 18
     _set_width(config, 0.25)
     # Explicitly from scratch: no ImageNet weights at this size.
     config.model.pretrained = "random"
     config.model.non_local_counts = tuple(
-        min(c, 1) for c in config.model.non_local_counts)
+        min(c, 1) for c in config.model.non_local_counts
+    )
 
     # Random erasing (p = 0.8 in AGW*) roughly halves how fast a network
     # learns from scratch on these small images; the demo's budget has no
@@ -129,17 +157,34 @@ def get_config(arg=None):
     config.eval.raw_pixel_baseline = True
 
     if args["large"]:
-        _set_data(config, identities=491, images_per_camera=10,
-                  size=(128, 64), pad=8, batch_identities=8,
-                  batch_instances=4, eval_batch_size=256, seed=args["seed"],
-                  pattern_scale=0.6)
+        _set_data(
+            config,
+            identities=491,
+            images_per_camera=10,
+            size=(128, 64),
+            pad=8,
+            batch_identities=8,
+            batch_instances=4,
+            eval_batch_size=256,
+            seed=args["seed"],
+            pattern_scale=0.6,
+        )
         _set_width(config, 0.5)
         _set_schedule(config, epochs=30, decay_at=20, warmup=3)
         config.checkpoint.every_steps = 1000
     if args["tiny"]:
-        _set_data(config, identities=8, images_per_camera=2, size=(32, 16),
-                  pad=2, batch_identities=2, batch_instances=2,
-                  eval_batch_size=16, seed=args["seed"], pattern_scale=1.0)
+        _set_data(
+            config,
+            identities=8,
+            images_per_camera=2,
+            size=(32, 16),
+            pad=2,
+            batch_identities=2,
+            batch_instances=2,
+            eval_batch_size=16,
+            seed=args["seed"],
+            pattern_scale=1.0,
+        )
         # sigma / rho stay those of D = 128, no random grey, no warm-up: the
         # smoke run stays what other tests compare against.
         config.model.width_multiplier = 1 / 16

@@ -42,18 +42,19 @@ def _default():
 
 def get_config(arg=None):
     default = _default()
-    args = default.parse_arg(arg, {"variant": "mclnet", "search": "all",
-                                   "val": False})
+    args = default.parse_arg(
+        arg, {"variant": "mclnet", "search": "all", "val": False}
+    )
     config = default.get_config()
     default.apply_variant(config, args["variant"])
     config.data.dataset = "sysu_mm01"
     config.data.builder_config = "288x144"
     config.eval.protocol = "sysu"
-    modes = {"all": ("all",), "indoor": ("indoor",),
-             "both": ("all", "indoor")}
+    modes = {"all": ("all",), "indoor": ("indoor",), "both": ("all", "indoor")}
     if args["search"] not in modes:
         raise ValueError(
-            f"search must be all, indoor or both, got {args['search']!r}.")
+            f"search must be all, indoor or both, got {args['search']!r}."
+        )
     config.eval.modes = modes[args["search"]]
     if args["val"]:
         config.data.train_split = "train_only"
@@ -61,5 +62,6 @@ def get_config(arg=None):
         # 5 epochs of the train_only split (about 522 steps each).
         config.val_every_steps = 2610
         config.checkpoint.best_metric = (
-            f"sysu_{config.eval.modes[0]}_single_shot/bn/mean/mAP")
+            f"sysu_{config.eval.modes[0]}_single_shot/bn/mean/mAP"
+        )
     return config

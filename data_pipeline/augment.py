@@ -39,7 +39,7 @@ Randomness is split from pixel work, for speed and determinism:
 """
 
 import dataclasses
-from typing import Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -85,12 +85,12 @@ class TrainAugment:
     padding: int = 10
     flip_probability: float = 0.5
     erasing_probability: float = ERASING_PROBABILITY
-    erasing_area_range: Tuple[float, float] = ERASING_AREA_RANGE
+    erasing_area_range: tuple[float, float] = ERASING_AREA_RANGE
     erasing_min_aspect: float = ERASING_MIN_ASPECT
     erasing_max_attempts: int = ERASING_MAX_ATTEMPTS
-    erasing_fill: Tuple[float, ...] = ERASING_FILL
-    mean: Tuple[float, ...] = IMAGENET_MEAN
-    std: Tuple[float, ...] = IMAGENET_STD
+    erasing_fill: tuple[float, ...] = ERASING_FILL
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     grey_probability: float = 0.0
 
     def __post_init__(self):
@@ -98,8 +98,10 @@ class TrainAugment:
         _check_probability(self.flip_probability, "flip_probability")
         _check_probability(self.grey_probability, "grey_probability")
         _check_erasing(
-            self.erasing_probability, self.erasing_area_range,
-            self.erasing_min_aspect, self.erasing_max_attempts,
+            self.erasing_probability,
+            self.erasing_area_range,
+            self.erasing_min_aspect,
+            self.erasing_max_attempts,
         )
         _check_mean_std(self.mean, self.std)
         if len(self.erasing_fill) != len(self.mean):
@@ -277,7 +279,11 @@ def sample_crop_offsets(seed, *, num: int, padding: int) -> tf.Tensor:
     _check_num(num)
     _check_padding(padding)
     return tf.random.stateless_uniform(
-        [num, 2], seed, minval=0, maxval=2 * padding + 1, dtype=tf.int32,
+        [num, 2],
+        seed,
+        minval=0,
+        maxval=2 * padding + 1,
+        dtype=tf.int32,
         alg=_RNG_ALG,
     )
 
@@ -297,10 +303,10 @@ def sample_erasing(
     height: int,
     width: int,
     probability: float = ERASING_PROBABILITY,
-    area_range: Tuple[float, float] = ERASING_AREA_RANGE,
+    area_range: tuple[float, float] = ERASING_AREA_RANGE,
     min_aspect: float = ERASING_MIN_ASPECT,
     max_attempts: int = ERASING_MAX_ATTEMPTS,
-) -> Dict[str, tf.Tensor]:
+) -> dict[str, tf.Tensor]:
     """Random-erasing rectangles of `num` images of size (height, width).
 
     The release's loop, per image: with probability `probability`, try up to
@@ -325,12 +331,20 @@ def sample_erasing(
     )
     # float64 so that rounding matches the release's python floats.
     area = float(height * width) * tf.random.stateless_uniform(
-        [num, max_attempts], s_area, minval=low, maxval=high,
-        dtype=tf.float64, alg=_RNG_ALG,
+        [num, max_attempts],
+        s_area,
+        minval=low,
+        maxval=high,
+        dtype=tf.float64,
+        alg=_RNG_ALG,
     )
     aspect = tf.random.stateless_uniform(
-        [num, max_attempts], s_aspect, minval=min_aspect,
-        maxval=1.0 / min_aspect, dtype=tf.float64, alg=_RNG_ALG,
+        [num, max_attempts],
+        s_aspect,
+        minval=min_aspect,
+        maxval=1.0 / min_aspect,
+        dtype=tf.float64,
+        alg=_RNG_ALG,
     )
     # tf.round rounds half to even, like python's round().
     hs = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
@@ -343,10 +357,12 @@ def sample_erasing(
         [num, 2], s_corner, dtype=tf.float64, alg=_RNG_ALG
     )
     # Uniform integer in [0, H - h] (python randint's inclusive bound).
-    top = tf.cast(tf.floor(corner[:, 0] * tf.cast(height - h + 1, tf.float64)),
-                  tf.int32)
-    left = tf.cast(tf.floor(corner[:, 1] * tf.cast(width - w + 1, tf.float64)),
-                   tf.int32)
+    top = tf.cast(
+        tf.floor(corner[:, 0] * tf.cast(height - h + 1, tf.float64)), tf.int32
+    )
+    left = tf.cast(
+        tf.floor(corner[:, 1] * tf.cast(width - w + 1, tf.float64)), tf.int32
+    )
     erase = tf.logical_and(apply, tf.reduce_any(valid, axis=1))
     zero = tf.zeros_like(h)
     return {
@@ -423,8 +439,11 @@ def flip_left_right(images, flips) -> tf.Tensor:
     """
     images = _check_image_or_batch(images, "flip_left_right")
     if images.shape.rank == 3:
-        return tf.cond(tf.cast(flips, tf.bool),
-                       lambda: tf.reverse(images, axis=[1]), lambda: images)
+        return tf.cond(
+            tf.cast(flips, tf.bool),
+            lambda: tf.reverse(images, axis=[1]),
+            lambda: images,
+        )
     flips = tf.reshape(tf.cast(flips, tf.bool), [-1, 1, 1, 1])
     return tf.where(flips, tf.reverse(images, axis=[2]), images)
 
@@ -443,10 +462,12 @@ def to_grey(images, grey) -> tf.Tensor:
     images = _check_images(images, "to_grey")
     if images.shape[-1] != 3:
         raise ValueError(
-            f"to_grey expects RGB images [N, H, W, 3], got {images.shape}.")
+            f"to_grey expects RGB images [N, H, W, 3], got {images.shape}."
+        )
     images = tf.cast(images, tf.float32)
-    luma = tf.reduce_sum(images * tf.constant(GREY_WEIGHTS, tf.float32),
-                         axis=-1, keepdims=True)
+    luma = tf.reduce_sum(
+        images * tf.constant(GREY_WEIGHTS, tf.float32), axis=-1, keepdims=True
+    )
     grey = tf.reshape(tf.cast(grey, tf.bool), [-1, 1, 1, 1])
     return tf.where(grey, tf.broadcast_to(luma, tf.shape(images)), images)
 
@@ -469,8 +490,9 @@ def normalize(
     return (images - mean) / tf.constant(std, tf.float32)
 
 
-def erase(images, boxes: Dict[str, tf.Tensor], *, fill: Sequence[float]
-          ) -> tf.Tensor:
+def erase(
+    images, boxes: dict[str, tf.Tensor], *, fill: Sequence[float]
+) -> tf.Tensor:
     """Writes `fill` into each image's rectangle (see `sample_erasing`).
 
     Args:
@@ -497,8 +519,10 @@ def erase(images, boxes: Dict[str, tf.Tensor], *, fill: Sequence[float]
     rows = tf.range(shape[1])[None, :, None]
     cols = tf.range(shape[2])[None, None, :]
     inside = (
-        (rows >= top) & (rows < top + column("height"))
-        & (cols >= left) & (cols < left + column("width"))
+        (rows >= top)
+        & (rows < top + column("height"))
+        & (cols >= left)
+        & (cols < left + column("width"))
         & tf.reshape(tf.cast(boxes["erase"], tf.bool), [-1, 1, 1])
     )
     return tf.where(inside[..., None], tf.constant(fill, images.dtype), images)
@@ -530,7 +554,7 @@ def random_erasing(
     *,
     seed,
     probability: float = ERASING_PROBABILITY,
-    area_range: Tuple[float, float] = ERASING_AREA_RANGE,
+    area_range: tuple[float, float] = ERASING_AREA_RANGE,
     min_aspect: float = ERASING_MIN_ASPECT,
     max_attempts: int = ERASING_MAX_ATTEMPTS,
     fill: Sequence[float] = ERASING_FILL,
@@ -539,9 +563,14 @@ def random_erasing(
     images = _check_images(images, "random_erasing")
     _, height, width, _ = images.shape.as_list()
     boxes = sample_erasing(
-        seed, num=_batch_size(images, "random_erasing"), height=height,
-        width=width, probability=probability, area_range=area_range,
-        min_aspect=min_aspect, max_attempts=max_attempts,
+        seed,
+        num=_batch_size(images, "random_erasing"),
+        height=height,
+        width=width,
+        probability=probability,
+        area_range=area_range,
+        min_aspect=min_aspect,
+        max_attempts=max_attempts,
     )
     return erase(images, boxes, fill=fill)
 
@@ -550,9 +579,13 @@ def random_erasing(
 
 
 def sample_train_params(
-    seed, *, num: int, height: int, width: int,
+    seed,
+    *,
+    num: int,
+    height: int,
+    width: int,
     config: TrainAugment = TrainAugment(),
-) -> Dict[str, tf.Tensor]:
+) -> dict[str, tf.Tensor]:
     """Every random choice of `train_augment` for `num` rows.
 
     Returns:
@@ -564,28 +597,38 @@ def sample_train_params(
     # A seed of its own, folded in, so that the draws above are the same
     # whether or not the random-grey option exists.
     s_grey = tf.random.experimental.stateless_fold_in(
-        _check_seed(seed), 3, alg=_RNG_ALG)
+        _check_seed(seed), 3, alg=_RNG_ALG
+    )
     params = {
         "offsets": sample_crop_offsets(s_crop, num=num, padding=config.padding),
         "flips": sample_flips(
             s_flip, num=num, probability=config.flip_probability
         ),
     }
-    params.update(sample_erasing(
-        s_erase, num=num, height=height, width=width,
-        probability=config.erasing_probability,
-        area_range=tuple(config.erasing_area_range),
-        min_aspect=config.erasing_min_aspect,
-        max_attempts=config.erasing_max_attempts,
-    ))
-    params["grey"] = sample_grey(s_grey, num=num,
-                                 probability=config.grey_probability)
+    params.update(
+        sample_erasing(
+            s_erase,
+            num=num,
+            height=height,
+            width=width,
+            probability=config.erasing_probability,
+            area_range=tuple(config.erasing_area_range),
+            min_aspect=config.erasing_min_aspect,
+            max_attempts=config.erasing_max_attempts,
+        )
+    )
+    params["grey"] = sample_grey(
+        s_grey, num=num, probability=config.grey_probability
+    )
     return params
 
 
 def apply_train_params(
-    images, params: Dict[str, tf.Tensor], *,
-    config: TrainAugment = TrainAugment(), dtype=tf.float32,
+    images,
+    params: dict[str, tf.Tensor],
+    *,
+    config: TrainAugment = TrainAugment(),
+    dtype=tf.float32,
 ) -> tf.Tensor:
     """Deterministic part of the training chain on a batch.
 
@@ -605,8 +648,12 @@ def apply_train_params(
     return normalize_and_erase(images, params, config=config, dtype=dtype)
 
 
-def crop_and_flip(images, params: Dict[str, tf.Tensor], *,
-                  config: TrainAugment = TrainAugment()) -> tf.Tensor:
+def crop_and_flip(
+    images,
+    params: dict[str, tf.Tensor],
+    *,
+    config: TrainAugment = TrainAugment(),
+) -> tf.Tensor:
     """Pixel-space part: pad + crop, then flip; [N, H, W, C] or [H, W, C].
 
     For one image, `params` holds that image's row ("offsets" [2], "flips"
@@ -616,9 +663,13 @@ def crop_and_flip(images, params: Dict[str, tf.Tensor], *,
     return flip_left_right(images, params["flips"])
 
 
-def normalize_and_erase(images, params: Dict[str, tf.Tensor], *,
-                        config: TrainAugment = TrainAugment(),
-                        dtype=tf.float32) -> tf.Tensor:
+def normalize_and_erase(
+    images,
+    params: dict[str, tf.Tensor],
+    *,
+    config: TrainAugment = TrainAugment(),
+    dtype=tf.float32,
+) -> tf.Tensor:
     """Grey (if on), normalise, erase (given boxes), cast: [N, H, W, C]."""
     if config.grey_probability > 0:
         images = to_grey(images, params["grey"])
@@ -634,7 +685,7 @@ def train_augment(
     seed,
     config: TrainAugment = TrainAugment(),
     positions=None,
-    num_rows: Optional[int] = None,
+    num_rows: int | None = None,
     dtype=tf.float32,
     jit_compile: bool = False,
 ) -> tf.Tensor:
@@ -668,8 +719,11 @@ def train_augment(
         )
     if positions is None:
         params = sample_train_params(
-            seed, num=_batch_size(images, "train_augment"), height=height,
-            width=width, config=config,
+            seed,
+            num=_batch_size(images, "train_augment"),
+            height=height,
+            width=width,
+            config=config,
         )
     else:
         if num_rows is None:

@@ -38,14 +38,14 @@ tfds.decode.SkipDecoding()})`, or an in-memory list) also works, more slowly.
 import dataclasses
 import functools
 import threading
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from data_pipeline import augment
-from data_pipeline import sampling
+from data_pipeline import augment, sampling
 
 VISIBLE = 0
 INFRARED = 1
@@ -215,7 +215,7 @@ def _image_bytes_in_graph(records: tf.Tensor, serialized: bool) -> tf.Tensor:
 TrainAugment = augment.TrainAugment
 
 
-def _check_image_size(image_size) -> Tuple[int, int]:
+def _check_image_size(image_size) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in image_size)
     except (TypeError, ValueError) as e:
@@ -239,15 +239,22 @@ def _check_dtype(dtype) -> tf.DType:
 class _PlanCache:
     """Epoch plans, computed on demand, a few kept (thread-safe)."""
 
-    def __init__(self, metadata: SplitMetadata, *, seed: int,
-                 num_identities: int, num_instances: int, keep: int = 2):
+    def __init__(
+        self,
+        metadata: SplitMetadata,
+        *,
+        seed: int,
+        num_identities: int,
+        num_instances: int,
+        keep: int = 2,
+    ):
         self._labels_vis = metadata.label[metadata.visible_indices]
         self._labels_ir = metadata.label[metadata.infrared_indices]
         self._seed = seed
         self._p = num_identities
         self._k = num_instances
         self._keep = keep
-        self._plans: Dict[int, sampling.EpochPlan] = {}
+        self._plans: dict[int, sampling.EpochPlan] = {}
         self._lock = threading.Lock()
 
     def __call__(self, epoch: int) -> sampling.EpochPlan:
@@ -256,12 +263,14 @@ class _PlanCache:
             if plan is None:
                 plan = sampling.epoch_plan(
                     visible_labels=self._labels_vis,
-                    infrared_labels=self._labels_ir, seed=self._seed,
-                    epoch=epoch, num_identities=self._p,
+                    infrared_labels=self._labels_ir,
+                    seed=self._seed,
+                    epoch=epoch,
+                    num_identities=self._p,
                     num_instances=self._k,
                 )
                 self._plans[epoch] = plan
-                for old in sorted(self._plans)[:-self._keep]:
+                for old in sorted(self._plans)[: -self._keep]:
                     del self._plans[old]
             return plan
 
@@ -273,14 +282,21 @@ def train_steps_per_epoch(
     return sampling.steps_per_epoch(
         num_visible=metadata.visible_indices.size,
         num_infrared=metadata.infrared_indices.size,
-        num_identities=num_identities, num_instances=num_instances,
+        num_identities=num_identities,
+        num_instances=num_instances,
     )
 
 
 def step_indices(
-    metadata: SplitMetadata, *, seed: int, step: int, num_identities: int = 8,
-    num_instances: int = 4, process_index: int = 0, process_count: int = 1,
-) -> Tuple[np.ndarray, np.ndarray]:
+    metadata: SplitMetadata,
+    *,
+    seed: int,
+    step: int,
+    num_identities: int = 8,
+    num_instances: int = 4,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
     """Source indices of one step's visible and infrared rows (this host).
 
     Returns:
@@ -292,22 +308,28 @@ def step_indices(
     )
     plan = sampling.epoch_plan(
         visible_labels=metadata.label[metadata.visible_indices],
-        infrared_labels=metadata.label[metadata.infrared_indices], seed=seed,
-        epoch=step // spe, num_identities=num_identities,
+        infrared_labels=metadata.label[metadata.infrared_indices],
+        seed=seed,
+        epoch=step // spe,
+        num_identities=num_identities,
         num_instances=num_instances,
     )
     rows = sampling.host_rows(
         rows_per_batch=num_identities * num_instances,
-        process_index=process_index, process_count=process_count,
+        process_index=process_index,
+        process_count=process_count,
     )
     return _plan_rows(metadata, plan, step % spe, rows)
 
 
-def _plan_rows(metadata: SplitMetadata, plan: sampling.EpochPlan, batch: int,
-               rows: slice) -> Tuple[np.ndarray, np.ndarray]:
+def _plan_rows(
+    metadata: SplitMetadata, plan: sampling.EpochPlan, batch: int, rows: slice
+) -> tuple[np.ndarray, np.ndarray]:
     """Source indices of `rows` of batch `batch` of `plan` (vis, ir)."""
-    return (metadata.visible_indices[plan.visible[batch, rows]],
-            metadata.infrared_indices[plan.infrared[batch, rows]])
+    return (
+        metadata.visible_indices[plan.visible[batch, rows]],
+        metadata.infrared_indices[plan.infrared[batch, rows]],
+    )
 
 
 def make_train_dataset(
@@ -316,14 +338,14 @@ def make_train_dataset(
     seed: int,
     num_identities: int = 8,
     num_instances: int = 4,
-    image_size: Tuple[int, int] = (288, 144),
+    image_size: tuple[int, int] = (288, 144),
     start_step: int = 0,
-    num_steps: Optional[int] = None,
-    augmentation: TrainAugment = TrainAugment(),
+    num_steps: int | None = None,
+    augmentation: TrainAugment | None = None,
     process_index: int = 0,
     process_count: int = 1,
     dtype=tf.float32,
-    metadata: Optional[SplitMetadata] = None,
+    metadata: SplitMetadata | None = None,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     prefetch: int = 2,
     jit_compile: bool = True,
@@ -338,7 +360,7 @@ def make_train_dataset(
       image_size: (H, W) of the output images.
       start_step: first global step to produce (resume).
       num_steps: number of steps to produce; None = endless.
-      augmentation: TrainAugment settings.
+      augmentation: TrainAugment settings (None: the defaults).
       process_index, process_count: this host and the number of hosts
         (jax.process_index(), jax.process_count()); each host gets rows
         [i * P*K/n, (i+1) * P*K/n) of both modalities of every global batch.
@@ -367,6 +389,8 @@ def make_train_dataset(
     if num_steps is not None and num_steps < 0:
         raise ValueError(f"num_steps must be >= 0 or None, got {num_steps!r}.")
     serialized = _source_kind(source)
+    if augmentation is None:
+        augmentation = TrainAugment()
     if not isinstance(augmentation, augment.TrainAugment):
         raise ValueError(
             "augmentation must be a data_pipeline.augment.TrainAugment, got "
@@ -376,30 +400,41 @@ def make_train_dataset(
         metadata = read_metadata(source)
     global_rows = num_identities * num_instances
     rows = sampling.host_rows(
-        rows_per_batch=global_rows, process_index=process_index,
+        rows_per_batch=global_rows,
+        process_index=process_index,
         process_count=process_count,
     )
     local_rows = rows.stop - rows.start
     spe = train_steps_per_epoch(
         metadata, num_identities=num_identities, num_instances=num_instances
     )
-    plans = _PlanCache(metadata, seed=int(seed), num_identities=num_identities,
-                       num_instances=num_instances)
+    plans = _PlanCache(
+        metadata,
+        seed=int(seed),
+        num_identities=num_identities,
+        num_instances=num_instances,
+    )
     plans(int(start_step) // spe)  # Validates the split (e.g. unpaired ids).
     # Row of each local image in the global batch [visible; infrared]: its
     # augmentation is drawn for that row, so hosts agree whatever their number.
-    positions = np.concatenate([
-        np.arange(rows.start, rows.stop),
-        global_rows + np.arange(rows.start, rows.stop),
-    ]).astype(np.int64)
+    positions = np.concatenate(
+        [
+            np.arange(rows.start, rows.stop),
+            global_rows + np.arange(rows.start, rows.stop),
+        ]
+    ).astype(np.int64)
 
     def fetch(step):
         step = int(step)
         index = np.concatenate(
-            _plan_rows(metadata, plans(step // spe), step % spe, rows))
+            _plan_rows(metadata, plans(step // spe), step % spe, rows)
+        )
         records = _encoded_images(_read(source, index))
-        return (records, metadata.label[index].astype(np.int32),
-                metadata.camera[index].astype(np.int32))
+        return (
+            records,
+            metadata.label[index].astype(np.int32),
+            metadata.camera[index].astype(np.int32),
+        )
 
     def fetch_in_graph(step):
         records, labels, cameras = tf.numpy_function(
@@ -409,13 +444,17 @@ def make_train_dataset(
         # Every random choice of the step, drawn for the global batch and
         # gathered at this host's rows.
         params = augment.sample_train_params(
-            augment.step_seed(seed, step), num=2 * global_rows, height=height,
-            width=width, config=augmentation,
+            augment.step_seed(seed, step),
+            num=2 * global_rows,
+            height=height,
+            width=width,
+            config=augmentation,
         )
         params = {k: tf.gather(v, positions) for k, v in params.items()}
         return {
             "encoded": _image_bytes_in_graph(
-                tf.ensure_shape(records, [size]), serialized),
+                tf.ensure_shape(records, [size]), serialized
+            ),
             "label": tf.ensure_shape(labels, [size]),
             "camera": tf.ensure_shape(cameras, [size]),
             "step": tf.fill([size], step),
@@ -424,7 +463,8 @@ def make_train_dataset(
 
     def decode(example):
         image = augment.resize(
-            augment.decode_image(example.pop("encoded")), height=height,
+            augment.decode_image(example.pop("encoded")),
+            height=height,
             width=width,
         )
         example["image"] = augment.crop_and_flip(
@@ -432,12 +472,16 @@ def make_train_dataset(
         )
         return example
 
-    finish = (augment.jit_normalize_and_erase if jit_compile
-              else augment.normalize_and_erase)
+    finish = (
+        augment.jit_normalize_and_erase
+        if jit_compile
+        else augment.normalize_and_erase
+    )
 
     def augment_step(batch):
-        images = finish(batch["image"], batch["params"], config=augmentation,
-                        dtype=dtype)
+        images = finish(
+            batch["image"], batch["params"], config=augmentation, dtype=dtype
+        )
         return {
             "visible": images[:local_rows],
             "infrared": images[local_rows:],
@@ -455,8 +499,9 @@ def make_train_dataset(
     ds = tf.data.Dataset.range(int(start_step), int(stop))
     ds = ds.map(fetch_in_graph, num_parallel_calls=2, deterministic=True)
     ds = ds.unbatch()
-    ds = ds.map(decode, num_parallel_calls=num_parallel_calls,
-                deterministic=True)
+    ds = ds.map(
+        decode, num_parallel_calls=num_parallel_calls, deterministic=True
+    )
     ds = ds.batch(2 * local_rows, drop_remainder=True)
     ds = ds.map(augment_step, num_parallel_calls=2, deterministic=True)
     options = tf.data.Options()
@@ -465,14 +510,19 @@ def make_train_dataset(
     logging.info(
         "Training stream: %d visible + %d infrared examples, %d identities, "
         "%d steps/epoch, from step %d, host %d/%d with %d rows/modality.",
-        metadata.visible_indices.size, metadata.infrared_indices.size,
-        metadata.num_classes, spe, start_step, process_index, process_count,
+        metadata.visible_indices.size,
+        metadata.infrared_indices.size,
+        metadata.num_classes,
+        spe,
+        start_step,
+        process_index,
+        process_count,
         local_rows,
     )
     return ds.prefetch(prefetch)
 
 
-def train_iterator(source, **kwargs) -> Iterator[Dict[str, np.ndarray]]:
+def train_iterator(source, **kwargs) -> Iterator[dict[str, np.ndarray]]:
     """`make_train_dataset(source, **kwargs)` as an iterator of numpy dicts."""
     return make_train_dataset(source, **kwargs).as_numpy_iterator()
 
@@ -489,8 +539,8 @@ def make_eval_dataset(
     source,
     *,
     batch_size: int,
-    image_size: Tuple[int, int] = (288, 144),
-    indices: Optional[Sequence[int]] = None,
+    image_size: tuple[int, int] = (288, 144),
+    indices: Sequence[int] | None = None,
     process_index: int = 0,
     process_count: int = 1,
     dtype=tf.float32,
@@ -544,12 +594,13 @@ def make_eval_dataset(
     if selection.size == 0:
         raise ValueError("nothing to evaluate: the split/selection is empty.")
     rows = sampling.host_rows(
-        rows_per_batch=batch_size, process_index=process_index,
+        rows_per_batch=batch_size,
+        process_index=process_index,
         process_count=process_count,
     )
     num_batches = -(-selection.size // batch_size)
     padded = np.full(num_batches * batch_size, -1, np.int64)
-    padded[:selection.size] = selection
+    padded[: selection.size] = selection
     local = padded.reshape(num_batches, batch_size)[:, rows]
     serialized = _source_kind(source)
     local_rows = rows.stop - rows.start
@@ -578,24 +629,38 @@ def make_eval_dataset(
     def decode(example):
         image = tf.cond(
             example["mask"],
-            lambda: augment.resize(augment.decode_image(example["encoded"]),
-                                   height=height, width=width),
+            lambda: augment.resize(
+                augment.decode_image(example["encoded"]),
+                height=height,
+                width=width,
+            ),
             lambda: tf.zeros((height, width, 3), tf.uint8),
         )
-        return {"image": image, "mask": example["mask"],
-                "index": example["index"]}
+        return {
+            "image": image,
+            "mask": example["mask"],
+            "index": example["index"],
+        }
 
     def normalize(batch):
-        return {"image": _normalize_masked(batch["image"], batch["mask"],
-                                           mean=tuple(mean), std=tuple(std),
-                                           dtype=dtype),
-                "mask": batch["mask"], "index": batch["index"]}
+        return {
+            "image": _normalize_masked(
+                batch["image"],
+                batch["mask"],
+                mean=tuple(mean),
+                std=tuple(std),
+                dtype=dtype,
+            ),
+            "mask": batch["mask"],
+            "index": batch["index"],
+        }
 
     ds = tf.data.Dataset.from_tensor_slices(local)
     ds = ds.map(fetch_in_graph, num_parallel_calls=2, deterministic=True)
     ds = ds.unbatch()
-    ds = ds.map(decode, num_parallel_calls=num_parallel_calls,
-                deterministic=True)
+    ds = ds.map(
+        decode, num_parallel_calls=num_parallel_calls, deterministic=True
+    )
     ds = ds.batch(local_rows, drop_remainder=True)
     ds = ds.map(normalize, num_parallel_calls=2, deterministic=True)
     return ds.prefetch(prefetch)

@@ -26,7 +26,7 @@ import dataclasses
 import io
 import os
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from absl import logging
 from PIL import Image
@@ -34,8 +34,11 @@ from PIL import Image
 SYSU_CAMERAS = (1, 2, 3, 4, 5, 6)
 SYSU_VISIBLE_CAMERAS = (1, 2, 4, 5)
 SYSU_INFRARED_CAMERAS = (3, 6)
-SYSU_SPLIT_FILES = {"train": "train_id.txt", "val": "val_id.txt",
-                    "test": "test_id.txt"}
+SYSU_SPLIT_FILES = {
+    "train": "train_id.txt",
+    "val": "val_id.txt",
+    "test": "test_id.txt",
+}
 REGDB_TRIALS = tuple(range(1, 11))
 REGDB_VISIBLE_CAMERA = 1
 REGDB_THERMAL_CAMERA = 2
@@ -46,14 +49,16 @@ SYSU_SOURCE = (
     "SYSU-MM01 is distributed by its authors (Ancong Wu, Wei-Shi Zheng et "
     "al., Sun Yat-sen University; 'RGB-Infrared Cross-Modality Person "
     "Re-Identification', ICCV 2017) on request, after signing their dataset "
-    "agreement. See the README section 'Datasets'.")
+    "agreement. See the README section 'Datasets'."
+)
 REGDB_SOURCE = (
     "RegDB is distributed by its authors (Dat Tien Nguyen, Hyung Gil Hong, "
     "Ki Wan Kim, Kang Ryoung Park, Dongguk University; 'Person Recognition "
     "System Based on a Combination of Body Images from Visible Light and "
     "Thermal Cameras', Sensors 2017) on request. The idx/ split files are "
     "the ones distributed with the cross-modality re-id code bases (e.g. AGW "
-    "/ DDAG by Mang Ye et al.). See the README section 'Datasets'.")
+    "/ DDAG by Mang Ye et al.). See the README section 'Datasets'."
+)
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -81,23 +86,27 @@ class ImageRecord:
     modality: int
 
 
-def _layout_error(root: str, what: str, expected: str, source: str,
-                  layout: str) -> DatasetLayoutError:
+def _layout_error(
+    root: str, what: str, expected: str, source: str, layout: str
+) -> DatasetLayoutError:
     return DatasetLayoutError(
         f"{what} (expected {expected}). Dataset root: {root}. Expected layout:"
-        f"\n{layout}\n{source}")
+        f"\n{layout}\n{source}"
+    )
 
 
 SYSU_LAYOUT = (
     "  <root>/cam1 .. cam6/<pid:04d>/<img:04d>.jpg  (visible cameras 1, 2, 4, "
     "5; infrared cameras 3, 6)\n"
     "  <root>/exp/train_id.txt, val_id.txt, test_id.txt  (each one line of "
-    "comma-separated person ids)")
+    "comma-separated person ids)"
+)
 REGDB_LAYOUT = (
     "  <root>/Visible/..., <root>/Thermal/...  (the images)\n"
     "  <root>/idx/train_visible_{t}.txt, train_thermal_{t}.txt, "
     "test_visible_{t}.txt, test_thermal_{t}.txt for t = 1..10, lines "
-    "'<path relative to root> <label>'")
+    "'<path relative to root> <label>'"
+)
 
 
 # ---------------------------------------------------------------------------
@@ -119,8 +128,11 @@ def parse_id_file(path: str, *, root: str) -> tuple[int, ...]:
       DatasetLayoutError: the file is missing, empty or holds a non-integer.
     """
     if not os.path.isfile(path):
-        raise _sysu_error(root, f"SYSU-MM01 split file {path} is missing",
-                          "exp/train_id.txt, exp/val_id.txt, exp/test_id.txt")
+        raise _sysu_error(
+            root,
+            f"SYSU-MM01 split file {path} is missing",
+            "exp/train_id.txt, exp/val_id.txt, exp/test_id.txt",
+        )
     with open(path) as f:
         text = f.read()
     tokens = [t for t in re.split(r"[,\s]+", text) if t]
@@ -132,15 +144,19 @@ def parse_id_file(path: str, *, root: str) -> tuple[int, ...]:
             raise _sysu_error(
                 root,
                 f"SYSU-MM01 split file {path} holds {t!r}, not an integer id",
-                _ONE_LINE_OF_IDS) from None
+                _ONE_LINE_OF_IDS,
+            ) from None
     if not ids:
-        raise _sysu_error(root, f"SYSU-MM01 split file {path} is empty",
-                          _ONE_LINE_OF_IDS)
+        raise _sysu_error(
+            root, f"SYSU-MM01 split file {path} is empty", _ONE_LINE_OF_IDS
+        )
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise _sysu_error(
-            root, f"SYSU-MM01 split file {path} repeats ids {dup}",
-            "each id once")
+            root,
+            f"SYSU-MM01 split file {path} repeats ids {dup}",
+            "each id once",
+        )
     return tuple(ids)
 
 
@@ -168,21 +184,30 @@ class SysuLayout:
         Returns:
           The records of every image of the split's ids, all cameras.
         """
-        groups = {"train": ("train", "val"), "train_only": ("train",),
-                  "val": ("val",), "test": ("test",)}
+        groups = {
+            "train": ("train", "val"),
+            "train_only": ("train",),
+            "val": ("val",),
+            "test": ("test",),
+        }
         if split not in groups:
             raise ValueError(
                 f"unknown SYSU-MM01 split {split!r}; choose one of "
-                f"{sorted(groups)}.")
+                f"{sorted(groups)}."
+            )
         ids = sorted(i for g in groups[split] for i in self.split_ids[g])
-        return sorted((r for i in ids for r in self.images[i]),
-                      key=lambda r: r.file_name)
+        return sorted(
+            (r for i in ids for r in self.images[i]), key=lambda r: r.file_name
+        )
 
 
 def _image_files(folder: str) -> list[str]:
-    return sorted(f for f in os.listdir(folder)
-                  if f.lower().endswith(IMAGE_EXTENSIONS)
-                  and os.path.isfile(os.path.join(folder, f)))
+    return sorted(
+        f
+        for f in os.listdir(folder)
+        if f.lower().endswith(IMAGE_EXTENSIONS)
+        and os.path.isfile(os.path.join(folder, f))
+    )
 
 
 def read_sysu(root: str) -> SysuLayout:
@@ -201,16 +226,24 @@ def read_sysu(root: str) -> SysuLayout:
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise _sysu_error(root, f"SYSU-MM01 folder {root} does not exist",
-                          "a folder holding cam1 .. cam6 and exp/")
-    missing = [f"cam{c}" for c in SYSU_CAMERAS
-               if not os.path.isdir(os.path.join(root, f"cam{c}"))]
+        raise _sysu_error(
+            root,
+            f"SYSU-MM01 folder {root} does not exist",
+            "a folder holding cam1 .. cam6 and exp/",
+        )
+    missing = [
+        f"cam{c}"
+        for c in SYSU_CAMERAS
+        if not os.path.isdir(os.path.join(root, f"cam{c}"))
+    ]
     if not os.path.isdir(os.path.join(root, "exp")):
         missing.append("exp")
     if missing:
         raise _sysu_error(
-            root, f"SYSU-MM01 folder {root} lacks {', '.join(missing)}",
-            "cam1 .. cam6 and exp/ directly under the root")
+            root,
+            f"SYSU-MM01 folder {root} lacks {', '.join(missing)}",
+            "cam1 .. cam6 and exp/ directly under the root",
+        )
     split_ids = {
         name: parse_id_file(os.path.join(root, "exp", fname), root=root)
         for name, fname in SYSU_SPLIT_FILES.items()
@@ -222,7 +255,8 @@ def read_sysu(root: str) -> SysuLayout:
                 raise _sysu_error(
                     root,
                     f"SYSU-MM01 id {i} is listed in both {seen[i]} and {name}",
-                    "disjoint train / val / test id lists")
+                    "disjoint train / val / test id lists",
+                )
             seen[i] = name
     images = {}
     for pid in sorted(seen):
@@ -233,18 +267,29 @@ def read_sysu(root: str) -> SysuLayout:
             if not os.path.isdir(folder):
                 continue  # Not every person walks past every camera.
             modality = INFRARED if cam in SYSU_INFRARED_CAMERAS else VISIBLE
-            records.extend(ImageRecord(file_name=f"{rel_dir}/{f}", identity=pid,
-                                       camera=cam, modality=modality)
-                           for f in _image_files(folder))
+            records.extend(
+                ImageRecord(
+                    file_name=f"{rel_dir}/{f}",
+                    identity=pid,
+                    camera=cam,
+                    modality=modality,
+                )
+                for f in _image_files(folder)
+            )
         if not records:
             raise _sysu_error(
                 root,
                 f"SYSU-MM01 id {pid} ({seen[pid]} split) has no image in any "
-                "camera", f"images under cam1 .. cam6/{pid:04d}/")
+                "camera",
+                f"images under cam1 .. cam6/{pid:04d}/",
+            )
         images[pid] = tuple(records)
-    logging.info("SYSU-MM01 at %s: %s ids, %d images.", root,
-                 {k: len(v) for k, v in split_ids.items()},
-                 sum(len(v) for v in images.values()))
+    logging.info(
+        "SYSU-MM01 at %s: %s ids, %d images.",
+        root,
+        {k: len(v) for k, v in split_ids.items()},
+        sum(len(v) for v in images.values()),
+    )
     return SysuLayout(root=root, split_ids=split_ids, images=images)
 
 
@@ -262,8 +307,9 @@ def regdb_index_path(root: str, split: str, modality: str, trial: int) -> str:
     return os.path.join(root, "idx", f"{split}_{modality}_{trial}.txt")
 
 
-def parse_regdb_index(path: str, *, root: str, camera: int,
-                      modality: int) -> list[ImageRecord]:
+def parse_regdb_index(
+    path: str, *, root: str, camera: int, modality: int
+) -> list[ImageRecord]:
     """Reads one RegDB idx file and checks that every listed image exists.
 
     Args:
@@ -280,8 +326,11 @@ def parse_regdb_index(path: str, *, root: str, camera: int,
         twice, or lists an image that does not exist.
     """
     if not os.path.isfile(path):
-        raise _regdb_error(root, f"RegDB split file {path} is missing",
-                           "idx/{train,test}_{visible,thermal}_{1..10}.txt")
+        raise _regdb_error(
+            root,
+            f"RegDB split file {path} is missing",
+            "idx/{train,test}_{visible,thermal}_{1..10}.txt",
+        )
     records = []
     seen = set()
     with open(path) as f:
@@ -295,25 +344,39 @@ def parse_regdb_index(path: str, *, root: str, camera: int,
                 rel, label = fields[0].replace("\\", "/"), int(fields[1])
             except ValueError:
                 raise _regdb_error(
-                    root, f"RegDB split file {path} line {number} reads "
+                    root,
+                    f"RegDB split file {path} line {number} reads "
                     f"{line.strip()!r}",
-                    "'<relative/path> <integer label>'") from None
+                    "'<relative/path> <integer label>'",
+                ) from None
             if rel in seen:
                 raise _regdb_error(
-                    root, f"RegDB split file {path} lists {rel} twice",
-                    "each image once")
+                    root,
+                    f"RegDB split file {path} lists {rel} twice",
+                    "each image once",
+                )
             seen.add(rel)
             if not os.path.isfile(os.path.join(root, rel)):
                 raise _regdb_error(
                     root,
                     f"RegDB image {os.path.join(root, rel)} (listed in "
                     f"{path} line {number}) is missing",
-                    "paths relative to the dataset root")
-            records.append(ImageRecord(file_name=rel, identity=label,
-                                       camera=camera, modality=modality))
+                    "paths relative to the dataset root",
+                )
+            records.append(
+                ImageRecord(
+                    file_name=rel,
+                    identity=label,
+                    camera=camera,
+                    modality=modality,
+                )
+            )
     if not records:
-        raise _regdb_error(root, f"RegDB split file {path} is empty",
-                           "lines '<relative/path> <integer label>'")
+        raise _regdb_error(
+            root,
+            f"RegDB split file {path} is empty",
+            "lines '<relative/path> <integer label>'",
+        )
     return records
 
 
@@ -336,31 +399,46 @@ def read_regdb(root: str, *, trial: int) -> dict[str, list[ImageRecord]]:
     if trial not in REGDB_TRIALS:
         raise ValueError(f"RegDB trial must be one of 1..10, got {trial!r}.")
     if not os.path.isdir(root):
-        raise _regdb_error(root, f"RegDB folder {root} does not exist",
-                           "a folder holding Visible/, Thermal/ and idx/")
-    missing = [d for d in ("Visible", "Thermal", "idx")
-               if not os.path.isdir(os.path.join(root, d))]
+        raise _regdb_error(
+            root,
+            f"RegDB folder {root} does not exist",
+            "a folder holding Visible/, Thermal/ and idx/",
+        )
+    missing = [
+        d
+        for d in ("Visible", "Thermal", "idx")
+        if not os.path.isdir(os.path.join(root, d))
+    ]
     if missing:
         raise _regdb_error(
-            root, f"RegDB folder {root} lacks {', '.join(missing)}",
-            "Visible/, Thermal/ and idx/ directly under the root")
+            root,
+            f"RegDB folder {root} lacks {', '.join(missing)}",
+            "Visible/, Thermal/ and idx/ directly under the root",
+        )
     out = {}
     for split in ("train", "test"):
         records = []
         for name, camera, modality in (
             ("visible", REGDB_VISIBLE_CAMERA, VISIBLE),
-            ("thermal", REGDB_THERMAL_CAMERA, INFRARED)):
+            ("thermal", REGDB_THERMAL_CAMERA, INFRARED),
+        ):
             records += parse_regdb_index(
-                regdb_index_path(root, split, name, trial), root=root,
-                camera=camera, modality=modality)
+                regdb_index_path(root, split, name, trial),
+                root=root,
+                camera=camera,
+                modality=modality,
+            )
         out[split] = sorted(records, key=lambda r: r.file_name)
     names = {r.file_name for r in out["train"]} & {
-        r.file_name for r in out["test"]}
+        r.file_name for r in out["test"]
+    }
     if names:
         raise _regdb_error(
             root,
             f"RegDB trial {trial} lists {sorted(names)[:3]} in both train "
-            "and test", "disjoint train and test files")
+            "and test",
+            "disjoint train and test files",
+        )
     return out
 
 
@@ -374,9 +452,9 @@ def contiguous_labels(identities: Iterable[int]) -> dict[int, int]:
     return {pid: i for i, pid in enumerate(sorted(set(identities)))}
 
 
-def load_image(path: str, *,
-               size: tuple[int, int] | None = None,
-               quality: int = 95) -> bytes:
+def load_image(
+    path: str, *, size: tuple[int, int] | None = None, quality: int = 95
+) -> bytes:
     """Reads an image file and returns 3-channel JPEG bytes.
 
     A 3-channel JPEG that already has the requested size is passed through
@@ -401,14 +479,18 @@ def load_image(path: str, *,
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # Forces a full decode: truncated files fail here.
             fmt = img.format
-            if (fmt == "JPEG" and img.mode == "RGB" and
-                (size is None or img.size == (size[1], size[0]))):
+            if (
+                fmt == "JPEG"
+                and img.mode == "RGB"
+                and (size is None or img.size == (size[1], size[0]))
+            ):
                 return data
             rgb = img.convert("RGB")
     except (OSError, ValueError, SyntaxError) as e:
         raise CorruptImageError(
             f"cannot decode image {path}: {e}. Replace the file with an intact "
-            "copy from the original dataset archive.") from e
+            "copy from the original dataset archive."
+        ) from e
     if size is not None and rgb.size != (size[1], size[0]):
         rgb = rgb.resize((size[1], size[0]), Image.LANCZOS)
     buf = io.BytesIO()

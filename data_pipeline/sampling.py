@@ -55,7 +55,10 @@ class EpochPlan:
 
 
 def steps_per_epoch(
-    *, num_visible: int, num_infrared: int, num_identities: int,
+    *,
+    num_visible: int,
+    num_infrared: int,
+    num_identities: int,
     num_instances: int,
 ) -> int:
     """Batches per epoch (release): floor(max(N_vis, N_ir) / (P * K)) + 1."""
@@ -101,13 +104,12 @@ class _Groups:
         ends = np.searchsorted(sorted_labels, identities, side="right")
         self.counts = ends - self.starts
 
-    def draw(self, rng: np.random.Generator, chosen: np.ndarray,
-             num_instances: int) -> np.ndarray:
+    def draw(
+        self, rng: np.random.Generator, chosen: np.ndarray, num_instances: int
+    ) -> np.ndarray:
         """[B, P] identity positions -> [B, P * K] example indexes."""
         counts = self.counts[chosen][..., None]
-        offsets = rng.integers(
-            0, counts, size=chosen.shape + (num_instances,)
-        )
+        offsets = rng.integers(0, counts, size=chosen.shape + (num_instances,))
         picked = self.order[self.starts[chosen][..., None] + offsets]
         return picked.reshape(chosen.shape[0], -1)
 
@@ -169,8 +171,10 @@ def epoch_plan(
             "num_identities."
         )
     num_batches = steps_per_epoch(
-        num_visible=visible_labels.size, num_infrared=infrared_labels.size,
-        num_identities=num_identities, num_instances=num_instances,
+        num_visible=visible_labels.size,
+        num_infrared=infrared_labels.size,
+        num_identities=num_identities,
+        num_instances=num_instances,
     )
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)]))
     # P distinct identities per batch: the first P of a random permutation,
@@ -230,7 +234,8 @@ def host_slice(
     `identities` stays global (it describes the whole batch).
     """
     rows = host_rows(
-        rows_per_batch=plan.visible.shape[1], process_index=process_index,
+        rows_per_batch=plan.visible.shape[1],
+        process_index=process_index,
         process_count=process_count,
     )
     return dataclasses.replace(

@@ -43,10 +43,10 @@ import os
 import shutil
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
-from absl import logging
 import numpy as np
+from absl import logging
 from PIL import Image
 
 # SYSU-MM01 cameras: 1, 2 indoor visible; 3 indoor infrared; 4, 5 outdoor
@@ -62,20 +62,36 @@ REGDB_NUM_TRIALS = 10
 SYSU_PRESETS = {
     # A few hundred identities at reduced resolution; generates in well under
     # a minute on 2 cores.
-    "default": dict(num_identities=300, visible_images_per_camera=10,
-                    infrared_images_per_camera=10, height=96, width=48),
+    "default": dict(
+        num_identities=300,
+        visible_images_per_camera=10,
+        infrared_images_per_camera=10,
+        height=96,
+        width=48,
+    ),
     # About the size of SYSU-MM01's training set (395 train+val ids: 22,120
     # visible + 11,850 infrared images), at the size the release stores
     # (288x144), to benchmark input pipelines.
-    "sysu_sized": dict(num_identities=491, visible_images_per_camera=14,
-                       infrared_images_per_camera=15, height=288, width=144),
+    "sysu_sized": dict(
+        num_identities=491,
+        visible_images_per_camera=14,
+        infrared_images_per_camera=15,
+        height=288,
+        width=144,
+    ),
     # Tiny, for tests.
-    "tiny": dict(num_identities=8, visible_images_per_camera=2,
-                 infrared_images_per_camera=2, height=32, width=16),
+    "tiny": dict(
+        num_identities=8,
+        visible_images_per_camera=2,
+        infrared_images_per_camera=2,
+        height=32,
+        width=16,
+    ),
 }
 REGDB_PRESETS = {
-    "default": dict(num_identities=412, images_per_modality=10, height=128,
-                    width=64),
+    "default": dict(
+        num_identities=412, images_per_modality=10, height=128, width=64
+    ),
     "tiny": dict(num_identities=8, images_per_modality=2, height=32, width=16),
 }
 
@@ -167,9 +183,17 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     p = v * (1.0 - s)
     q = v * (1.0 - f * s)
     t = v * (1.0 - (1.0 - f) * s)
-    choices = [np.stack(c, axis=-1) for c in
-               ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v),
-                (v, p, q))]
+    choices = [
+        np.stack(c, axis=-1)
+        for c in (
+            (v, t, p),
+            (q, v, p),
+            (p, v, t),
+            (p, q, v),
+            (t, p, v),
+            (v, p, q),
+        )
+    ]
     out = np.zeros(h.shape + (3,), dtype=np.float64)
     for k, c in enumerate(choices):
         out = np.where((i == k)[..., None], c, out)
@@ -179,14 +203,18 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _random_colours(rng: np.random.Generator, n: int) -> np.ndarray:
     """[n, 3] clothing-like colours: a third of them nearly grey."""
     hue = rng.uniform(0.0, 1.0, n)
-    sat = np.where(rng.uniform(size=n) < 0.3, rng.uniform(0.0, 0.15, n),
-                   rng.uniform(0.35, 0.95, n))
+    sat = np.where(
+        rng.uniform(size=n) < 0.3,
+        rng.uniform(0.0, 0.15, n),
+        rng.uniform(0.35, 0.95, n),
+    )
     val = rng.uniform(0.12, 0.95, n)
     return _hsv_to_rgb(hue, sat, val)
 
 
-def _contrasting_colour(rng: np.random.Generator,
-                        base: np.ndarray) -> np.ndarray:
+def _contrasting_colour(
+    rng: np.random.Generator, base: np.ndarray
+) -> np.ndarray:
     """[n, 3] colours that differ visibly from `base` [n, 3]."""
     other = _random_colours(rng, base.shape[0])
     # Push the pair apart in brightness so that the pattern stays visible.
@@ -195,8 +223,9 @@ def _contrasting_colour(rng: np.random.Generator,
     return np.clip(other + push[:, None], 0.0, 1.0)
 
 
-def _contrasting_level(rng: np.random.Generator,
-                       base: np.ndarray) -> np.ndarray:
+def _contrasting_level(
+    rng: np.random.Generator, base: np.ndarray
+) -> np.ndarray:
     """[n] grey levels at least 0.18 away from `base` [n], inside [0, 1]."""
     delta = rng.uniform(0.18, 0.5, base.shape)
     up = base + delta
@@ -206,8 +235,9 @@ def _contrasting_level(rng: np.random.Generator,
     return np.clip(np.where(go_up, up, down), 0.0, 1.0)
 
 
-def sample_identities(num_identities: int, *, seed: int,
-                      pattern_scale: float = 1.0) -> dict[str, np.ndarray]:
+def sample_identities(
+    num_identities: int, *, seed: int, pattern_scale: float = 1.0
+) -> dict[str, np.ndarray]:
     """Draws the appearance of every identity.
 
     Args:
@@ -265,17 +295,26 @@ def sample_identities(num_identities: int, *, seed: int,
     }
     # Visible palette: part x {primary, secondary} x RGB.
     vis = np.zeros((n, _NUM_PARTS, 2, 3))
-    skin_tones = np.array([[0.96, 0.80, 0.69], [0.87, 0.67, 0.52],
-                           [0.72, 0.52, 0.38], [0.55, 0.37, 0.25],
-                           [0.36, 0.24, 0.16]])
+    skin_tones = np.array(
+        [
+            [0.96, 0.80, 0.69],
+            [0.87, 0.67, 0.52],
+            [0.72, 0.52, 0.38],
+            [0.55, 0.37, 0.25],
+            [0.36, 0.24, 0.16],
+        ]
+    )
     t = rng.uniform(0.0, len(skin_tones) - 1.0, n)
     lo = np.floor(t).astype(int)
     frac = (t - lo)[:, None]
-    skin = (skin_tones[lo] * (1 - frac) +
-            skin_tones[np.minimum(lo + 1, 4)] * frac)
-    hair = _hsv_to_rgb(u(0.02, 0.12), u(0.2, 0.7),
-                       np.where(rng.uniform(size=n) < 0.8, u(0.05, 0.3),
-                                u(0.4, 0.85)))
+    skin = (
+        skin_tones[lo] * (1 - frac) + skin_tones[np.minimum(lo + 1, 4)] * frac
+    )
+    hair = _hsv_to_rgb(
+        u(0.02, 0.12),
+        u(0.2, 0.7),
+        np.where(rng.uniform(size=n) < 0.8, u(0.05, 0.3), u(0.4, 0.85)),
+    )
     vis[:, _SKIN, :] = skin[:, None]
     vis[:, _HAIR, :] = hair[:, None]
     for part in (_UPPER, _LOWER, _HAT, _BAG):
@@ -297,19 +336,18 @@ def sample_identities(num_identities: int, *, seed: int,
     a["visible_palette"] = vis
     a["infrared_palette"] = ir
     _check_pattern_scale(pattern_scale)
-    for key in ("upper_freq_v", "upper_freq_u", "lower_freq_v",
-                "lower_freq_u"):
+    for key in ("upper_freq_v", "upper_freq_u", "lower_freq_v", "lower_freq_u"):
         a[key] = a[key] * pattern_scale
     return a
 
 
-def make_camera(camera: int, *, infrared: bool, outdoor: bool,
-                seed: int) -> CameraStyle:
+def make_camera(
+    camera: int, *, infrared: bool, outdoor: bool, seed: int
+) -> CameraStyle:
     """Draws the look of one camera (deterministic in `seed` and `camera`)."""
     rng = np.random.default_rng([seed, 1, camera])
     if infrared:
-        grey = (rng.uniform(0.25, 0.6) if outdoor
-                else rng.uniform(0.15, 0.45))
+        grey = rng.uniform(0.25, 0.6) if outdoor else rng.uniform(0.15, 0.45)
         background = np.full(3, grey)
         floor = np.full(3, np.clip(grey + rng.uniform(-0.15, 0.15), 0, 1))
         gradient = np.full(3, rng.uniform(-0.15, 0.15))
@@ -323,8 +361,7 @@ def make_camera(camera: int, *, infrared: bool, outdoor: bool,
         gradient = rng.uniform(-0.2, 0.2, 3)
         pillar_colour = _random_colours(rng, 2)
         tint = rng.uniform(0.8, 1.2, 3)
-        gain = (rng.uniform(0.9, 1.25) if outdoor
-                else rng.uniform(0.65, 0.95))
+        gain = rng.uniform(0.9, 1.25) if outdoor else rng.uniform(0.65, 0.95)
         offset = 0.0
     return CameraStyle(
         camera=camera,
@@ -342,13 +379,17 @@ def make_camera(camera: int, *, infrared: bool, outdoor: bool,
         scale=float(rng.uniform(0.72, 0.9)),
         shear=float(rng.uniform(-0.15, 0.15)),
         mirror_probability=float(rng.uniform(0.15, 0.85)),
-        noise=float(rng.uniform(0.01, 0.035) if not infrared
-                    else rng.uniform(0.025, 0.05)),
+        noise=float(
+            rng.uniform(0.01, 0.035)
+            if not infrared
+            else rng.uniform(0.025, 0.05)
+        ),
     )
 
 
-def sample_views(camera: CameraStyle, num_images: int, *,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+def sample_views(
+    camera: CameraStyle, num_images: int, *, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Per-image viewing parameters for `num_images` shots by `camera`.
 
     Returns:
@@ -362,8 +403,9 @@ def sample_views(camera: CameraStyle, num_images: int, *,
         "center_x": 0.5 + rng.normal(0.0, 0.05, n),
         "top_jitter": rng.normal(0.0, 0.02, n),
         "shear": camera.shear + rng.normal(0.0, 0.04, n),
-        "mirror": np.where(rng.uniform(size=n) < camera.mirror_probability,
-                           -1.0, 1.0),
+        "mirror": np.where(
+            rng.uniform(size=n) < camera.mirror_probability, -1.0, 1.0
+        ),
         "phase": rng.uniform(0.0, 1.0, n),
         "gain": 1.0 + rng.normal(0.0, 0.08, n),
         "background_shift": rng.normal(0.0, 0.08, n),
@@ -375,10 +417,16 @@ def sample_views(camera: CameraStyle, num_images: int, *,
 # ---------------------------------------------------------------------------
 
 
-def _garment_pattern(kind: np.ndarray, u: np.ndarray, v: np.ndarray,
-                     freq_u: np.ndarray, freq_v: np.ndarray,
-                     phase: np.ndarray, split: np.ndarray,
-                     half_width: np.ndarray) -> np.ndarray:
+def _garment_pattern(
+    kind: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    freq_u: np.ndarray,
+    freq_v: np.ndarray,
+    phase: np.ndarray,
+    split: np.ndarray,
+    half_width: np.ndarray,
+) -> np.ndarray:
     """Binary pattern [N, H, W]; all parameters broadcast as [N, 1, 1].
 
     `v` is measured from the top of the garment in body units and `u` from the
@@ -393,12 +441,20 @@ def _garment_pattern(kind: np.ndarray, u: np.ndarray, v: np.ndarray,
     jacket = np.abs(u) < 0.35 * half_width
     return np.select(
         [kind == 1, kind == 2, kind == 3, kind == 4, kind == 5, kind == 6],
-        [h, w, h ^ w, dots, block, jacket], default=False)
+        [h, w, h ^ w, dots, block, jacket],
+        default=False,
+    )
 
 
-def render(identity: dict[str, np.ndarray], views: dict[str, np.ndarray],
-           camera: CameraStyle, *, height: int, width: int,
-           rng: np.random.Generator) -> np.ndarray:
+def render(
+    identity: dict[str, np.ndarray],
+    views: dict[str, np.ndarray],
+    camera: CameraStyle,
+    *,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Renders one image per row of `identity` / `views`.
 
     Args:
@@ -447,15 +503,26 @@ def render(identity: dict[str, np.ndarray], views: dict[str, np.ndarray],
     t = np.clip((v - waist) / (1.0 - waist), 0.0, 1.0)
     spread = col(identity["stride"] * views["phase"]) * t
     leg_sep = np.maximum(hip - leg_w, 0.0)
-    in_legs = (v >= waist) & (v <= 1.0) & (
-        (np.abs(u + leg_sep + spread) < leg_w) |
-        (np.abs(u - leg_sep - 0.5 * spread) < leg_w) |
-        ((v < waist + 0.06) & (au < hip)))
+    in_legs = (
+        (v >= waist)
+        & (v <= 1.0)
+        & (
+            (np.abs(u + leg_sep + spread) < leg_w)
+            | (np.abs(u - leg_sep - 0.5 * spread) < leg_w)
+            | ((v < waist + 0.06) & (au < hip))
+        )
+    )
     trouser_end = waist + col(identity["trouser"]) * (1.0 - waist)
     lower_pat = _garment_pattern(
-        identity["lower_pattern"].reshape(n, 1, 1), u, v - waist,
-        col(identity["lower_freq_u"]), col(identity["lower_freq_v"]),
-        col(identity["lower_phase"]), col(identity["lower_split"]), hip)
+        identity["lower_pattern"].reshape(n, 1, 1),
+        u,
+        v - waist,
+        col(identity["lower_freq_u"]),
+        col(identity["lower_freq_v"]),
+        col(identity["lower_phase"]),
+        col(identity["lower_split"]),
+        hip,
+    )
     part = np.where(in_legs, np.where(v < trouser_end, _LOWER, _SKIN), part)
     part = np.where(in_legs & (v > 0.965), _SHOES, part)
     pattern |= in_legs & (v < trouser_end) & lower_pat
@@ -465,57 +532,88 @@ def render(identity: dict[str, np.ndarray], views: dict[str, np.ndarray],
     torso_w = shoulder + (hip - shoulder) * s
     in_torso = (v >= neck) & (v < waist + 0.005) & (au < torso_w)
     upper_pat = _garment_pattern(
-        identity["upper_pattern"].reshape(n, 1, 1), u, v - neck,
-        col(identity["upper_freq_u"]), col(identity["upper_freq_v"]),
-        col(identity["upper_phase"]), col(identity["upper_split"]), shoulder)
+        identity["upper_pattern"].reshape(n, 1, 1),
+        u,
+        v - neck,
+        col(identity["upper_freq_u"]),
+        col(identity["upper_freq_v"]),
+        col(identity["upper_phase"]),
+        col(identity["upper_split"]),
+        shoulder,
+    )
     part = np.where(in_torso, _UPPER, part)
     pattern = np.where(in_torso, upper_pat, pattern)
 
     # Arms on both sides of the torso; sleeves cover them down to `sleeve_end`.
-    in_arms = (v >= neck + 0.02) & (v < waist + 0.12) & (au >= torso_w) & (
-        au < torso_w + arm_w)
+    in_arms = (
+        (v >= neck + 0.02)
+        & (v < waist + 0.12)
+        & (au >= torso_w)
+        & (au < torso_w + arm_w)
+    )
     sleeve_end = neck + 0.03 + col(identity["sleeve"]) * (waist + 0.1 - neck)
     part = np.where(in_arms, np.where(v < sleeve_end, _UPPER, _SKIN), part)
     pattern = np.where(in_arms, (v < sleeve_end) & upper_pat, pattern)
 
     # Neck, head and hair.
-    in_neck = (v >= 2.0 * head_r - 0.01) & (v < neck + 0.01) & (
-        au < 0.45 * head_r)
+    in_neck = (
+        (v >= 2.0 * head_r - 0.01) & (v < neck + 0.01) & (au < 0.45 * head_r)
+    )
     in_head = (u / (0.85 * head_r)) ** 2 + ((v - head_c) / head_r) ** 2 < 1.0
     part = np.where(in_neck | in_head, _SKIN, part)
-    in_hair = ((u / (0.92 * head_r)) ** 2 +
-               ((v - head_c) / (1.08 * head_r)) ** 2 < 1.0) & (
-                   v < head_c - 0.25 * head_r)
+    in_hair = (
+        (u / (0.92 * head_r)) ** 2 + ((v - head_c) / (1.08 * head_r)) ** 2 < 1.0
+    ) & (v < head_c - 0.25 * head_r)
     hair_len = col(identity["hair_length"])
-    in_long_hair = (hair_len > 0) & (v >= head_c - 0.25 * head_r) & (
-        v < head_c + hair_len) & (au >= 0.55 * head_r) & (au < 1.05 * head_r)
+    in_long_hair = (
+        (hair_len > 0)
+        & (v >= head_c - 0.25 * head_r)
+        & (v < head_c + hair_len)
+        & (au >= 0.55 * head_r)
+        & (au < 1.05 * head_r)
+    )
     part = np.where(in_hair | in_long_hair, _HAIR, part)
     pattern = np.where(in_hair | in_long_hair, False, pattern)
 
     # Accessories (asymmetric: they swap sides when the view is mirrored).
     hat = identity["hat"].reshape(n, 1, 1)
-    in_hat = hat & (((v < head_c - 0.35 * head_r) & (v > head_c - 1.3 * head_r)
-                     & (au < 1.1 * head_r)) |
-                    ((np.abs(v - (head_c - 0.4 * head_r)) < 0.1 * head_r) &
-                     (au < 1.45 * head_r)))
+    in_hat = hat & (
+        (
+            (v < head_c - 0.35 * head_r)
+            & (v > head_c - 1.3 * head_r)
+            & (au < 1.1 * head_r)
+        )
+        | (
+            (np.abs(v - (head_c - 0.4 * head_r)) < 0.1 * head_r)
+            & (au < 1.45 * head_r)
+        )
+    )
     part = np.where(in_hat, _HAT, part)
     pattern = np.where(in_hat, v < head_c - 0.8 * head_r, pattern)
     side_u = u * col(identity["bag_side"])
     bag_top = neck + 0.04
-    in_bag = identity["bag"].reshape(n, 1, 1) & (side_u > shoulder - 0.02) & (
-        side_u < shoulder + col(identity["bag_width"])) & (v > bag_top) & (
-            v < bag_top + col(identity["bag_height"]))
+    in_bag = (
+        identity["bag"].reshape(n, 1, 1)
+        & (side_u > shoulder - 0.02)
+        & (side_u < shoulder + col(identity["bag_width"]))
+        & (v > bag_top)
+        & (v < bag_top + col(identity["bag_height"]))
+    )
     part = np.where(in_bag, _BAG, part)
     pattern = np.where(in_bag, np.abs(v - bag_top - 0.05) < 0.012, pattern)
     strap_u = u * col(identity["strap_direction"])
-    in_strap = identity["strap"].reshape(n, 1, 1) & in_torso & (
-        np.abs(strap_u - (v - neck) * 0.55 + 0.6 * shoulder) < 0.014)
+    in_strap = (
+        identity["strap"].reshape(n, 1, 1)
+        & in_torso
+        & (np.abs(strap_u - (v - neck) * 0.55 + 0.6 * shoulder) < 0.014)
+    )
     part = np.where(in_strap, _STRAP, part)
     pattern = np.where(in_strap, False, pattern)
 
     # Colour every pixel from its identity's palette with one gather.
-    palette = identity["infrared_palette" if camera.infrared
-                       else "visible_palette"].astype(np.float32)
+    palette = identity[
+        "infrared_palette" if camera.infrared else "visible_palette"
+    ].astype(np.float32)
     channels = palette.shape[-1]
     flat = (np.arange(n).reshape(n, 1, 1) * _NUM_PARTS + part) * 2 + pattern
     person = palette.reshape(-1, channels)[flat]  # [N, H, W, C]
@@ -525,14 +623,17 @@ def render(identity: dict[str, np.ndarray], views: dict[str, np.ndarray],
 
     # Background: gradient, then two pillars (columns shifted per image),
     # then the floor.
-    wall = (camera.background[:channels] + camera.gradient[:channels] *
-            yy[..., None]).astype(np.float32)  # [1, H, 1, C]
+    wall = (
+        camera.background[:channels]
+        + camera.gradient[:channels] * yy[..., None]
+    ).astype(np.float32)  # [1, H, 1, C]
     shifted_x = (xx + col(views["background_shift"]))[..., None]  # [N,1,W,1]
     pillars = np.zeros((n, 1, width, channels), np.float32)
     in_pillars = np.zeros((n, 1, width, 1), bool)
     for k in range(2):
-        in_pillar = (np.abs(shifted_x - camera.pillar_x[k]) <
-                     camera.pillar_width[k] / 2)
+        in_pillar = (
+            np.abs(shifted_x - camera.pillar_x[k]) < camera.pillar_width[k] / 2
+        )
         pillar = camera.pillar_colour[k, :channels].astype(np.float32)
         pillars = np.where(in_pillar, pillar, pillars)
         in_pillars |= in_pillar
@@ -543,8 +644,11 @@ def render(identity: dict[str, np.ndarray], views: dict[str, np.ndarray],
     image = person
     np.copyto(image, background, where=(part == _BACKGROUND)[..., None])
     # Illumination (gain, tint, offset), then sensor noise.
-    image *= (col(views["gain"])[..., None] * camera.gain *
-              camera.tint[:channels].astype(np.float32))
+    image *= (
+        col(views["gain"])[..., None]
+        * camera.gain
+        * camera.tint[:channels].astype(np.float32)
+    )
     image += camera.offset + 0.5 / 255.0
     # Uniform noise with the camera's standard deviation (cheaper to draw
     # than Gaussian; the distribution's shape does not matter here).
@@ -560,15 +664,22 @@ def render(identity: dict[str, np.ndarray], views: dict[str, np.ndarray],
     return image
 
 
-def _gather(identities: dict[str, np.ndarray],
-            index: np.ndarray) -> dict[str, np.ndarray]:
+def _gather(
+    identities: dict[str, np.ndarray], index: np.ndarray
+) -> dict[str, np.ndarray]:
     return {k: v[index] for k, v in identities.items()}
 
 
-def iter_render_camera(identities: dict[str, np.ndarray],
-                       identity_index: np.ndarray,
-                       views: dict[str, np.ndarray], camera: CameraStyle, *,
-                       height: int, width: int, rng: np.random.Generator):
+def iter_render_camera(
+    identities: dict[str, np.ndarray],
+    identity_index: np.ndarray,
+    views: dict[str, np.ndarray],
+    camera: CameraStyle,
+    *,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+):
     """Renders many images of one camera in memory-bounded chunks.
 
     Args:
@@ -588,21 +699,41 @@ def iter_render_camera(identities: dict[str, np.ndarray],
     chunk = max(1, _PIXELS_PER_CHUNK // (height * width))
     for start in range(0, total, chunk):
         sl = slice(start, min(total, start + chunk))
-        yield start, render(_gather(identities, identity_index[sl]),
-                            {k: v[sl] for k, v in views.items()}, camera,
-                            height=height, width=width, rng=rng)
+        yield (
+            start,
+            render(
+                _gather(identities, identity_index[sl]),
+                {k: v[sl] for k, v in views.items()},
+                camera,
+                height=height,
+                width=width,
+                rng=rng,
+            ),
+        )
 
 
-def render_camera(identities: dict[str, np.ndarray], identity_index: np.ndarray,
-                  views: dict[str, np.ndarray], camera: CameraStyle, *,
-                  height: int, width: int,
-                  rng: np.random.Generator) -> np.ndarray:
+def render_camera(
+    identities: dict[str, np.ndarray],
+    identity_index: np.ndarray,
+    views: dict[str, np.ndarray],
+    camera: CameraStyle,
+    *,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """`iter_render_camera` gathered into one uint8 [N, height, width, 3]."""
     out = np.empty((identity_index.shape[0], height, width, 3), np.uint8)
-    for start, images in iter_render_camera(identities, identity_index, views,
-                                            camera, height=height,
-                                            width=width, rng=rng):
-        out[start:start + images.shape[0]] = images
+    for start, images in iter_render_camera(
+        identities,
+        identity_index,
+        views,
+        camera,
+        height=height,
+        width=width,
+        rng=rng,
+    ):
+        out[start : start + images.shape[0]] = images
     return out
 
 
@@ -626,7 +757,8 @@ def _prepare_root(root: str, owned: Sequence[str], overwrite: bool) -> None:
     if existing and not overwrite:
         raise FileExistsError(
             f"{root} already holds {', '.join(existing)}; pass overwrite=True "
-            "(--overwrite) to replace them, or choose an empty --out.")
+            "(--overwrite) to replace them, or choose an empty --out."
+        )
     for d in existing:
         path = os.path.join(root, d)
         if os.path.isdir(path):
@@ -639,15 +771,19 @@ def _prepare_root(root: str, owned: Sequence[str], overwrite: bool) -> None:
 def _check_size(name: str, value: int, minimum: int) -> None:
     if not isinstance(value, (int, np.integer)) or value < minimum:
         raise SyntheticDataError(
-            f"{name} must be an integer >= {minimum}, got {value!r}.")
+            f"{name} must be an integer >= {minimum}, got {value!r}."
+        )
 
 
 def _check_pattern_scale(pattern_scale: float) -> None:
-    if not (isinstance(pattern_scale, (int, float, np.floating))
-            and 0 < pattern_scale <= 10):
+    if not (
+        isinstance(pattern_scale, (int, float, np.floating))
+        and 0 < pattern_scale <= 10
+    ):
         raise SyntheticDataError(
             f"pattern_scale must be a number in (0, 10], got "
-            f"{pattern_scale!r} (1: the default pattern frequencies).")
+            f"{pattern_scale!r} (1: the default pattern frequencies)."
+        )
 
 
 def _check_image_size(height: int, width: int) -> None:
@@ -656,8 +792,9 @@ def _check_image_size(height: int, width: int) -> None:
     _check_size("width", width, 8)
 
 
-def sysu_split(identities: Sequence[int], *,
-               seed: int) -> dict[str, tuple[int, ...]]:
+def sysu_split(
+    identities: Sequence[int], *, seed: int
+) -> dict[str, tuple[int, ...]]:
     """Splits ids into train / val / test in SYSU-MM01's 296:99:96 proportion.
 
     Args:
@@ -680,16 +817,25 @@ def sysu_split(identities: Sequence[int], *,
         n_train, n_val, n_test = n - 2, 1, 1
     perm = np.random.default_rng([seed, 3]).permutation(ids)
     parts = np.split(perm, [n_train, n_train + n_val])
-    return {name: tuple(int(i) for i in sorted(p))
-            for name, p in zip(("train", "val", "test"), parts)}
+    return {
+        name: tuple(int(i) for i in sorted(p))
+        for name, p in zip(("train", "val", "test"), parts, strict=True)
+    }
 
 
-def generate_sysu(root: str, *, num_identities: int = 300,
-                  visible_images_per_camera: int = 10,
-                  infrared_images_per_camera: int = 10,
-                  height: int = 96, width: int = 48, seed: int = 0,
-                  jpeg_quality: int = 90, pattern_scale: float = 1.0,
-                  overwrite: bool = False) -> GenerationSummary:
+def generate_sysu(
+    root: str,
+    *,
+    num_identities: int = 300,
+    visible_images_per_camera: int = 10,
+    infrared_images_per_camera: int = 10,
+    height: int = 96,
+    width: int = 48,
+    seed: int = 0,
+    jpeg_quality: int = 90,
+    pattern_scale: float = 1.0,
+    overwrite: bool = False,
+) -> GenerationSummary:
     """Writes a synthetic dataset in the SYSU-MM01 layout.
 
     Layout: ``root/cam{1..6}/{pid:04d}/{k:04d}.jpg`` (k from 1; visible cameras
@@ -720,27 +866,42 @@ def generate_sysu(root: str, *, num_identities: int = 300,
     _check_image_size(height, width)
     if not 1 <= jpeg_quality <= 95:
         raise SyntheticDataError(
-            f"jpeg_quality must be in 1..95, got {jpeg_quality}.")
+            f"jpeg_quality must be in 1..95, got {jpeg_quality}."
+        )
     _check_pattern_scale(pattern_scale)
     _prepare_root(root, [f"cam{c}" for c in range(1, 7)] + ["exp"], overwrite)
 
-    identities = sample_identities(num_identities, seed=seed,
-                                   pattern_scale=pattern_scale)
+    identities = sample_identities(
+        num_identities, seed=seed, pattern_scale=pattern_scale
+    )
     pids = np.arange(1, num_identities + 1)
     counts = {"visible": 0, "infrared": 0}
     for cam in range(1, 7):
         infrared = cam in SYSU_INFRARED_CAMERAS
-        per_id = (infrared_images_per_camera if infrared
-                  else visible_images_per_camera)
-        camera = make_camera(cam, infrared=infrared,
-                             outdoor=cam not in SYSU_INDOOR_CAMERAS, seed=seed)
+        per_id = (
+            infrared_images_per_camera
+            if infrared
+            else visible_images_per_camera
+        )
+        camera = make_camera(
+            cam,
+            infrared=infrared,
+            outdoor=cam not in SYSU_INDOOR_CAMERAS,
+            seed=seed,
+        )
         rng = np.random.default_rng([seed, 2, cam])
         index = np.repeat(np.arange(num_identities), per_id)
         views = sample_views(camera, index.size, rng=rng)
         # Written chunk by chunk: memory stays bounded at any dataset size.
         for first, images in iter_render_camera(
-                identities, index, views, camera, height=height, width=width,
-                rng=rng):
+            identities,
+            index,
+            views,
+            camera,
+            height=height,
+            width=width,
+            rng=rng,
+        ):
             for row, image in enumerate(images, start=first):
                 ident = index[row]
                 folder = os.path.join(root, f"cam{cam}", f"{pids[ident]:04d}")
@@ -758,17 +919,27 @@ def generate_sysu(root: str, *, num_identities: int = 300,
             f.write(",".join(str(i) for i in ids) + "\n")
     seconds = time.perf_counter() - start
     total = counts["visible"] + counts["infrared"]
-    logging.info("Wrote %d synthetic SYSU-MM01 images (%d ids) to %s in "
-                 "%.1f s.", total, num_identities, root, seconds)
-    return GenerationSummary(root=root, num_images=total,
-                             num_visible=counts["visible"],
-                             num_infrared=counts["infrared"],
-                             identities=tuple(int(p) for p in pids),
-                             splits=splits, seconds=seconds)
+    logging.info(
+        "Wrote %d synthetic SYSU-MM01 images (%d ids) to %s in %.1f s.",
+        total,
+        num_identities,
+        root,
+        seconds,
+    )
+    return GenerationSummary(
+        root=root,
+        num_images=total,
+        num_visible=counts["visible"],
+        num_infrared=counts["infrared"],
+        identities=tuple(int(p) for p in pids),
+        splits=splits,
+        seconds=seconds,
+    )
 
 
-def regdb_split(identities: Sequence[int], *, trial: int,
-                seed: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def regdb_split(
+    identities: Sequence[int], *, trial: int, seed: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Random half/half split of `identities` for one RegDB trial.
 
     Returns:
@@ -777,16 +948,25 @@ def regdb_split(identities: Sequence[int], *, trial: int,
     ids = np.array(sorted(identities))
     perm = np.random.default_rng([seed, 4, trial]).permutation(ids)
     half = len(ids) // 2
-    return (tuple(int(i) for i in sorted(perm[:half])),
-            tuple(int(i) for i in sorted(perm[half:])))
+    return (
+        tuple(int(i) for i in sorted(perm[:half])),
+        tuple(int(i) for i in sorted(perm[half:])),
+    )
 
 
-def generate_regdb(root: str, *, num_identities: int = 412,
-                   images_per_modality: int = 10, height: int = 128,
-                   width: int = 64, seed: int = 0, image_format: str = "bmp",
-                   num_trials: int = REGDB_NUM_TRIALS,
-                   pattern_scale: float = 1.0,
-                   overwrite: bool = False) -> GenerationSummary:
+def generate_regdb(
+    root: str,
+    *,
+    num_identities: int = 412,
+    images_per_modality: int = 10,
+    height: int = 128,
+    width: int = 64,
+    seed: int = 0,
+    image_format: str = "bmp",
+    num_trials: int = REGDB_NUM_TRIALS,
+    pattern_scale: float = 1.0,
+    overwrite: bool = False,
+) -> GenerationSummary:
     """Writes a synthetic dataset in the RegDB layout.
 
     Layout: ``root/Visible/{pid}/visible_{pid:04d}_{k:02d}.{fmt}``,
@@ -824,11 +1004,13 @@ def generate_regdb(root: str, *, num_identities: int = 412,
     _check_pattern_scale(pattern_scale)
     if image_format not in ("bmp", "jpg"):
         raise SyntheticDataError(
-            f"image_format must be 'bmp' or 'jpg', got {image_format!r}.")
+            f"image_format must be 'bmp' or 'jpg', got {image_format!r}."
+        )
     _prepare_root(root, ["Visible", "Thermal", "idx"], overwrite)
 
-    identities = sample_identities(num_identities, seed=seed,
-                                   pattern_scale=pattern_scale)
+    identities = sample_identities(
+        num_identities, seed=seed, pattern_scale=pattern_scale
+    )
     pids = np.arange(1, num_identities + 1)
     index = np.repeat(np.arange(num_identities), images_per_modality)
     # Both cameras see the same moment: share the pose, not the camera style.
@@ -836,8 +1018,10 @@ def generate_regdb(root: str, *, num_identities: int = 412,
     phase = pose_rng.uniform(0.0, 1.0, index.size)
     mirror = np.where(pose_rng.uniform(size=index.size) < 0.5, -1.0, 1.0)
     files = {}
-    for cam, folder, prefix in ((1, "Visible", "visible"),
-                                (2, "Thermal", "thermal")):
+    for cam, folder, prefix in (
+        (1, "Visible", "visible"),
+        (2, "Thermal", "thermal"),
+    ):
         camera = make_camera(cam, infrared=cam == 2, outdoor=False, seed=seed)
         rng = np.random.default_rng([seed, 2, cam])
         views = sample_views(camera, index.size, rng=rng)
@@ -845,16 +1029,24 @@ def generate_regdb(root: str, *, num_identities: int = 412,
         views["mirror"] = mirror
         names = []
         for first, images in iter_render_camera(
-                identities, index, views, camera, height=height, width=width,
-                rng=rng):
+            identities,
+            index,
+            views,
+            camera,
+            height=height,
+            width=width,
+            rng=rng,
+        ):
             for row, image in enumerate(images, start=first):
                 pid = int(pids[index[row]])
                 k = row - index[row] * images_per_modality + 1
-                rel = (f"{folder}/{pid}/{prefix}_{pid:04d}_{k:02d}."
-                       f"{image_format}")
+                rel = (
+                    f"{folder}/{pid}/{prefix}_{pid:04d}_{k:02d}.{image_format}"
+                )
                 if k == 1:
-                    os.makedirs(os.path.join(root, folder, str(pid)),
-                                exist_ok=True)
+                    os.makedirs(
+                        os.path.join(root, folder, str(pid)), exist_ok=True
+                    )
                 with open(os.path.join(root, rel), "wb") as f:
                     f.write(_encode(image, image_format, 95))
                 names.append((pid, rel))
@@ -869,19 +1061,32 @@ def generate_regdb(root: str, *, num_identities: int = 412,
         label = {pid: i for i, pid in enumerate(train + test)}
         for split, ids in (("train", set(train)), ("test", set(test))):
             for prefix in ("visible", "thermal"):
-                lines = [f"{rel} {label[pid]}\n" for pid, rel in files[prefix]
-                         if pid in ids]
+                lines = [
+                    f"{rel} {label[pid]}\n"
+                    for pid, rel in files[prefix]
+                    if pid in ids
+                ]
                 name = f"{split}_{prefix}_{trial}.txt"
                 with open(os.path.join(root, "idx", name), "w") as f:
                     f.writelines(lines)
     seconds = time.perf_counter() - start
     n = index.size
-    logging.info("Wrote %d synthetic RegDB images (%d ids) to %s in %.1f s.",
-                 2 * n, num_identities, root, seconds)
-    return GenerationSummary(root=root, num_images=2 * n, num_visible=n,
-                             num_infrared=n,
-                             identities=tuple(int(p) for p in pids),
-                             splits=splits, seconds=seconds)
+    logging.info(
+        "Wrote %d synthetic RegDB images (%d ids) to %s in %.1f s.",
+        2 * n,
+        num_identities,
+        root,
+        seconds,
+    )
+    return GenerationSummary(
+        root=root,
+        num_images=2 * n,
+        num_visible=n,
+        num_infrared=n,
+        identities=tuple(int(p) for p in pids),
+        splits=splits,
+        seconds=seconds,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -893,27 +1098,40 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m data_pipeline.synthetic",
         description="Write a synthetic visible-infrared re-id dataset in the "
-        "SYSU-MM01 or RegDB on-disk layout.")
+        "SYSU-MM01 or RegDB on-disk layout.",
+    )
     parser.add_argument("--layout", choices=("sysu", "regdb"), required=True)
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--preset", default="default",
-                        help="size preset: sysu: default, sysu_sized, tiny; "
-                        "regdb: default, tiny. Explicit size flags override "
-                        "it.")
+    parser.add_argument(
+        "--preset",
+        default="default",
+        help="size preset: sysu: default, sysu_sized, tiny; "
+        "regdb: default, tiny. Explicit size flags override "
+        "it.",
+    )
     parser.add_argument("--num_identities", type=int)
-    parser.add_argument("--images_per_camera", type=int,
-                        help="sysu: images per id per camera (both modalities)")
+    parser.add_argument(
+        "--images_per_camera",
+        type=int,
+        help="sysu: images per id per camera (both modalities)",
+    )
     parser.add_argument("--visible_images_per_camera", type=int)
     parser.add_argument("--infrared_images_per_camera", type=int)
     parser.add_argument("--images_per_modality", type=int, help="regdb only")
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pattern_scale", type=float,
-                        help="clothing-pattern frequency factor (default 1; "
-                        "< 1: coarser patterns)")
-    parser.add_argument("--image_format", choices=("bmp", "jpg"),
-                        help="regdb only (default bmp)")
+    parser.add_argument(
+        "--pattern_scale",
+        type=float,
+        help="clothing-pattern frequency factor (default 1; "
+        "< 1: coarser patterns)",
+    )
+    parser.add_argument(
+        "--image_format",
+        choices=("bmp", "jpg"),
+        help="regdb only (default bmp)",
+    )
     parser.add_argument("--overwrite", action="store_true")
     return parser.parse_args(argv)
 
@@ -924,27 +1142,39 @@ def _generator_kwargs(args: argparse.Namespace) -> dict:
     if args.preset not in presets:
         raise SyntheticDataError(
             f"unknown preset {args.preset!r} for layout {args.layout}; choose "
-            f"one of {sorted(presets)}.")
+            f"one of {sorted(presets)}."
+        )
     kwargs = dict(presets[args.preset])
     common = ("num_identities", "height", "width", "pattern_scale")
     if args.layout == "sysu":
-        if (args.images_per_modality is not None or
-                args.image_format is not None):
+        if (
+            args.images_per_modality is not None
+            or args.image_format is not None
+        ):
             raise SyntheticDataError(
                 "--images_per_modality and --image_format apply to "
-                "--layout=regdb only.")
+                "--layout=regdb only."
+            )
         if args.images_per_camera is not None:
             kwargs["visible_images_per_camera"] = args.images_per_camera
             kwargs["infrared_images_per_camera"] = args.images_per_camera
-        names = common + ("visible_images_per_camera",
-                          "infrared_images_per_camera")
+        names = common + (
+            "visible_images_per_camera",
+            "infrared_images_per_camera",
+        )
     else:
-        if any(getattr(args, a) is not None for a in (
-            "images_per_camera", "visible_images_per_camera",
-            "infrared_images_per_camera")):
+        if any(
+            getattr(args, a) is not None
+            for a in (
+                "images_per_camera",
+                "visible_images_per_camera",
+                "infrared_images_per_camera",
+            )
+        ):
             raise SyntheticDataError(
                 "--*images_per_camera apply to --layout=sysu; use "
-                "--images_per_modality for regdb.")
+                "--images_per_modality for regdb."
+            )
         names = common + ("images_per_modality", "image_format")
     for name in names:
         if getattr(args, name) is not None:
@@ -962,15 +1192,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.set_verbosity(logging.INFO)
     generate = generate_sysu if args.layout == "sysu" else generate_regdb
     try:
-        summary = generate(args.out, seed=args.seed,
-                           overwrite=args.overwrite, **_generator_kwargs(args))
+        summary = generate(
+            args.out,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            **_generator_kwargs(args),
+        )
     except (SyntheticDataError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # The CLI's result is for a person at a terminal.
-    print(f"Wrote {summary.num_images} images ({summary.num_visible} visible, "
-          f"{summary.num_infrared} infrared; {len(summary.identities)} ids) to "
-          f"{summary.root} in {summary.seconds:.1f} s.")
+    print(
+        f"Wrote {summary.num_images} images ({summary.num_visible} visible, "
+        f"{summary.num_infrared} infrared; {len(summary.identities)} ids) to "
+        f"{summary.root} in {summary.seconds:.1f} s."
+    )
     return 0
 
 

@@ -39,10 +39,11 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 from mclnet_jax import evaluate as evaluate_lib
 from mclnet_jax import metrics as metrics_lib
@@ -54,8 +55,10 @@ MISS_COLOR = (220, 0, 0)
 QUERY_COLOR = (40, 40, 40)
 DPI = 100
 _MARKERS = {evaluate_lib.VISIBLE: "o", evaluate_lib.INFRARED: "^"}
-_MODALITY_NAMES = {evaluate_lib.VISIBLE: "visible",
-                   evaluate_lib.INFRARED: "infrared"}
+_MODALITY_NAMES = {
+    evaluate_lib.VISIBLE: "visible",
+    evaluate_lib.INFRARED: "infrared",
+}
 # Pair categories of the distance histograms: (same modality, same id).
 PAIR_CATEGORIES = {
     "same modality, same identity": (True, True),
@@ -71,9 +74,12 @@ def library_versions() -> dict[str, str]:
     # pylint: disable=g-import-not-at-top
     import matplotlib
     import sklearn
+
     # pylint: enable=g-import-not-at-top
-    return {"matplotlib": matplotlib.__version__,
-            "scikit-learn": sklearn.__version__}
+    return {
+        "matplotlib": matplotlib.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
 
 
 def _new_figure(width: float, height: float):
@@ -81,6 +87,7 @@ def _new_figure(width: float, height: float):
     # pylint: disable=g-import-not-at-top
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
     # pylint: enable=g-import-not-at-top
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
@@ -90,8 +97,8 @@ def _new_figure(width: float, height: float):
 def _save(fig, path: str) -> str:
     """Writes an RGB PNG (no alpha: a quarter smaller) with the versions."""
     # pylint: disable=g-import-not-at-top
-    from PIL import Image
-    from PIL import PngImagePlugin
+    from PIL import Image, PngImagePlugin
+
     # pylint: enable=g-import-not-at-top
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -99,11 +106,17 @@ def _save(fig, path: str) -> str:
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
     versions = library_versions()
     info = PngImagePlugin.PngInfo()
-    info.add_text("Software", (f"mclnet_jax.analysis; matplotlib "
-                               f"{versions['matplotlib']}; scikit-learn "
-                               f"{versions['scikit-learn']}"))
-    Image.fromarray(rgb).save(path, format="PNG", optimize=True,
-                              pnginfo=info, dpi=(DPI, DPI))
+    info.add_text(
+        "Software",
+        (
+            f"mclnet_jax.analysis; matplotlib "
+            f"{versions['matplotlib']}; scikit-learn "
+            f"{versions['scikit-learn']}"
+        ),
+    )
+    Image.fromarray(rgb).save(
+        path, format="PNG", optimize=True, pnginfo=info, dpi=(DPI, DPI)
+    )
     return path
 
 
@@ -115,16 +128,20 @@ def _as_1d_int(name: str, value, n: int | None = None) -> np.ndarray:
     value = np.asarray(value)
     if value.ndim != 1 or (n is not None and value.shape[0] != n):
         want = f"length {n}" if n is not None else "1-D"
-        raise ValueError(f"{name} must be a 1-D array of {want}, got shape "
-                         f"{value.shape}.")
+        raise ValueError(
+            f"{name} must be a 1-D array of {want}, got shape {value.shape}."
+        )
     if value.size and not np.issubdtype(value.dtype, np.integer):
         raise ValueError(f"{name} must hold integers, got {value.dtype}.")
     return value.astype(np.int64)
 
 
 def _check_positive_int(name: str, value) -> int:
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-            or value < 1):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < 1
+    ):
         raise ValueError(f"{name} must be a positive int, got {value!r}.")
     return int(value)
 
@@ -133,12 +150,14 @@ def _to_uint8(images) -> np.ndarray:
     """[..., H, W, 3] float in [0, 1] or uint8 -> uint8."""
     images = np.asarray(images)
     if images.shape[-1:] != (3,):
-        raise ValueError(f"images must be [..., H, W, 3] RGB, got shape "
-                         f"{images.shape}.")
+        raise ValueError(
+            f"images must be [..., H, W, 3] RGB, got shape {images.shape}."
+        )
     if images.dtype == np.uint8:
         return images
-    return np.clip(np.round(images.astype(np.float32) * 255.0), 0,
-                   255).astype(np.uint8)
+    return np.clip(np.round(images.astype(np.float32) * 255.0), 0, 255).astype(
+        np.uint8
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -178,15 +197,22 @@ def _excluded(flavour: str, qid, gid, qcam, gcam) -> np.ndarray:
         # The SYSU evaluation drops camera 2 for camera-3 queries.
         return (qcam == 3)[:, None] & (gcam == 2)[None, :]
     if flavour == "standard":
-        return ((qid[:, None] == gid[None, :])
-                & (qcam[:, None] == gcam[None, :]))
-    raise ValueError(f"flavour must be 'sysu' or 'standard', got "
-                     f"{flavour!r}.")
+        return (qid[:, None] == gid[None, :]) & (qcam[:, None] == gcam[None, :])
+    raise ValueError(f"flavour must be 'sysu' or 'standard', got {flavour!r}.")
 
 
-def rank_lists(distmat, *, query_ids, gallery_ids, query_cams, gallery_cams,
-               flavour: str, num_queries: int = 8, top_k: int = 10,
-               seed: int = 0) -> RankLists:
+def rank_lists(
+    distmat,
+    *,
+    query_ids,
+    gallery_ids,
+    query_cams,
+    gallery_cams,
+    flavour: str,
+    num_queries: int = 8,
+    top_k: int = 10,
+    seed: int = 0,
+) -> RankLists:
     """Chooses queries to show and their top-k gallery items.
 
     Gallery items are ranked by distance, ties by gallery order (as the
@@ -211,11 +237,14 @@ def rank_lists(distmat, *, query_ids, gallery_ids, query_cams, gallery_cams,
     """
     dist = np.asarray(distmat)
     if dist.ndim != 2 or 0 in dist.shape:
-        raise ValueError(f"distmat must be a non-empty [Q, G] matrix, got "
-                         f"shape {dist.shape}.")
+        raise ValueError(
+            f"distmat must be a non-empty [Q, G] matrix, got "
+            f"shape {dist.shape}."
+        )
     if not np.all(np.isfinite(dist)):
-        raise ValueError("distmat contains NaN or infinite values; check the "
-                         "features.")
+        raise ValueError(
+            "distmat contains NaN or infinite values; check the features."
+        )
     num_q, num_g = dist.shape
     qid = _as_1d_int("query_ids", query_ids, num_q)
     gid = _as_1d_int("gallery_ids", gallery_ids, num_g)
@@ -230,7 +259,8 @@ def rank_lists(distmat, *, query_ids, gallery_ids, query_cams, gallery_cams,
     if not valid.any():
         raise ValueError(
             "no query has a matching identity in the gallery (after the "
-            "protocol's removal): nothing to show.")
+            "protocol's removal): nothing to show."
+        )
     masked = np.where(removed, np.inf, dist.astype(np.float64))
     # Stable: equal distances keep gallery order, as in the metrics.
     order = np.argsort(masked, axis=1, kind="stable")
@@ -254,7 +284,8 @@ def rank_lists(distmat, *, query_ids, gallery_ids, query_cams, gallery_cams,
         query=rows,
         gallery=cols.astype(np.int64),
         distance=np.take_along_axis(dist[rows], cols, axis=1).astype(
-            np.float32),
+            np.float32
+        ),
         hit=gid[cols] == qid[rows][:, None],
         failure=failure[rows],
         num_valid=int(valid.sum()),
@@ -262,9 +293,15 @@ def rank_lists(distmat, *, query_ids, gallery_ids, query_cams, gallery_cams,
     )
 
 
-def draw_rank_lists(path: str, lists: RankLists, *, query_images,
-                    gallery_images, title: str = "",
-                    query_labels: Sequence[str] | None = None) -> str:
+def draw_rank_lists(
+    path: str,
+    lists: RankLists,
+    *,
+    query_images,
+    gallery_images,
+    title: str = "",
+    query_labels: Sequence[str] | None = None,
+) -> str:
     """Draws rank lists: one row per query, its top-k to the right.
 
     Args:
@@ -283,14 +320,19 @@ def draw_rank_lists(path: str, lists: RankLists, *, query_images,
     query_images = _to_uint8(query_images)
     gallery_images = _to_uint8(gallery_images)
     if query_images.ndim != 4 or query_images.shape[0] != n:
-        raise ValueError(f"query_images must be [n={n}, H, W, 3], got shape "
-                         f"{query_images.shape}.")
+        raise ValueError(
+            f"query_images must be [n={n}, H, W, 3], got shape "
+            f"{query_images.shape}."
+        )
     if gallery_images.ndim != 5 or gallery_images.shape[:2] != (n, k):
-        raise ValueError(f"gallery_images must be [n={n}, k={k}, H, W, 3], "
-                         f"got shape {gallery_images.shape}.")
+        raise ValueError(
+            f"gallery_images must be [n={n}, k={k}, H, W, 3], "
+            f"got shape {gallery_images.shape}."
+        )
     if query_labels is not None and len(query_labels) != n:
-        raise ValueError(f"query_labels needs {n} entries, got "
-                         f"{len(query_labels)}.")
+        raise ValueError(
+            f"query_labels needs {n} entries, got {len(query_labels)}."
+        )
     height, width = query_images.shape[1:3]
     cell_h = 1.15
     cell_w = cell_h * width / height
@@ -300,10 +342,16 @@ def draw_rank_lists(path: str, lists: RankLists, *, query_images,
     fig_h = n * (cell_h + 0.35) + (0.55 if title else 0.25)
     fig = _new_figure(fig_w, fig_h)
     grid = fig.add_gridspec(
-        n, k + 2, width_ratios=[cell_w, gap] + [cell_w] * k,
-        left=0.2 / fig_w, right=1 - 0.2 / fig_w,
-        top=1 - (0.5 if title else 0.2) / fig_h, bottom=0.3 / fig_h,
-        wspace=0.25, hspace=0.45)
+        n,
+        k + 2,
+        width_ratios=[cell_w, gap] + [cell_w] * k,
+        left=0.2 / fig_w,
+        right=1 - 0.2 / fig_w,
+        top=1 - (0.5 if title else 0.2) / fig_h,
+        bottom=0.3 / fig_h,
+        wspace=0.25,
+        hspace=0.45,
+    )
     if title:
         fig.suptitle(title, fontsize=8)
 
@@ -327,24 +375,43 @@ def draw_rank_lists(path: str, lists: RankLists, *, query_images,
         label = query_labels[i] if query_labels is not None else ""
         show(ax, query_images[i], QUERY_COLOR, label, 1.0)
         # Black text: the only pure green / red pixels are the borders.
-        ax.set_title("rank-1 miss" if lists.failure[i] else "rank-1 hit",
-                     fontsize=6, pad=2)
+        ax.set_title(
+            "rank-1 miss" if lists.failure[i] else "rank-1 hit",
+            fontsize=6,
+            pad=2,
+        )
         for j in range(k):
             ax = fig.add_subplot(grid[i, j + 2])
             color = HIT_COLOR if lists.hit[i, j] else MISS_COLOR
-            show(ax, gallery_images[i, j], color,
-                 f"{lists.distance[i, j]:.3f}", 3.0)
+            show(
+                ax,
+                gallery_images[i, j],
+                color,
+                f"{lists.distance[i, j]:.3f}",
+                3.0,
+            )
             if i == 0:
                 ax.set_title(str(j + 1), fontsize=6, pad=2)
     return _save(fig, path)
 
 
-def rank_list_figure(path: str, distmat, *, query_ids, gallery_ids,
-                     query_cams, gallery_cams, flavour: str,
-                     load_images: Callable[[np.ndarray], Any],
-                     query_index=None, gallery_index=None,
-                     num_queries: int = 8, top_k: int = 10, seed: int = 0,
-                     title: str = "") -> tuple[str, RankLists]:
+def rank_list_figure(
+    path: str,
+    distmat,
+    *,
+    query_ids,
+    gallery_ids,
+    query_cams,
+    gallery_cams,
+    flavour: str,
+    load_images: Callable[[np.ndarray], Any],
+    query_index=None,
+    gallery_index=None,
+    num_queries: int = 8,
+    top_k: int = 10,
+    seed: int = 0,
+    title: str = "",
+) -> tuple[str, RankLists]:
     """`rank_lists`, then `draw_rank_lists` with the images it needs.
 
     Args:
@@ -363,24 +430,45 @@ def rank_list_figure(path: str, distmat, *, query_ids, gallery_ids,
     dist = np.asarray(distmat)
     if dist.ndim != 2:
         raise ValueError(f"distmat must be [Q, G], got shape {dist.shape}.")
-    q_index = (np.arange(dist.shape[0]) if query_index is None else
-               _as_1d_int("query_index", query_index, dist.shape[0]))
-    g_index = (np.arange(dist.shape[1]) if gallery_index is None else
-               _as_1d_int("gallery_index", gallery_index, dist.shape[1]))
-    lists = rank_lists(dist, query_ids=query_ids, gallery_ids=gallery_ids,
-                       query_cams=query_cams, gallery_cams=gallery_cams,
-                       flavour=flavour, num_queries=num_queries, top_k=top_k,
-                       seed=seed)
+    q_index = (
+        np.arange(dist.shape[0])
+        if query_index is None
+        else _as_1d_int("query_index", query_index, dist.shape[0])
+    )
+    g_index = (
+        np.arange(dist.shape[1])
+        if gallery_index is None
+        else _as_1d_int("gallery_index", gallery_index, dist.shape[1])
+    )
+    lists = rank_lists(
+        dist,
+        query_ids=query_ids,
+        gallery_ids=gallery_ids,
+        query_cams=query_cams,
+        gallery_cams=gallery_cams,
+        flavour=flavour,
+        num_queries=num_queries,
+        top_k=top_k,
+        seed=seed,
+    )
     n, k = lists.gallery.shape
-    wanted = np.concatenate([q_index[lists.query],
-                             g_index[lists.gallery].ravel()])
+    wanted = np.concatenate(
+        [q_index[lists.query], g_index[lists.gallery].ravel()]
+    )
     images = _to_uint8(load_images(wanted))
-    labels = [f"id {int(np.asarray(query_ids)[r])} cam "
-              f"{int(np.asarray(query_cams)[r])}" for r in lists.query]
-    draw_rank_lists(path, lists, query_images=images[:n],
-                    gallery_images=images[n:].reshape(
-                        (n, k) + images.shape[1:]),
-                    title=title, query_labels=labels)
+    labels = [
+        f"id {int(np.asarray(query_ids)[r])} cam "
+        f"{int(np.asarray(query_cams)[r])}"
+        for r in lists.query
+    ]
+    draw_rank_lists(
+        path,
+        lists,
+        query_images=images[:n],
+        gallery_images=images[n:].reshape((n, k) + images.shape[1:]),
+        title=title,
+        query_labels=labels,
+    )
     return path, lists
 
 
@@ -396,13 +484,18 @@ def mean_cmc(results) -> dict[str, dict[str, np.ndarray]]:
             results JSON written by training (`{"results": to_dict()}`).
     """
     if isinstance(results, evaluate_lib.EvaluationResults):
-        return {p: {f: np.mean([t.cmc for t in trials.values()], axis=0)
-                    for f, trials in fs.items()}
-                for p, fs in results.per_trial.items()}
+        return {
+            p: {
+                f: np.mean([t.cmc for t in trials.values()], axis=0)
+                for f, trials in fs.items()
+            }
+            for p, fs in results.per_trial.items()
+        }
     if not isinstance(results, Mapping):
         raise ValueError(
             f"results must be an EvaluationResults or its to_dict(), got "
-            f"{type(results).__name__}.")
+            f"{type(results).__name__}."
+        )
     if "results" in results and "summary" in results:
         results = results["results"]
     out = {}
@@ -412,16 +505,18 @@ def mean_cmc(results) -> dict[str, dict[str, np.ndarray]]:
             if not trials:
                 raise ValueError(
                     f"results[{p!r}][{f!r}] has no per-trial 'trials': pass "
-                    "EvaluationResults.to_dict() or a results.json.")
+                    "EvaluationResults.to_dict() or a results.json."
+                )
             out.setdefault(p, {})[f] = np.mean(
                 [np.asarray(t["cmc"], np.float64) for t in trials.values()],
-                axis=0)
+                axis=0,
+            )
     return out
 
 
-def cmc_figure(path: str, curves: Mapping[str, Mapping[str, Any]], *,
-               max_rank: int = 20) -> tuple[str, dict[str, dict[str,
-                                                               np.ndarray]]]:
+def cmc_figure(
+    path: str, curves: Mapping[str, Mapping[str, Any]], *, max_rank: int = 20
+) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
     """CMC curves, one panel per protocol, one line per feature.
 
     Args:
@@ -445,21 +540,31 @@ def cmc_figure(path: str, curves: Mapping[str, Mapping[str, Any]], *,
         for label in sorted(curves[protocol]):
             cmc = np.asarray(curves[protocol][label], np.float64)
             if cmc.ndim != 1 or cmc.size == 0:
-                raise ValueError(f"curves[{protocol!r}][{label!r}] must be a "
-                                 f"non-empty 1-D CMC, got shape {cmc.shape}.")
+                raise ValueError(
+                    f"curves[{protocol!r}][{label!r}] must be a "
+                    f"non-empty 1-D CMC, got shape {cmc.shape}."
+                )
             cmc = cmc[:max_rank]
             ranks = np.arange(1, cmc.size + 1)
-            ax.plot(ranks, 100 * cmc, marker=".", markersize=3,
-                    linestyle="--" if label == _RAW_PIXELS else "-",
-                    label=f"{label} (R1 {100 * cmc[0]:.1f}%)")
+            ax.plot(
+                ranks,
+                100 * cmc,
+                marker=".",
+                markersize=3,
+                linestyle="--" if label == _RAW_PIXELS else "-",
+                label=f"{label} (R1 {100 * cmc[0]:.1f}%)",
+            )
             drawn.setdefault(protocol, {})[label] = cmc
         ax.set_title(protocol, fontsize=9)
         ax.set_xlabel("rank", fontsize=8)
         ax.set_ylabel("matching rate (%)", fontsize=8)
         ax.set_xlim(1, max_rank)
         ax.set_ylim(0, 100)
-        ax.set_xticks([1, 5, 10, 15, 20] if max_rank == 20 else
-                      np.unique(np.linspace(1, max_rank, 5).round()))
+        ax.set_xticks(
+            [1, 5, 10, 15, 20]
+            if max_rank == 20
+            else np.unique(np.linspace(1, max_rank, 5).round())
+        )
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
@@ -471,9 +576,14 @@ def cmc_figure(path: str, curves: Mapping[str, Mapping[str, Any]], *,
 # t-SNE and distance distributions.
 
 
-def select_identities(identity, modality, *, num_identities: int = 10,
-                      max_per_modality: int = 20, seed: int = 0
-                      ) -> np.ndarray:
+def select_identities(
+    identity,
+    modality,
+    *,
+    num_identities: int = 10,
+    max_per_modality: int = 20,
+    seed: int = 0,
+) -> np.ndarray:
     """Split positions of a few identities seen in both modalities.
 
     Draws `num_identities` identities (all if fewer) among those with images
@@ -486,10 +596,11 @@ def select_identities(identity, modality, *, num_identities: int = 10,
     identity = _as_1d_int("identity", identity)
     modality = _as_1d_int("modality", modality, identity.size)
     num_identities = _check_positive_int("num_identities", num_identities)
-    max_per_modality = _check_positive_int("max_per_modality",
-                                           max_per_modality)
-    both = np.intersect1d(identity[modality == evaluate_lib.VISIBLE],
-                          identity[modality == evaluate_lib.INFRARED])
+    max_per_modality = _check_positive_int("max_per_modality", max_per_modality)
+    both = np.intersect1d(
+        identity[modality == evaluate_lib.VISIBLE],
+        identity[modality == evaluate_lib.INFRARED],
+    )
     if both.size == 0:
         raise ValueError("no identity has images in both modalities.")
     rng = np.random.default_rng(seed)
@@ -498,8 +609,11 @@ def select_identities(identity, modality, *, num_identities: int = 10,
     for i in np.sort(ids):
         for mod in (evaluate_lib.VISIBLE, evaluate_lib.INFRARED):
             pool = np.flatnonzero((identity == i) & (modality == mod))
-            out.append(rng.choice(pool, min(max_per_modality, pool.size),
-                                  replace=False))
+            out.append(
+                rng.choice(
+                    pool, min(max_per_modality, pool.size), replace=False
+                )
+            )
     return np.sort(np.concatenate(out)).astype(np.int64)
 
 
@@ -510,8 +624,9 @@ def _check_panels(panels: Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
     for name, value in panels.items():
         value = np.asarray(value, np.float32)
         if value.ndim != 2 or value.shape[0] != n:
-            raise ValueError(f"panels[{name!r}] must be [n={n}, D], got shape "
-                             f"{value.shape}.")
+            raise ValueError(
+                f"panels[{name!r}] must be [n={n}, D], got shape {value.shape}."
+            )
         if not np.all(np.isfinite(value)):
             raise ValueError(f"panels[{name!r}] has NaN or infinite values.")
         out[name] = value
@@ -525,9 +640,10 @@ def tsne_embedding(features, *, seed: int = 0) -> np.ndarray:
     thousands), perplexity min(30, (n - 1) / 3).
     """
     # pylint: disable=g-import-not-at-top
+    import threadpoolctl  # A scikit-learn dependency.
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
-    import threadpoolctl  # A scikit-learn dependency.
+
     # pylint: enable=g-import-not-at-top
     x = metrics_lib.l2_normalize(np.asarray(features, np.float32))
     n = x.shape[0]
@@ -540,13 +656,22 @@ def tsne_embedding(features, *, seed: int = 0) -> np.ndarray:
         if x.shape[1] > 50 and n > 50:
             x = PCA(n_components=50, random_state=seed).fit_transform(x)
         perplexity = float(min(30.0, (n - 1) / 3.0))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca",
-                    learning_rate="auto", random_state=seed).fit_transform(
-                        x).astype(np.float32)
+        return (
+            TSNE(
+                n_components=2,
+                perplexity=perplexity,
+                init="pca",
+                learning_rate="auto",
+                random_state=seed,
+            )
+            .fit_transform(x)
+            .astype(np.float32)
+        )
 
 
-def tsne_figure(path: str, panels: Mapping[str, Any], *, identity, modality,
-                seed: int = 0) -> tuple[str, dict[str, np.ndarray]]:
+def tsne_figure(
+    path: str, panels: Mapping[str, Any], *, identity, modality, seed: int = 0
+) -> tuple[str, dict[str, np.ndarray]]:
     """t-SNE panels side by side: colour = identity, marker = modality.
 
     Args:
@@ -565,6 +690,7 @@ def tsne_figure(path: str, panels: Mapping[str, Any], *, identity, modality,
     panels = _check_panels(panels, identity.size)
     # pylint: disable-next=g-import-not-at-top
     from matplotlib import colormaps
+
     ids = np.unique(identity)
     cmap = colormaps["tab10" if ids.size <= 10 else "tab20"]
     colors = {i: cmap(j % cmap.N) for j, i in enumerate(ids)}
@@ -578,26 +704,36 @@ def tsne_figure(path: str, panels: Mapping[str, Any], *, identity, modality,
             for mod, marker in _MARKERS.items():
                 sel = (identity == i) & (modality == mod)
                 if sel.any():
-                    ax.scatter(xy[sel, 0], xy[sel, 1], s=16, marker=marker,
-                               color=colors[i], edgecolors="none",
-                               alpha=0.85)
+                    ax.scatter(
+                        xy[sel, 0],
+                        xy[sel, 1],
+                        s=16,
+                        marker=marker,
+                        color=colors[i],
+                        edgecolors="none",
+                        alpha=0.85,
+                    )
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     # Legend of the markers only: the colours are just identities.
-    handles = [fig.axes[0].scatter([], [], marker=m, color="0.3", s=16,
-                                   label=_MODALITY_NAMES[mod])
-               for mod, m in _MARKERS.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8,
-               frameon=False)
-    fig.suptitle(f"t-SNE of {ids.size} test identities (colour = identity)",
-                 fontsize=9)
+    handles = [
+        fig.axes[0].scatter(
+            [], [], marker=m, color="0.3", s=16, label=_MODALITY_NAMES[mod]
+        )
+        for mod, m in _MARKERS.items()
+    ]
+    fig.legend(
+        handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False
+    )
+    fig.suptitle(
+        f"t-SNE of {ids.size} test identities (colour = identity)", fontsize=9
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     return _save(fig, path), embeddings
 
 
-def pair_distances(features, *, identity, modality
-                   ) -> dict[str, np.ndarray]:
+def pair_distances(features, *, identity, modality) -> dict[str, np.ndarray]:
     """Distances of all pairs i < j, split by `PAIR_CATEGORIES`.
 
     Distance = -<f_i, f_j> of L2-normalised features (the evaluation's).
@@ -609,21 +745,23 @@ def pair_distances(features, *, identity, modality
     modality = _as_1d_int("modality", modality, identity.size)
     x = np.asarray(features, np.float32)
     if x.ndim != 2 or x.shape[0] != identity.size:
-        raise ValueError(f"features must be [n={identity.size}, D], got "
-                         f"shape {x.shape}.")
+        raise ValueError(
+            f"features must be [n={identity.size}, D], got shape {x.shape}."
+        )
     dist = metrics_lib.negative_inner_product(x, x)
     i, j = np.triu_indices(identity.size, k=1)
     same_mod = modality[i] == modality[j]
     same_id = identity[i] == identity[j]
     d = dist[i, j]
-    return {name: d[(same_mod == sm) & (same_id == si)]
-            for name, (sm, si) in PAIR_CATEGORIES.items()}
+    return {
+        name: d[(same_mod == sm) & (same_id == si)]
+        for name, (sm, si) in PAIR_CATEGORIES.items()
+    }
 
 
-def distance_histogram_figure(path: str, panels: Mapping[str, Any], *,
-                              identity, modality, bins: int = 50
-                              ) -> tuple[str, dict[str, dict[str,
-                                                             np.ndarray]]]:
+def distance_histogram_figure(
+    path: str, panels: Mapping[str, Any], *, identity, modality, bins: int = 50
+) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
     """Histograms of matching / non-matching, same / cross-modality pairs.
 
     Args:
@@ -641,6 +779,7 @@ def distance_histogram_figure(path: str, panels: Mapping[str, Any], *,
     panels = _check_panels(panels, identity.size)
     bins = _check_positive_int("bins", bins)
     from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+
     styles = {
         "same modality, same identity": ("tab:blue", "-"),
         "same modality, other identity": ("tab:blue", ":"),
@@ -659,11 +798,25 @@ def distance_histogram_figure(path: str, panels: Mapping[str, Any], *,
             if d.size == 0:
                 continue
             color, style = styles[category]
-            ax.hist(d, bins=edges, density=True, histtype="step",
-                    color=color, linestyle=style, linewidth=1.4)
-            handles.append(Line2D(
-                [], [], color=color, linestyle=style, linewidth=1.4,
-                label=f"{category} ({d.size}; mean {d.mean():.2f})"))
+            ax.hist(
+                d,
+                bins=edges,
+                density=True,
+                histtype="step",
+                color=color,
+                linestyle=style,
+                linewidth=1.4,
+            )
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color=color,
+                    linestyle=style,
+                    linewidth=1.4,
+                    label=f"{category} ({d.size}; mean {d.mean():.2f})",
+                )
+            )
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("distance (negative cosine similarity)", fontsize=8)
         ax.set_ylabel("density", fontsize=8)
@@ -685,8 +838,12 @@ def _display_loader(source, *, image_size, batch_size: int):
     i.e. pixels / 255: the images the model saw, un-normalised.
     """
     batches_fn = evaluate_lib.make_batches_fn(
-        source, batch_size=batch_size, image_size=tuple(image_size),
-        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+        source,
+        batch_size=batch_size,
+        image_size=tuple(image_size),
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
 
     def load(indices):
         indices = np.asarray(indices, np.int64)
@@ -707,9 +864,11 @@ def _raw_pixels(images_uint8: np.ndarray) -> np.ndarray:
     (`train_data.RunData.raw_pixel_baseline`), from the displayed images."""
     # pylint: disable-next=g-import-not-at-top
     from data_pipeline import augment
+
     x = images_uint8.astype(np.float32) / 255.0
     x = (x - np.asarray(augment.IMAGENET_MEAN, np.float32)) / np.asarray(
-        augment.IMAGENET_STD, np.float32)
+        augment.IMAGENET_STD, np.float32
+    )
     return x.reshape(x.shape[0], -1)
 
 
@@ -717,18 +876,25 @@ def _protocol_results(config, features, meta):
     """The config's test protocol on already extracted features."""
     # Imported here: it brings the data stack (TensorFlow).
     from mclnet_jax import train_data  # pylint: disable=g-import-not-at-top
+
     ec = config.eval
     rerank = train_data.rerank_params(ec)
     if ec.protocol == "sysu":
         return evaluate_lib.evaluate_sysu(
-            features, meta, modes=tuple(ec.modes),
-            trials=tuple(range(ec.num_trials)), rerank=rerank)
+            features,
+            meta,
+            modes=tuple(ec.modes),
+            trials=tuple(range(ec.num_trials)),
+            rerank=rerank,
+        )
     if ec.protocol == "regdb":
         trial = int(config.data.builder_config.split("_")[-1])
-        return evaluate_lib.evaluate_regdb(features, meta, trial=trial,
-                                           rerank=rerank)
-    raise ValueError(f"config.eval.protocol must be 'sysu' or 'regdb', got "
-                     f"{ec.protocol!r}.")
+        return evaluate_lib.evaluate_regdb(
+            features, meta, trial=trial, rerank=rerank
+        )
+    raise ValueError(
+        f"config.eval.protocol must be 'sysu' or 'regdb', got {ec.protocol!r}."
+    )
 
 
 def _rank_list_jobs(protocol: str, meta: evaluate_lib.TestMetadata):
@@ -736,27 +902,52 @@ def _rank_list_jobs(protocol: str, meta: evaluate_lib.TestMetadata):
     if protocol == "sysu":
         q = evaluate_lib.sysu_query_indices(meta)
         g = evaluate_lib.sysu_gallery_indices(meta, mode="all", trial=0)
-        return [("rank_list_sysu_all",
-                 "SYSU-MM01 all-search, gallery of trial 0: infrared query, "
-                 "top-10 visible", q, g, "sysu")]
+        return [
+            (
+                "rank_list_sysu_all",
+                "SYSU-MM01 all-search, gallery of trial 0: infrared query, "
+                "top-10 visible",
+                q,
+                g,
+                "sysu",
+            )
+        ]
     if protocol != "regdb":
-        raise ValueError(f"config.eval.protocol must be 'sysu' or 'regdb', "
-                         f"got {protocol!r}.")
+        raise ValueError(
+            f"config.eval.protocol must be 'sysu' or 'regdb', got {protocol!r}."
+        )
     jobs = []
     for direction in evaluate_lib.REGDB_DIRECTIONS:
         q, g = evaluate_lib.regdb_indices(meta, direction=direction)
-        jobs.append((f"rank_list_regdb_{direction}",
-                     f"RegDB {direction.replace('_', ' ')}", q, g,
-                     "standard"))
+        jobs.append(
+            (
+                f"rank_list_regdb_{direction}",
+                f"RegDB {direction.replace('_', ' ')}",
+                q,
+                g,
+                "standard",
+            )
+        )
     return jobs
 
 
-def write_figures(config, workdir: str, *, model, state, results=None,
-                  raw_pixel_results=None, checkpoint: str = "final",
-                  feature: str = "bn", num_queries: int = 8,
-                  num_identities: int = 10, max_per_modality: int = 20,
-                  histogram_images: int = 600, seed: int = 0,
-                  out_dir: str | None = None) -> dict[str, str]:
+def write_figures(
+    config,
+    workdir: str,
+    *,
+    model,
+    state,
+    results=None,
+    raw_pixel_results=None,
+    checkpoint: str = "final",
+    feature: str = "bn",
+    num_queries: int = 8,
+    num_identities: int = 10,
+    max_per_modality: int = 20,
+    histogram_images: int = 600,
+    seed: int = 0,
+    out_dir: str | None = None,
+) -> dict[str, str]:
     """Draws every figure of a model on the config's test split.
 
     Extracts the test features once (all processes take part, as in the
@@ -788,24 +979,29 @@ def write_figures(config, workdir: str, *, model, state, results=None,
     """
     # pylint: disable=g-import-not-at-top
     import jax
+
     from data_pipeline import input_pipeline
     from mclnet_jax import train_data
     # pylint: enable=g-import-not-at-top
 
     if feature not in evaluate_lib.FEATURE_NAMES:
-        raise ValueError(f"feature must be one of {evaluate_lib.FEATURE_NAMES}"
-                         f", got {feature!r}.")
+        raise ValueError(
+            f"feature must be one of {evaluate_lib.FEATURE_NAMES}"
+            f", got {feature!r}."
+        )
     start = time.perf_counter()
     dc = config.data
     builder = train_data.open_builder(config, workdir)
     source = input_pipeline.open_source(builder, dc.test_split)
     meta = evaluate_lib.read_test_metadata(source)
     batches_fn = evaluate_lib.make_batches_fn(
-        source, batch_size=dc.eval_batch_size,
-        image_size=tuple(dc.image_size))
+        source, batch_size=dc.eval_batch_size, image_size=tuple(dc.image_size)
+    )
     features = evaluate_lib.extract_features(
-        train_data.make_embed_fn(model, state), batches_fn=batches_fn,
-        modality=meta.modality)
+        train_data.make_embed_fn(model, state),
+        batches_fn=batches_fn,
+        modality=meta.modality,
+    )
     timings = {"test features": time.perf_counter() - start}
     if jax.process_index() != 0:
         return {}
@@ -842,26 +1038,39 @@ def write_figures(config, workdir: str, *, model, state, results=None,
     # Choose everything first, so the images are read in one pass.
     value = features[feature]
     jobs = []
-    for stem, title, q, g, flavour in _rank_list_jobs(config.eval.protocol,
-                                                      meta):
+    for stem, title, q, g, flavour in _rank_list_jobs(
+        config.eval.protocol, meta
+    ):
         dist = metrics_lib.negative_inner_product(value[q], value[g])
         lists = rank_lists(
-            dist, query_ids=meta.identity[q], gallery_ids=meta.identity[g],
-            query_cams=meta.camera[q], gallery_cams=meta.camera[g],
-            flavour=flavour, num_queries=num_queries, seed=seed)
+            dist,
+            query_ids=meta.identity[q],
+            gallery_ids=meta.identity[g],
+            query_cams=meta.camera[q],
+            gallery_cams=meta.camera[g],
+            flavour=flavour,
+            num_queries=num_queries,
+            seed=seed,
+        )
         jobs.append((stem, f"{title} ({feature}, step {step})", q, g, lists))
-    tsne_idx = select_identities(meta.identity, meta.modality,
-                                 num_identities=num_identities,
-                                 max_per_modality=max_per_modality, seed=seed)
+    tsne_idx = select_identities(
+        meta.identity,
+        meta.modality,
+        num_identities=num_identities,
+        max_per_modality=max_per_modality,
+        seed=seed,
+    )
     rng = np.random.default_rng(seed)
-    hist_idx = np.sort(rng.choice(len(meta), min(histogram_images,
-                                                 len(meta)), replace=False))
+    hist_idx = np.sort(
+        rng.choice(len(meta), min(histogram_images, len(meta)), replace=False)
+    )
     wanted = [tsne_idx, hist_idx]
     for _, _, q, g, lists in jobs:
         wanted += [q[lists.query], g[lists.gallery].ravel()]
     wanted = np.unique(np.concatenate(wanted))
-    load = _display_loader(source, image_size=dc.image_size,
-                           batch_size=dc.eval_batch_size)
+    load = _display_loader(
+        source, image_size=dc.image_size, batch_size=dc.eval_batch_size
+    )
     images = load(wanted)
     since = tick("selection and images", since)
 
@@ -870,57 +1079,81 @@ def write_figures(config, workdir: str, *, model, state, results=None,
 
     for stem, title, q, g, lists in jobs:
         n, k = lists.gallery.shape
-        labels = [f"id {meta.identity[i]} cam {meta.camera[i]}"
-                  for i in q[lists.query]]
+        labels = [
+            f"id {meta.identity[i]} cam {meta.camera[i]}"
+            for i in q[lists.query]
+        ]
         paths[stem] = draw_rank_lists(
-            os.path.join(folder, stem + ".png"), lists,
+            os.path.join(folder, stem + ".png"),
+            lists,
             query_images=images_of(q[lists.query]),
             gallery_images=images_of(g[lists.gallery].ravel()).reshape(
-                (n, k) + images.shape[1:]),
-            title=title, query_labels=labels)
+                (n, k) + images.shape[1:]
+            ),
+            title=title,
+            query_labels=labels,
+        )
     since = tick("rank lists", since)
 
-    for name, idx, draw in (("tsne", tsne_idx, tsne_figure),
-                            ("distances", hist_idx,
-                             distance_histogram_figure)):
-        panels = {trained: value[idx],
-                  _RAW_PIXELS: _raw_pixels(images_of(idx))}
-        paths[name], _ = draw(os.path.join(folder, name + ".png"), panels,
-                              identity=meta.identity[idx],
-                              modality=meta.modality[idx])
+    for name, idx, draw in (
+        ("tsne", tsne_idx, tsne_figure),
+        ("distances", hist_idx, distance_histogram_figure),
+    ):
+        panels = {trained: value[idx], _RAW_PIXELS: _raw_pixels(images_of(idx))}
+        paths[name], _ = draw(
+            os.path.join(folder, name + ".png"),
+            panels,
+            identity=meta.identity[idx],
+            modality=meta.modality[idx],
+        )
         since = tick(name, since)
 
     seconds = time.perf_counter() - start
     spent = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
-    _write_readme(folder, [
-        f"Figures of the {checkpoint} checkpoint (step {step}), feature "
-        f"{feature!r}, seed {seed}.",
-        f"Took {seconds:.1f} s: {spent}.",
-        f"t-SNE: {tsne_idx.size} images of "
-        f"{np.unique(meta.identity[tsne_idx]).size} identities; "
-        f"distance histograms: {hist_idx.size} images.",
-    ], paths)
-    logging.info("Figures (%s) written to %s in %.1f s (%s).",
-                 ", ".join(sorted(paths)), folder, seconds, spent)
+    _write_readme(
+        folder,
+        [
+            f"Figures of the {checkpoint} checkpoint (step {step}), feature "
+            f"{feature!r}, seed {seed}.",
+            f"Took {seconds:.1f} s: {spent}.",
+            f"t-SNE: {tsne_idx.size} images of "
+            f"{np.unique(meta.identity[tsne_idx]).size} identities; "
+            f"distance histograms: {hist_idx.size} images.",
+        ],
+        paths,
+    )
+    logging.info(
+        "Figures (%s) written to %s in %.1f s (%s).",
+        ", ".join(sorted(paths)),
+        folder,
+        seconds,
+        spent,
+    )
     return paths
 
 
 def _write_readme(folder, header, paths) -> None:
     versions = library_versions()
-    lines = header + [
-        f"matplotlib {versions['matplotlib']}, scikit-learn "
-        f"{versions['scikit-learn']} (TSNE).",
-        "Distances: negative inner product of L2-normalised features.",
-        "",
-    ] + [f"{name}: {os.path.basename(p)}" for name, p in sorted(
-        paths.items())]
-    with open(os.path.join(folder, "README.txt"), "w",
-              encoding="utf-8") as f:
+    lines = (
+        header
+        + [
+            f"matplotlib {versions['matplotlib']}, scikit-learn "
+            f"{versions['scikit-learn']} (TSNE).",
+            "Distances: negative inner product of L2-normalised features.",
+            "",
+        ]
+        + [
+            f"{name}: {os.path.basename(p)}"
+            for name, p in sorted(paths.items())
+        ]
+    )
+    with open(os.path.join(folder, "README.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
 
-def analyze_workdir(config, workdir: str, *, which: str = "latest"
-                    ) -> dict[str, str]:
+def analyze_workdir(
+    config, workdir: str, *, which: str = "latest"
+) -> dict[str, str]:
     """`--mode=analyze`: figures of a workdir's latest or best checkpoint.
 
     Raises:
@@ -929,12 +1162,15 @@ def analyze_workdir(config, workdir: str, *, which: str = "latest"
     if which not in ("latest", "best"):
         raise ValueError(f"which must be 'latest' or 'best', got {which!r}.")
     from mclnet_jax import train  # pylint: disable=g-import-not-at-top
+
     # pylint: disable-next=protected-access
     run = train._setup(config, workdir)
     state = run.restore_or_init(config, which=which, init=False)
     if state is None:
         raise FileNotFoundError(
             f"No {which} checkpoint under {run.checkpointer.directory(which)}"
-            "; train first with --mode=train and the same --workdir.")
-    return write_figures(config, workdir, model=run.model, state=state,
-                         checkpoint=which)
+            "; train first with --mode=train and the same --workdir."
+        )
+    return write_figures(
+        config, workdir, model=run.model, state=state, checkpoint=which
+    )

@@ -10,12 +10,14 @@ import os
 import types
 
 
-def load_sibling(config_file: str,
-                 name: str = "default.py") -> types.ModuleType:
+def load_sibling(
+    config_file: str, name: str = "default.py"
+) -> types.ModuleType:
     """Loads the config module `name` from the folder of `config_file`."""
     path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
     spec = importlib.util.spec_from_file_location(
-        "mclnet_configs_" + os.path.splitext(name)[0], path)
+        "mclnet_configs_" + os.path.splitext(name)[0], path
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

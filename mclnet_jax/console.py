@@ -14,14 +14,16 @@ import logging as std_logging
 import os
 import sys
 
-from absl import flags
-from absl import logging
+from absl import flags, logging
 
 # Where this package's (and its data pipeline's) modules live.
 _OURS = tuple(
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                 name) + os.sep
-    for name in ("mclnet_jax", "data_pipeline"))
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name
+    )
+    + os.sep
+    for name in ("mclnet_jax", "data_pipeline")
+)
 LOG_FILE = "log.txt"
 
 
@@ -29,8 +31,10 @@ class _OursOrWarnings(std_logging.Filter):
     """Keeps warnings and errors from anywhere, INFO from this package only."""
 
     def filter(self, record):
-        return (record.levelno >= std_logging.WARNING
-                or record.pathname.startswith(_OURS))
+        return (
+            record.levelno >= std_logging.WARNING
+            or record.pathname.startswith(_OURS)
+        )
 
 
 def configure(log_dir: str | None) -> str | None:

@@ -40,12 +40,11 @@ import os
 import re
 import sys
 import tempfile
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
 import numpy as np
+from absl import app, flags, logging
 
 from mclnet_jax import console
 
@@ -103,7 +102,8 @@ def read_workdir_config(workdir: str):
             f"{path} not found: it is written by training (python -m "
             "mclnet_jax.main --mode=train --workdir=...). Pass the workdir of "
             "a training run, or the run's config explicitly (load_model(..., "
-            "config=...)).")
+            "config=...))."
+        )
     with open(path, encoding="utf-8") as f:
         try:
             return ml_collections.ConfigDict(json.load(f))
@@ -111,8 +111,9 @@ def read_workdir_config(workdir: str):
             raise ValueError(f"{path} is not valid JSON: {e}.") from e
 
 
-def load_model(workdir: str, *, checkpoint: str = "latest",
-               config=None) -> LoadedModel:
+def load_model(
+    workdir: str, *, checkpoint: str = "latest", config=None
+) -> LoadedModel:
     """Rebuilds the trained network of a workdir without its dataset.
 
     Args:
@@ -130,37 +131,51 @@ def load_model(workdir: str, *, checkpoint: str = "latest",
       ValueError: a bad `checkpoint` name.
     """
     # pylint: disable=g-import-not-at-top
-    from mclnet_jax import checkpointing
-    from mclnet_jax import train
+    from mclnet_jax import checkpointing, train
     # pylint: enable=g-import-not-at-top
 
     if checkpoint not in ("latest", "best"):
         raise ValueError(
-            f"checkpoint must be 'latest' or 'best', got {checkpoint!r}.")
+            f"checkpoint must be 'latest' or 'best', got {checkpoint!r}."
+        )
     workdir = os.path.expanduser(workdir)
     if not os.path.isdir(workdir):
         raise FileNotFoundError(
             f"workdir {workdir} does not exist; pass the --workdir of a "
-            "training run.")
+            "training run."
+        )
     if config is None:
         config = read_workdir_config(workdir)
     variables, step = checkpointing.restore_model_variables(
-        workdir, which=checkpoint)
+        workdir, which=checkpoint
+    )
     num_classes = int(variables["params"]["classifier"]["kernel"].shape[-1])
     model = train.make_model(config, num_classes=num_classes)
-    logging.info("Loaded the %s checkpoint of %s (step %d, %d classes, "
-                 "D = %d).", checkpoint, workdir, step, num_classes,
-                 model.feature_dim)
-    return LoadedModel(model=model, variables=variables, config=config,
-                       step=step, checkpoint=checkpoint, workdir=workdir)
+    logging.info(
+        "Loaded the %s checkpoint of %s (step %d, %d classes, D = %d).",
+        checkpoint,
+        workdir,
+        step,
+        num_classes,
+        model.feature_dim,
+    )
+    return LoadedModel(
+        model=model,
+        variables=variables,
+        config=config,
+        step=step,
+        checkpoint=checkpoint,
+        workdir=workdir,
+    )
 
 
 def modality_index(modality: str) -> int:
-    """"visible" -> 0, "infrared" -> 1 (the evaluator's codes)."""
+    """ "visible" -> 0, "infrared" -> 1 (the evaluator's codes)."""
     if modality not in MODALITIES:
         raise ValueError(
             f"modality must be one of {MODALITIES}, got {modality!r}: it "
-            "picks the network's visible or infrared stem.")
+            "picks the network's visible or infrared stem."
+        )
     return MODALITIES.index(modality)
 
 
@@ -180,20 +195,29 @@ def find_images(images: str | Sequence[str]) -> list[str]:
             found = []
             for root, dirs, files in os.walk(pattern):
                 dirs.sort()
-                found.extend(os.path.join(root, name) for name in files
-                             if name.lower().endswith(IMAGE_EXTENSIONS))
-            what = (f"no {'/'.join(IMAGE_EXTENSIONS)} files under the "
-                    f"directory {pattern}")
+                found.extend(
+                    os.path.join(root, name)
+                    for name in files
+                    if name.lower().endswith(IMAGE_EXTENSIONS)
+                )
+            what = (
+                f"no {'/'.join(IMAGE_EXTENSIONS)} files under the "
+                f"directory {pattern}"
+            )
         else:
-            found = [p for p in glob.glob(pattern, recursive=True)
-                     if os.path.isfile(p)]
+            found = [
+                p
+                for p in glob.glob(pattern, recursive=True)
+                if os.path.isfile(p)
+            ]
             what = f"no file matches {pattern!r}"
         found.sort()
         if not found:
             raise ImageError(
                 f"{what}. Give a directory of images or a glob such as "
                 "'photos/*.jpg' (quoted, so that the shell does not expand "
-                "it).")
+                "it)."
+            )
         return found
     paths = [os.fspath(p) for p in images]
     if not paths:
@@ -201,8 +225,8 @@ def find_images(images: str | Sequence[str]) -> list[str]:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise ImageError(
-            f"{len(missing)} image path(s) are not files, e.g. "
-            f"{missing[:3]}.")
+            f"{len(missing)} image path(s) are not files, e.g. {missing[:3]}."
+        )
     return paths
 
 
@@ -225,6 +249,7 @@ def unreadable_images(paths: Sequence[str]) -> list[tuple[str, str]]:
     """(path, reason) of each file that the evaluation decoder rejects."""
     # pylint: disable=g-import-not-at-top
     import tensorflow as tf
+
     from data_pipeline import augment
     # pylint: enable=g-import-not-at-top
 
@@ -246,13 +271,18 @@ def _unreadable_error(bad: Sequence[tuple[str, str]]) -> ImageError:
     more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
     return ImageError(
         f"{len(bad)} image(s) cannot be decoded as JPEG/PNG/BMP/GIF; remove "
-        f"or fix them:\n{lines}{more}")
+        f"or fix them:\n{lines}{more}"
+    )
 
 
-def embed_images(workdir: str | LoadedModel,
-                 images: str | Sequence[str], *, modality: str,
-                 checkpoint: str = "latest",
-                 batch_size: int | None = None) -> dict[str, Any]:
+def embed_images(
+    workdir: str | LoadedModel,
+    images: str | Sequence[str],
+    *,
+    modality: str,
+    checkpoint: str = "latest",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
     """Embeds image files with a trained network, as the evaluator does.
 
     Args:
@@ -274,54 +304,77 @@ def embed_images(workdir: str | LoadedModel,
     """
     # pylint: disable=g-import-not-at-top
     import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
     import tensorflow as tf
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
     from mclnet_jax import evaluate
     # pylint: enable=g-import-not-at-top
 
     mod = modality_index(modality)
     paths = find_images(images)
-    loaded = (workdir if isinstance(workdir, LoadedModel)
-              else load_model(workdir, checkpoint=checkpoint))
+    loaded = (
+        workdir
+        if isinstance(workdir, LoadedModel)
+        else load_model(workdir, checkpoint=checkpoint)
+    )
     devices = jax.local_devices()
     if batch_size is None:
         batch_size = int(loaded.config.data.eval_batch_size)
         batch_size = -(-batch_size // len(devices)) * len(devices)
         # No need to pad a handful of images up to a large batch.
-        batch_size = min(batch_size,
-                         -(-len(paths) // len(devices)) * len(devices))
-    if (isinstance(batch_size, bool) or int(batch_size) != batch_size
-            or batch_size < 1 or batch_size % len(devices)):
+        batch_size = min(
+            batch_size, -(-len(paths) // len(devices)) * len(devices)
+        )
+    if (
+        isinstance(batch_size, bool)
+        or int(batch_size) != batch_size
+        or batch_size < 1
+        or batch_size % len(devices)
+    ):
         raise ValueError(
             f"batch_size must be a positive multiple of the {len(devices)} "
-            f"local device(s), got {batch_size!r}.")
+            f"local device(s), got {batch_size!r}."
+        )
 
     mesh = Mesh(np.asarray(devices), ("data",))
     # On the devices once, not with every batch.
-    variables = jax.device_put(dict(loaded.variables),
-                               NamedSharding(mesh, PartitionSpec()))
-    embed_fn = evaluate.make_model_embed_fn(loaded.model, variables,
-                                            mesh=mesh)
+    variables = jax.device_put(
+        dict(loaded.variables), NamedSharding(mesh, PartitionSpec())
+    )
+    embed_fn = evaluate.make_model_embed_fn(loaded.model, variables, mesh=mesh)
     # The evaluator's own preprocessing, over the files instead of a split.
     batches_fn = evaluate.make_batches_fn(
-        _FileSource(paths), batch_size=int(batch_size),
-        image_size=loaded.image_size)
-    logging.info("Embedding %d %s images with %s step %d.", len(paths),
-                 modality, loaded.workdir, loaded.step)
+        _FileSource(paths),
+        batch_size=int(batch_size),
+        image_size=loaded.image_size,
+    )
+    logging.info(
+        "Embedding %d %s images with %s step %d.",
+        len(paths),
+        modality,
+        loaded.workdir,
+        loaded.step,
+    )
     try:
         features = evaluate.extract_features(
-            embed_fn, batches_fn=batches_fn,
-            modality=np.full(len(paths), mod, np.int64))
+            embed_fn,
+            batches_fn=batches_fn,
+            modality=np.full(len(paths), mod, np.int64),
+        )
     except (OSError, tf.errors.OpError) as e:
         # tf.data does not say which file failed: find out.
         bad = unreadable_images(paths)
         if bad:
             raise _unreadable_error(bad) from e
         raise
-    return {"pool": features["pool"], "bn": features["bn"],
-            "file_names": np.asarray(paths, dtype=str),
-            "modality": modality, "checkpoint": loaded.checkpoint,
-            "step": loaded.step}
+    return {
+        "pool": features["pool"],
+        "bn": features["bn"],
+        "file_names": np.asarray(paths, dtype=str),
+        "modality": modality,
+        "checkpoint": loaded.checkpoint,
+        "step": loaded.step,
+    }
 
 
 def write_features(path: str, features: Mapping[str, Any]) -> None:
@@ -334,9 +387,9 @@ def write_features(path: str, features: Mapping[str, Any]) -> None:
     path = os.path.abspath(os.path.expanduser(path))
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder,
-                               prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in features.items()})
@@ -358,22 +411,34 @@ def _define_flags() -> None:
     """The command line's flags (only when run as a program: `main.py`
     imports this module through `export`, and flag names must not clash)."""
     flags.DEFINE_string(
-        "workdir", None,
-        "The training run's workdir (config.json, checkpoints).")
-    flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
-                      "The latest checkpoint, or the best on validation.")
+        "workdir",
+        None,
+        "The training run's workdir (config.json, checkpoints).",
+    )
     flags.DEFINE_enum(
-        "modality", None, list(MODALITIES),
-        "Which stem the images go through: visible (RGB camera) or "
-        "infrared.")
+        "checkpoint",
+        "latest",
+        ["latest", "best"],
+        "The latest checkpoint, or the best on validation.",
+    )
+    flags.DEFINE_enum(
+        "modality",
+        None,
+        list(MODALITIES),
+        "Which stem the images go through: visible (RGB camera) or infrared.",
+    )
     flags.DEFINE_string(
-        "images", None,
+        "images",
+        None,
         "A directory (every image file below it) or a quoted glob, e.g. "
-        "'photos/*.jpg'.")
+        "'photos/*.jpg'.",
+    )
     flags.DEFINE_string("out", None, "The .npz file to write.")
     flags.DEFINE_integer(
-        "batch_size", None,
-        "Images per forward pass; default config.data.eval_batch_size.")
+        "batch_size",
+        None,
+        "Images per forward pass; default config.data.eval_batch_size.",
+    )
     flags.mark_flags_as_required(["workdir", "modality", "images", "out"])
 
 
@@ -384,9 +449,13 @@ def main(argv) -> int:
     # Nothing but --out is written: no log file (--log_dir to get one).
     console.configure(None)
     try:
-        features = embed_images(fl.workdir, fl.images, modality=fl.modality,
-                                checkpoint=fl.checkpoint,
-                                batch_size=fl.batch_size)
+        features = embed_images(
+            fl.workdir,
+            fl.images,
+            modality=fl.modality,
+            checkpoint=fl.checkpoint,
+            batch_size=fl.batch_size,
+        )
         write_features(fl.out, features)
     except (ImageError, ValueError) as e:
         print(f"\nERROR: {e}", file=sys.stderr)
@@ -394,8 +463,11 @@ def main(argv) -> int:
     except FileNotFoundError as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 3
-    logging.info("Wrote %s: pool and bn [%d, %d] (not normalised).",
-                 fl.out, *features["bn"].shape)
+    logging.info(
+        "Wrote %s: pool and bn [%d, %d] (not normalised).",
+        fl.out,
+        *features["bn"].shape,
+    )
     return 0
 
 

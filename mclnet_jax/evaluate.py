@@ -53,10 +53,11 @@ import dataclasses
 import functools
 import json
 import random
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 from mclnet_jax import metrics as metrics_lib
 from mclnet_jax import rerank as rerank_lib
@@ -107,29 +108,39 @@ class TestMetadata:
             if len(getattr(self, name)) != n:
                 raise ValueError(
                     f"TestMetadata.{name} has {len(getattr(self, name))} "
-                    f"rows, identity has {n}: all fields must align.")
+                    f"rows, identity has {n}: all fields must align."
+                )
         bad = np.setdiff1d(self.modality, [VISIBLE, INFRARED])
         if bad.size:
             raise ValueError(
                 f"modality must be 0 (visible) or 1 (infrared), found "
-                f"{bad.tolist()}.")
+                f"{bad.tolist()}."
+            )
 
     def __len__(self) -> int:
         return len(self.identity)
 
     @classmethod
-    def from_records(cls, records: Iterable[Mapping[str, Any]]
-                     ) -> "TestMetadata":
+    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> TestMetadata:
         """From feature dicts with identity, camera, modality, file_name."""
-        rows = [(int(r["identity"]), int(r["camera"]), int(r["modality"]),
-                 _as_str(r["file_name"])) for r in records]
+        rows = [
+            (
+                int(r["identity"]),
+                int(r["camera"]),
+                int(r["modality"]),
+                _as_str(r["file_name"]),
+            )
+            for r in records
+        ]
         if not rows:
             raise ValueError("no records: the test split is empty.")
-        ident, cam, mod, names = zip(*rows)
-        return cls(identity=np.asarray(ident, np.int64),
-                   camera=np.asarray(cam, np.int64),
-                   modality=np.asarray(mod, np.int64),
-                   file_name=_object_array(names))
+        ident, cam, mod, names = zip(*rows, strict=True)
+        return cls(
+            identity=np.asarray(ident, np.int64),
+            camera=np.asarray(cam, np.int64),
+            modality=np.asarray(mod, np.int64),
+            file_name=_object_array(names),
+        )
 
 
 def _as_str(x) -> str:
@@ -167,14 +178,20 @@ def read_test_metadata(source, *, chunk_size: int = 2048) -> TestMetadata:
         items = list(getitems(idx)) if getitems else [source[i] for i in idx]
         if isinstance(items[0], (bytes, np.bytes_)):
             import tensorflow as tf  # pylint: disable=g-import-not-at-top
-            spec = {k: tf.io.FixedLenFeature([], tf.int64)
-                    for k in ("identity", "camera", "modality")}
+
+            spec = {
+                k: tf.io.FixedLenFeature([], tf.int64)
+                for k in ("identity", "camera", "modality")
+            }
             spec["file_name"] = tf.io.FixedLenFeature([], tf.string)
             parsed = tf.io.parse_example(tf.constant(items), spec)
             for k in ("identity", "camera", "modality"):
                 columns[k].append(parsed[k].numpy().astype(np.int64))
-            columns["file_name"].append(_object_array(
-                [b.decode("utf-8") for b in parsed["file_name"].numpy()]))
+            columns["file_name"].append(
+                _object_array(
+                    [b.decode("utf-8") for b in parsed["file_name"].numpy()]
+                )
+            )
         else:
             part = TestMetadata.from_records(items)
             for k in columns:
@@ -190,12 +207,14 @@ def _check_mode(mode: str) -> tuple[int, ...]:
     if mode not in SYSU_VISIBLE_CAMERAS:
         raise ValueError(
             f"SYSU mode must be one of {sorted(SYSU_VISIBLE_CAMERAS)}, got "
-            f"{mode!r}.")
+            f"{mode!r}."
+        )
     return SYSU_VISIBLE_CAMERAS[mode]
 
 
-def _folders(meta: TestMetadata, cameras: Sequence[int]
-             ) -> dict[tuple[int, int], list[int]]:
+def _folders(
+    meta: TestMetadata, cameras: Sequence[int]
+) -> dict[tuple[int, int], list[int]]:
     """(identity, camera) -> split indices sorted by file name.
 
     This is the community's `sorted(os.listdir(cam/id))` without touching
@@ -206,8 +225,9 @@ def _folders(meta: TestMetadata, cameras: Sequence[int]
     order = sorted(keep.tolist(), key=lambda i: meta.file_name[i])
     folders: dict[tuple[int, int], list[int]] = {}
     for i in order:
-        folders.setdefault((int(meta.identity[i]), int(meta.camera[i])),
-                           []).append(i)
+        folders.setdefault(
+            (int(meta.identity[i]), int(meta.camera[i])), []
+        ).append(i)
     return folders
 
 
@@ -225,12 +245,14 @@ def sysu_query_indices(meta: TestMetadata) -> np.ndarray:
     if not out:
         raise ValueError(
             "no infrared images (cameras 3, 6) in the test split: is this "
-            "the SYSU-MM01 'test' split?")
+            "the SYSU-MM01 'test' split?"
+        )
     return np.asarray(out, np.int64)
 
 
-def sysu_gallery_indices(meta: TestMetadata, *, mode: str = "all",
-                         trial: int = 0, num_shots: int = 1) -> np.ndarray:
+def sysu_gallery_indices(
+    meta: TestMetadata, *, mode: str = "all", trial: int = 0, num_shots: int = 1
+) -> np.ndarray:
     """[G] int64 split indices of one trial's SYSU gallery.
 
     Single-shot (num_shots=1) reproduces the community draw exactly:
@@ -248,15 +270,21 @@ def sysu_gallery_indices(meta: TestMetadata, *, mode: str = "all",
     """
     cameras = _check_mode(mode)
     _check_num_shots(num_shots)
-    return _draw_gallery(_folders(meta, cameras), cameras, trial=trial,
-                         num_shots=num_shots)
+    return _draw_gallery(
+        _folders(meta, cameras), cameras, trial=trial, num_shots=num_shots
+    )
 
 
 def _check_num_shots(num_shots):
-    if isinstance(num_shots, bool) or not isinstance(
-            num_shots, (int, np.integer)) or num_shots < 1:
-        raise ValueError(f"num_shots must be a positive int, got "
-                         f"{num_shots!r} (1 = single-shot, 10 = multi-shot).")
+    if (
+        isinstance(num_shots, bool)
+        or not isinstance(num_shots, (int, np.integer))
+        or num_shots < 1
+    ):
+        raise ValueError(
+            f"num_shots must be a positive int, got "
+            f"{num_shots!r} (1 = single-shot, 10 = multi-shot)."
+        )
 
 
 def _draw_gallery(folders, cameras, *, trial, num_shots) -> np.ndarray:
@@ -276,12 +304,14 @@ def _draw_gallery(folders, cameras, *, trial, num_shots) -> np.ndarray:
     if not out:
         raise ValueError(
             f"no visible images from cameras {cameras} in the test split: "
-            "is this the SYSU-MM01 'test' split?")
+            "is this the SYSU-MM01 'test' split?"
+        )
     return np.asarray(out, np.int64)
 
 
-def regdb_indices(meta: TestMetadata, *, direction: str
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def regdb_indices(
+    meta: TestMetadata, *, direction: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(query, gallery) split indices of one RegDB test split, by file name.
 
     The community keeps the order of its `idx/test_*_{t}.txt` lists; TFDS
@@ -289,16 +319,19 @@ def regdb_indices(meta: TestMetadata, *, direction: str
     tied distances).
     """
     if direction not in REGDB_DIRECTIONS:
-        raise ValueError(f"direction must be one of {REGDB_DIRECTIONS}, got "
-                         f"{direction!r}.")
-    by_name = np.asarray(sorted(range(len(meta)),
-                                key=lambda i: meta.file_name[i]), np.int64)
+        raise ValueError(
+            f"direction must be one of {REGDB_DIRECTIONS}, got {direction!r}."
+        )
+    by_name = np.asarray(
+        sorted(range(len(meta)), key=lambda i: meta.file_name[i]), np.int64
+    )
     visible = by_name[meta.modality[by_name] == VISIBLE]
     infrared = by_name[meta.modality[by_name] == INFRARED]
     if visible.size == 0 or infrared.size == 0:
         raise ValueError(
             f"RegDB test split needs both modalities, got {visible.size} "
-            f"visible and {infrared.size} thermal images.")
+            f"visible and {infrared.size} thermal images."
+        )
     if direction == "visible_to_infrared":
         return visible, infrared
     return infrared, visible
@@ -308,10 +341,13 @@ def regdb_indices(meta: TestMetadata, *, direction: str
 # Feature extraction.
 
 
-def extract_features(embed_fn: EmbedFn, *, batches_fn: BatchesFn,
-                     modality: np.ndarray,
-                     feature_names: Sequence[str] = FEATURE_NAMES
-                     ) -> dict[str, np.ndarray]:
+def extract_features(
+    embed_fn: EmbedFn,
+    *,
+    batches_fn: BatchesFn,
+    modality: np.ndarray,
+    feature_names: Sequence[str] = FEATURE_NAMES,
+) -> dict[str, np.ndarray]:
     """Embeds every image of a split exactly once, grouped by modality.
 
     Args:
@@ -347,20 +383,24 @@ def extract_features(embed_fn: EmbedFn, *, batches_fn: BatchesFn,
             index = np.asarray(batch["index"]).astype(np.int64)[mask]
             if index.size == 0:
                 continue
-            if index.min() < 0 or index.max() >= num or np.any(
-                    modality[index] != mod):
+            if (
+                index.min() < 0
+                or index.max() >= num
+                or np.any(modality[index] != mod)
+            ):
                 raise ValueError(
                     f"batches_fn returned indices outside the requested "
-                    f"modality-{mod} selection (e.g. {index[:5].tolist()}).")
+                    f"modality-{mod} selection (e.g. {index[:5].tolist()})."
+                )
             out = embed_fn(batch["image"], mod)
             for name in feature_names:
                 if name not in out:
                     raise ValueError(
-                        f"embed_fn returned {sorted(out)}, missing {name!r}.")
+                        f"embed_fn returned {sorted(out)}, missing {name!r}."
+                    )
                 value = np.asarray(out[name], np.float32)[mask]
                 if name not in features:
-                    features[name] = np.zeros((num, value.shape[1]),
-                                              np.float32)
+                    features[name] = np.zeros((num, value.shape[1]), np.float32)
                 features[name][index] = value
             np.add.at(seen, index, 1)
     if np.any(seen != 1):
@@ -371,7 +411,8 @@ def extract_features(embed_fn: EmbedFn, *, batches_fn: BatchesFn,
             f"missing (e.g. {missing[:5].tolist()}), {repeated.size} "
             f"repeated (e.g. {repeated[:5].tolist()}). With several "
             "processes, gather the features of all hosts first; check that "
-            "batches_fn pads with mask=False.")
+            "batches_fn pads with mask=False."
+        )
     return features
 
 
@@ -391,13 +432,20 @@ def _compiled_forward(model, mesh, feature_names: tuple[str, ...]):
         return {name: out[name] for name in feature_names}
 
     # Replicated outputs: every process can fetch all the features.
-    return jax.jit(forward, static_argnums=2,
-                   out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return jax.jit(
+        forward,
+        static_argnums=2,
+        out_shardings=NamedSharding(mesh, PartitionSpec()),
+    )
 
 
-def make_model_embed_fn(model, variables: Mapping[str, Any], *,
-                        feature_names: Sequence[str] = FEATURE_NAMES,
-                        mesh=None) -> EmbedFn:
+def make_model_embed_fn(
+    model,
+    variables: Mapping[str, Any],
+    *,
+    feature_names: Sequence[str] = FEATURE_NAMES,
+    mesh=None,
+) -> EmbedFn:
     """`embed_fn` for an MCLNet-style linen module, data-parallel.
 
     Calls `model.apply(variables, visible, infrared, train=False)` with the
@@ -431,17 +479,23 @@ def make_model_embed_fn(model, variables: Mapping[str, Any], *,
                 f"An evaluation batch of {images.shape[0]} images cannot be "
                 f"split over {num_devices} devices: use a batch size "
                 "divisible by it (config.data.eval_batch_size in training "
-                "configs).")
+                "configs)."
+            )
         batch = jax.make_array_from_process_local_data(
-            batch_sharding, images, images.shape)
+            batch_sharding, images, images.shape
+        )
         return jax.device_get(forward(variables, batch, int(modality)))
 
     return embed_fn
 
 
-def make_batches_fn(source, *, batch_size: int,
-                    image_size: tuple[int, int] = (288, 144),
-                    **kwargs) -> BatchesFn:
+def make_batches_fn(
+    source,
+    *,
+    batch_size: int,
+    image_size: tuple[int, int] = (288, 144),
+    **kwargs,
+) -> BatchesFn:
     """`batches_fn` over `data_pipeline.input_pipeline.make_eval_dataset`.
 
     Args:
@@ -456,8 +510,12 @@ def make_batches_fn(source, *, batch_size: int,
 
     def batches_fn(indices):
         return input_pipeline.make_eval_dataset(
-            source, batch_size=batch_size, image_size=image_size,
-            indices=indices, **kwargs).as_numpy_iterator()
+            source,
+            batch_size=batch_size,
+            image_size=image_size,
+            indices=indices,
+            **kwargs,
+        ).as_numpy_iterator()
 
     return batches_fn
 
@@ -466,8 +524,9 @@ def make_batches_fn(source, *, batch_size: int,
 # Results.
 
 
-def _summary(per_trial: Sequence[metrics_lib.RetrievalMetrics]
-             ) -> tuple[dict[str, float], dict[str, float]]:
+def _summary(
+    per_trial: Sequence[metrics_lib.RetrievalMetrics],
+) -> tuple[dict[str, float], dict[str, float]]:
     table = {}
     for k in SUMMARY_RANKS:
         if k <= len(per_trial[0].cmc):
@@ -494,22 +553,25 @@ class EvaluationResults:
     per_trial: dict[str, dict[str, dict[int, metrics_lib.RetrievalMetrics]]]
     rerank: rerank_lib.RerankParams | None = None
 
-    def merge(self, other: "EvaluationResults") -> "EvaluationResults":
+    def merge(self, other: EvaluationResults) -> EvaluationResults:
         """Union of two results (e.g. RegDB trials evaluated one by one)."""
-        if (self.rerank and other.rerank
-                and self.rerank != other.rerank):
+        if self.rerank and other.rerank and self.rerank != other.rerank:
             raise ValueError(
                 f"cannot merge results re-ranked with different parameters: "
-                f"{self.rerank.describe()} vs {other.rerank.describe()}.")
-        merged = {p: {f: dict(t) for f, t in fs.items()}
-                  for p, fs in self.per_trial.items()}
+                f"{self.rerank.describe()} vs {other.rerank.describe()}."
+            )
+        merged = {
+            p: {f: dict(t) for f, t in fs.items()}
+            for p, fs in self.per_trial.items()
+        }
         for p, fs in other.per_trial.items():
             for f, trials in fs.items():
                 dest = merged.setdefault(p, {}).setdefault(f, {})
                 clash = set(dest) & set(trials)
                 if clash:
                     raise ValueError(
-                        f"{p}/{f}: trials {sorted(clash)} are in both results.")
+                        f"{p}/{f}: trials {sorted(clash)} are in both results."
+                    )
                 dest.update(trials)
         return EvaluationResults(merged, rerank=self.rerank or other.rerank)
 
@@ -533,8 +595,9 @@ class EvaluationResults:
         for p, fs in self.per_trial.items():
             for f, trials in fs.items():
                 entry = out.setdefault(p, {})[f] = {
-                    "trials": {str(t): trials[t].to_dict()
-                               for t in sorted(trials)},
+                    "trials": {
+                        str(t): trials[t].to_dict() for t in sorted(trials)
+                    },
                     "num_trials": len(trials),
                     **summary[p][f],
                 }
@@ -547,6 +610,7 @@ class EvaluationResults:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if "://" in path:  # e.g. gs://: TensorFlow only where needed
             import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
             with tf.io.gfile.GFile(path, "w") as f:
                 f.write(text)
         else:
@@ -558,21 +622,30 @@ class EvaluationResults:
         summary = self.summary()
         columns = [f"rank{k}" for k in SUMMARY_RANKS] + ["mAP", "mINP"]
         width = max([28] + [len(p) for p in summary])
-        header = (f"{'protocol':<{width}} {'feature':<7} {'trials':>6}  "
-                  + "  ".join(f"{c:>14}" for c in columns))
+        header = (
+            f"{'protocol':<{width}} {'feature':<7} {'trials':>6}  "
+            + "  ".join(f"{c:>14}" for c in columns)
+        )
         lines = [header, "-" * len(header)]
         for p in sorted(summary):
             for f in sorted(summary[p]):
                 mean, std = summary[p][f]["mean"], summary[p][f]["std"]
-                cells = [f"{100 * mean[c]:6.2f} +-{100 * std[c]:5.2f}"
-                         if c in mean else f"{'-':>14}" for c in columns]
+                cells = [
+                    f"{100 * mean[c]:6.2f} +-{100 * std[c]:5.2f}"
+                    if c in mean
+                    else f"{'-':>14}"
+                    for c in columns
+                ]
                 lines.append(
                     f"{p:<{width}} {f:<7} {len(self.per_trial[p][f]):>6}  "
-                    + "  ".join(cells))
+                    + "  ".join(cells)
+                )
         if any(p.endswith(RERANK_SUFFIX) for p in summary):
-            params = (f": {self.rerank.describe()}" if self.rerank else "")
-            lines.append(f"{RERANK_SUFFIX}: k-reciprocal re-ranking (Zhong "
-                         f"et al., CVPR 2017){params}")
+            params = f": {self.rerank.describe()}" if self.rerank else ""
+            lines.append(
+                f"{RERANK_SUFFIX}: k-reciprocal re-ranking (Zhong "
+                f"et al., CVPR 2017){params}"
+            )
         return "\n".join(lines)
 
 
@@ -583,21 +656,28 @@ class EvaluationResults:
 def _check_features(features: Mapping[str, np.ndarray], num: int) -> None:
     if not features:
         raise ValueError(
-            "features is empty: pass e.g. {'pool': [N, D], 'bn': [N, D]}.")
+            "features is empty: pass e.g. {'pool': [N, D], 'bn': [N, D]}."
+        )
     for name, value in features.items():
         shape = np.shape(value)
         if len(shape) != 2 or shape[0] != num:
             raise ValueError(
                 f"features[{name!r}] must be [N={num}, D] (one row per "
-                f"example of the split), got shape {shape}.")
+                f"example of the split), got shape {shape}."
+            )
 
 
-def evaluate_sysu(features: Mapping[str, np.ndarray], metadata: TestMetadata,
-                  *, modes: Sequence[str] = ("all", "indoor"),
-                  trials: Sequence[int] = SYSU_TRIALS, num_shots: int = 1,
-                  max_rank: int = 20, normalize: bool = True,
-                  rerank: rerank_lib.RerankParams | None = None
-                  ) -> EvaluationResults:
+def evaluate_sysu(
+    features: Mapping[str, np.ndarray],
+    metadata: TestMetadata,
+    *,
+    modes: Sequence[str] = ("all", "indoor"),
+    trials: Sequence[int] = SYSU_TRIALS,
+    num_shots: int = 1,
+    max_rank: int = 20,
+    normalize: bool = True,
+    rerank: rerank_lib.RerankParams | None = None,
+) -> EvaluationResults:
     """SYSU-MM01 protocols from features of the whole test split.
 
     Args:
@@ -620,15 +700,17 @@ def evaluate_sysu(features: Mapping[str, np.ndarray], metadata: TestMetadata,
     _check_num_shots(num_shots)
     _check_rerank(rerank)
     query = sysu_query_indices(metadata)
-    shots = {1: "single_shot", 10: "multi_shot"}.get(num_shots,
-                                                      f"{num_shots}_shot")
+    shots = {1: "single_shot", 10: "multi_shot"}.get(
+        num_shots, f"{num_shots}_shot"
+    )
     galleries = {}
     for mode in modes:
         cameras = _check_mode(mode)
         folders = _folders(metadata, cameras)
         for t in trials:
-            galleries[mode, t] = _draw_gallery(folders, cameras, trial=t,
-                                               num_shots=num_shots)
+            galleries[mode, t] = _draw_gallery(
+                folders, cameras, trial=t, num_shots=num_shots
+            )
     # Distances from the queries to every image some trial uses, once per
     # feature; each trial then selects its columns.
     union = np.unique(np.concatenate(list(galleries.values())))
@@ -637,46 +719,58 @@ def evaluate_sysu(features: Mapping[str, np.ndarray], metadata: TestMetadata,
     per_trial = {}
     for name, value in features.items():
         dist = metrics_lib.negative_inner_product(
-            np.asarray(value)[query], np.asarray(value)[union],
-            normalize=normalize)
+            np.asarray(value)[query],
+            np.asarray(value)[union],
+            normalize=normalize,
+        )
         for (mode, t), gallery in galleries.items():
             per_trial.setdefault(f"sysu_{mode}_{shots}", {}).setdefault(
-                name, {})[t] = metrics_lib.sysu_metrics(
-                    dist[:, columns[mode, t]],
-                    query_ids=query_ids,
-                    gallery_ids=metadata.identity[gallery],
-                    query_cams=query_cams,
-                    gallery_cams=metadata.camera[gallery],
-                    max_rank=max_rank)
+                name, {}
+            )[t] = metrics_lib.sysu_metrics(
+                dist[:, columns[mode, t]],
+                query_ids=query_ids,
+                gallery_ids=metadata.identity[gallery],
+                query_cams=query_cams,
+                gallery_cams=metadata.camera[gallery],
+                max_rank=max_rank,
+            )
         if rerank is None:
             continue
         value = _rerank_features(value, normalize)
-        logging.info("Re-ranking %d SYSU galleries (%s), %d queries.",
-                     len(galleries), name, query.size)
+        logging.info(
+            "Re-ranking %d SYSU galleries (%s), %d queries.",
+            len(galleries),
+            name,
+            query.size,
+        )
         q_q = rerank_lib.euclidean_distance(value[query])
         for (mode, t), gallery in galleries.items():
             dist = rerank_lib.k_reciprocal_distance(
                 rerank_lib.euclidean_distance(value[query], value[gallery]),
-                q_q, rerank_lib.euclidean_distance(value[gallery]),
-                **rerank.to_dict())
+                q_q,
+                rerank_lib.euclidean_distance(value[gallery]),
+                **rerank.to_dict(),
+            )
             per_trial.setdefault(
-                f"sysu_{mode}_{shots}{RERANK_SUFFIX}", {}).setdefault(
-                    name, {})[t] = metrics_lib.sysu_metrics(
-                        dist, query_ids=query_ids,
-                        gallery_ids=metadata.identity[gallery],
-                        query_cams=query_cams,
-                        gallery_cams=metadata.camera[gallery],
-                        max_rank=max_rank)
+                f"sysu_{mode}_{shots}{RERANK_SUFFIX}", {}
+            ).setdefault(name, {})[t] = metrics_lib.sysu_metrics(
+                dist,
+                query_ids=query_ids,
+                gallery_ids=metadata.identity[gallery],
+                query_cams=query_cams,
+                gallery_cams=metadata.camera[gallery],
+                max_rank=max_rank,
+            )
     return EvaluationResults(per_trial, rerank=rerank)
 
 
 def _check_rerank(rerank) -> None:
-    if rerank is not None and not isinstance(rerank,
-                                             rerank_lib.RerankParams):
+    if rerank is not None and not isinstance(rerank, rerank_lib.RerankParams):
         raise ValueError(
             f"rerank must be None or a rerank.RerankParams, got {rerank!r} "
             "(e.g. rerank=rerank.RerankParams(k1=20, k2=6, "
-            "lambda_value=0.3)).")
+            "lambda_value=0.3))."
+        )
 
 
 def _rerank_features(value, normalize: bool) -> np.ndarray:
@@ -685,10 +779,15 @@ def _rerank_features(value, normalize: bool) -> np.ndarray:
     return metrics_lib.l2_normalize(value) if normalize else value
 
 
-def evaluate_regdb(features: Mapping[str, np.ndarray], metadata: TestMetadata,
-                   *, trial: int, max_rank: int = 20, normalize: bool = True,
-                   rerank: rerank_lib.RerankParams | None = None
-                   ) -> EvaluationResults:
+def evaluate_regdb(
+    features: Mapping[str, np.ndarray],
+    metadata: TestMetadata,
+    *,
+    trial: int,
+    max_rank: int = 20,
+    normalize: bool = True,
+    rerank: rerank_lib.RerankParams | None = None,
+) -> EvaluationResults:
     """Both RegDB directions for one trial's test split.
 
     Args:
@@ -706,45 +805,59 @@ def evaluate_regdb(features: Mapping[str, np.ndarray], metadata: TestMetadata,
     """
     _check_features(features, len(metadata))
     _check_rerank(rerank)
-    visible, infrared = regdb_indices(metadata,
-                                      direction="visible_to_infrared")
+    visible, infrared = regdb_indices(metadata, direction="visible_to_infrared")
     per_trial = {}
     for name, value in features.items():
         # One matrix serves both directions (transposed).
         value = np.asarray(value)
         dist = metrics_lib.negative_inner_product(
-            value[visible], value[infrared], normalize=normalize)
+            value[visible], value[infrared], normalize=normalize
+        )
         for direction, (q, g, d) in {
-                "visible_to_infrared": (visible, infrared, dist),
-                "infrared_to_visible": (infrared, visible, dist.T),
+            "visible_to_infrared": (visible, infrared, dist),
+            "infrared_to_visible": (infrared, visible, dist.T),
         }.items():
             per_trial.setdefault(f"regdb_{direction}", {})[name] = {
                 trial: metrics_lib.standard_metrics(
-                    d, query_ids=metadata.identity[q],
+                    d,
+                    query_ids=metadata.identity[q],
                     gallery_ids=metadata.identity[g],
                     query_cams=metadata.camera[q],
-                    gallery_cams=metadata.camera[g], max_rank=max_rank)}
+                    gallery_cams=metadata.camera[g],
+                    max_rank=max_rank,
+                )
+            }
         if rerank is None:
             continue
         value = _rerank_features(value, normalize)
-        vis_ir = rerank_lib.euclidean_distance(value[visible],
-                                               value[infrared])
+        vis_ir = rerank_lib.euclidean_distance(value[visible], value[infrared])
         vis_vis = rerank_lib.euclidean_distance(value[visible])
         ir_ir = rerank_lib.euclidean_distance(value[infrared])
         for direction, (q, g, q_g, q_q, g_g) in {
-                "visible_to_infrared": (visible, infrared, vis_ir, vis_vis,
-                                        ir_ir),
-                "infrared_to_visible": (infrared, visible, vis_ir.T, ir_ir,
-                                        vis_vis),
+            "visible_to_infrared": (visible, infrared, vis_ir, vis_vis, ir_ir),
+            "infrared_to_visible": (
+                infrared,
+                visible,
+                vis_ir.T,
+                ir_ir,
+                vis_vis,
+            ),
         }.items():
-            dist = rerank_lib.k_reciprocal_distance(q_g, q_q, g_g,
-                                                    **rerank.to_dict())
+            dist = rerank_lib.k_reciprocal_distance(
+                q_g, q_q, g_g, **rerank.to_dict()
+            )
             per_trial.setdefault(f"regdb_{direction}{RERANK_SUFFIX}", {})[
-                name] = {trial: metrics_lib.standard_metrics(
-                    dist, query_ids=metadata.identity[q],
+                name
+            ] = {
+                trial: metrics_lib.standard_metrics(
+                    dist,
+                    query_ids=metadata.identity[q],
                     gallery_ids=metadata.identity[g],
                     query_cams=metadata.camera[q],
-                    gallery_cams=metadata.camera[g], max_rank=max_rank)}
+                    gallery_cams=metadata.camera[g],
+                    max_rank=max_rank,
+                )
+            }
     return EvaluationResults(per_trial, rerank=rerank)
 
 
@@ -752,10 +865,14 @@ def evaluate_regdb(features: Mapping[str, np.ndarray], metadata: TestMetadata,
 # End to end: model -> features -> protocols.
 
 
-def run_sysu(embed_fn: EmbedFn, *, batches_fn: BatchesFn,
-             metadata: TestMetadata,
-             feature_names: Sequence[str] = FEATURE_NAMES,
-             **kwargs) -> EvaluationResults:
+def run_sysu(
+    embed_fn: EmbedFn,
+    *,
+    batches_fn: BatchesFn,
+    metadata: TestMetadata,
+    feature_names: Sequence[str] = FEATURE_NAMES,
+    **kwargs,
+) -> EvaluationResults:
     """Extracts the SYSU test features once and runs `evaluate_sysu`.
 
     Args:
@@ -764,18 +881,24 @@ def run_sysu(embed_fn: EmbedFn, *, batches_fn: BatchesFn,
         **kwargs: `evaluate_sysu` options (modes, trials, num_shots, rerank,
             ...).
     """
-    features = extract_features(embed_fn, batches_fn=batches_fn,
-                                modality=metadata.modality,
-                                feature_names=feature_names)
+    features = extract_features(
+        embed_fn,
+        batches_fn=batches_fn,
+        modality=metadata.modality,
+        feature_names=feature_names,
+    )
     results = evaluate_sysu(features, metadata, **kwargs)
     logging.info("SYSU-MM01 evaluation:\n%s", results.table())
     return results
 
 
-def run_regdb(embed_fn: EmbedFn, *,
-              trials: Mapping[int, tuple[BatchesFn, TestMetadata]],
-              feature_names: Sequence[str] = FEATURE_NAMES,
-              **kwargs) -> EvaluationResults:
+def run_regdb(
+    embed_fn: EmbedFn,
+    *,
+    trials: Mapping[int, tuple[BatchesFn, TestMetadata]],
+    feature_names: Sequence[str] = FEATURE_NAMES,
+    **kwargs,
+) -> EvaluationResults:
     """Extracts each RegDB trial's test features once and evaluates both
     directions.
 
@@ -790,9 +913,12 @@ def run_regdb(embed_fn: EmbedFn, *,
     results = None
     for trial in sorted(trials):
         batches_fn, metadata = trials[trial]
-        features = extract_features(embed_fn, batches_fn=batches_fn,
-                                    modality=metadata.modality,
-                                    feature_names=feature_names)
+        features = extract_features(
+            embed_fn,
+            batches_fn=batches_fn,
+            modality=metadata.modality,
+            feature_names=feature_names,
+        )
         one = evaluate_regdb(features, metadata, trial=trial, **kwargs)
         results = one if results is None else results.merge(one)
     logging.info("RegDB evaluation:\n%s", results.table())

@@ -43,12 +43,13 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from mclnet_jax import embed
 
@@ -61,14 +62,14 @@ FORMAT_VERSION = 1
 
 
 def jax_export_file(modality: str) -> str:
-    """File name of one stem's jax.export artifact, e.g. "visible.jax_export".
-    """
+    """File name of one stem's jax.export artifact: "visible.jax_export"."""
     embed.modality_index(modality)
     return f"{modality}.jax_export"
 
 
-def make_forward(model, variables: Mapping[str, Any] | None,
-                 modality: str) -> Callable[..., dict[str, jax.Array]]:
+def make_forward(
+    model, variables: Mapping[str, Any] | None, modality: str
+) -> Callable[..., dict[str, jax.Array]]:
     """`f(images [b, H, W, 3]) -> {"pool", "bn"}` of one stem, eval mode.
 
     If `variables` is None, `f(variables, images)` takes them as an argument
@@ -86,23 +87,30 @@ def make_forward(model, variables: Mapping[str, Any] | None,
     return lambda images: forward(variables, images)
 
 
-def export_jax(loaded: embed.LoadedModel, *, modality: str,
-               platforms: Sequence[str] = DEFAULT_PLATFORMS
-               ) -> jax.export.Exported:
+def export_jax(
+    loaded: embed.LoadedModel,
+    *,
+    modality: str,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+) -> jax.export.Exported:
     """One stem as a `jax.export.Exported` with a symbolic batch dimension.
 
     The weights are embedded as constants, so the artifact is self-contained.
     """
     h, w = loaded.image_size
     spec = jax.ShapeDtypeStruct(
-        jax.export.symbolic_shape(f"b, {h}, {w}, 3"), jnp.float32)
+        jax.export.symbolic_shape(f"b, {h}, {w}, 3"), jnp.float32
+    )
     forward = make_forward(loaded.model, loaded.variables, modality)
-    return jax.export.export(jax.jit(forward),
-                             platforms=tuple(platforms))(spec)
+    return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec)
 
 
-def save_saved_model(loaded: embed.LoadedModel, directory: str, *,
-                     platforms: Sequence[str] = DEFAULT_PLATFORMS) -> None:
+def save_saved_model(
+    loaded: embed.LoadedModel,
+    directory: str,
+    *,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+) -> None:
     """Writes the TensorFlow SavedModel (see the module docstring)."""
     # pylint: disable=g-import-not-at-top
     import tensorflow as tf
@@ -116,36 +124,49 @@ def save_saved_model(loaded: embed.LoadedModel, directory: str, *,
     # graph stays small (GraphDefs are limited to 2 GB).
     module.variables_tree = jax.tree.map(
         lambda v: tf.Variable(np.asarray(v), trainable=False),
-        dict(loaded.variables))
+        dict(loaded.variables),
+    )
     converted = {
         modality: jax2tf.convert(
             make_forward(loaded.model, None, modality),
-            polymorphic_shapes=[None, "(b, ...)"], with_gradient=False,
-            native_serialization_platforms=tuple(platforms))
-        for modality in embed.MODALITIES}
+            polymorphic_shapes=[None, "(b, ...)"],
+            with_gradient=False,
+            native_serialization_platforms=tuple(platforms),
+        )
+        for modality in embed.MODALITIES
+    }
     images_spec = tf.TensorSpec([None, h, w, 3], tf.float32, name="images")
 
     def stem_function(modality):
         @tf.function(input_signature=[images_spec], autograph=False)
         def run(images):
             return converted[modality](module.variables_tree, images)
+
         return run
 
     module.visible = stem_function("visible")
     module.infrared = stem_function("infrared")
 
-    @tf.function(input_signature=[
-        images_spec, tf.TensorSpec([None], tf.int32, name="modality")],
-                 autograph=False)
+    @tf.function(
+        input_signature=[
+            images_spec,
+            tf.TensorSpec([None], tf.int32, name="modality"),
+        ],
+        autograph=False,
+    )
     def serve(images, modality):
         n = tf.shape(images)[0]
         checks = [
             tf.debugging.assert_equal(
-                tf.shape(modality)[0], n,
-                message="modality needs one entry per image"),
+                tf.shape(modality)[0],
+                n,
+                message="modality needs one entry per image",
+            ),
             tf.debugging.assert_equal(
-                tf.reduce_all((modality == 0) | (modality == 1)), True,
-                message="modality must be 0 (visible) or 1 (infrared)"),
+                tf.reduce_all((modality == 0) | (modality == 1)),
+                True,
+                message="modality must be 0 (visible) or 1 (infrared)",
+            ),
         ]
         with tf.control_dependencies(checks):
             out = {name: tf.zeros([n, d], tf.float32) for name in OUTPUTS}
@@ -155,10 +176,16 @@ def save_saved_model(loaded: embed.LoadedModel, directory: str, *,
             part = tf.cond(
                 tf.size(rows) > 0,
                 lambda run=run, rows=rows: run(tf.gather(images, rows)),
-                lambda: {name: tf.zeros([0, d], tf.float32)
-                         for name in OUTPUTS})
-            out = {name: tf.tensor_scatter_nd_update(
-                out[name], rows[:, None], part[name]) for name in OUTPUTS}
+                lambda: {
+                    name: tf.zeros([0, d], tf.float32) for name in OUTPUTS
+                },
+            )
+            out = {
+                name: tf.tensor_scatter_nd_update(
+                    out[name], rows[:, None], part[name]
+                )
+                for name in OUTPUTS
+            }
         return out
 
     module.serve = serve
@@ -169,19 +196,30 @@ def save_saved_model(loaded: embed.LoadedModel, directory: str, *,
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("WARNING")
     try:
-        tf.saved_model.save(module, directory, signatures={
-            "serving_default": serve, "visible": module.visible,
-            "infrared": module.infrared})
+        tf.saved_model.save(
+            module,
+            directory,
+            signatures={
+                "serving_default": serve,
+                "visible": module.visible,
+                "infrared": module.infrared,
+            },
+        )
     finally:
         logging.set_verbosity(verbosity)
         tf.get_logger().setLevel(tf_level)
 
 
-def metadata(loaded: embed.LoadedModel, *, platforms: Sequence[str],
-             calling_convention_version: int) -> dict[str, Any]:
+def metadata(
+    loaded: embed.LoadedModel,
+    *,
+    platforms: Sequence[str],
+    calling_convention_version: int,
+) -> dict[str, Any]:
     """The content of export.json."""
     # pylint: disable=g-import-not-at-top
     import tensorflow as tf
+
     from data_pipeline import augment
     # pylint: enable=g-import-not-at-top
 
@@ -192,8 +230,11 @@ def metadata(loaded: embed.LoadedModel, *, platforms: Sequence[str],
         "format_version": FORMAT_VERSION,
         "checkpoint": loaded.checkpoint,
         "step": loaded.step,
-        "model": {"feature_dim": d, "num_classes": loaded.num_classes,
-                  **loaded.config.model.to_dict()},
+        "model": {
+            "feature_dim": d,
+            "num_classes": loaded.num_classes,
+            **loaded.config.model.to_dict(),
+        },
         "input": {
             "name": "images",
             "shape": [None, h, w, 3],
@@ -212,10 +253,14 @@ def metadata(loaded: embed.LoadedModel, *, platforms: Sequence[str],
         },
         "modalities": {m: i for i, m in enumerate(embed.MODALITIES)},
         "outputs": {
-            "pool": {**feature, "description":
-                     "pooled backbone feature (GeM or average)"},
-            "bn": {**feature, "description":
-                   "BNNeck feature (the one the paper reports)"},
+            "pool": {
+                **feature,
+                "description": "pooled backbone feature (GeM or average)",
+            },
+            "bn": {
+                **feature,
+                "description": "BNNeck feature (the one the paper reports)",
+            },
         },
         "l2_normalized": False,
         "jax_export": {
@@ -229,8 +274,10 @@ def metadata(loaded: embed.LoadedModel, *, platforms: Sequence[str],
             "signatures": {
                 "visible": {"inputs": ["images"], "outputs": list(OUTPUTS)},
                 "infrared": {"inputs": ["images"], "outputs": list(OUTPUTS)},
-                "serving_default": {"inputs": ["images", "modality"],
-                                    "outputs": list(OUTPUTS)},
+                "serving_default": {
+                    "inputs": ["images", "modality"],
+                    "outputs": list(OUTPUTS),
+                },
             },
             "tensorflow_version": tf.__version__,
         },
@@ -239,9 +286,15 @@ def metadata(loaded: embed.LoadedModel, *, platforms: Sequence[str],
 
 def _model_config(config) -> Any:
     """What shapes the network, JSON-normalised (tuples -> lists)."""
-    return json.loads(json.dumps(
-        {"model": config.model.to_dict(),
-         "image_size": list(config.data.image_size)}, default=str))
+    return json.loads(
+        json.dumps(
+            {
+                "model": config.model.to_dict(),
+                "image_size": list(config.data.image_size),
+            },
+            default=str,
+        )
+    )
 
 
 def replace_directory(source: str, target: str) -> None:
@@ -260,9 +313,13 @@ def replace_directory(source: str, target: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export_workdir(config, workdir: str, *, which: str = "latest",
-                   platforms: Sequence[str] = DEFAULT_PLATFORMS
-                   ) -> dict[str, Any]:
+def export_workdir(
+    config,
+    workdir: str,
+    *,
+    which: str = "latest",
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+) -> dict[str, Any]:
     """`--mode=export`: writes WORKDIR/export/ (see the module docstring).
 
     The previous export, if any, is replaced only once the new one is
@@ -288,16 +345,21 @@ def export_workdir(config, workdir: str, *, which: str = "latest",
     except FileNotFoundError:
         if config is None:
             raise
-        logging.warning("%s has no %s; building the model from the given "
-                        "config.", workdir, embed.CONFIG_FILE)
+        logging.warning(
+            "%s has no %s; building the model from the given config.",
+            workdir,
+            embed.CONFIG_FILE,
+        )
         saved_config = config
     if config is not None and _model_config(config) != _model_config(
-            saved_config):
+        saved_config
+    ):
         logging.warning(
             "--config's model or image size differs from %s, the config "
             "the checkpoint was trained with: exporting with the latter "
             "(--config is only used for a workdir without config.json).",
-            os.path.join(workdir, embed.CONFIG_FILE))
+            os.path.join(workdir, embed.CONFIG_FILE),
+        )
     loaded = embed.load_model(workdir, checkpoint=which, config=saved_config)
 
     final = os.path.join(workdir, EXPORT_DIR)
@@ -305,37 +367,49 @@ def export_workdir(config, workdir: str, *, which: str = "latest",
     try:
         version = None
         for modality in embed.MODALITIES:
-            exported = export_jax(loaded, modality=modality,
-                                  platforms=platforms)
+            exported = export_jax(
+                loaded, modality=modality, platforms=platforms
+            )
             version = exported.calling_convention_version
-            with open(os.path.join(staging, jax_export_file(modality)),
-                      "wb") as f:
+            with open(
+                os.path.join(staging, jax_export_file(modality)), "wb"
+            ) as f:
                 f.write(exported.serialize())
-        save_saved_model(loaded, os.path.join(staging, SAVED_MODEL_DIR),
-                         platforms=platforms)
-        info = metadata(loaded, platforms=platforms,
-                        calling_convention_version=version)
-        with open(os.path.join(staging, METADATA_FILE), "w",
-                  encoding="utf-8") as f:
+        save_saved_model(
+            loaded, os.path.join(staging, SAVED_MODEL_DIR), platforms=platforms
+        )
+        info = metadata(
+            loaded, platforms=platforms, calling_convention_version=version
+        )
+        with open(
+            os.path.join(staging, METADATA_FILE), "w", encoding="utf-8"
+        ) as f:
             json.dump(info, f, indent=2)
         os.chmod(staging, 0o755)  # mkdtemp makes it private.
         replace_directory(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logging.info("Exported the %s checkpoint (step %d) to %s: %s, %s/ and "
-                 "%s.", which, loaded.step, final,
-                 ", ".join(jax_export_file(m) for m in embed.MODALITIES),
-                 SAVED_MODEL_DIR, METADATA_FILE)
+    logging.info(
+        "Exported the %s checkpoint (step %d) to %s: %s, %s/ and %s.",
+        which,
+        loaded.step,
+        final,
+        ", ".join(jax_export_file(m) for m in embed.MODALITIES),
+        SAVED_MODEL_DIR,
+        METADATA_FILE,
+    )
     return info
 
 
 def load_jax_export(workdir: str, modality: str) -> jax.export.Exported:
     """Reads WORKDIR/export/<modality>.jax_export back (`.call(images)`)."""
-    path = os.path.join(os.path.expanduser(workdir), EXPORT_DIR,
-                        jax_export_file(modality))
+    path = os.path.join(
+        os.path.expanduser(workdir), EXPORT_DIR, jax_export_file(modality)
+    )
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path} not found; run python -m mclnet_jax.main --mode=export "
-            "--workdir=... first.")
+            "--workdir=... first."
+        )
     with open(path, "rb") as f:
         return jax.export.deserialize(bytearray(f.read()))

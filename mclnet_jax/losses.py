@@ -305,7 +305,9 @@ WRT_VARIANTS = ("stable", "release")
 
 
 def wrt_triplet_loss_and_accuracy(
-    *, features: ArrayLike, labels: ArrayLike,
+    *,
+    features: ArrayLike,
+    labels: ArrayLike,
     variant: Literal["stable", "release"] = "stable",
 ) -> tuple[jax.Array, jax.Array]:
     """Weighted regularised triplet loss (AGW, L_wrt of Eq. 7) and its accuracy.
@@ -361,10 +363,12 @@ def wrt_triplet_loss_and_accuracy(
     else:
         positive_distances = distances * positive
         negative_distances = distances * negative
-        positive_weights = _release_softmax_weights(positive_distances,
-                                                    positive)
-        negative_weights = _release_softmax_weights(-negative_distances,
-                                                    negative)
+        positive_weights = _release_softmax_weights(
+            positive_distances, positive
+        )
+        negative_weights = _release_softmax_weights(
+            -negative_distances, negative
+        )
     weighted_positive = jnp.sum(distances * positive_weights, axis=1)
     weighted_negative = jnp.sum(distances * negative_weights, axis=1)
     loss = jnp.mean(jax.nn.softplus(weighted_positive - weighted_negative))
@@ -374,7 +378,9 @@ def wrt_triplet_loss_and_accuracy(
 
 
 def wrt_triplet_loss(
-    *, features: ArrayLike, labels: ArrayLike,
+    *,
+    features: ArrayLike,
+    labels: ArrayLike,
     variant: Literal["stable", "release"] = "stable",
 ) -> jax.Array:
     """AGW's weighted regularised triplet loss (L_wrt of Eq. 7).
@@ -389,8 +395,9 @@ def wrt_triplet_loss(
     Returns:
       float32 scalar.
     """
-    loss, _ = wrt_triplet_loss_and_accuracy(features=features, labels=labels,
-                                            variant=variant)
+    loss, _ = wrt_triplet_loss_and_accuracy(
+        features=features, labels=labels, variant=variant
+    )
     return loss
 
 

@@ -13,30 +13,40 @@ the same command resumes from the latest checkpoint in the workdir.
 import os
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from mclnet_jax import console
 
 _DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-    "synthetic.py")
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "configs",
+    "synthetic.py",
+)
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG,
+    "config",
+    _DEFAULT_CONFIG,
     "Config file, optionally with an argument: configs/sysu.py:base.",
-    lock_config=True)
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Checkpoints, TensorBoard logs and results go here.")
+    "workdir", None, "Checkpoints, TensorBoard logs and results go here."
+)
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "evaluate", "analyze", "export"],
+    "mode",
+    "train",
+    ["train", "evaluate", "analyze", "export"],
     "train (and evaluate at the end); evaluate only; analyze: figures into "
-    "WORKDIR/figures; export: the eval-mode network into WORKDIR/export.")
+    "WORKDIR/figures; export: the eval-mode network into WORKDIR/export.",
+)
 _CHECKPOINT = flags.DEFINE_enum(
-    "checkpoint", "latest", ["latest", "best"],
+    "checkpoint",
+    "latest",
+    ["latest", "best"],
     "--mode=evaluate/analyze/export: the latest checkpoint or the best on "
-    "validation.")
+    "validation.",
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -50,26 +60,29 @@ def main(argv):
     # Imported after flag parsing: importing JAX/TensorFlow is slow and
     # `--help` should not wait for it.
     with console.native_stderr_to(log_file):
-        import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-        from mclnet_jax import train  # pylint: disable=g-import-not-at-top
-        from mclnet_jax import train_data  # pylint: disable=g-import-not-at-top
+        from mclnet_jax import (
+            train,  # pylint: disable=g-import-not-at-top
+            train_data,  # pylint: disable=g-import-not-at-top
+        )
 
     try:
         if _MODE.value == "train":
             train.train_and_evaluate(_CONFIG.value, workdir)
         elif _MODE.value == "evaluate":
-            train.evaluate_only(_CONFIG.value, workdir,
-                                which=_CHECKPOINT.value)
+            train.evaluate_only(_CONFIG.value, workdir, which=_CHECKPOINT.value)
         elif _MODE.value == "analyze":
             from mclnet_jax import analysis  # pylint: disable=g-import-not-at-top
-            analysis.analyze_workdir(_CONFIG.value, workdir,
-                                     which=_CHECKPOINT.value)
+
+            analysis.analyze_workdir(
+                _CONFIG.value, workdir, which=_CHECKPOINT.value
+            )
         else:
             from mclnet_jax import export  # pylint: disable=g-import-not-at-top
-            export.export_workdir(_CONFIG.value, workdir,
-                                  which=_CHECKPOINT.value)
-    except (train_data.DatasetUnavailableError,
-            train.ConfigurationError) as e:
+
+            export.export_workdir(
+                _CONFIG.value, workdir, which=_CHECKPOINT.value
+            )
+    except (train_data.DatasetUnavailableError, train.ConfigurationError) as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 2
     except (train.NonFiniteLossError, FileNotFoundError) as e:

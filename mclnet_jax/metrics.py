@@ -193,11 +193,17 @@ def sysu_metrics(
         ValueError: on malformed inputs or if no query has a positive.
     """
     dist, qid, gid, qcam, gcam = _check_inputs(
-        distmat, query_ids, gallery_ids, query_cams, gallery_cams,
-        max_rank, cams_required=True,
+        distmat,
+        query_ids,
+        gallery_ids,
+        query_cams,
+        gallery_cams,
+        max_rank,
+        cams_required=True,
     )
-    return _evaluate(dist, qid, gid, qcam, gcam, max_rank=max_rank,
-                     flavour="sysu")
+    return _evaluate(
+        dist, qid, gid, qcam, gcam, max_rank=max_rank, flavour="sysu"
+    )
 
 
 def standard_metrics(
@@ -234,28 +240,45 @@ def standard_metrics(
             "same-camera removal is done)."
         )
     dist, qid, gid, qcam, gcam = _check_inputs(
-        distmat, query_ids, gallery_ids, query_cams, gallery_cams,
-        max_rank, cams_required=False,
+        distmat,
+        query_ids,
+        gallery_ids,
+        query_cams,
+        gallery_cams,
+        max_rank,
+        cams_required=False,
     )
-    return _evaluate(dist, qid, gid, qcam, gcam, max_rank=max_rank,
-                     flavour="standard")
+    return _evaluate(
+        dist, qid, gid, qcam, gcam, max_rank=max_rank, flavour="standard"
+    )
 
 
 # ---------------------------------------------------------------------------
 # Implementation.
 
 
-def _check_inputs(distmat, query_ids, gallery_ids, query_cams, gallery_cams,
-                  max_rank, *, cams_required):
+def _check_inputs(
+    distmat,
+    query_ids,
+    gallery_ids,
+    query_cams,
+    gallery_cams,
+    max_rank,
+    *,
+    cams_required,
+):
     dist = np.asarray(distmat)
     if dist.ndim != 2:
         raise ValueError(f"distmat must be [Q, G], got shape {dist.shape}.")
-    if not (np.issubdtype(dist.dtype, np.floating)
-            or np.issubdtype(dist.dtype, np.integer)):
+    if not (
+        np.issubdtype(dist.dtype, np.floating)
+        or np.issubdtype(dist.dtype, np.integer)
+    ):
         raise ValueError(f"distmat must be numeric, got dtype {dist.dtype}.")
     if dist.dtype not in (np.float32, np.float64):
-        dist = dist.astype(np.float32 if dist.dtype == np.float16
-                           else np.float64)
+        dist = dist.astype(
+            np.float32 if dist.dtype == np.float16 else np.float64
+        )
     num_q, num_g = dist.shape
     if num_q == 0 or num_g == 0:
         raise ValueError(
@@ -271,8 +294,11 @@ def _check_inputs(distmat, query_ids, gallery_ids, query_cams, gallery_cams,
             "distmat contains NaN or infinite values; check the features "
             "(e.g. NaNs from a diverged model)."
         )
-    if (isinstance(max_rank, bool)
-            or not isinstance(max_rank, (int, np.integer)) or max_rank < 1):
+    if (
+        isinstance(max_rank, bool)
+        or not isinstance(max_rank, (int, np.integer))
+        or max_rank < 1
+    ):
         raise ValueError(f"max_rank must be a positive int, got {max_rank!r}.")
 
     def as_int(name, x, n):
@@ -337,8 +363,9 @@ def _count_closer(dist, pos_q, pos_g):
     last = flat.size - 1
 
     # Lower bound of each needle in each chunk of its row.
-    start = ((pos_q * num_chunks)[:, None]
-             + np.arange(num_chunks)).ravel() * width
+    start = (
+        (pos_q * num_chunks)[:, None] + np.arange(num_chunks)
+    ).ravel() * width
     value = np.repeat(needles, num_chunks)
     lo, hi = start.copy(), start + width
     for _ in range(int(width).bit_length()):
@@ -354,8 +381,9 @@ def _count_closer(dist, pos_q, pos_g):
     end = start + width
     equal_first = (lo < end) & (flat[np.minimum(lo, last)] == value)
     equal_second = (lo + 1 < end) & (flat[np.minimum(lo + 1, last)] == value)
-    ambiguous = ((equal_first.reshape(-1, num_chunks).sum(axis=1) > 1)
-                 | equal_second.reshape(-1, num_chunks).any(axis=1))
+    ambiguous = (
+        equal_first.reshape(-1, num_chunks).sum(axis=1) > 1
+    ) | equal_second.reshape(-1, num_chunks).any(axis=1)
     idx = np.flatnonzero(ambiguous)
     if idx.size:
         counts[idx] = _count_closer_exact(dist, pos_q[idx], pos_g[idx])
@@ -368,12 +396,12 @@ def _count_closer_exact(dist, pos_q, pos_g):
     columns = np.arange(num_g)
     out = np.empty(pos_q.shape[0], dtype=np.int64)
     for start in range(0, pos_q.shape[0], chunk):
-        q = pos_q[start:start + chunk]
-        g = pos_g[start:start + chunk]
+        q = pos_q[start : start + chunk]
+        g = pos_g[start : start + chunk]
         rows = dist[q]
         v = rows[np.arange(q.shape[0]), g][:, None]
         closer = (rows < v) | ((rows == v) & (columns[None, :] < g[:, None]))
-        out[start:start + chunk] = closer.sum(axis=1)
+        out[start : start + chunk] = closer.sum(axis=1)
     return out
 
 
@@ -397,10 +425,17 @@ def _evaluate(dist, qid, gid, qcam, gcam, *, max_rank, flavour):
     for start in range(0, num_q, block):
         sl = slice(start, min(num_q, start + block))
         out = _evaluate_block(
-            dist[sl], qid[sl], gid, None if qcam is None else qcam[sl], gcam,
-            q_group=q_group_c[sl], has_group=has_group[sl],
-            by_group=by_group, group_size=group_size,
-            group_start=group_start, flavour=flavour,
+            dist[sl],
+            qid[sl],
+            gid,
+            None if qcam is None else qcam[sl],
+            gcam,
+            q_group=q_group_c[sl],
+            has_group=has_group[sl],
+            by_group=by_group,
+            group_size=group_size,
+            group_start=group_start,
+            flavour=flavour,
         )
         valid[sl], ap[sl], inp[sl], first_rank[sl] = out
 
@@ -412,8 +447,9 @@ def _evaluate(dist, qid, gid, qcam, gcam, *, max_rank, flavour):
             "check that query and gallery identities overlap."
         )
     # cmc[k] = fraction of valid queries whose first match has rank <= k+1.
-    hist = np.bincount(np.minimum(first_rank[valid], max_rank + 1) - 1,
-                       minlength=max_rank + 1)[:max_rank]
+    hist = np.bincount(
+        np.minimum(first_rank[valid], max_rank + 1) - 1, minlength=max_rank + 1
+    )[:max_rank]
     cmc = np.cumsum(hist) / num_valid
     return RetrievalMetrics(
         cmc=cmc,
@@ -424,24 +460,38 @@ def _evaluate(dist, qid, gid, qcam, gcam, *, max_rank, flavour):
     )
 
 
-def _evaluate_block(dist, qid, gid, qcam, gcam, *, q_group, has_group,
-                    by_group, group_size, group_start, flavour):
+def _evaluate_block(
+    dist,
+    qid,
+    gid,
+    qcam,
+    gcam,
+    *,
+    q_group,
+    has_group,
+    by_group,
+    group_size,
+    group_start,
+    flavour,
+):
     """Per-query (valid, AP, INP, CMC rank) for a block of queries."""
     num_q, num_g = dist.shape
     rows = np.arange(num_q)
     # All (query, gallery) pairs with the same identity, grouped by query.
     n_same = np.where(has_group, group_size[q_group], 0)
     pos_q = np.repeat(rows, n_same).astype(np.int64)
-    offset = np.arange(pos_q.size) - np.repeat(np.cumsum(n_same) - n_same,
-                                               n_same)
+    offset = np.arange(pos_q.size) - np.repeat(
+        np.cumsum(n_same) - n_same, n_same
+    )
     pos_g = by_group[group_start[q_group[pos_q]] + offset].astype(np.int64)
 
     if flavour == "sysu":
         removed_rows = qcam == 3
         removed_cols = gcam == 2
         if removed_rows.any() and removed_cols.any():
-            dist = np.where(removed_rows[:, None] & removed_cols[None, :],
-                            np.inf, dist).astype(dist.dtype, copy=False)
+            dist = np.where(
+                removed_rows[:, None] & removed_cols[None, :], np.inf, dist
+            ).astype(dist.dtype, copy=False)
         drop = removed_rows[pos_q] & removed_cols[pos_g]
     elif qcam is not None:
         # Only same-identity items can be removed here: exactly the
@@ -478,14 +528,20 @@ def _evaluate_block(dist, qid, gid, qcam, gcam, *, q_group, has_group,
         # ignored): cheaper than copying out the valid rows.
         first_g = np.where(valid, pos_g[np.minimum(starts, pos_g.size - 1)], 0)
         before = _distinct_identities_before(
-            dist, first_g, q_group, by_group=by_group,
-            group_start=group_start, group_size=group_size)
+            dist,
+            first_g,
+            q_group,
+            by_group=by_group,
+            group_start=group_start,
+            group_size=group_size,
+        )
         cmc_rank[valid] = before[valid] + 1
     return valid, ap, inp, cmc_rank
 
 
-def _distinct_identities_before(dist, first_g, own_group, *, by_group,
-                                group_start, group_size):
+def _distinct_identities_before(
+    dist, first_g, own_group, *, by_group, group_start, group_size
+):
     """Number of other identities ranked before each query's first match.
 
     An identity precedes the first match (column f, distance d) iff one of
@@ -513,8 +569,11 @@ def _distinct_identities_before(dist, first_g, own_group, *, by_group,
     columns = np.arange(num_g)
     count = np.empty(num_q, dtype=np.int64)
     for start in range(0, num_q, chunk):
-        block = dist[start:start + chunk]
-        first, own = first_g[start:start + chunk], own_group[start:start + chunk]
+        block = dist[start : start + chunk]
+        first, own = (
+            first_g[start : start + chunk],
+            own_group[start : start + chunk],
+        )
         rows = np.arange(block.shape[0])
         d_first = block[rows, first][:, None]
         group_min = block[:, members].min(axis=2)  # [n, U]
@@ -523,9 +582,10 @@ def _distinct_identities_before(dist, first_g, own_group, *, by_group,
         tie[rows, own] = False
         tie_rows = np.flatnonzero(tie.any(axis=1))
         if tie_rows.size:
-            earlier_equal = ((block[tie_rows] == d_first[tie_rows])
-                             & (columns[None, :] < first[tie_rows, None]))
+            earlier_equal = (block[tie_rows] == d_first[tie_rows]) & (
+                columns[None, :] < first[tie_rows, None]
+            )
             precedes[tie_rows] |= earlier_equal[:, members].any(axis=2)
         precedes[rows, own] = False
-        count[start:start + chunk] = precedes.sum(axis=1)
+        count[start : start + chunk] = precedes.sum(axis=1)
     return count

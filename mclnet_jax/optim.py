@@ -35,7 +35,8 @@ Config fields (an `ml_collections.ConfigDict`, see `configs/default.py`):
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,12 +47,12 @@ Rules = Sequence[tuple[str, float]]
 
 
 def epoch_schedule(
-        *,
-        base_lr: float,
-        steps_per_epoch: int,
-        warmup_epochs: int = 10,
-        boundaries: Sequence[int] = (20, 50),
-        factors: Sequence[float] = (0.1, 0.01),
+    *,
+    base_lr: float,
+    steps_per_epoch: int,
+    warmup_epochs: int = 10,
+    boundaries: Sequence[int] = (20, 50),
+    factors: Sequence[float] = (0.1, 0.01),
 ) -> Schedule:
     """The release's piecewise-constant per-epoch schedule, as a step function.
 
@@ -73,17 +74,19 @@ def epoch_schedule(
     """
     if steps_per_epoch <= 0:
         raise ValueError(
-                f"steps_per_epoch must be positive, got {steps_per_epoch}; it "
-                "is derived from the training split size and the batch "
-                "composition.")
+            f"steps_per_epoch must be positive, got {steps_per_epoch}; it "
+            "is derived from the training split size and the batch "
+            "composition."
+        )
     if len(boundaries) != len(factors):
         raise ValueError(
-                f"schedule.boundaries {tuple(boundaries)} and schedule.factors "
-                f"{tuple(factors)} must have the same length.")
+            f"schedule.boundaries {tuple(boundaries)} and schedule.factors "
+            f"{tuple(factors)} must have the same length."
+        )
     if list(boundaries) != sorted(boundaries):
         raise ValueError(
-                "schedule.boundaries must be increasing, got "
-                f"{tuple(boundaries)}.")
+            f"schedule.boundaries must be increasing, got {tuple(boundaries)}."
+        )
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
 
@@ -96,9 +99,10 @@ def epoch_schedule(
         if warmup_epochs:
             warm = base_lr * (epoch + 1).astype(dtype) / warmup_epochs
             lr = jnp.where(epoch < warmup_epochs, warm, lr)
-        for boundary, factor in zip(boundaries, factors):
-            lr = jnp.where(epoch >= boundary,
-                           jnp.asarray(base_lr * factor, dtype), lr)
+        for boundary, factor in zip(boundaries, factors, strict=True):
+            lr = jnp.where(
+                epoch >= boundary, jnp.asarray(base_lr * factor, dtype), lr
+            )
         return lr
 
     return schedule
@@ -112,14 +116,15 @@ def make_schedule(config, *, steps_per_epoch: int) -> Schedule:
         return lambda step: jnp.full((), lr, jnp.result_type(float))
     if kind == "epochs":
         return epoch_schedule(
-                base_lr=float(config.lr),
-                steps_per_epoch=steps_per_epoch,
-                warmup_epochs=int(config.schedule.warmup_epochs),
-                boundaries=tuple(config.schedule.boundaries),
-                factors=tuple(config.schedule.factors),
+            base_lr=float(config.lr),
+            steps_per_epoch=steps_per_epoch,
+            warmup_epochs=int(config.schedule.warmup_epochs),
+            boundaries=tuple(config.schedule.boundaries),
+            factors=tuple(config.schedule.factors),
         )
     raise ValueError(
-            f"Unknown schedule kind {kind!r}; use 'constant' or 'epochs'.")
+        f"Unknown schedule kind {kind!r}; use 'constant' or 'epochs'."
+    )
 
 
 def path_str(path) -> str:
@@ -142,10 +147,11 @@ def _match(rules: Rules, path: str, what: str) -> float:
         if re.fullmatch(pattern, path):
             return float(value)
     raise ValueError(
-            f"Parameter {path!r} is not covered by any {what} rule "
-            f"{[p for p, _ in rules]}; add a pattern for it (rules are "
-            "full-match regular expressions on the '/'-joined parameter "
-            "path, first match wins).")
+        f"Parameter {path!r} is not covered by any {what} rule "
+        f"{[p for p, _ in rules]}; add a pattern for it (rules are "
+        "full-match regular expressions on the '/'-joined parameter "
+        "path, first match wins)."
+    )
 
 
 def tree_multipliers(rules: Rules, tree: Any, *, what: str = "lr_mults"):
@@ -155,7 +161,8 @@ def tree_multipliers(rules: Rules, tree: Any, *, what: str = "lr_mults"):
         ValueError: naming the first leaf no rule matches.
     """
     return jax.tree_util.tree_map_with_path(
-            lambda path, _: _match(rules, path_str(path), what), tree)
+        lambda path, _: _match(rules, path_str(path), what), tree
+    )
 
 
 def _scale_by_path(rules: Rules, what: str) -> optax.GradientTransformation:
@@ -168,15 +175,17 @@ def _scale_by_path(rules: Rules, what: str) -> optax.GradientTransformation:
     def update_fn(updates, state, params=None):
         del params
         mults = tree_multipliers(rules, updates, what=what)
-        scaled = jax.tree.map(lambda u, m: u if m == 1.0 else u * m,
-                              updates, mults)
+        scaled = jax.tree.map(
+            lambda u, m: u if m == 1.0 else u * m, updates, mults
+        )
         return scaled, state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _add_decayed_weights_by_path(
-        weight_decay: float, rules: Rules) -> optax.GradientTransformation:
+    weight_decay: float, rules: Rules
+) -> optax.GradientTransformation:
     """`g + wd * mult(path) * p`: PyTorch's coupled weight decay, per group."""
 
     def init_fn(params):
@@ -186,24 +195,28 @@ def _add_decayed_weights_by_path(
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(
-                "Weight decay needs params: call tx.update(g, s, params).")
+                "Weight decay needs params: call tx.update(g, s, params)."
+            )
         mults = tree_multipliers(rules, params, what="wd_mults")
         updates = jax.tree.map(
-                lambda g, p, m: g if m == 0.0 else g + (weight_decay * m) * p,
-                updates, params, mults)
+            lambda g, p, m: g if m == 0.0 else g + (weight_decay * m) * p,
+            updates,
+            params,
+            mults,
+        )
         return updates, state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
 def sgd(
-        *,
-        schedule: Schedule,
-        momentum: float,
-        nesterov: bool,
-        weight_decay: float,
-        lr_mults: Rules = ((".*", 1.0),),
-        wd_mults: Rules = ((".*", 1.0),),
+    *,
+    schedule: Schedule,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    lr_mults: Rules = ((".*", 1.0),),
+    wd_mults: Rules = ((".*", 1.0),),
 ) -> optax.GradientTransformation:
     """`torch.optim.SGD(momentum, nesterov, weight_decay)` with lr groups.
 
@@ -230,8 +243,9 @@ def sgd(
     return optax.chain(*parts)
 
 
-def make(config, *, steps_per_epoch: int
-                  ) -> tuple[optax.GradientTransformation, Schedule]:
+def make(
+    config, *, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, Schedule]:
     """The optimiser described by `config` (see the module docstring).
 
     Returns:
@@ -240,12 +254,13 @@ def make(config, *, steps_per_epoch: int
     """
     schedule = make_schedule(config, steps_per_epoch=steps_per_epoch)
     tx = sgd(
-            schedule=schedule,
-            momentum=float(config.momentum),
-            nesterov=bool(config.nesterov),
-            weight_decay=float(config.weight_decay),
-            lr_mults=tuple(tuple(r) for r in config.lr_mults),
-            wd_mults=tuple(
-                tuple(r) for r in config.get("wd_mults", ((".*", 1.0),))),
+        schedule=schedule,
+        momentum=float(config.momentum),
+        nesterov=bool(config.nesterov),
+        weight_decay=float(config.weight_decay),
+        lr_mults=tuple(tuple(r) for r in config.lr_mults),
+        wd_mults=tuple(
+            tuple(r) for r in config.get("wd_mults", ((".*", 1.0),))
+        ),
     )
     return tx, schedule

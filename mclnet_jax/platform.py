@@ -24,9 +24,7 @@ from absl import logging
 # 2-core AMD EPYC (Zen 4) VM, where the alternatives (oneDNN custom calls,
 # YNNPACK convolution fusions, bfloat16) were no faster; numerically checked
 # by the PyTorch parity tests in tests/test_pretrained.py.
-CPU_DEFAULT_FLAGS = (
-    ("xla_cpu_use_xnnpack", "true"),
-)
+CPU_DEFAULT_FLAGS = (("xla_cpu_use_xnnpack", "true"),)
 
 OPT_OUT_ENV = "MCLNET_JAX_NO_XLA_DEFAULTS"
 
@@ -47,6 +45,7 @@ def _backends_initialized() -> bool:
         return False
     try:
         from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+
         return bool(xla_bridge.backends_are_initialized())
     except (ImportError, AttributeError):  # Private API moved: assume not.
         return False
@@ -62,15 +61,20 @@ def apply_cpu_defaults() -> list[str]:
         return []
     current = os.environ.get("XLA_FLAGS", "")
     present = _flag_names(current)
-    wanted = [f"--{name}={value}" for name, value in CPU_DEFAULT_FLAGS
-              if name not in present]
+    wanted = [
+        f"--{name}={value}"
+        for name, value in CPU_DEFAULT_FLAGS
+        if name not in present
+    ]
     if not wanted:
         return []
     if _backends_initialized():
         logging.warning(
             "JAX is already initialised, so mclnet_jax's XLA:CPU defaults %s "
             "are not applied; import mclnet_jax before using JAX, or set them "
-            "in XLA_FLAGS yourself.", wanted)
+            "in XLA_FLAGS yourself.",
+            wanted,
+        )
         return []
     os.environ["XLA_FLAGS"] = " ".join([current, *wanted]).strip()
     _applied.extend(wanted)

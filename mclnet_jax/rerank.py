@@ -80,55 +80,80 @@ class RerankParams:
         _check_params(self.k1, self.k2, self.lambda_value)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"k1": int(self.k1), "k2": int(self.k2),
-                "lambda_value": float(self.lambda_value)}
+        return {
+            "k1": int(self.k1),
+            "k2": int(self.k2),
+            "lambda_value": float(self.lambda_value),
+        }
 
     def describe(self) -> str:
-        return (f"k1={self.k1}, k2={self.k2}, "
-                f"lambda={self.lambda_value:g}")
+        return f"k1={self.k1}, k2={self.k2}, lambda={self.lambda_value:g}"
 
 
 def _check_params(k1, k2, lambda_value) -> None:
     for name, value in (("k1", k1), ("k2", k2)):
-        if (isinstance(value, bool)
-                or not isinstance(value, numbers.Integral) or value < 1):
-            raise ValueError(f"{name} must be a positive int, got {value!r} "
-                             "(the paper uses k1=20, k2=6).")
-    if (isinstance(lambda_value, bool)
-            or not isinstance(lambda_value, numbers.Real)
-            or not 0.0 <= float(lambda_value) <= 1.0):
-        raise ValueError(f"lambda_value must be a number in [0, 1], got "
-                         f"{lambda_value!r} (the paper uses 0.3).")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Integral)
+            or value < 1
+        ):
+            raise ValueError(
+                f"{name} must be a positive int, got {value!r} "
+                "(the paper uses k1=20, k2=6)."
+            )
+    if (
+        isinstance(lambda_value, bool)
+        or not isinstance(lambda_value, numbers.Real)
+        or not 0.0 <= float(lambda_value) <= 1.0
+    ):
+        raise ValueError(
+            f"lambda_value must be a number in [0, 1], got "
+            f"{lambda_value!r} (the paper uses 0.3)."
+        )
 
 
-def _as_distances(name: str, value, shape: tuple[int, int] | None
-                  ) -> np.ndarray:
+def _as_distances(
+    name: str, value, shape: tuple[int, int] | None
+) -> np.ndarray:
     try:
         out = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real [rows, columns] array of "
-                         f"distances, got {type(value).__name__}.") from None
+        raise ValueError(
+            f"{name} must be a real [rows, columns] array of "
+            f"distances, got {type(value).__name__}."
+        ) from None
     if out.ndim != 2 or 0 in out.shape:
-        raise ValueError(f"{name} must be a non-empty 2-D array, got shape "
-                         f"{out.shape}.")
+        raise ValueError(
+            f"{name} must be a non-empty 2-D array, got shape {out.shape}."
+        )
     if shape is not None and out.shape != shape:
         raise ValueError(
             f"{name} must have shape {shape} (from q_g_dist [Q, G]: q_q_dist "
-            f"is [Q, Q], g_g_dist is [G, G]), got {out.shape}.")
+            f"is [Q, Q], g_g_dist is [G, G]), got {out.shape}."
+        )
     if not np.all(np.isfinite(out)):
-        raise ValueError(f"{name} has non-finite values (NaN or inf): "
-                         "re-ranking needs finite distances.")
+        raise ValueError(
+            f"{name} has non-finite values (NaN or inf): "
+            "re-ranking needs finite distances."
+        )
     if np.any(out < 0):
         raise ValueError(
             f"{name} has negative values (min {out.min():g}): pass "
             "non-negative distances, e.g. euclidean_distance(features), not "
-            "negative inner products.")
+            "negative inner products."
+        )
     return out
 
 
-def k_reciprocal_distance(q_g_dist, q_q_dist, g_g_dist, *, k1: int = 20,
-                          k2: int = 6, lambda_value: float = 0.3
-                          ) -> np.ndarray:
+def k_reciprocal_distance(
+    q_g_dist,
+    q_q_dist,
+    g_g_dist,
+    *,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+) -> np.ndarray:
     """Re-ranked query-gallery distances (see the module docstring).
 
     Args:
@@ -164,7 +189,8 @@ def k_reciprocal_distance(q_g_dist, q_q_dist, g_g_dist, *, k1: int = 20,
         raise ValueError(
             f"items {bad[:5].tolist()} (rows of [q_q, q_g; q_g.T, g_g]) are "
             "at distance 0 from everything: the column normalisation is "
-            "undefined. Are all the features identical?")
+            "undefined. Are all the features identical?"
+        )
     dist = _squared_transposed(plain)
     del plain
     dist /= col_max[:, None]
@@ -190,8 +216,9 @@ def k_reciprocal_distance(q_g_dist, q_q_dist, g_g_dist, *, k1: int = 20,
     accept = recip & (3 * overlap > 2 * size)
     expanded = member  # the overlaps above used the unexpanded sets
     add = accept[..., None] & cand_valid
-    expanded[np.broadcast_to(rows[..., None], add.shape)[add],
-             cand_items[add]] = True
+    expanded[
+        np.broadcast_to(rows[..., None], add.shape)[add], cand_items[add]
+    ] = True
 
     # V as sparse rows (row-major COO), Gaussian weights normalised per row.
     v_row, v_col = np.nonzero(expanded)
@@ -201,12 +228,12 @@ def k_reciprocal_distance(q_g_dist, q_q_dist, g_g_dist, *, k1: int = 20,
 
     if k2 != 1:
         v_row, v_col, v_val = _query_expansion(
-            v_row, v_col, v_val, ranks[:, :min(n, k2)], n)
+            v_row, v_col, v_val, ranks[:, : min(n, k2)], n
+        )
 
     similarity = _min_sum(v_row, v_col, v_val, num_q, n)
     jaccard = 1.0 - similarity / (2.0 - similarity)
-    return ((1.0 - lambda_value) * jaccard
-            + lambda_value * dist[:num_q, num_q:])
+    return (1.0 - lambda_value) * jaccard + lambda_value * dist[:num_q, num_q:]
 
 
 def _squared_transposed(x: np.ndarray, block: int = 256) -> np.ndarray:
@@ -214,7 +241,7 @@ def _squared_transposed(x: np.ndarray, block: int = 256) -> np.ndarray:
     than one strided copy of the whole matrix)."""
     out = np.empty(x.shape[::-1], x.dtype)
     for start in range(0, x.shape[0], block):
-        np.square(x[start:start + block].T, out=out[:, start:start + block])
+        np.square(x[start : start + block].T, out=out[:, start : start + block])
     return out
 
 
@@ -225,8 +252,9 @@ def _nearest(dist: np.ndarray, k: int) -> np.ndarray:
         return np.argsort(dist, axis=1, kind="stable")
     part = np.argpartition(dist, k - 1, axis=1)[:, :k]
     part_dist = np.take_along_axis(dist, part, axis=1)
-    top = np.take_along_axis(part, np.lexsort((part, part_dist), axis=1),
-                             axis=1)
+    top = np.take_along_axis(
+        part, np.lexsort((part, part_dist), axis=1), axis=1
+    )
     # argpartition keeps an arbitrary subset of the values tied with the
     # k-th; rows where such a tie crosses the cut are sorted in full.
     kth = np.take_along_axis(dist, top[:, -1:], axis=1)
@@ -282,19 +310,27 @@ def _min_sum(v_row, v_col, v_val, num_q, n):
     while start < q_row.size:
         # A block of whole query rows with about _JACCARD_BLOCK_PAIRS pairs.
         base = cost[start - 1] if start else 0
-        stop = max(int(np.searchsorted(cost, base + _JACCARD_BLOCK_PAIRS,
-                                       side="right")), start + 1)
-        stop = min(int(np.searchsorted(q_row, q_row[stop - 1],
-                                       side="right")), q_row.size)
+        stop = max(
+            int(
+                np.searchsorted(cost, base + _JACCARD_BLOCK_PAIRS, side="right")
+            ),
+            start + 1,
+        )
+        stop = min(
+            int(np.searchsorted(q_row, q_row[stop - 1], side="right")),
+            q_row.size,
+        )
         first = int(q_row[start])
         lengths = g_count[q_col[start:stop]]
         pos = _ragged_positions(g_start[q_col[start:stop]], lengths)
-        pairs = (np.repeat(q_row[start:stop] - first, lengths) * num_g
-                 + g_row[pos])
+        pairs = (
+            np.repeat(q_row[start:stop] - first, lengths) * num_g + g_row[pos]
+        )
         mins = np.minimum(np.repeat(q_val[start:stop], lengths), g_val[pos])
         num_rows = int(q_row[stop - 1]) - first + 1
-        out[first:first + num_rows] = np.bincount(
-            pairs, mins, minlength=num_rows * num_g).reshape(num_rows, num_g)
+        out[first : first + num_rows] = np.bincount(
+            pairs, mins, minlength=num_rows * num_g
+        ).reshape(num_rows, num_g)
         start = stop
     return out
 
@@ -311,10 +347,14 @@ def euclidean_distance(a, b=None) -> np.ndarray:
     same = b is None
     b = a if same else np.asarray(b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"a and b must be [A, D] and [B, D] with the same "
-                         f"D, got shapes {a.shape} and {b.shape}.")
-    if not (np.issubdtype(a.dtype, np.floating)
-            and np.issubdtype(b.dtype, np.floating)):
+        raise ValueError(
+            f"a and b must be [A, D] and [B, D] with the same "
+            f"D, got shapes {a.shape} and {b.shape}."
+        )
+    if not (
+        np.issubdtype(a.dtype, np.floating)
+        and np.issubdtype(b.dtype, np.floating)
+    ):
         a, b = a.astype(np.float64), b.astype(np.float64)
     sq_a = np.einsum("nd,nd->n", a, a, dtype=np.float64)
     sq_b = sq_a if same else np.einsum("nd,nd->n", b, b, dtype=np.float64)

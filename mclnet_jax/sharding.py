@@ -9,12 +9,14 @@ one CPU, 8 GPUs or a multi-host TPU pod; `pmap` is not used.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from absl import logging
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -29,17 +31,24 @@ def maybe_initialize_distributed(config) -> None:
     dist = config.get("distributed")
     if dist is None or not dist.get("enabled", False):
         return
-    kwargs = {k: dist.get(k) for k in ("coordinator_address",
-                                       "num_processes", "process_id")
-              if dist.get(k) is not None}
+    kwargs = {
+        k: dist.get(k)
+        for k in ("coordinator_address", "num_processes", "process_id")
+        if dist.get(k) is not None
+    }
     if dist.get("cpu_collectives"):
         # CPU multi-process runs (tests, laptops) need a collectives backend.
-        jax.config.update("jax_cpu_collectives_implementation",
-                          dist.cpu_collectives)
+        jax.config.update(
+            "jax_cpu_collectives_implementation", dist.cpu_collectives
+        )
     jax.distributed.initialize(**kwargs)
-    logging.info("jax.distributed: process %d of %d, %d local / %d global "
-                 "devices.", jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.device_count())
+    logging.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices.",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -70,13 +79,15 @@ def check_batch_divisible(*, per_modality_batch: int, mesh: Mesh) -> None:
             f"devices ({devices}) so the global batch of "
             f"{2 * per_modality_batch} images shards evenly; change "
             "config.data.num_identities (P) or config.data.num_instances "
-            "(K).")
+            "(K)."
+        )
     if per_modality_batch % jax.process_count():
         raise ValueError(
             f"P x K = {per_modality_batch} must be divisible by the number of "
             f"processes ({jax.process_count()}), each of which loads an "
             "equal share; change config.data.num_identities (P) or "
-            "config.data.num_instances (K).")
+            "config.data.num_instances (K)."
+        )
 
 
 def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
@@ -96,5 +107,6 @@ def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
         value = np.asarray(value)
         global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
         out[name] = jax.make_array_from_process_local_data(
-            sharding, value, global_shape)
+            sharding, value, global_shape
+        )
     return out

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from absl import logging
 import jax
 import numpy as np
+from absl import logging
 
 from mclnet_jax import evaluate as evaluate_lib
 from mclnet_jax import rerank as rerank_lib
@@ -43,13 +44,15 @@ def _builder_module(dataset: str):
     # Imported lazily: TFDS and TensorFlow are heavy and only needed here.
     if dataset == "sysu_mm01":
         from data_pipeline.sysu_mm01 import sysu_mm01  # pylint: disable=g-import-not-at-top,line-too-long
+
         return sysu_mm01
     if dataset == "regdb":
         from data_pipeline.regdb import regdb  # pylint: disable=g-import-not-at-top
+
         return regdb
     raise ValueError(
-        f"config.data.dataset must be 'sysu_mm01' or 'regdb', got "
-        f"{dataset!r}.")
+        f"config.data.dataset must be 'sysu_mm01' or 'regdb', got {dataset!r}."
+    )
 
 
 def _generate_synthetic(config, workdir: str) -> str:
@@ -62,8 +65,11 @@ def _generate_synthetic(config, workdir: str) -> str:
         return root
     kwargs = dict(syn.generator)
     if jax.process_index() == 0:
-        logging.info("Generating the synthetic %s dataset in %s.",
-                     config.data.dataset, root)
+        logging.info(
+            "Generating the synthetic %s dataset in %s.",
+            config.data.dataset,
+            root,
+        )
         if config.data.dataset == "sysu_mm01":
             synthetic.generate_sysu(root, overwrite=True, **kwargs)
         else:
@@ -79,9 +85,9 @@ def open_builder(config, workdir: str):
     Raises:
       DatasetUnavailableError: with the expected path and instructions.
     """
-    from data_pipeline import layouts  # pylint: disable=g-import-not-at-top
-
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    from data_pipeline import layouts  # pylint: disable=g-import-not-at-top
 
     # Progress bars interleave badly with the training log.
     tfds.disable_progress_bar()
@@ -93,22 +99,26 @@ def open_builder(config, workdir: str):
         data_dir = data_dir or os.path.join(workdir, "tfds")
     else:
         manual_dir = os.path.expanduser(
-            dc.manual_dir or DEFAULT_MANUAL_DIRS[dc.dataset])
+            dc.manual_dir or DEFAULT_MANUAL_DIRS[dc.dataset]
+        )
     try:
-        return module.prepare(manual_dir=manual_dir, data_dir=data_dir,
-                              config=dc.builder_config)
+        return module.prepare(
+            manual_dir=manual_dir, data_dir=data_dir, config=dc.builder_config
+        )
     except layouts.DatasetLayoutError as e:
         # The layout error already names the path, the layout and the source.
         raise DatasetUnavailableError(
             f"{dc.dataset}: {e}\n(Point --config.data.manual_dir=PATH at "
-            "the dataset folder.)") from None
+            "the dataset folder.)"
+        ) from None
     except AssertionError:
         # TFDS asserts when `manual_dir` is missing or empty and the records
         # are not built yet; its message repeats the instructions verbosely.
         raise DatasetUnavailableError(
             f"{dc.dataset}: dataset folder not found at {manual_dir!r} (set "
             f"--config.data.manual_dir=PATH).\n"
-            f"{module.MANUAL_DOWNLOAD_INSTRUCTIONS}") from None
+            f"{module.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        ) from None
 
 
 @dataclasses.dataclass
@@ -139,10 +149,12 @@ def train_augment(data_config):
     `random_grey` is ours (not in the paper or the release); 0 by default.
     """
     from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
+
     return input_pipeline.TrainAugment(
         padding=data_config.pad,
         erasing_probability=data_config.random_erasing,
-        grey_probability=data_config.get("random_grey", 0.0))
+        grey_probability=data_config.get("random_grey", 0.0),
+    )
 
 
 def prepare(config, workdir: str) -> RunData:
@@ -154,34 +166,43 @@ def prepare(config, workdir: str) -> RunData:
     train_source = input_pipeline.open_source(builder, dc.train_split)
     metadata = input_pipeline.read_metadata(train_source)
     steps_per_epoch = input_pipeline.train_steps_per_epoch(
-        metadata, num_identities=dc.num_identities,
-        num_instances=dc.num_instances)
+        metadata,
+        num_identities=dc.num_identities,
+        num_instances=dc.num_instances,
+    )
     augmentation = train_augment(dc)
 
     def train_iterator(*, start_step: int):
         stream = input_pipeline.train_iterator(
-            train_source, seed=config.seed,
+            train_source,
+            seed=config.seed,
             num_identities=dc.num_identities,
             num_instances=dc.num_instances,
-            image_size=tuple(dc.image_size), start_step=start_step,
+            image_size=tuple(dc.image_size),
+            start_step=start_step,
             augmentation=augmentation,
             process_index=jax.process_index(),
-            process_count=jax.process_count(), metadata=metadata)
+            process_count=jax.process_count(),
+            metadata=metadata,
+        )
         for step, batch in enumerate(stream, start=start_step):
             # The stream is a pure function of (seed, step): check it is the
             # step we are about to train on (resume correctness).
             got = batch.pop("step", None)
             if got is not None and int(got) != step:
-                raise RuntimeError(f"Data stream at step {got}, expected "
-                                   f"{step}.")
+                raise RuntimeError(
+                    f"Data stream at step {got}, expected {step}."
+                )
             yield batch
 
     def evaluate(model, state, *, split: str):
         source = input_pipeline.open_source(builder, split)
         test_meta = evaluate_lib.read_test_metadata(source)
         batches_fn = evaluate_lib.make_batches_fn(
-            source, batch_size=dc.eval_batch_size,
-            image_size=tuple(dc.image_size))
+            source,
+            batch_size=dc.eval_batch_size,
+            image_size=tuple(dc.image_size),
+        )
         embed_fn = make_embed_fn(model, state)
         return _run_protocol(config, embed_fn, batches_fn, test_meta)
 
@@ -190,16 +211,19 @@ def prepare(config, workdir: str) -> RunData:
         source = input_pipeline.open_source(builder, split)
         test_meta = evaluate_lib.read_test_metadata(source)
         batches_fn = evaluate_lib.make_batches_fn(
-            source, batch_size=dc.eval_batch_size,
-            image_size=tuple(dc.image_size))
+            source,
+            batch_size=dc.eval_batch_size,
+            image_size=tuple(dc.image_size),
+        )
 
         def embed_fn(images, modality):
             del modality
             flat = np.asarray(images, np.float32).reshape(len(images), -1)
             return {"pixels": flat}
 
-        return _run_protocol(config, embed_fn, batches_fn, test_meta,
-                             feature_names=("pixels",))
+        return _run_protocol(
+            config, embed_fn, batches_fn, test_meta, feature_names=("pixels",)
+        )
 
     return RunData(
         num_classes=metadata.num_classes,
@@ -221,30 +245,45 @@ def rerank_params(eval_config) -> rerank_lib.RerankParams | None:
         return rerank_lib.RerankParams(
             k1=eval_config.get("rerank_k1", defaults.k1),
             k2=eval_config.get("rerank_k2", defaults.k2),
-            lambda_value=eval_config.get("rerank_lambda",
-                                         defaults.lambda_value))
+            lambda_value=eval_config.get(
+                "rerank_lambda", defaults.lambda_value
+            ),
+        )
     except ValueError as e:
         raise ValueError(f"config.eval.rerank_*: {e}") from None
 
 
-def _run_protocol(config, embed_fn, batches_fn, test_meta,
-                  feature_names=evaluate_lib.FEATURE_NAMES):
+def _run_protocol(
+    config,
+    embed_fn,
+    batches_fn,
+    test_meta,
+    feature_names=evaluate_lib.FEATURE_NAMES,
+):
     ec = config.eval
     # With re-ranking on, results hold the plain and the "+rerank" rows.
     rerank = rerank_params(ec)
     if ec.protocol == "sysu":
         return evaluate_lib.run_sysu(
-            embed_fn, batches_fn=batches_fn, metadata=test_meta,
-            feature_names=feature_names, modes=tuple(ec.modes),
-            trials=tuple(range(ec.num_trials)), rerank=rerank)
+            embed_fn,
+            batches_fn=batches_fn,
+            metadata=test_meta,
+            feature_names=feature_names,
+            modes=tuple(ec.modes),
+            trials=tuple(range(ec.num_trials)),
+            rerank=rerank,
+        )
     if ec.protocol == "regdb":
         trial = int(config.data.builder_config.split("_")[-1])
         return evaluate_lib.run_regdb(
-            embed_fn, trials={trial: (batches_fn, test_meta)},
-            feature_names=feature_names, rerank=rerank)
+            embed_fn,
+            trials={trial: (batches_fn, test_meta)},
+            feature_names=feature_names,
+            rerank=rerank,
+        )
     raise ValueError(
-        f"config.eval.protocol must be 'sysu' or 'regdb', got "
-        f"{ec.protocol!r}.")
+        f"config.eval.protocol must be 'sysu' or 'regdb', got {ec.protocol!r}."
+    )
 
 
 def make_embed_fn(model, state) -> Callable[[np.ndarray, int], dict]:
@@ -255,6 +294,7 @@ def make_embed_fn(model, state) -> Callable[[np.ndarray, int], dict]:
     B must be divisible by the number of devices.
     """
     return evaluate_lib.make_model_embed_fn(
-        model, {"params": state.params["model"],
-                "batch_stats": state.batch_stats},
-        mesh=sharding.make_mesh())
+        model,
+        {"params": state.params["model"], "batch_stats": state.batch_stats},
+        mesh=sharding.make_mesh(),
+    )

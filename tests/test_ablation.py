@@ -7,8 +7,11 @@ import os
 import numpy as np
 import pytest
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), "benchmarks", "ablation.py")
+_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "benchmarks",
+    "ablation.py",
+)
 _spec = importlib.util.spec_from_file_location("ablation", _PATH)
 ablation = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ablation)
@@ -20,10 +23,16 @@ def _metrics(r1, m, n):
 
 def test_summarize_means_stds_and_paired_differences():
     results = {
-        "agw_re": {0: _metrics(10.0, 20.0, 5.0), 1: _metrics(14.0, 22.0, 7.0),
-                   2: _metrics(12.0, 27.0, 6.0)},
-        "mclnet": {0: _metrics(13.0, 21.0, 5.0), 1: _metrics(14.0, 26.0, 9.0),
-                   2: _metrics(18.0, 29.0, 7.0)},
+        "agw_re": {
+            0: _metrics(10.0, 20.0, 5.0),
+            1: _metrics(14.0, 22.0, 7.0),
+            2: _metrics(12.0, 27.0, 6.0),
+        },
+        "mclnet": {
+            0: _metrics(13.0, 21.0, 5.0),
+            1: _metrics(14.0, 26.0, 9.0),
+            2: _metrics(18.0, 29.0, 7.0),
+        },
     }
     table = ablation.summarize(results, [0, 1, 2])
     agw, mcl = table["agw_re"], table["mclnet"]
@@ -37,7 +46,8 @@ def test_summarize_means_stds_and_paired_differences():
     # mAP: 1, 4, 2 -> mean 7/3.
     assert mcl["mAP_vs_agw"]["mean"] == pytest.approx(7.0 / 3.0)
     assert mcl["mAP_vs_agw"]["std"] == pytest.approx(
-        np.std([1.0, 4.0, 2.0], ddof=1))
+        np.std([1.0, 4.0, 2.0], ddof=1)
+    )
     # Rows without runs are left out; one seed has std 0.
     one = ablation.summarize({"base": {0: _metrics(1.0, 2.0, 3.0)}}, [0])
     assert set(one) == {"base"}
@@ -45,12 +55,15 @@ def test_summarize_means_stds_and_paired_differences():
 
 
 def test_markdown_rows_in_paper_order():
-    results = {v: {0: _metrics(float(i), 2.0 * i, 3.0)}
-               for i, (v, _) in enumerate(ablation.ROWS)}
+    results = {
+        v: {0: _metrics(float(i), 2.0 * i, 3.0)}
+        for i, (v, _) in enumerate(ablation.ROWS)
+    }
     md = ablation.markdown(ablation.summarize(results, [0]), title="T")
     rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
     assert [r.split("|")[1].strip() for r in rows] == [
-        label for _, label in ablation.ROWS]
+        label for _, label in ablation.ROWS
+    ]
     # MCLNet (row 4) vs AGW* (row 1): +3.0 rank-1, +6.0 mAP.
     assert "+3.0 ± 0.0 | +6.0 ± 0.0 | +0.0 ± 0.0" in rows[-1]
     assert rows[1].endswith("| — | — | — |")
@@ -67,24 +80,30 @@ def test_bad_arguments(tmp_path):
 
 def test_tiny_end_to_end_and_resume(tmp_path, capsys):
     workdir = str(tmp_path / "ab")
-    args = [f"--workdir={workdir}", "--setting=tiny", "--seeds=1",
-            "--rows=base,agw_re"]
+    args = [
+        f"--workdir={workdir}",
+        "--setting=tiny",
+        "--seeds=1",
+        "--rows=base,agw_re",
+    ]
     assert ablation.main(args) == 0
     with open(os.path.join(workdir, "ablation.json")) as f:
         out = json.load(f)
     assert set(out["rows"]) == {"base", "agw_re"}
     assert set(out["timings"]) == {"base_seed0", "agw_re_seed0"}
     for variant in ("base", "agw_re"):
-        with open(os.path.join(workdir, "runs", f"{variant}_seed0",
-                               "results.json")) as f:
-            mean = json.load(f)["summary"]["sysu_all_single_shot"]["bn"][
-                "mean"]
+        with open(
+            os.path.join(workdir, "runs", f"{variant}_seed0", "results.json")
+        ) as f:
+            mean = json.load(f)["summary"]["sysu_all_single_shot"]["bn"]["mean"]
         assert out["rows"][variant]["rank1"]["mean"] == pytest.approx(
-            100 * mean["rank1"])
+            100 * mean["rank1"]
+        )
     base = out["rows"]["base"]
     agw = out["rows"]["agw_re"]
     assert base["mAP_vs_agw"]["mean"] == pytest.approx(
-        base["mAP"]["mean"] - agw["mAP"]["mean"])
+        base["mAP"]["mean"] - agw["mAP"]["mean"]
+    )
     md = open(os.path.join(workdir, "ablation.md")).read()
     assert "| Base |" in md and "| AGW* |" in md
     # The two runs share one generated dataset.

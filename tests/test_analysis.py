@@ -13,13 +13,11 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
 import pytest
-
-from mclnet_jax import analysis
-from mclnet_jax import evaluate
-
 import test_main  # pylint: disable=g-bad-import-order
+from PIL import Image
+
+from mclnet_jax import analysis, evaluate
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _rank_list_jobs = analysis._rank_list_jobs  # pylint: disable=protected-access
@@ -48,8 +46,11 @@ def _slow_ranking(dist, qid, gid, qcam, gcam, flavour):
         for j in range(dist.shape[1]):
             if flavour == "sysu" and qcam[i] == 3 and gcam[j] == 2:
                 continue
-            if (flavour == "standard" and qid[i] == gid[j]
-                    and qcam[i] == gcam[j]):
+            if (
+                flavour == "standard"
+                and qid[i] == gid[j]
+                and qcam[i] == gcam[j]
+            ):
                 continue
             kept.append(j)
         kept.sort(key=lambda j: (dist[i, j], j))
@@ -73,51 +74,73 @@ def _retrieval_case(failing, num_queries=20, num_ids=10, seed=0):
     dist = rng.uniform(0.2, 0.8, size=(num_queries, num_ids))
     for i in range(num_queries):
         dist[i, qid[i]] = 0.9 if i in failing else 0.1
-    return dict(distmat=dist, query_ids=qid, gallery_ids=gid,
-                query_cams=np.full(num_queries, 2),
-                gallery_cams=np.ones(num_ids, np.int64))
+    return dict(
+        distmat=dist,
+        query_ids=qid,
+        gallery_ids=gid,
+        query_cams=np.full(num_queries, 2),
+        gallery_cams=np.ones(num_ids, np.int64),
+    )
 
 
-@pytest.mark.parametrize("failing,want_fail", [
-    ({1, 4, 7, 11, 15, 18}, 4),  # Enough failures: half of 8.
-    ({3, 9}, 2),  # Fewer: all of them, successes fill the rest.
-    (set(), 0),  # None.
-    (set(range(17)), 5),  # Only 3 successes: failures fill the rest.
-])
+@pytest.mark.parametrize(
+    "failing,want_fail",
+    [
+        ({1, 4, 7, 11, 15, 18}, 4),  # Enough failures: half of 8.
+        ({3, 9}, 2),  # Fewer: all of them, successes fill the rest.
+        (set(), 0),  # None.
+        (set(range(17)), 5),  # Only 3 successes: failures fill the rest.
+    ],
+)
 def test_rank_lists_shows_half_failures(failing, want_fail):
     case = _retrieval_case(failing)
-    lists = analysis.rank_lists(**case, flavour="standard", num_queries=8,
-                                top_k=4, seed=3)
+    lists = analysis.rank_lists(
+        **case, flavour="standard", num_queries=8, top_k=4, seed=3
+    )
     assert lists.query.size == 8 and len(set(lists.query.tolist())) == 8
     assert lists.failure.sum() == want_fail
     truth = np.array([q in failing for q in lists.query])
     np.testing.assert_array_equal(lists.failure, truth)
     assert lists.num_failures == len(failing) and lists.num_valid == 20
     # Successes first, then failures.
-    assert not np.any(lists.failure[:8 - want_fail])
+    assert not np.any(lists.failure[: 8 - want_fail])
     # Top-k: the obvious ranking, distances and hits.
     dist = case["distmat"]
-    slow = _slow_ranking(dist, case["query_ids"], case["gallery_ids"],
-                         case["query_cams"], case["gallery_cams"], "standard")
+    slow = _slow_ranking(
+        dist,
+        case["query_ids"],
+        case["gallery_ids"],
+        case["query_cams"],
+        case["gallery_cams"],
+        "standard",
+    )
     for row, q in enumerate(lists.query):
         assert lists.gallery[row].tolist() == slow[q][:4]
-        np.testing.assert_allclose(lists.distance[row],
-                                   dist[q, slow[q][:4]], rtol=1e-6)
+        np.testing.assert_allclose(
+            lists.distance[row], dist[q, slow[q][:4]], rtol=1e-6
+        )
         assert lists.hit[row].tolist() == [
-            case["gallery_ids"][g] == case["query_ids"][q]
-            for g in slow[q][:4]]
+            case["gallery_ids"][g] == case["query_ids"][q] for g in slow[q][:4]
+        ]
         assert lists.hit[row, 0] == (q not in failing)
 
 
 def test_rank_lists_is_seeded():
     case = _retrieval_case({1, 4, 7, 11, 15, 18})
-    draws = {tuple(analysis.rank_lists(**case, flavour="standard",
-                                       num_queries=4, seed=s).query)
-             for s in range(6)}
-    again = analysis.rank_lists(**case, flavour="standard", num_queries=4,
-                                seed=0).query
-    first = analysis.rank_lists(**case, flavour="standard", num_queries=4,
-                                seed=0).query
+    draws = {
+        tuple(
+            analysis.rank_lists(
+                **case, flavour="standard", num_queries=4, seed=s
+            ).query
+        )
+        for s in range(6)
+    }
+    again = analysis.rank_lists(
+        **case, flavour="standard", num_queries=4, seed=0
+    ).query
+    first = analysis.rank_lists(
+        **case, flavour="standard", num_queries=4, seed=0
+    ).query
     np.testing.assert_array_equal(again, first)
     assert len(draws) > 1
 
@@ -130,9 +153,15 @@ def test_rank_lists_applies_the_sysu_camera_exclusion():
     # identity 9 from camera 3 (its only match is in camera 2): skipped.
     dist = np.array([[0.1, 0.5, 0.3, 0.7]] * 4)
     lists = analysis.rank_lists(
-        dist, query_ids=[5, 5, 2, 9], gallery_ids=[5, 5, 7, 9],
-        query_cams=[3, 6, 3, 3], gallery_cams=[2, 1, 4, 2], flavour="sysu",
-        num_queries=8, top_k=10)
+        dist,
+        query_ids=[5, 5, 2, 9],
+        gallery_ids=[5, 5, 7, 9],
+        query_cams=[3, 6, 3, 3],
+        gallery_cams=[2, 1, 4, 2],
+        flavour="sysu",
+        num_queries=8,
+        top_k=10,
+    )
     assert lists.query.tolist() == [1, 0]  # The success, then the failure.
     assert lists.num_valid == 2 and lists.num_failures == 1
     # Every row shows as many items as the shortest kept list (query 0
@@ -140,8 +169,9 @@ def test_rank_lists_applies_the_sysu_camera_exclusion():
     assert lists.gallery.tolist() == [[0, 2], [2, 1]]
     assert lists.hit.tolist() == [[True, False], [False, True]]
     assert lists.failure.tolist() == [False, True]
-    np.testing.assert_allclose(lists.distance, [[0.1, 0.3], [0.3, 0.5]],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        lists.distance, [[0.1, 0.3], [0.3, 0.5]], rtol=1e-6
+    )
 
 
 def test_rank_lists_rejects_bad_input():
@@ -151,33 +181,43 @@ def test_rank_lists_rejects_bad_input():
     with pytest.raises(ValueError, match="num_queries"):
         analysis.rank_lists(**case, flavour="sysu", num_queries=0)
     with pytest.raises(ValueError, match="query_ids"):
-        analysis.rank_lists(**{**case, "query_ids": [1, 2]},
-                            flavour="sysu")
+        analysis.rank_lists(**{**case, "query_ids": [1, 2]}, flavour="sysu")
     with pytest.raises(ValueError, match="NaN"):
-        analysis.rank_lists(**{**case, "distmat": case["distmat"] * np.nan},
-                            flavour="sysu")
+        analysis.rank_lists(
+            **{**case, "distmat": case["distmat"] * np.nan}, flavour="sysu"
+        )
     with pytest.raises(ValueError, match="no query has a matching"):
-        analysis.rank_lists(**{**case, "query_ids": case["query_ids"] + 100},
-                            flavour="sysu")
+        analysis.rank_lists(
+            **{**case, "query_ids": case["query_ids"] + 100}, flavour="sysu"
+        )
 
 
 def _border_columns(rgb, color, tolerance=8):
-    match = np.all(np.abs(rgb.astype(int) - np.array(color)) <= tolerance,
-                   axis=-1)
+    match = np.all(
+        np.abs(rgb.astype(int) - np.array(color)) <= tolerance, axis=-1
+    )
     return np.flatnonzero(match.any(axis=0)), match
 
 
 @pytest.mark.parametrize("hits", [(True, False), (False, True)])
 def test_rank_list_borders_are_green_for_hits_red_for_misses(tmp_path, hits):
     lists = analysis.RankLists(
-        query=np.array([0]), gallery=np.array([[0, 1]]),
+        query=np.array([0]),
+        gallery=np.array([[0, 1]]),
         distance=np.array([[-0.9, -0.5]], np.float32),
-        hit=np.array([hits]), failure=np.array([not hits[0]]),
-        num_valid=1, num_failures=int(not hits[0]))
+        hit=np.array([hits]),
+        failure=np.array([not hits[0]]),
+        num_valid=1,
+        num_failures=int(not hits[0]),
+    )
     path = analysis.draw_rank_lists(
-        str(tmp_path / "r.png"), lists, query_images=_grey_images(1),
-        gallery_images=_grey_images(2, seed=1)[None], title="t",
-        query_labels=["id 1 cam 3"])
+        str(tmp_path / "r.png"),
+        lists,
+        query_images=_grey_images(1),
+        gallery_images=_grey_images(2, seed=1)[None],
+        title="t",
+        query_labels=["id 1 cam 3"],
+    )
     _, _, rgb = _png(path)
     green, green_mask = _border_columns(rgb, analysis.HIT_COLOR)
     red, red_mask = _border_columns(rgb, analysis.MISS_COLOR)
@@ -204,35 +244,53 @@ def test_rank_list_figure_writes_png_of_the_chosen_images(tmp_path):
         return split[indices]
 
     path, lists = analysis.rank_list_figure(
-        str(tmp_path / "rank.png"), **case, flavour="standard",
-        load_images=load, query_index=np.arange(20),
-        gallery_index=np.arange(20, 30), num_queries=6, top_k=5, seed=1,
-        title="synthetic")
+        str(tmp_path / "rank.png"),
+        **case,
+        flavour="standard",
+        load_images=load,
+        query_index=np.arange(20),
+        gallery_index=np.arange(20, 30),
+        num_queries=6,
+        top_k=5,
+        seed=1,
+        title="synthetic",
+    )
     width, height, _ = _png(path)
     assert lists.query.size == 6 and lists.failure.sum() == 3
     assert 300 < width < 1200 and 500 < height < 1500
-    assert loaded[0].tolist() == (lists.query.tolist()
-                                  + (20 + lists.gallery).ravel().tolist())
+    assert loaded[0].tolist() == (
+        lists.query.tolist() + (20 + lists.gallery).ravel().tolist()
+    )
 
 
 def test_regdb_rank_lists_in_both_directions(tmp_path):
     meta, feats = _regdb_case()
     jobs = _rank_list_jobs("regdb", meta)
-    assert [j[0] for j in jobs] == ["rank_list_regdb_visible_to_infrared",
-                                    "rank_list_regdb_infrared_to_visible"]
-    for (stem, title, q, g, flavour), (q_mod, g_mod) in zip(jobs,
-                                                            [(0, 1), (1, 0)]):
+    assert [j[0] for j in jobs] == [
+        "rank_list_regdb_visible_to_infrared",
+        "rank_list_regdb_infrared_to_visible",
+    ]
+    for (stem, title, q, g, flavour), (q_mod, g_mod) in zip(
+        jobs, [(0, 1), (1, 0)], strict=True
+    ):
         assert flavour == "standard"
         assert np.all(meta.modality[q] == q_mod)
         assert np.all(meta.modality[g] == g_mod)
         assert q.size == g.size == 18
         dist = -feats[q] @ feats[g].T
         path, lists = analysis.rank_list_figure(
-            str(tmp_path / f"{stem}.png"), dist,
-            query_ids=meta.identity[q], gallery_ids=meta.identity[g],
-            query_cams=meta.camera[q], gallery_cams=meta.camera[g],
-            flavour=flavour, load_images=lambda i: _grey_images(len(i)),
-            query_index=q, gallery_index=g, title=title)
+            str(tmp_path / f"{stem}.png"),
+            dist,
+            query_ids=meta.identity[q],
+            gallery_ids=meta.identity[g],
+            query_cams=meta.camera[q],
+            gallery_cams=meta.camera[g],
+            flavour=flavour,
+            load_images=lambda i: _grey_images(len(i)),
+            query_index=q,
+            gallery_index=g,
+            title=title,
+        )
         assert lists.gallery.shape == (8, 10)
         # 11 cells of 0.575 in (+25% spacing), a 0.17 in gap, 0.4 in margins;
         # 8 rows of 1.5 in + 0.55 in title, at 100 dpi.
@@ -258,8 +316,11 @@ def _regdb_case(num_ids=6, per_id=3, dim=8, seed=0):
                 names.append(f"{'VT'[m]}/{i:03d}_{k}.bmp")
                 feats.append(centers[i] + 1.5 * rng.normal(size=dim))
     meta = evaluate.TestMetadata(
-        identity=np.array(ident), camera=np.array(cam),
-        modality=np.array(mod), file_name=np.array(names, dtype=object))
+        identity=np.array(ident),
+        camera=np.array(cam),
+        modality=np.array(mod),
+        file_name=np.array(names, dtype=object),
+    )
     return meta, np.array(feats, np.float32)
 
 
@@ -267,13 +328,21 @@ def _slow_cmc(query, gallery, qid, gid, max_rank):
     """CMC of a plain image ranking, one query at a time."""
     firsts = []
     for i in range(len(query)):
-        d = [-float(np.dot(query[i] / np.linalg.norm(query[i]),
-                           g / np.linalg.norm(g))) for g in gallery]
+        d = [
+            -float(
+                np.dot(
+                    query[i] / np.linalg.norm(query[i]), g / np.linalg.norm(g)
+                )
+            )
+            for g in gallery
+        ]
         order = sorted(range(len(gallery)), key=lambda j: (d[j], j))
-        firsts.append(next(r for r, j in enumerate(order, 1)
-                           if gid[j] == qid[i]))
-    return np.array([np.mean([f <= k for f in firsts])
-                     for k in range(1, max_rank + 1)])
+        firsts.append(
+            next(r for r, j in enumerate(order, 1) if gid[j] == qid[i])
+        )
+    return np.array(
+        [np.mean([f <= k for f in firsts]) for k in range(1, max_rank + 1)]
+    )
 
 
 def test_mean_cmc_and_cmc_figure_against_slow_cmc(tmp_path):
@@ -285,26 +354,43 @@ def test_mean_cmc_and_cmc_figure_against_slow_cmc(tmp_path):
         results = one if results is None else results.merge(one)
         vis, ir = meta.modality == 0, meta.modality == 1
         for name, value in feats.items():
-            for direction, (q, g) in {"visible_to_infrared": (vis, ir),
-                                      "infrared_to_visible": (ir, vis)
-                                      }.items():
+            for direction, (q, g) in {
+                "visible_to_infrared": (vis, ir),
+                "infrared_to_visible": (ir, vis),
+            }.items():
                 want.setdefault(f"regdb_{direction}", {}).setdefault(
-                    name, []).append(_slow_cmc(
-                        value[q], value[g], meta.identity[q],
-                        meta.identity[g], 12))
+                    name, []
+                ).append(
+                    _slow_cmc(
+                        value[q],
+                        value[g],
+                        meta.identity[q],
+                        meta.identity[g],
+                        12,
+                    )
+                )
     curves = analysis.mean_cmc(results)
-    from_json = analysis.mean_cmc(json.loads(json.dumps(
-        {"summary": results.summary(), "results": results.to_dict()})))
+    from_json = analysis.mean_cmc(
+        json.loads(
+            json.dumps(
+                {"summary": results.summary(), "results": results.to_dict()}
+            )
+        )
+    )
     for protocol, fs in want.items():
         for name, per_trial in fs.items():
-            np.testing.assert_allclose(curves[protocol][name],
-                                       np.mean(per_trial, axis=0), atol=1e-12)
-            np.testing.assert_allclose(from_json[protocol][name],
-                                       curves[protocol][name], atol=1e-12)
+            np.testing.assert_allclose(
+                curves[protocol][name], np.mean(per_trial, axis=0), atol=1e-12
+            )
+            np.testing.assert_allclose(
+                from_json[protocol][name], curves[protocol][name], atol=1e-12
+            )
     curves["regdb_visible_to_infrared"]["raw pixels"] = np.linspace(
-        0.1, 1.0, 12)
-    path, drawn = analysis.cmc_figure(str(tmp_path / "cmc.png"), curves,
-                                      max_rank=10)
+        0.1, 1.0, 12
+    )
+    path, drawn = analysis.cmc_figure(
+        str(tmp_path / "cmc.png"), curves, max_rank=10
+    )
     width, height, _ = _png(path)
     assert (width, height) == (840, 320)  # 2 panels of 4.2 x 3.2 in, dpi 100.
     for protocol, fs in curves.items():
@@ -330,16 +416,20 @@ def test_select_identities_takes_both_modalities_of_few_ids():
     identity = np.repeat(np.arange(8), 10)
     modality = np.tile(np.r_[np.zeros(6), np.ones(4)], 8).astype(int)
     modality[identity == 3] = 0  # Identity 3: visible only.
-    idx = analysis.select_identities(identity, modality, num_identities=4,
-                                     max_per_modality=5, seed=2)
+    idx = analysis.select_identities(
+        identity, modality, num_identities=4, max_per_modality=5, seed=2
+    )
     ids = np.unique(identity[idx])
     assert ids.size == 4 and 3 not in ids
     for i in ids:
         assert np.sum((identity[idx] == i) & (modality[idx] == 0)) == 5
         assert np.sum((identity[idx] == i) & (modality[idx] == 1)) == 4
     np.testing.assert_array_equal(
-        idx, analysis.select_identities(identity, modality, num_identities=4,
-                                        max_per_modality=5, seed=2))
+        idx,
+        analysis.select_identities(
+            identity, modality, num_identities=4, max_per_modality=5, seed=2
+        ),
+    )
     with pytest.raises(ValueError, match="both modalities"):
         analysis.select_identities(identity, np.zeros_like(identity))
 
@@ -350,31 +440,42 @@ def _two_modality_features(num_ids=4, per=6, dim=16, gap=3.0, seed=0):
     shift = gap * rng.normal(size=dim)
     identity = np.repeat(np.arange(num_ids), 2 * per)
     modality = np.tile(np.repeat([0, 1], per), num_ids)
-    feats = (centers[identity] + 0.3 * rng.normal(size=(identity.size, dim))
-             + shift * modality[:, None])
+    feats = (
+        centers[identity]
+        + 0.3 * rng.normal(size=(identity.size, dim))
+        + shift * modality[:, None]
+    )
     return feats.astype(np.float32), identity, modality
 
 
 def test_tsne_figure(tmp_path):
     feats, identity, modality = _two_modality_features()
     path, emb = analysis.tsne_figure(
-        str(tmp_path / "tsne.png"), {"trained": feats[:, :8],
-                                     "raw pixels": feats},
-        identity=identity, modality=modality, seed=0)
+        str(tmp_path / "tsne.png"),
+        {"trained": feats[:, :8], "raw pixels": feats},
+        identity=identity,
+        modality=modality,
+        seed=0,
+    )
     width, height, _ = _png(path)
     assert (width, height) == (800, 430)
     assert sorted(emb) == ["raw pixels", "trained"]
     for xy in emb.values():
         assert xy.shape == (identity.size, 2) and np.all(np.isfinite(xy))
     with pytest.raises(ValueError, match="panels"):
-        analysis.tsne_figure(str(tmp_path / "x.png"), {"a": feats[:3]},
-                             identity=identity, modality=modality)
+        analysis.tsne_figure(
+            str(tmp_path / "x.png"),
+            {"a": feats[:3]},
+            identity=identity,
+            modality=modality,
+        )
 
 
 def test_pair_distances_and_histogram_against_slow_pairs(tmp_path):
     feats, identity, modality = _two_modality_features(num_ids=3, per=3)
-    groups = analysis.pair_distances(feats, identity=identity,
-                                     modality=modality)
+    groups = analysis.pair_distances(
+        feats, identity=identity, modality=modality
+    )
     want = {name: [] for name in analysis.PAIR_CATEGORIES}
     n = identity.size
     for i in range(n):
@@ -382,20 +483,27 @@ def test_pair_distances_and_histogram_against_slow_pairs(tmp_path):
             a = feats[i] / np.linalg.norm(feats[i])
             b = feats[j] / np.linalg.norm(feats[j])
             key = (modality[i] == modality[j], identity[i] == identity[j])
-            name = next(k for k, v in analysis.PAIR_CATEGORIES.items()
-                        if v == key)
+            name = next(
+                k for k, v in analysis.PAIR_CATEGORIES.items() if v == key
+            )
             want[name].append(-float(np.dot(a, b)))
     assert sum(len(v) for v in want.values()) == n * (n - 1) // 2
     for name, values in want.items():
         np.testing.assert_allclose(groups[name], values, atol=1e-6)
     path, drawn = analysis.distance_histogram_figure(
-        str(tmp_path / "d.png"), {"a": feats, "b": -feats},
-        identity=identity, modality=modality, bins=20)
+        str(tmp_path / "d.png"),
+        {"a": feats, "b": -feats},
+        identity=identity,
+        modality=modality,
+        bins=20,
+    )
     width, height, _ = _png(path)
     assert (width, height) == (840, 360)
-    np.testing.assert_allclose(drawn["a"]["cross modality, same identity"],
-                               want["cross modality, same identity"],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        drawn["a"]["cross modality, same identity"],
+        want["cross modality, same identity"],
+        atol=1e-6,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -403,9 +511,14 @@ def test_pair_distances_and_histogram_against_slow_pairs(tmp_path):
 
 
 def _main(workdir, *extra):
-    return [sys.executable, "-m", "mclnet_jax.main",
-            "--config=configs/synthetic.py:tiny=1", f"--workdir={workdir}",
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mclnet_jax.main",
+        "--config=configs/synthetic.py:tiny=1",
+        f"--workdir={workdir}",
+        *extra,
+    ]
 
 
 def test_analyze_workdir_draws_every_figure(tmp_path):
@@ -414,23 +527,41 @@ def test_analyze_workdir_draws_every_figure(tmp_path):
     # A few steps at a small lr: the eval-mode features stay finite (at the
     # tiny config's lr 0.1 they overflow before the BatchNorm statistics
     # settle).
-    subprocess.run(_main(workdir, "--config.max_steps=4",
-                         "--config.optimizer.lr=0.01",
-                         "--config.mcm_optimizer.lr=0.01",
-                         "--config.eval.raw_pixel_baseline=True",
-                         "--config.eval.figures=False"),
-                   env=env, cwd=_REPO, check=True, capture_output=True,
-                   timeout=600)
+    subprocess.run(
+        _main(
+            workdir,
+            "--config.max_steps=4",
+            "--config.optimizer.lr=0.01",
+            "--config.mcm_optimizer.lr=0.01",
+            "--config.eval.raw_pixel_baseline=True",
+            "--config.eval.figures=False",
+        ),
+        env=env,
+        cwd=_REPO,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert (workdir / "results_raw_pixels.json").exists()
 
-    proc = subprocess.run(_main(workdir, "--mode=analyze"), env=env,
-                          cwd=_REPO, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        _main(workdir, "--mode=analyze"),
+        env=env,
+        cwd=_REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = workdir / "figures"
     names = sorted(os.listdir(folder))
-    assert names == ["README.txt", "cmc.png", "distances.png",
-                     "rank_list_sysu_all.png", "tsne.png"]
+    assert names == [
+        "README.txt",
+        "cmc.png",
+        "distances.png",
+        "rank_list_sysu_all.png",
+        "tsne.png",
+    ]
     for name in names[1:]:
         width, height, _ = _png(folder / name)
         assert 200 < width < 2000 and 200 < height < 2000, name

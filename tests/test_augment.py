@@ -12,9 +12,9 @@ import math
 import random
 
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from data_pipeline import augment
 
@@ -55,7 +55,8 @@ def test_decode_image_rgb_and_grey(images):
 
 def test_resize_same_size_is_identity_and_downscale_matches_pil(images):
     np.testing.assert_array_equal(
-        augment.resize(images[0], height=H, width=W).numpy(), images[0])
+        augment.resize(images[0], height=H, width=W).numpy(), images[0]
+    )
     # A smooth image shrunk by 2: antialiased bilinear ~ PIL's bilinear.
     y, x = np.mgrid[0:64, 0:32]
     smooth = np.stack([4 * y, 8 * x, 2 * (x + y)], -1).clip(0, 255)
@@ -74,30 +75,35 @@ def test_pad_and_crop_matches_numpy(images):
     out = augment.pad_and_crop(images, offsets, padding=10).numpy()
     padded = np.pad(images, ((0, 0), (10, 10), (10, 10), (0, 0)))
     for n, (dy, dx) in enumerate(offsets):
-        np.testing.assert_array_equal(out[n], padded[n, dy:dy + H, dx:dx + W])
+        np.testing.assert_array_equal(
+            out[n], padded[n, dy : dy + H, dx : dx + W]
+        )
 
 
-def test_single_image_crop_and_flip_match_numpy_eagerly_and_in_tf_data(
-        images):
+def test_single_image_crop_and_flip_match_numpy_eagerly_and_in_tf_data(images):
     padded = np.pad(images, ((0, 0), (10, 10), (10, 10), (0, 0)))
     config = augment.TrainAugment()
     for n, (dy, dx, flip) in enumerate(
-            [(0, 0, True), (20, 20, False), (3, 17, True), (12, 1, False)]):
-        params = {"offsets": np.array([dy, dx], np.int32),
-                  "flips": np.array(flip)}
-        want = padded[n, dy:dy + H, dx:dx + W]
+        [(0, 0, True), (20, 20, False), (3, 17, True), (12, 1, False)]
+    ):
+        params = {
+            "offsets": np.array([dy, dx], np.int32),
+            "flips": np.array(flip),
+        }
+        want = padded[n, dy : dy + H, dx : dx + W]
         if flip:
             want = want[:, ::-1]
 
         def fn(image, offsets, flips):
             return augment.crop_and_flip(
-                image, {"offsets": offsets, "flips": flips}, config=config)
+                image, {"offsets": offsets, "flips": flips}, config=config
+            )
 
         eager = fn(images[n], params["offsets"], params["flips"]).numpy()
         np.testing.assert_array_equal(eager, want)
         np.testing.assert_array_equal(
-            _in_tf_data(fn, images[n], params["offsets"], params["flips"]),
-            want)
+            _in_tf_data(fn, images[n], params["offsets"], params["flips"]), want
+        )
 
 
 def test_flip_left_right_matches_numpy(images):
@@ -123,16 +129,22 @@ def test_normalize_matches_torchvision_formula(images):
 def test_erase_matches_numpy():
     images = np.random.default_rng(1).normal(size=(3, H, W, 3))
     images = images.astype(np.float32)
-    boxes = {"erase": np.array([True, False, True]),
-             "top": np.array([2, 5, 0]), "left": np.array([3, 1, 0]),
-             "height": np.array([7, 9, 31]), "width": np.array([4, 4, 15])}
+    boxes = {
+        "erase": np.array([True, False, True]),
+        "top": np.array([2, 5, 0]),
+        "left": np.array([3, 1, 0]),
+        "height": np.array([7, 9, 31]),
+        "width": np.array([4, 4, 15]),
+    }
     fill = (0.25, -1.5, 3.0)
     out = augment.erase(images, boxes, fill=fill).numpy()
     want = images.copy()
     for n in range(3):
         if boxes["erase"][n]:
-            t, l = boxes["top"][n], boxes["left"][n]
-            want[n, t:t + boxes["height"][n], l:l + boxes["width"][n]] = fill
+            t, left = boxes["top"][n], boxes["left"][n]
+            want[
+                n, t : t + boxes["height"][n], left : left + boxes["width"][n]
+            ] = fill
     np.testing.assert_array_equal(out, want)
 
 
@@ -147,8 +159,10 @@ def test_random_ops_same_eagerly_and_in_tf_data(images, name):
         "flip": (lambda x, s: augment.random_flip(x, seed=s), images),
         "erasing": (lambda x, s: augment.random_erasing(x, seed=s), normalised),
         "chain": (lambda x, s: augment.train_augment(x, seed=s), images),
-        "jit": (lambda x, s: augment.train_augment(x, seed=s, jit_compile=True),
-                images),
+        "jit": (
+            lambda x, s: augment.train_augment(x, seed=s, jit_compile=True),
+            images,
+        ),
     }
     fn, x = ops[name]
     eager = fn(tf.constant(x), SEED).numpy()
@@ -162,21 +176,24 @@ def test_random_ops_same_eagerly_and_in_tf_data(images, name):
 def test_train_augment_is_the_chain_of_ops_and_jit_agrees(images):
     seed = augment.step_seed(5, 17)
     config = augment.TrainAugment()
-    params = augment.sample_train_params(seed, num=6, height=H, width=W,
-                                         config=config)
+    params = augment.sample_train_params(
+        seed, num=6, height=H, width=W, config=config
+    )
     # Independent numpy chain with the same parameters.
     padded = np.pad(images, ((0, 0), (10, 10), (10, 10), (0, 0)))
     want = np.empty(images.shape, np.float64)
     for n in range(6):
         dy, dx = params["offsets"][n].numpy()
-        img = padded[n, dy:dy + H, dx:dx + W]
+        img = padded[n, dy : dy + H, dx : dx + W]
         if params["flips"][n]:
             img = img[:, ::-1]
         img = (img / 255.0 - np.array(config.mean)) / np.array(config.std)
         if params["erase"][n]:
-            t, l = params["top"][n].numpy(), params["left"][n].numpy()
+            t, left = params["top"][n].numpy(), params["left"][n].numpy()
             h, w = params["height"][n].numpy(), params["width"][n].numpy()
-            img[t:t + h, l:l + w] = np.array(config.erasing_fill, np.float32)
+            img[t : t + h, left : left + w] = np.array(
+                config.erasing_fill, np.float32
+            )
         want[n] = img
     plain = augment.train_augment(images, seed=seed).numpy()
     jit = augment.train_augment(images, seed=seed, jit_compile=True).numpy()
@@ -184,8 +201,9 @@ def test_train_augment_is_the_chain_of_ops_and_jit_agrees(images):
     np.testing.assert_allclose(jit, want, atol=1e-5)
     bf16 = augment.train_augment(images, seed=seed, dtype=tf.bfloat16)
     assert bf16.dtype == tf.bfloat16
-    np.testing.assert_allclose(tf.cast(bf16, tf.float32).numpy(), want,
-                               atol=0.02, rtol=0.01)
+    np.testing.assert_allclose(
+        tf.cast(bf16, tf.float32).numpy(), want, atol=0.02, rtol=0.01
+    )
 
 
 def test_train_augment_positions_select_rows_of_the_full_draw(images):
@@ -193,14 +211,18 @@ def test_train_augment_positions_select_rows_of_the_full_draw(images):
     big = np.concatenate([images, images[::-1]])  # 12 rows.
     full = augment.train_augment(big, seed=seed).numpy()
     rows = np.array([7, 2, 11])
-    part = augment.train_augment(big[rows], seed=seed, positions=rows,
-                                 num_rows=12).numpy()
+    part = augment.train_augment(
+        big[rows], seed=seed, positions=rows, num_rows=12
+    ).numpy()
     np.testing.assert_array_equal(part, full[rows])
 
 
 def test_step_seed_differs_per_step_and_seed():
-    seeds = {tuple(augment.step_seed(s, t).numpy()) for s in range(3)
-             for t in range(50)}
+    seeds = {
+        tuple(augment.step_seed(s, t).numpy())
+        for s in range(3)
+        for t in range(50)
+    }
     assert len(seeds) == 150
 
 
@@ -247,9 +269,18 @@ def _release_erasing(rng, height, width, probability, sl, sh, r1):
 def test_erasing_distribution_matches_release_loop(height, width):
     n = 20000
     p, (sl, sh), r1 = 0.8, (0.1, 0.8), 0.3
-    boxes = {k: v.numpy() for k, v in augment.sample_erasing(
-        SEED, num=n, height=height, width=width, probability=p,
-        area_range=(sl, sh), min_aspect=r1).items()}
+    boxes = {
+        k: v.numpy()
+        for k, v in augment.sample_erasing(
+            SEED,
+            num=n,
+            height=height,
+            width=width,
+            probability=p,
+            area_range=(sl, sh),
+            min_aspect=r1,
+        ).items()
+    }
     erased = boxes["erase"]
     h, w = boxes["height"][erased], boxes["width"][erased]
     top, left = boxes["top"][erased], boxes["left"][erased]
@@ -266,8 +297,9 @@ def test_erasing_distribution_matches_release_loop(height, width):
     assert np.all(aspect <= (1 / r1) * (1 + 1 / w) * (1 + 1 / h) + 1e-9)
     # Distribution against the release's loop run in python.
     rng = random.Random(0)
-    ref = [_release_erasing(rng, height, width, p, sl, sh, r1)
-           for _ in range(n)]
+    ref = [
+        _release_erasing(rng, height, width, p, sl, sh, r1) for _ in range(n)
+    ]
     ref_boxes = np.array([b for b in ref if b is not None])
     ref_rate = len(ref_boxes) / n
     rate_se = math.sqrt(ref_rate * (1 - ref_rate) / n)
@@ -297,45 +329,78 @@ def test_random_erasing_fill_values_exact():
         mask = erased_pixels[i].any(-1)
         if boxes["erase"][i]:
             assert mask.sum() == boxes["height"][i] * boxes["width"][i]
-            np.testing.assert_array_equal(out[i][mask], np.broadcast_to(
-                fill, (mask.sum(), 3)))
+            np.testing.assert_array_equal(
+                out[i][mask], np.broadcast_to(fill, (mask.sum(), 3))
+            )
         else:
             assert not mask.any()
     assert 0.5 < boxes["erase"].numpy().mean() < 1.0
 
 
 def test_disabled_augmentations_leave_images_alone(images):
-    config = augment.TrainAugment(padding=0, flip_probability=0.0,
-                                  erasing_probability=0.0)
+    config = augment.TrainAugment(
+        padding=0, flip_probability=0.0, erasing_probability=0.0
+    )
     out = augment.train_augment(images, seed=SEED, config=config).numpy()
     np.testing.assert_array_equal(out, augment.normalize(images).numpy())
     # And against the formula directly, not only through `normalize`.
     want = (images / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array(
-        [0.229, 0.224, 0.225])
+        [0.229, 0.224, 0.225]
+    )
     np.testing.assert_allclose(out, want, atol=1e-6)
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: augment.sample_flips(tf.constant([1, 2, 3]), num=2), "shape"),
-    (lambda: augment.sample_flips(tf.constant([1.0, 2.0]), num=2), "int32"),
-    (lambda: augment.sample_flips(SEED, num=2, probability=1.5), r"\[0, 1\]"),
-    (lambda: augment.sample_erasing(SEED, num=2, height=8, width=8,
-                                    area_range=(0.5, 0.2)), "area_range"),
-    (lambda: augment.sample_erasing(SEED, num=2, height=8, width=8,
-                                    min_aspect=2.0), "min_aspect"),
-    (lambda: augment.pad_and_crop(np.zeros((4, 4)), [0, 0], padding=1),
-     r"\[H, W, C\]"),
-    (lambda: augment.erase(np.zeros((4, 4, 3)), {}, fill=(0, 0, 0)),
-     r"\[N, H, W, C\]"),
-    (lambda: augment.TrainAugment(padding=-1), "padding"),
-    (lambda: augment.TrainAugment(erasing_fill=(0.1,)), "erasing_fill"),
-    (lambda: augment.normalize(np.zeros((1, 2, 2, 3)), mean=(0.0,) * 3,
-                               std=(1.0, 0.0, 1.0)), "positive"),
-    (lambda: augment.resize(np.zeros((4, 4, 3), np.float32), height=2,
-                            width=2), "uint8"),
-    (lambda: augment.train_augment(np.zeros((2, 4, 4, 3), np.uint8),
-                                   seed=SEED, positions=[0]), "num_rows"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: augment.sample_flips(tf.constant([1, 2, 3]), num=2), "shape"),
+        (lambda: augment.sample_flips(tf.constant([1.0, 2.0]), num=2), "int32"),
+        (
+            lambda: augment.sample_flips(SEED, num=2, probability=1.5),
+            r"\[0, 1\]",
+        ),
+        (
+            lambda: augment.sample_erasing(
+                SEED, num=2, height=8, width=8, area_range=(0.5, 0.2)
+            ),
+            "area_range",
+        ),
+        (
+            lambda: augment.sample_erasing(
+                SEED, num=2, height=8, width=8, min_aspect=2.0
+            ),
+            "min_aspect",
+        ),
+        (
+            lambda: augment.pad_and_crop(np.zeros((4, 4)), [0, 0], padding=1),
+            r"\[H, W, C\]",
+        ),
+        (
+            lambda: augment.erase(np.zeros((4, 4, 3)), {}, fill=(0, 0, 0)),
+            r"\[N, H, W, C\]",
+        ),
+        (lambda: augment.TrainAugment(padding=-1), "padding"),
+        (lambda: augment.TrainAugment(erasing_fill=(0.1,)), "erasing_fill"),
+        (
+            lambda: augment.normalize(
+                np.zeros((1, 2, 2, 3)), mean=(0.0,) * 3, std=(1.0, 0.0, 1.0)
+            ),
+            "positive",
+        ),
+        (
+            lambda: augment.resize(
+                np.zeros((4, 4, 3), np.float32), height=2, width=2
+            ),
+            "uint8",
+        ),
+        (
+            lambda: augment.train_augment(
+                np.zeros((2, 4, 4, 3), np.uint8), seed=SEED, positions=[0]
+            ),
+            "num_rows",
+        ),
+    ],
+)
 def test_bad_inputs_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -344,30 +409,36 @@ def test_bad_inputs_raise(call, match):
 def test_to_grey_matches_luma_formula(images):
     grey = np.array([True, False, True, False, False, True])
     out = augment.to_grey(images, grey).numpy()
-    luma = (0.299 * images[..., 0].astype(np.float64)
-            + 0.587 * images[..., 1] + 0.114 * images[..., 2])
+    luma = (
+        0.299 * images[..., 0].astype(np.float64)
+        + 0.587 * images[..., 1]
+        + 0.114 * images[..., 2]
+    )
     for n in range(6):
         if grey[n]:
             for c in range(3):
-                np.testing.assert_allclose(out[n, ..., c], luma[n],
-                                           atol=1e-3)
+                np.testing.assert_allclose(out[n, ..., c], luma[n], atol=1e-3)
         else:
             np.testing.assert_array_equal(out[n], images[n])
     # A grey image stays as it is (infrared images are unchanged).
     flat = np.repeat(images[..., :1], 3, axis=-1)
     np.testing.assert_allclose(
-        augment.to_grey(flat, np.ones(6, bool)).numpy(), flat, atol=1e-3)
+        augment.to_grey(flat, np.ones(6, bool)).numpy(), flat, atol=1e-3
+    )
 
 
 def test_random_grey_in_the_chain_and_other_draws_unchanged(images):
     seed = augment.step_seed(2, 9)
-    off = augment.TrainAugment(padding=0, flip_probability=0.0,
-                               erasing_probability=0.0)
+    off = augment.TrainAugment(
+        padding=0, flip_probability=0.0, erasing_probability=0.0
+    )
     on = dataclasses.replace(off, grey_probability=0.5)
-    p_off = augment.sample_train_params(seed, num=6, height=H, width=W,
-                                        config=off)
-    p_on = augment.sample_train_params(seed, num=6, height=H, width=W,
-                                       config=on)
+    p_off = augment.sample_train_params(
+        seed, num=6, height=H, width=W, config=off
+    )
+    p_on = augment.sample_train_params(
+        seed, num=6, height=H, width=W, config=on
+    )
     # The option has its own seed: crop, flip and erasing draws are the
     # same with and without it.
     for key in p_off:
@@ -376,8 +447,9 @@ def test_random_grey_in_the_chain_and_other_draws_unchanged(images):
     assert not p_off["grey"].numpy().any()
     grey = p_on["grey"].numpy()
     out = augment.train_augment(images, seed=seed, config=on).numpy()
-    jit = augment.train_augment(images, seed=seed, config=on,
-                                jit_compile=True).numpy()
+    jit = augment.train_augment(
+        images, seed=seed, config=on, jit_compile=True
+    ).numpy()
     mean, std = np.array(on.mean), np.array(on.std)
     for n in range(6):
         img = images[n].astype(np.float64)
@@ -392,17 +464,24 @@ def test_random_grey_in_the_chain_and_other_draws_unchanged(images):
 def test_grey_rate():
     grey = augment.sample_grey(SEED, num=20000, probability=0.3).numpy()
     assert abs(grey.mean() - 0.3) < 0.015
-    assert not augment.sample_grey(SEED, num=100, probability=0.0).numpy(
-        ).any()
+    assert not augment.sample_grey(SEED, num=100, probability=0.0).numpy().any()
     assert augment.sample_grey(SEED, num=100, probability=1.0).numpy().all()
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: augment.TrainAugment(grey_probability=1.5), "grey_probability"),
-    (lambda: augment.sample_grey(SEED, num=2, probability=-0.1),
-     "grey probability"),
-    (lambda: augment.to_grey(np.zeros((1, 2, 2, 1)), [True]), "RGB"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (
+            lambda: augment.TrainAugment(grey_probability=1.5),
+            "grey_probability",
+        ),
+        (
+            lambda: augment.sample_grey(SEED, num=2, probability=-0.1),
+            "grey probability",
+        ),
+        (lambda: augment.to_grey(np.zeros((1, 2, 2, 1)), [True]), "RGB"),
+    ],
+)
 def test_grey_bad_inputs_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()

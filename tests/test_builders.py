@@ -10,11 +10,10 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 import tensorflow_datasets as tfds
+from PIL import Image
 
-from data_pipeline import layouts
-from data_pipeline import synthetic
+from data_pipeline import layouts, synthetic
 from data_pipeline.regdb import regdb
 from data_pipeline.sysu_mm01 import sysu_mm01
 
@@ -31,13 +30,17 @@ def _pixels(path_or_bytes):
 def _psnr(a, b):
     """Peak signal-to-noise ratio in dB of two uint8 images."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10.0 * np.log10(255.0 ** 2 / max(mse, 1e-12))
+    return 10.0 * np.log10(255.0**2 / max(mse, 1e-12))
 
 
 def _sysu_expected(root, split):
     """{file_name: (identity, camera)} of a split, from the folders."""
-    groups = {"train": ("train", "val"), "train_only": ("train",),
-              "val": ("val",), "test": ("test",)}[split]
+    groups = {
+        "train": ("train", "val"),
+        "train_only": ("train",),
+        "val": ("val",),
+        "test": ("test",),
+    }[split]
     ids = set()
     for g in groups:
         with open(os.path.join(root, "exp", f"{g}_id.txt")) as f:
@@ -61,12 +64,19 @@ def _records(builder, split):
 def sysu(tmp_path_factory):
     base = tmp_path_factory.mktemp("sysu")
     root = str(base / "raw")
-    synthetic.generate_sysu(root, num_identities=6, visible_images_per_camera=2,
-                            infrared_images_per_camera=2, height=32, width=16,
-                            seed=1)
+    synthetic.generate_sysu(
+        root,
+        num_identities=6,
+        visible_images_per_camera=2,
+        infrared_images_per_camera=2,
+        height=32,
+        width=16,
+        seed=1,
+    )
     builders = {
-        config: sysu_mm01.prepare(manual_dir=root, data_dir=str(base / "tfds"),
-                                  config=config)
+        config: sysu_mm01.prepare(
+            manual_dir=root, data_dir=str(base / "tfds"), config=config
+        )
         for config in ("original", "288x144")
     }
     return root, builders
@@ -76,10 +86,20 @@ def sysu(tmp_path_factory):
 def regdb_data(tmp_path_factory):
     base = tmp_path_factory.mktemp("regdb")
     root = str(base / "raw")
-    synthetic.generate_regdb(root, num_identities=6, images_per_modality=2,
-                             height=32, width=16, seed=1)
-    builders = {t: regdb.prepare(manual_dir=root, data_dir=str(base / "tfds"),
-                                 config=f"trial_{t}") for t in (1, 2)}
+    synthetic.generate_regdb(
+        root,
+        num_identities=6,
+        images_per_modality=2,
+        height=32,
+        width=16,
+        seed=1,
+    )
+    builders = {
+        t: regdb.prepare(
+            manual_dir=root, data_dir=str(base / "tfds"), config=f"trial_{t}"
+        )
+        for t in (1, 2)
+    }
     return root, builders
 
 
@@ -87,7 +107,7 @@ def _check_labels(records, names, expected, modality_of):
     """Identity, label (rank among the split's ids), camera and modality of
     each record agree with `expected[name] == (identity, camera)`."""
     ids = sorted({pid for pid, _ in expected.values()})
-    for r, name in zip(records, names):
+    for r, name in zip(records, names, strict=True):
         pid, cam = expected[name]
         assert r["identity"] == pid
         assert r["label"] == ids.index(pid)
@@ -105,18 +125,22 @@ def test_sysu_examples_match_files_on_disk(sysu, split):
     assert builder.info.splits[split].num_examples == len(expected)
     names = [r["file_name"].decode() for r in records]
     assert sorted(names) == sorted(expected)
-    _check_labels(records, names, expected,
-                  lambda cam: 0 if cam in VISIBLE_CAMS else 1)
-    for r, name in zip(records, names):
+    _check_labels(
+        records, names, expected, lambda cam: 0 if cam in VISIBLE_CAMS else 1
+    )
+    for r, name in zip(records, names, strict=True):
         # JPEGs of the right kind are passed through: identical pixels.
-        np.testing.assert_array_equal(r["image"],
-                                      _pixels(os.path.join(root, name)))
+        np.testing.assert_array_equal(
+            r["image"], _pixels(os.path.join(root, name))
+        )
 
 
 def test_sysu_split_membership(sysu):
     root, builders = sysu
-    ids = {s: {int(r["identity"]) for r in _records(builders["original"], s)}
-           for s in ("train", "train_only", "val", "test")}
+    ids = {
+        s: {int(r["identity"]) for r in _records(builders["original"], s)}
+        for s in ("train", "train_only", "val", "test")
+    }
     assert ids["train"] == ids["train_only"] | ids["val"]
     assert not ids["train_only"] & ids["val"]
     assert not ids["train"] & ids["test"]
@@ -133,7 +157,8 @@ def test_sysu_resized_config(sysu):
         assert r["image"].shape == (288, 144, 3)
         with Image.open(os.path.join(root, r["file_name"].decode())) as img:
             want = np.asarray(
-                img.convert("RGB").resize((144, 288), Image.LANCZOS))
+                img.convert("RGB").resize((144, 288), Image.LANCZOS)
+            )
         # Re-encoded as JPEG (quality 95): close, not equal.
         assert _psnr(r["image"], want) > 32.0
 
@@ -141,16 +166,24 @@ def test_sysu_resized_config(sysu):
 def test_tfrecord_format_stays_possible(regdb_data, tmp_path):
     """ArrayRecord lacks `as_dataset`; a tfrecord build streams with tf.data."""
     root, builders = regdb_data
-    builder = regdb.prepare(manual_dir=root, data_dir=str(tmp_path / "tfds"),
-                            config="trial_1", file_format="tfrecord")
+    builder = regdb.prepare(
+        manual_dir=root,
+        data_dir=str(tmp_path / "tfds"),
+        config="trial_1",
+        file_format="tfrecord",
+    )
     assert builder.info.file_format.value == "tfrecord"
     # Reopened without a format, a prepared dataset keeps its own.
     reopened = regdb.Regdb(data_dir=str(tmp_path / "tfds"), config="trial_1")
     assert reopened.info.file_format.value == "tfrecord"
     skip = {"image": tfds.decode.SkipDecoding()}
-    streamed = {r["file_name"].numpy().decode(): (r["label"].numpy(),
-                                                   r["image"].numpy())
-                for r in builder.as_dataset("test", decoders=skip)}
+    streamed = {
+        r["file_name"].numpy().decode(): (
+            r["label"].numpy(),
+            r["image"].numpy(),
+        )
+        for r in builder.as_dataset("test", decoders=skip)
+    }
     source = builders[1].as_data_source("test", decoders=skip)
     assert len(streamed) == len(source)
     for i in range(len(source)):
@@ -177,7 +210,7 @@ def test_regdb_examples_match_index_files(regdb_data, trial):
         names = [r["file_name"].decode() for r in records]
         assert sorted(names) == sorted(expected)
         _check_labels(records, names, expected, lambda cam: cam - 1)
-        for r, name in zip(records, names):
+        for r, name in zip(records, names, strict=True):
             # BMP re-encoded as JPEG quality 95: close, not equal.
             want = _pixels(os.path.join(root, name))
             assert r["image"].shape == want.shape
@@ -188,8 +221,10 @@ def test_regdb_examples_match_index_files(regdb_data, trial):
 
 def test_regdb_trials_differ(regdb_data):
     _, builders = regdb_data
-    train = {t: {r["file_name"] for r in _records(b, "train")}
-             for t, b in builders.items()}
+    train = {
+        t: {r["file_name"] for r in _records(b, "train")}
+        for t, b in builders.items()
+    }
     assert train[1] != train[2]
 
 
@@ -213,8 +248,11 @@ def regdb_copy(regdb_data, tmp_path):
 
 
 def _prepare_sysu(manual_dir, tmp_path):
-    return sysu_mm01.prepare(manual_dir=manual_dir,
-                             data_dir=str(tmp_path / "tfds"), config="original")
+    return sysu_mm01.prepare(
+        manual_dir=manual_dir,
+        data_dir=str(tmp_path / "tfds"),
+        config="original",
+    )
 
 
 def test_sysu_missing_folder(tmp_path):
@@ -231,8 +269,9 @@ def test_sysu_missing_camera_folder(sysu_copy, tmp_path):
     with pytest.raises(layouts.DatasetLayoutError, match="lacks cam3"):
         _prepare_sysu(sysu_copy, tmp_path)
     # Nothing half-built is left to be mistaken for a dataset.
-    assert not os.path.exists(tmp_path / "tfds" / "sysu_mm01" / "original"
-                              / "1.0.0")
+    assert not os.path.exists(
+        tmp_path / "tfds" / "sysu_mm01" / "original" / "1.0.0"
+    )
 
 
 def test_sysu_missing_split_file(sysu_copy, tmp_path):
@@ -241,11 +280,14 @@ def test_sysu_missing_split_file(sysu_copy, tmp_path):
         _prepare_sysu(sysu_copy, tmp_path)
 
 
-@pytest.mark.parametrize("text,match", [
-    ("1,2,x\n", "'x', not an integer"),
-    ("\n", "is empty"),
-    ("3,3\n", r"repeats ids \[3\]"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("1,2,x\n", "'x', not an integer"),
+        ("\n", "is empty"),
+        ("3,3\n", r"repeats ids \[3\]"),
+    ],
+)
 def test_sysu_malformed_split_file(sysu_copy, text, match):
     with open(os.path.join(sysu_copy, "exp", "test_id.txt"), "w") as f:
         f.write(text)
@@ -277,8 +319,11 @@ def test_sysu_corrupt_jpeg_names_the_file(sysu_copy, tmp_path, damage):
     with open(bad, "rb") as f:
         data = f.read()
     with open(bad, "wb") as f:
-        f.write(b"not a jpeg" * 20 if damage == "garbage"
-                else data[:len(data) // 2])
+        f.write(
+            b"not a jpeg" * 20
+            if damage == "garbage"
+            else data[: len(data) // 2]
+        )
     with pytest.raises(layouts.CorruptImageError) as e:
         _prepare_sysu(sysu_copy, tmp_path)
     assert bad in str(e.value)
@@ -296,8 +341,11 @@ def test_regdb_missing_split_file(regdb_copy, tmp_path):
     # Other trials are unaffected.
     assert len(layouts.read_regdb(regdb_copy, trial=2)["test"]) == 12
     with pytest.raises(layouts.DatasetLayoutError, match="test_thermal_3.txt"):
-        regdb.prepare(manual_dir=regdb_copy, data_dir=str(tmp_path / "tfds"),
-                      config="trial_3")
+        regdb.prepare(
+            manual_dir=regdb_copy,
+            data_dir=str(tmp_path / "tfds"),
+            config="trial_3",
+        )
 
 
 def test_regdb_malformed_index_and_missing_image(regdb_copy):

@@ -19,12 +19,10 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
-from mclnet_jax import checkpointing
-from mclnet_jax import embed
-from mclnet_jax import train
+from mclnet_jax import checkpointing, embed, train
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 7  # Not the tiny config's 8 ids: read from the checkpoint.
@@ -34,14 +32,19 @@ BATCH = 3
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 # (file, (height, width)); the tiny model takes 32 x 16.
-IMAGES = (("a.png", (32, 16)), ("b.png", (50, 23)), ("c.jpg", (32, 16)),
-          (os.path.join("sub", "d.png"), (20, 11)))
+IMAGES = (
+    ("a.png", (32, 16)),
+    ("b.png", (50, 23)),
+    ("c.jpg", (32, 16)),
+    (os.path.join("sub", "d.png"), (20, 11)),
+)
 
 
 def tiny_config():
     spec = importlib.util.spec_from_file_location(
-        "mclnet_synthetic_config", os.path.join(_REPO, "configs",
-                                                "synthetic.py"))
+        "mclnet_synthetic_config",
+        os.path.join(_REPO, "configs", "synthetic.py"),
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config("tiny=1")
@@ -60,8 +63,8 @@ def perturbed(state, seed):
     return state.replace(
         step=jnp.int32(STEP),
         params=jax.tree_util.tree_map_with_path(move, state.params),
-        batch_stats=jax.tree_util.tree_map_with_path(move,
-                                                     state.batch_stats))
+        batch_stats=jax.tree_util.tree_map_with_path(move, state.batch_stats),
+    )
 
 
 def make_workdir(path):
@@ -69,9 +72,15 @@ def make_workdir(path):
     config = tiny_config()
     model = train.make_model(config, num_classes=NUM_CLASSES)
     tx, _, mcm_tx = train.make_optimizers(config, steps_per_epoch=3)
-    state = train.init_state(config, model=model, num_classes=NUM_CLASSES,
-                             num_cameras=6, tx=tx, mcm_tx=mcm_tx,
-                             load_pretrained=False)
+    state = train.init_state(
+        config,
+        model=model,
+        num_classes=NUM_CLASSES,
+        num_cameras=6,
+        tx=tx,
+        mcm_tx=mcm_tx,
+        load_pretrained=False,
+    )
     state = perturbed(state, seed=1)
     ckpt = checkpointing.Checkpointer(str(path), keep=1)
     ckpt.save(STEP, state)
@@ -109,9 +118,11 @@ def decode(path):
     """
     if path.endswith(".jpg"):
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
         with open(path, "rb") as f:
-            return tf.io.decode_image(f.read(), channels=3,
-                                      expand_animations=False).numpy()
+            return tf.io.decode_image(
+                f.read(), channels=3, expand_animations=False
+            ).numpy()
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
 
@@ -127,10 +138,13 @@ def reference_pixels(path, size=(32, 16)):
     h, w = size
     if rgb.shape[:2] != (h, w):
         channels = [
-            np.asarray(Image.fromarray(rgb[..., c].astype(np.float32),
-                                       mode="F").resize(
-                                           (w, h), Image.BILINEAR))
-            for c in range(3)]
+            np.asarray(
+                Image.fromarray(
+                    rgb[..., c].astype(np.float32), mode="F"
+                ).resize((w, h), Image.BILINEAR)
+            )
+            for c in range(3)
+        ]
         rgb = np.clip(np.round(np.stack(channels, -1)), 0, 255)
     return (rgb.astype(np.float32) / 255.0 - MEAN) / STD
 
@@ -141,14 +155,17 @@ def reference_features(model, state, paths):
     Both stems in one call: in eval mode each row is computed on its own, so
     the two halves equal separate calls.
     """
-    variables = {"params": state.params["model"],
-                 "batch_stats": state.batch_stats}
+    variables = {
+        "params": state.params["model"],
+        "batch_stats": state.batch_stats,
+    }
     x = jnp.asarray(np.stack([reference_pixels(p) for p in paths]))
-    out = jax.jit(lambda v, a: model.apply(v, a, a, train=False))(
-        variables, x)
+    out = jax.jit(lambda v, a: model.apply(v, a, a, train=False))(variables, x)
     n = len(paths)
-    return {"visible": {k: np.asarray(out[k][:n]) for k in ("pool", "bn")},
-            "infrared": {k: np.asarray(out[k][n:]) for k in ("pool", "bn")}}
+    return {
+        "visible": {k: np.asarray(out[k][:n]) for k in ("pool", "bn")},
+        "infrared": {k: np.asarray(out[k][n:]) for k in ("pool", "bn")},
+    }
 
 
 def deviation(got, want):
@@ -172,8 +189,9 @@ def workdir(tmp_path_factory):
 def test_directory_matches_independent_reference(workdir):
     path, model, state, images = workdir
     # 3 per batch over 4 images: the last batch is padded.
-    out = embed.embed_images(path, images, modality="infrared",
-                             batch_size=BATCH)
+    out = embed.embed_images(
+        path, images, modality="infrared", batch_size=BATCH
+    )
     want_names = sorted(os.path.join(images, n) for n, _ in IMAGES)
     assert out["file_names"].tolist() == want_names
     assert out["modality"] == "infrared" and out["step"] == STEP
@@ -183,7 +201,10 @@ def test_directory_matches_independent_reference(workdir):
         assert out[name].shape == (len(IMAGES), model.feature_dim)
         abs_dev, rel_dev = deviation(out[name], want[name])
         assert abs_dev <= 1e-5 * max(1.0, np.abs(want[name]).max()), (
-            name, abs_dev, rel_dev)
+            name,
+            abs_dev,
+            rel_dev,
+        )
     # Raw features: the evaluator normalises, the tool does not.
     assert not np.allclose(np.linalg.norm(out["bn"], axis=1), 1.0)
 
@@ -194,14 +215,19 @@ def test_glob_visible_stem_and_loaded_model_reuse(workdir):
     assert loaded.num_classes == NUM_CLASSES and loaded.step == STEP
     assert loaded.image_size == (32, 16)
     # The glob keeps only the top-level PNGs.
-    out = embed.embed_images(loaded, os.path.join(images, "*.png"),
-                             modality="visible", batch_size=BATCH)
+    out = embed.embed_images(
+        loaded,
+        os.path.join(images, "*.png"),
+        modality="visible",
+        batch_size=BATCH,
+    )
     names = [os.path.join(images, n) for n in ("a.png", "b.png")]
     assert out["file_names"].tolist() == names
     want = reference_features(model, state, names)
     for name in ("pool", "bn"):
-        np.testing.assert_allclose(out[name], want["visible"][name],
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            out[name], want["visible"][name], rtol=1e-5, atol=1e-5
+        )
     # The other stem gives other features (the modality is not ignored).
     assert np.abs(want["infrared"]["bn"] - out["bn"]).max() > 1e-2
 
@@ -209,8 +235,10 @@ def test_glob_visible_stem_and_loaded_model_reuse(workdir):
 def test_write_features_is_atomic(workdir, tmp_path, monkeypatch):
     del workdir
     out = tmp_path / "out" / "f.npz"
-    features = {"bn": np.ones((2, 3), np.float32),
-                "file_names": np.asarray(["x.png", "y.png"])}
+    features = {
+        "bn": np.ones((2, 3), np.float32),
+        "file_names": np.asarray(["x.png", "y.png"]),
+    }
     embed.write_features(str(out), features)
     with np.load(out) as data:
         np.testing.assert_array_equal(data["bn"], features["bn"])
@@ -228,22 +256,33 @@ def test_write_features_is_atomic(workdir, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "out")) == ["f.npz"]
 
 
-def test_unreadable_image_is_named_and_nothing_is_written(workdir,
-                                                          tmp_path):
+def test_unreadable_image_is_named_and_nothing_is_written(workdir, tmp_path):
     path, _, _, images = workdir
     folder = tmp_path / "mixed"
     shutil.copytree(images, folder)
     (folder / "broken.jpg").write_bytes(b"this is not a JPEG")
     with pytest.raises(embed.ImageError, match="broken.jpg"):
-        embed.embed_images(path, str(folder), modality="visible",
-                           batch_size=BATCH)
+        embed.embed_images(
+            path, str(folder), modality="visible", batch_size=BATCH
+        )
 
     out = tmp_path / "features.npz"
     result = subprocess.run(
-        [sys.executable, "-m", "mclnet_jax.embed", f"--workdir={path}",
-         "--modality=infrared", f"--images={folder}", f"--out={out}"],
-        capture_output=True, text=True, cwd=_REPO, check=False,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        [
+            sys.executable,
+            "-m",
+            "mclnet_jax.embed",
+            f"--workdir={path}",
+            "--modality=infrared",
+            f"--images={folder}",
+            f"--out={out}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=_REPO,
+        check=False,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "broken.jpg" in result.stderr
     assert "a.png" not in result.stderr.split("ERROR:")[-1]
@@ -255,20 +294,35 @@ def test_cli_writes_the_features(workdir, tmp_path):
     path, _, _, images = workdir
     out = tmp_path / "f.npz"
     result = subprocess.run(
-        [sys.executable, "-m", "mclnet_jax.embed", f"--workdir={path}",
-         "--modality=infrared", f"--images={images}/*.png",
-         f"--out={out}"],
-        capture_output=True, text=True, cwd=_REPO, check=False,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        [
+            sys.executable,
+            "-m",
+            "mclnet_jax.embed",
+            f"--workdir={path}",
+            "--modality=infrared",
+            f"--images={images}/*.png",
+            f"--out={out}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=_REPO,
+        check=False,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    want = embed.embed_images(path, os.path.join(images, "*.png"),
-                              modality="infrared", batch_size=BATCH)
+    want = embed.embed_images(
+        path,
+        os.path.join(images, "*.png"),
+        modality="infrared",
+        batch_size=BATCH,
+    )
     with np.load(out) as data:
         assert data["file_names"].tolist() == want["file_names"].tolist()
         assert str(data["modality"]) == "infrared"
         for name in ("pool", "bn"):
-            np.testing.assert_allclose(data[name], want[name], rtol=1e-5,
-                                       atol=1e-5)
+            np.testing.assert_allclose(
+                data[name], want[name], rtol=1e-5, atol=1e-5
+            )
 
 
 def test_no_images_and_bad_arguments(workdir, tmp_path):
@@ -298,15 +352,18 @@ def test_best_checkpoint(workdir, tmp_path):
     copy = tmp_path / "with_best"
     shutil.copytree(path, copy)
     best = perturbed(state, seed=2)
-    ckpt = checkpointing.Checkpointer(str(copy), keep=1,
-                                      best_metric="sysu/bn/mAP")
+    ckpt = checkpointing.Checkpointer(
+        str(copy), keep=1, best_metric="sysu/bn/mAP"
+    )
     assert ckpt.save_best(STEP, best, {"sysu": {"bn": {"mAP": 0.5}}})
     ckpt.wait()
     loaded = embed.load_model(str(copy), checkpoint="best")
     assert loaded.checkpoint == "best"
     got = loaded.variables["params"]["classifier"]["kernel"]
     np.testing.assert_array_equal(
-        got, best.params["model"]["classifier"]["kernel"])
+        got, best.params["model"]["classifier"]["kernel"]
+    )
     assert not np.array_equal(
-        got, embed.load_model(str(copy)).variables["params"]["classifier"][
-            "kernel"])
+        got,
+        embed.load_model(str(copy)).variables["params"]["classifier"]["kernel"],
+    )

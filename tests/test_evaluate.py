@@ -14,9 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from mclnet_jax import evaluate
-from mclnet_jax import metrics
-from mclnet_jax import rerank
+from mclnet_jax import evaluate, metrics, rerank
 
 H, W = 8, 4
 
@@ -41,16 +39,18 @@ def sysu_root(tmp_path_factory):
                 (folder / f"{k:04d}.jpg").write_bytes(b"")
     (root / "exp").mkdir()
     (root / "exp" / "test_id.txt").write_text(
-        ",".join(str(i) for i in test_ids) + "\n")
+        ",".join(str(i) for i in test_ids) + "\n"
+    )
     return str(root)
 
 
 def community_gallery(root, *, mode, trial, num_shots):
     """process_gallery_sysu, re-implemented from its description."""
-    cams = ["cam1", "cam2", "cam4", "cam5"] if mode == "all" else [
-        "cam1", "cam2"]
+    cams = (
+        ["cam1", "cam2", "cam4", "cam5"] if mode == "all" else ["cam1", "cam2"]
+    )
     with open(os.path.join(root, "exp", "test_id.txt")) as f:
-        ids = ["%04d" % int(x) for x in f.read().splitlines()[0].split(",")]
+        ids = [f"{int(x):04d}" for x in f.read().splitlines()[0].split(",")]
     state = random.getstate()
     random.seed(trial)
     files = []
@@ -62,8 +62,9 @@ def community_gallery(root, *, mode, trial, num_shots):
                 if num_shots == 1:
                     files.append(random.choice(new_files))
                 else:
-                    files.extend(random.sample(
-                        new_files, min(num_shots, len(new_files))))
+                    files.extend(
+                        random.sample(new_files, min(num_shots, len(new_files)))
+                    )
     random.setstate(state)
     return [os.path.relpath(p, root) for p in files]
 
@@ -71,14 +72,15 @@ def community_gallery(root, *, mode, trial, num_shots):
 def community_query(root):
     """process_query_sysu, re-implemented from its description."""
     with open(os.path.join(root, "exp", "test_id.txt")) as f:
-        ids = ["%04d" % int(x) for x in f.read().splitlines()[0].split(",")]
+        ids = [f"{int(x):04d}" for x in f.read().splitlines()[0].split(",")]
     files = []
     for pid in sorted(ids):
         for cam in ["cam3", "cam6"]:
             folder = os.path.join(root, cam, pid)
             if os.path.isdir(folder):
-                files.extend(sorted(folder + "/" + i
-                                    for i in os.listdir(folder)))
+                files.extend(
+                    sorted(folder + "/" + i for i in os.listdir(folder))
+                )
     return [os.path.relpath(p, root) for p in files]
 
 
@@ -92,10 +94,14 @@ def sysu_meta(sysu_root):
             continue
         for pid in os.listdir(cam_dir):
             for name in os.listdir(os.path.join(cam_dir, pid)):
-                records.append(dict(
-                    identity=int(pid), camera=cam,
-                    modality=int(cam in (3, 6)),
-                    file_name=f"cam{cam}/{pid}/{name}"))
+                records.append(
+                    dict(
+                        identity=int(pid),
+                        camera=cam,
+                        modality=int(cam in (3, 6)),
+                        file_name=f"cam{cam}/{pid}/{name}",
+                    )
+                )
     order = np.random.default_rng(1).permutation(len(records))
     return evaluate.TestMetadata.from_records([records[i] for i in order])
 
@@ -103,12 +109,15 @@ def sysu_meta(sysu_root):
 @pytest.mark.parametrize("mode", ["all", "indoor"])
 @pytest.mark.parametrize("num_shots", [1, 10])
 def test_sysu_gallery_draw_equals_community_file_for_file(
-        sysu_root, sysu_meta, mode, num_shots):
+    sysu_root, sysu_meta, mode, num_shots
+):
     for trial in range(6):
-        ours = evaluate.sysu_gallery_indices(sysu_meta, mode=mode,
-                                             trial=trial, num_shots=num_shots)
-        want = community_gallery(sysu_root, mode=mode, trial=trial,
-                                 num_shots=num_shots)
+        ours = evaluate.sysu_gallery_indices(
+            sysu_meta, mode=mode, trial=trial, num_shots=num_shots
+        )
+        want = community_gallery(
+            sysu_root, mode=mode, trial=trial, num_shots=num_shots
+        )
         assert [sysu_meta.file_name[i] for i in ours] == want
 
 
@@ -122,8 +131,7 @@ def test_sysu_draw_leaves_global_random_state_alone(sysu_meta):
 
 def test_sysu_query_equals_community(sysu_root, sysu_meta):
     ours = evaluate.sysu_query_indices(sysu_meta)
-    assert [sysu_meta.file_name[i] for i in ours] == community_query(
-        sysu_root)
+    assert [sysu_meta.file_name[i] for i in ours] == community_query(sysu_root)
 
 
 def test_sysu_bad_mode_and_shots(sysu_meta):
@@ -159,29 +167,38 @@ class FakeModel:
 
     def embed_one(self, image, modality):
         x = image.reshape(-1)
-        return {"pool": x @ self.w[modality, 0],
-                "bn": np.tanh(0.05 * (x @ self.w[modality, 1]))}
+        return {
+            "pool": x @ self.w[modality, 0],
+            "bn": np.tanh(0.05 * (x @ self.w[modality, 1])),
+        }
 
     def __call__(self, images, modality):
         images = np.asarray(images)
         ids = images[:, 0, 0, 0].round().astype(int) - 1
         self.calls.append((modality, ids[ids >= 0]))
         flat = images.reshape(images.shape[0], -1)
-        return {"pool": flat @ self.w[modality, 0],
-                "bn": np.tanh(0.05 * (flat @ self.w[modality, 1])),
-                "logits": np.zeros((images.shape[0], 3))}
+        return {
+            "pool": flat @ self.w[modality, 0],
+            "bn": np.tanh(0.05 * (flat @ self.w[modality, 1])),
+            "logits": np.zeros((images.shape[0], 3)),
+        }
 
 
 def padded_batches(images, batch_size):
     """A batches_fn: fixed batch size, last batch padded with mask False."""
+
     def batches_fn(indices):
         for start in range(0, len(indices), batch_size):
-            idx = indices[start:start + batch_size]
+            idx = indices[start : start + batch_size]
             pad = batch_size - len(idx)
-            yield {"image": np.concatenate(
-                       [images[idx], np.zeros((pad, H, W, 3), np.float32)]),
-                   "mask": np.arange(batch_size) < len(idx),
-                   "index": np.concatenate([idx, -np.ones(pad, int)])}
+            yield {
+                "image": np.concatenate(
+                    [images[idx], np.zeros((pad, H, W, 3), np.float32)]
+                ),
+                "mask": np.arange(batch_size) < len(idx),
+                "index": np.concatenate([idx, -np.ones(pad, int)]),
+            }
+
     return batches_fn
 
 
@@ -192,8 +209,8 @@ def test_extract_embeds_every_image_once_in_its_modality(batch_size):
     images = make_images(n, seed=3)
     model = FakeModel()
     feats = evaluate.extract_features(
-        model, batches_fn=padded_batches(images, batch_size),
-        modality=modality)
+        model, batches_fn=padded_batches(images, batch_size), modality=modality
+    )
     seen = np.concatenate([ids for _, ids in model.calls])
     np.testing.assert_array_equal(np.sort(seen), np.arange(n))
     for mod, ids in model.calls:
@@ -201,8 +218,9 @@ def test_extract_embeds_every_image_once_in_its_modality(batch_size):
     for i in range(n):
         want = model.embed_one(images[i], modality[i])
         for name in ("pool", "bn"):
-            np.testing.assert_allclose(feats[name][i], want[name], rtol=1e-5,
-                                       atol=1e-5)
+            np.testing.assert_allclose(
+                feats[name][i], want[name], rtol=1e-5, atol=1e-5
+            )
     assert sorted(feats) == ["bn", "pool"]
 
 
@@ -220,15 +238,17 @@ def test_extract_rejects_missing_or_repeated_images():
 
     for bad in (drop_last, repeat_first):
         with pytest.raises(ValueError, match="exactly once"):
-            evaluate.extract_features(FakeModel(), batches_fn=bad,
-                                      modality=modality)
+            evaluate.extract_features(
+                FakeModel(), batches_fn=bad, modality=modality
+            )
 
     def wrong_modality(indices):
         return full(np.arange(n))
 
     with pytest.raises(ValueError, match="modality"):
-        evaluate.extract_features(FakeModel(), batches_fn=wrong_modality,
-                                  modality=modality)
+        evaluate.extract_features(
+            FakeModel(), batches_fn=wrong_modality, modality=modality
+        )
 
 
 # --------------------------------------------------------------------------
@@ -240,29 +260,42 @@ def test_sysu_protocol_equals_direct_computation(sysu_root, sysu_meta):
     images = make_images(n, seed=5)
     model = FakeModel(seed=1)
     results = evaluate.run_sysu(
-        model, batches_fn=padded_batches(images, 8), metadata=sysu_meta,
-        trials=(0, 1, 2), max_rank=5)
+        model,
+        batches_fn=padded_batches(images, 8),
+        metadata=sysu_meta,
+        trials=(0, 1, 2),
+        max_rank=5,
+    )
     # Features are extracted once: one pass over the split in total.
     assert sum(len(ids) for _, ids in model.calls) == n
     index_of = {name: i for i, name in enumerate(sysu_meta.file_name)}
     query = [index_of[f] for f in community_query(sysu_root)]
     for mode in ("all", "indoor"):
         for trial in (0, 1, 2):
-            gallery = [index_of[f] for f in community_gallery(
-                sysu_root, mode=mode, trial=trial, num_shots=1)]
+            gallery = [
+                index_of[f]
+                for f in community_gallery(
+                    sysu_root, mode=mode, trial=trial, num_shots=1
+                )
+            ]
             for name in ("pool", "bn"):
-                feats = np.stack([model.embed_one(images[i],
-                                                  sysu_meta.modality[i])[name]
-                                  for i in range(n)])
+                feats = np.stack(
+                    [
+                        model.embed_one(images[i], sysu_meta.modality[i])[name]
+                        for i in range(n)
+                    ]
+                )
                 feats /= np.linalg.norm(feats, axis=1, keepdims=True)
                 dist = -feats[query] @ feats[gallery].T
                 want = metrics.sysu_metrics(
-                    dist, query_ids=sysu_meta.identity[query],
+                    dist,
+                    query_ids=sysu_meta.identity[query],
                     gallery_ids=sysu_meta.identity[gallery],
                     query_cams=sysu_meta.camera[query],
-                    gallery_cams=sysu_meta.camera[gallery], max_rank=5)
-                got = results.per_trial[f"sysu_{mode}_single_shot"][name][
-                    trial]
+                    gallery_cams=sysu_meta.camera[gallery],
+                    max_rank=5,
+                )
+                got = results.per_trial[f"sysu_{mode}_single_shot"][name][trial]
                 np.testing.assert_allclose(got.cmc, want.cmc, atol=1e-6)
                 assert got.mAP == pytest.approx(want.mAP, abs=1e-6)
                 assert got.mINP == pytest.approx(want.mINP, abs=1e-6)
@@ -275,9 +308,14 @@ def regdb_meta(seed, num_ids=5, per_id=3):
     for pid in pids:
         for modality, folder in ((0, "Visible"), (1, "Thermal")):
             for k in range(per_id):
-                records.append(dict(
-                    identity=pid, camera=modality + 1, modality=modality,
-                    file_name=f"{folder}/{pid}/img_{k}.bmp"))
+                records.append(
+                    dict(
+                        identity=pid,
+                        camera=modality + 1,
+                        modality=modality,
+                        file_name=f"{folder}/{pid}/img_{k}.bmp",
+                    )
+                )
     order = rng.permutation(len(records))
     return evaluate.TestMetadata.from_records([records[i] for i in order])
 
@@ -292,17 +330,26 @@ def test_regdb_protocol_equals_direct_computation_and_summary(tmp_path):
     model = FakeModel(seed=2)
     results = evaluate.run_regdb(model, trials=trials, max_rank=4)
     for t, (_, meta) in trials.items():
-        feats = np.stack([model.embed_one(images[t][i], meta.modality[i])["bn"]
-                          for i in range(len(meta))])
+        feats = np.stack(
+            [
+                model.embed_one(images[t][i], meta.modality[i])["bn"]
+                for i in range(len(meta))
+            ]
+        )
         feats /= np.linalg.norm(feats, axis=1, keepdims=True)
         by_name = np.argsort(meta.file_name.astype(str), kind="stable")
         vis = by_name[meta.modality[by_name] == 0]
         ir = by_name[meta.modality[by_name] == 1]
-        for direction, q, g in (("visible_to_infrared", vis, ir),
-                                ("infrared_to_visible", ir, vis)):
+        for direction, q, g in (
+            ("visible_to_infrared", vis, ir),
+            ("infrared_to_visible", ir, vis),
+        ):
             want = metrics.standard_metrics(
-                -feats[q] @ feats[g].T, query_ids=meta.identity[q],
-                gallery_ids=meta.identity[g], max_rank=4)
+                -feats[q] @ feats[g].T,
+                query_ids=meta.identity[q],
+                gallery_ids=meta.identity[g],
+                max_rank=4,
+            )
             got = results.per_trial[f"regdb_{direction}"]["bn"][t]
             np.testing.assert_allclose(got.cmc, want.cmc, atol=1e-6)
             assert got.mAP == pytest.approx(want.mAP, abs=1e-6)
@@ -313,8 +360,10 @@ def test_regdb_protocol_equals_direct_computation_and_summary(tmp_path):
     results.write_json(str(path))
     loaded = json.loads(path.read_text())
     entry = loaded["regdb_visible_to_infrared"]["pool"]
-    maps = [results.per_trial["regdb_visible_to_infrared"]["pool"][t].mAP
-            for t in (1, 2)]
+    maps = [
+        results.per_trial["regdb_visible_to_infrared"]["pool"][t].mAP
+        for t in (1, 2)
+    ]
     assert entry["num_trials"] == 2
     assert entry["mean"]["mAP"] == pytest.approx(np.mean(maps))
     assert entry["std"]["mAP"] == pytest.approx(np.std(maps))
@@ -338,43 +387,62 @@ def test_sysu_rerank_equals_direct_computation(sysu_root, sysu_meta):
     rng = np.random.default_rng(7)
     # Identity structure so that re-ranking has neighbours to work with.
     centres = rng.standard_normal((100, 6))
-    feats = (centres[sysu_meta.identity]
-             + 0.7 * rng.standard_normal((len(sysu_meta), 6)))
+    feats = centres[sysu_meta.identity] + 0.7 * rng.standard_normal(
+        (len(sysu_meta), 6)
+    )
     features = {"bn": feats.astype(np.float32)}
     params = rerank.RerankParams(k1=5, k2=3, lambda_value=0.3)
-    plain = evaluate.evaluate_sysu(features, sysu_meta, trials=(0, 1),
-                                   max_rank=5)
-    results = evaluate.evaluate_sysu(features, sysu_meta, trials=(0, 1),
-                                     max_rank=5, rerank=params)
+    plain = evaluate.evaluate_sysu(
+        features, sysu_meta, trials=(0, 1), max_rank=5
+    )
+    results = evaluate.evaluate_sysu(
+        features, sysu_meta, trials=(0, 1), max_rank=5, rerank=params
+    )
     assert results.rerank == params and plain.rerank is None
     assert sorted(results.per_trial) == sorted(
-        list(plain.per_trial) + [p + "+rerank" for p in plain.per_trial])
+        list(plain.per_trial) + [p + "+rerank" for p in plain.per_trial]
+    )
     index_of = {name: i for i, name in enumerate(sysu_meta.file_name)}
     query = [index_of[f] for f in community_query(sysu_root)]
     unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     differs = False
     for mode in ("all", "indoor"):
         for trial in (0, 1):
-            gallery = [index_of[f] for f in community_gallery(
-                sysu_root, mode=mode, trial=trial, num_shots=1)]
+            gallery = [
+                index_of[f]
+                for f in community_gallery(
+                    sysu_root, mode=mode, trial=trial, num_shots=1
+                )
+            ]
             protocol = f"sysu_{mode}_single_shot"
             # The plain rows do not change when re-ranking is on.
-            assert (results.per_trial[protocol]["bn"][trial].to_dict()
-                    == plain.per_trial[protocol]["bn"][trial].to_dict())
+            assert (
+                results.per_trial[protocol]["bn"][trial].to_dict()
+                == plain.per_trial[protocol]["bn"][trial].to_dict()
+            )
             q, g = unit[query], unit[gallery]
             dist = rerank.k_reciprocal_distance(
-                _euclidean(q, g), _euclidean(q, q), _euclidean(g, g),
-                k1=5, k2=3, lambda_value=0.3)
+                _euclidean(q, g),
+                _euclidean(q, q),
+                _euclidean(g, g),
+                k1=5,
+                k2=3,
+                lambda_value=0.3,
+            )
             want = metrics.sysu_metrics(
-                dist, query_ids=sysu_meta.identity[query],
+                dist,
+                query_ids=sysu_meta.identity[query],
                 gallery_ids=sysu_meta.identity[gallery],
                 query_cams=sysu_meta.camera[query],
-                gallery_cams=sysu_meta.camera[gallery], max_rank=5)
+                gallery_cams=sysu_meta.camera[gallery],
+                max_rank=5,
+            )
             got = results.per_trial[protocol + "+rerank"]["bn"][trial]
             np.testing.assert_allclose(got.cmc, want.cmc, atol=1e-6)
             assert got.mAP == pytest.approx(want.mAP, abs=1e-6)
             differs |= got.mAP != pytest.approx(
-                plain.per_trial[protocol]["bn"][trial].mAP, abs=1e-6)
+                plain.per_trial[protocol]["bn"][trial].mAP, abs=1e-6
+            )
     assert differs  # re-ranking changed something: the test can fail
     table = results.table()
     assert "sysu_indoor_single_shot+rerank" in table
@@ -382,7 +450,10 @@ def test_sysu_rerank_equals_direct_computation(sysu_root, sysu_meta):
     assert "+rerank" not in plain.table()
     as_dict = results.to_dict()
     assert as_dict["sysu_all_single_shot+rerank"]["bn"]["rerank"] == {
-        "k1": 5, "k2": 3, "lambda_value": 0.3}
+        "k1": 5,
+        "k2": 3,
+        "lambda_value": 0.3,
+    }
     assert "rerank" not in as_dict["sysu_all_single_shot"]["bn"]
 
 
@@ -390,37 +461,57 @@ def test_regdb_rerank_both_directions_and_merge():
     meta = regdb_meta(seed=3, num_ids=6, per_id=4)
     rng = np.random.default_rng(8)
     centres = rng.standard_normal((100, 6))
-    feats = (centres[meta.identity] + 0.3 * meta.modality[:, None]
-             + 0.6 * rng.standard_normal((len(meta), 6)))
+    feats = (
+        centres[meta.identity]
+        + 0.3 * meta.modality[:, None]
+        + 0.6 * rng.standard_normal((len(meta), 6))
+    )
     params = rerank.RerankParams(k1=4, k2=2, lambda_value=0.5)
-    results = evaluate.evaluate_regdb({"pool": feats}, meta, trial=4,
-                                      max_rank=4, rerank=params)
+    results = evaluate.evaluate_regdb(
+        {"pool": feats}, meta, trial=4, max_rank=4, rerank=params
+    )
     unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     by_name = np.argsort(meta.file_name.astype(str), kind="stable")
     vis = by_name[meta.modality[by_name] == 0]
     ir = by_name[meta.modality[by_name] == 1]
-    for direction, q, g in (("visible_to_infrared", vis, ir),
-                            ("infrared_to_visible", ir, vis)):
+    for direction, q, g in (
+        ("visible_to_infrared", vis, ir),
+        ("infrared_to_visible", ir, vis),
+    ):
         dist = rerank.k_reciprocal_distance(
-            _euclidean(unit[q], unit[g]), _euclidean(unit[q], unit[q]),
-            _euclidean(unit[g], unit[g]), k1=4, k2=2, lambda_value=0.5)
+            _euclidean(unit[q], unit[g]),
+            _euclidean(unit[q], unit[q]),
+            _euclidean(unit[g], unit[g]),
+            k1=4,
+            k2=2,
+            lambda_value=0.5,
+        )
         want = metrics.standard_metrics(
-            dist, query_ids=meta.identity[q], gallery_ids=meta.identity[g],
-            max_rank=4)
+            dist,
+            query_ids=meta.identity[q],
+            gallery_ids=meta.identity[g],
+            max_rank=4,
+        )
         got = results.per_trial[f"regdb_{direction}+rerank"]["pool"][4]
         np.testing.assert_allclose(got.cmc, want.cmc, atol=1e-6)
         assert got.mAP == pytest.approx(want.mAP, abs=1e-6)
         assert got.mINP == pytest.approx(want.mINP, abs=1e-6)
     # Trials merge; different parameters do not.
-    other = evaluate.evaluate_regdb({"pool": feats}, meta, trial=5,
-                                    max_rank=4, rerank=params)
+    other = evaluate.evaluate_regdb(
+        {"pool": feats}, meta, trial=5, max_rank=4, rerank=params
+    )
     merged = results.merge(other)
     assert merged.rerank == params
-    assert sorted(merged.per_trial["regdb_visible_to_infrared+rerank"][
-        "pool"]) == [4, 5]
+    assert sorted(
+        merged.per_trial["regdb_visible_to_infrared+rerank"]["pool"]
+    ) == [4, 5]
     changed = evaluate.evaluate_regdb(
-        {"pool": feats}, meta, trial=5, max_rank=4,
-        rerank=rerank.RerankParams(k1=3))
+        {"pool": feats},
+        meta,
+        trial=5,
+        max_rank=4,
+        rerank=rerank.RerankParams(k1=3),
+    )
     with pytest.raises(ValueError, match="different parameters"):
         results.merge(changed)
     with pytest.raises(ValueError, match="rerank must be None or a"):
@@ -428,11 +519,13 @@ def test_regdb_rerank_both_directions_and_merge():
 
 
 def test_rerank_params_from_config():
-    from mclnet_jax import train_data  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
 
-    ec = ml_collections.ConfigDict(dict(
-        rerank=False, rerank_k1=10, rerank_k2=3, rerank_lambda=0.5))
+    from mclnet_jax import train_data  # pylint: disable=g-import-not-at-top
+
+    ec = ml_collections.ConfigDict(
+        dict(rerank=False, rerank_k1=10, rerank_k2=3, rerank_lambda=0.5)
+    )
     assert train_data.rerank_params(ec) is None
     ec.rerank = True
     assert train_data.rerank_params(ec) == rerank.RerankParams(10, 3, 0.5)
@@ -448,20 +541,27 @@ def test_read_test_metadata_from_serialized_records_and_dicts():
     def example(identity, camera, modality, name):
         feature = {
             "identity": tf.train.Feature(
-                int64_list=tf.train.Int64List(value=[identity])),
+                int64_list=tf.train.Int64List(value=[identity])
+            ),
             "camera": tf.train.Feature(
-                int64_list=tf.train.Int64List(value=[camera])),
+                int64_list=tf.train.Int64List(value=[camera])
+            ),
             "modality": tf.train.Feature(
-                int64_list=tf.train.Int64List(value=[modality])),
+                int64_list=tf.train.Int64List(value=[modality])
+            ),
             "file_name": tf.train.Feature(
-                bytes_list=tf.train.BytesList(value=[name.encode()])),
+                bytes_list=tf.train.BytesList(value=[name.encode()])
+            ),
         }
         return tf.train.Example(
-            features=tf.train.Features(feature=feature)).SerializeToString()
+            features=tf.train.Features(feature=feature)
+        ).SerializeToString()
 
     serialized = [example(*r) for r in rows]
-    dicts = [dict(identity=r[0], camera=r[1], modality=r[2],
-                  file_name=r[3].encode()) for r in rows]
+    dicts = [
+        dict(identity=r[0], camera=r[1], modality=r[2], file_name=r[3].encode())
+        for r in rows
+    ]
     for source in (serialized, dicts):
         meta = evaluate.read_test_metadata(source, chunk_size=1)
         assert meta.identity.tolist() == [5, 2]
@@ -477,9 +577,16 @@ def test_make_batches_fn_with_the_input_pipeline():
     n = 7
     rng = np.random.default_rng(6)
     pixels = rng.integers(0, 256, (n, 16, 8, 3), dtype=np.uint8)
-    source = [{"image": tf.io.encode_jpeg(p).numpy(), "identity": i,
-               "camera": 1 + i % 2, "modality": i % 2,
-               "file_name": f"x/{i}.jpg"} for i, p in enumerate(pixels)]
+    source = [
+        {
+            "image": tf.io.encode_jpeg(p).numpy(),
+            "identity": i,
+            "camera": 1 + i % 2,
+            "modality": i % 2,
+            "file_name": f"x/{i}.jpg",
+        }
+        for i, p in enumerate(pixels)
+    ]
     meta = evaluate.read_test_metadata(source)
     seen = []
 
@@ -489,17 +596,21 @@ def test_make_batches_fn_with_the_input_pipeline():
         flat = images.reshape(images.shape[0], -1)
         return {"pool": flat[:, :4], "bn": flat[:, 4:8]}
 
-    batches_fn = evaluate.make_batches_fn(source, batch_size=3,
-                                          image_size=(16, 8))
-    feats = evaluate.extract_features(embed_fn, batches_fn=batches_fn,
-                                      modality=meta.modality)
+    batches_fn = evaluate.make_batches_fn(
+        source, batch_size=3, image_size=(16, 8)
+    )
+    feats = evaluate.extract_features(
+        embed_fn, batches_fn=batches_fn, modality=meta.modality
+    )
     assert all(b == 3 for _, b in seen)  # fixed batch: one compile each
     # Row i holds image i's pixels (after the pipeline's normalisation).
-    direct = [np.asarray(next(iter(batches_fn(np.array([i]))))["image"][0])
-              for i in range(n)]
+    direct = [
+        np.asarray(next(iter(batches_fn(np.array([i]))))["image"][0])
+        for i in range(n)
+    ]
     np.testing.assert_allclose(
-        feats["pool"], np.stack([d.reshape(-1)[:4] for d in direct]),
-        atol=1e-6)
+        feats["pool"], np.stack([d.reshape(-1)[:4] for d in direct]), atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------
@@ -533,7 +644,9 @@ def _two_stem_features(num_devices):
     import subprocess
     import sys
     import textwrap
-    script = _TWO_STEM_MODEL + textwrap.dedent('''
+
+    script = _TWO_STEM_MODEL + textwrap.dedent(
+        """
         import jax, numpy as np
         from mclnet_jax import evaluate
         model = TwoStem()
@@ -556,14 +669,20 @@ def _two_stem_features(num_devices):
             variables, images[i:i + 1] if m == 0 else None,
             images[i:i + 1] if m == 1 else None, train=False)["bn"][0])
             for i, m in enumerate(modality)])
-        assert jax.device_count() == %d, jax.devices()
+        assert jax.device_count() == NUM_DEVICES, jax.devices()
         np.testing.assert_allclose(feats["bn"], direct, atol=1e-5)
         print("OK", np.abs(feats["bn"]).sum())
-    ''' % num_devices)
+    """
+    ).replace("NUM_DEVICES", str(num_devices))
     flag = f"--xla_force_host_platform_device_count={num_devices}"
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flag)
-    out = subprocess.run([sys.executable, "-c", script], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return float(out.stdout.split()[-1])
 
@@ -571,8 +690,9 @@ def _two_stem_features(num_devices):
 def test_model_embed_fn_uses_the_modality_stem_on_one_and_two_devices():
     # Each run checks its features against per-image model.apply with the
     # image in the visible or infrared slot; both device counts agree.
-    assert _two_stem_features(1) == pytest.approx(_two_stem_features(2),
-                                                  rel=1e-5)
+    assert _two_stem_features(1) == pytest.approx(
+        _two_stem_features(2), rel=1e-5
+    )
 
 
 def test_draw_on_the_synthetic_generator_and_tfds_builder(tmp_path):
@@ -581,19 +701,27 @@ def test_draw_on_the_synthetic_generator_and_tfds_builder(tmp_path):
     sysu_mm01 = pytest.importorskip("data_pipeline.sysu_mm01.sysu_mm01")
     input_pipeline = pytest.importorskip("data_pipeline.input_pipeline")
     root = str(tmp_path / "sysu")
-    synthetic.generate_sysu(root, num_identities=12,
-                            visible_images_per_camera=3,
-                            infrared_images_per_camera=2, height=32, width=16,
-                            seed=0)
-    builder = sysu_mm01.prepare(manual_dir=root,
-                                data_dir=str(tmp_path / "tfds"),
-                                config="original")
+    synthetic.generate_sysu(
+        root,
+        num_identities=12,
+        visible_images_per_camera=3,
+        infrared_images_per_camera=2,
+        height=32,
+        width=16,
+        seed=0,
+    )
+    builder = sysu_mm01.prepare(
+        manual_dir=root, data_dir=str(tmp_path / "tfds"), config="original"
+    )
     meta = evaluate.read_test_metadata(
-        input_pipeline.open_source(builder, "test"))
+        input_pipeline.open_source(builder, "test")
+    )
     for mode in ("all", "indoor"):
         for trial in range(3):
             ours = evaluate.sysu_gallery_indices(meta, mode=mode, trial=trial)
             assert [meta.file_name[i] for i in ours] == community_gallery(
-                root, mode=mode, trial=trial, num_shots=1)
+                root, mode=mode, trial=trial, num_shots=1
+            )
     assert [meta.file_name[i] for i in evaluate.sysu_query_indices(meta)] == (
-        community_query(root))
+        community_query(root)
+    )

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import test_embed  # pylint: disable=g-bad-import-order  (tests/ helper)
 
 from mclnet_jax import export
-import test_embed  # pylint: disable=g-bad-import-order  (tests/ helper)
 
 BATCH_SIZES = (2, 5)
 
@@ -31,14 +31,17 @@ def live_features(model, state, images):
     (BatchNorm uses its running statistics), so the visible and infrared
     halves of the output are what separate calls would give.
     """
-    variables = {"params": state.params["model"],
-                 "batch_stats": state.batch_stats}
+    variables = {
+        "params": state.params["model"],
+        "batch_stats": state.batch_stats,
+    }
     x = jnp.asarray(images)
-    out = jax.jit(lambda v, a: model.apply(v, a, a, train=False))(
-        variables, x)
+    out = jax.jit(lambda v, a: model.apply(v, a, a, train=False))(variables, x)
     n = images.shape[0]
-    return {"visible": {k: np.asarray(out[k][:n]) for k in export.OUTPUTS},
-            "infrared": {k: np.asarray(out[k][n:]) for k in export.OUTPUTS}}
+    return {
+        "visible": {k: np.asarray(out[k][:n]) for k in export.OUTPUTS},
+        "infrared": {k: np.asarray(out[k][n:]) for k in export.OUTPUTS},
+    }
 
 
 def assert_close(got, want, what):
@@ -56,8 +59,10 @@ def exported(tmp_path_factory):
     model, state = test_embed.make_workdir(workdir)
     info = export.export_workdir(None, str(workdir), which="latest")
     rng = np.random.default_rng(0)
-    inputs = {b: rng.normal(size=(b, 32, 16, 3)).astype(np.float32)
-              for b in BATCH_SIZES}
+    inputs = {
+        b: rng.normal(size=(b, 32, 16, 3)).astype(np.float32)
+        for b in BATCH_SIZES
+    }
     want = {}
     for b in BATCH_SIZES:
         for modality, out in live_features(model, state, inputs[b]).items():
@@ -70,8 +75,11 @@ def test_files_and_metadata(exported):
     workdir, info, _, want = exported
     folder = os.path.join(workdir, export.EXPORT_DIR)
     assert sorted(os.listdir(folder)) == [
-        "export.json", "infrared.jax_export", "saved_model",
-        "visible.jax_export"]
+        "export.json",
+        "infrared.jax_export",
+        "saved_model",
+        "visible.jax_export",
+    ]
     with open(os.path.join(folder, "export.json")) as f:
         assert json.load(f) == json.loads(json.dumps(info))
     d = want["visible", BATCH_SIZES[0]]["bn"].shape[1]
@@ -93,11 +101,14 @@ def test_jax_export_matches_live_model(exported):
         assert str(artifact.in_avals[0].shape[0]) == "b"
         assert set(artifact.platforms) == {"cpu", "cuda"}
         for b in BATCH_SIZES:
-            assert_close(artifact.call(inputs[b]), want[modality, b],
-                         (modality, b))
+            assert_close(
+                artifact.call(inputs[b]), want[modality, b], (modality, b)
+            )
     # The stems differ, so a swapped modality could not pass.
-    assert np.abs(want["visible", 2]["bn"]
-                  - want["infrared", 2]["bn"]).max() > 1e-2
+    assert (
+        np.abs(want["visible", 2]["bn"] - want["infrared", 2]["bn"]).max()
+        > 1e-2
+    )
 
 
 _FRESH_PROCESS = textwrap.dedent("""
@@ -139,8 +150,7 @@ _FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
-def test_saved_model_in_a_fresh_process_matches_live_model(exported,
-                                                           tmp_path):
+def test_saved_model_in_a_fresh_process_matches_live_model(exported, tmp_path):
     workdir, _, inputs, want = exported
     expected = tmp_path / "expected.npz"
     arrays = {f"images_{b}": inputs[b] for b in BATCH_SIZES}
@@ -149,13 +159,20 @@ def test_saved_model_in_a_fresh_process_matches_live_model(exported,
             arrays[f"{modality}_{b}_{name}"] = out[name]
     np.savez(expected, **arrays)
     result = subprocess.run(
-        [sys.executable, "-c", _FRESH_PROCESS,
-         os.path.join(workdir, export.EXPORT_DIR, export.SAVED_MODEL_DIR),
-         str(expected)],
-        capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-c",
+            _FRESH_PROCESS,
+            os.path.join(workdir, export.EXPORT_DIR, export.SAVED_MODEL_DIR),
+            str(expected),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     line = [x for x in result.stdout.splitlines() if x.startswith("RESULT")]
-    worst = json.loads(line[-1][len("RESULT "):])
+    worst = json.loads(line[-1][len("RESULT ") :])
     assert worst.pop("bad_modality_rejected") is True
     assert len(worst) == 2 * 2 * 2 + 2  # Every case was compared.
     for what, (diff, relative) in worst.items():

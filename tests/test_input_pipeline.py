@@ -15,9 +15,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_pipeline import augment
+from data_pipeline import augment, synthetic
 from data_pipeline import input_pipeline as ip
-from data_pipeline import synthetic
 from data_pipeline.sysu_mm01 import sysu_mm01
 from mclnet_jax import train_data
 
@@ -34,8 +33,9 @@ def builder(tmp_path_factory):
     synthetic.generate_sysu(raw, seed=0, **synthetic.SYSU_PRESETS["tiny"])
     # "original": images kept at their 32x16 (the default config stores
     # 288x144).
-    return sysu_mm01.prepare(manual_dir=raw, data_dir=str(root / "tfds"),
-                             config="original")
+    return sysu_mm01.prepare(
+        manual_dir=raw, data_dir=str(root / "tfds"), config="original"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,11 @@ def source(builder):
 
 def _reference(builder, split):
     """A split as feature dicts; "image" decoded to uint8 [h, w, 3]."""
-    examples = list(builder.as_data_source(
-        split, decoders={"image": tfds.decode.SkipDecoding()}))
+    examples = list(
+        builder.as_data_source(
+            split, decoders={"image": tfds.decode.SkipDecoding()}
+        )
+    )
     for ex in examples:
         ex["image"] = tf.io.decode_jpeg(ex["image"], channels=3).numpy()
     return examples
@@ -63,8 +66,13 @@ def metadata(source):
 
 
 def _take(source, n, **kwargs):
-    args = dict(seed=SEED, num_identities=P, num_instances=K,
-                image_size=(H, W), num_steps=n)
+    args = dict(
+        seed=SEED,
+        num_identities=P,
+        num_instances=K,
+        image_size=(H, W),
+        num_steps=n,
+    )
     args.update(kwargs)
     return list(ip.make_train_dataset(source, **args).as_numpy_iterator())
 
@@ -80,7 +88,8 @@ def test_metadata_matches_tfds_decoding(metadata, builder):
     reference = list(builder.as_data_source("train"))  # TFDS decodes all.
     for key in ("label", "identity", "camera", "modality"):
         np.testing.assert_array_equal(
-            getattr(metadata, key), [int(ex[key]) for ex in reference])
+            getattr(metadata, key), [int(ex[key]) for ex in reference]
+        )
     assert metadata.num_classes == len({int(ex["label"]) for ex in reference})
     assert set(metadata.camera[metadata.infrared_indices]) <= {3, 6}
 
@@ -88,18 +97,32 @@ def test_metadata_matches_tfds_decoding(metadata, builder):
 def test_stream_contract(stream, metadata):
     spe = ip.train_steps_per_epoch(metadata, num_identities=P, num_instances=K)
     # 48 visible / 24 infrared training images, P * K = 4.
-    assert spe == max(metadata.visible_indices.size,
-                      metadata.infrared_indices.size) // (P * K) + 1
+    assert (
+        spe
+        == max(metadata.visible_indices.size, metadata.infrared_indices.size)
+        // (P * K)
+        + 1
+    )
     for step, batch in enumerate(stream):
-        assert set(batch) == {"visible", "infrared", "visible_labels",
-                              "infrared_labels", "visible_cameras",
-                              "infrared_cameras", "step"}
+        assert set(batch) == {
+            "visible",
+            "infrared",
+            "visible_labels",
+            "infrared_labels",
+            "visible_cameras",
+            "infrared_cameras",
+            "step",
+        }
         assert batch["step"] == step
         for key in ("visible", "infrared"):
             assert batch[key].shape == (P * K, H, W, 3)
             assert batch[key].dtype == np.float32
-        for key in ("visible_labels", "infrared_labels", "visible_cameras",
-                    "infrared_cameras"):
+        for key in (
+            "visible_labels",
+            "infrared_labels",
+            "visible_cameras",
+            "infrared_cameras",
+        ):
             assert batch[key].shape == (P * K,) and batch[key].dtype == np.int32
         labels = batch["visible_labels"]
         np.testing.assert_array_equal(labels, batch["infrared_labels"])
@@ -113,56 +136,79 @@ def test_stream_contract(stream, metadata):
 
 @pytest.mark.parametrize("step", [0, 14])
 def test_stream_images_are_the_augmented_planned_records(
-        stream, metadata, reference, step):
+    stream, metadata, reference, step
+):
     batch = stream[step]
     visible, infrared = ip.step_indices(
-        metadata, seed=SEED, step=step, num_identities=P, num_instances=K)
+        metadata, seed=SEED, step=step, num_identities=P, num_instances=K
+    )
     index = np.concatenate([visible, infrared])
     assert np.all(metadata.modality[visible] == 0)
     assert np.all(metadata.modality[infrared] == 1)
     np.testing.assert_array_equal(
         np.concatenate([batch["visible_labels"], batch["infrared_labels"]]),
-        [int(reference[i]["label"]) for i in index])
+        [int(reference[i]["label"]) for i in index],
+    )
     np.testing.assert_array_equal(
         np.concatenate([batch["visible_cameras"], batch["infrared_cameras"]]),
-        [int(reference[i]["camera"]) for i in index])
+        [int(reference[i]["camera"]) for i in index],
+    )
     # Augmentation parameters of the step (rows = positions in the batch).
     params = augment.sample_train_params(
-        augment.step_seed(SEED, step), num=2 * P * K, height=H, width=W)
+        augment.step_seed(SEED, step), num=2 * P * K, height=H, width=W
+    )
     params = {k: v.numpy() for k, v in params.items()}
     config = augment.TrainAugment()
     images = np.concatenate([batch["visible"], batch["infrared"]])
     for row, i in enumerate(index):
         pixels = np.pad(reference[i]["image"], ((10, 10), (10, 10), (0, 0)))
         dy, dx = params["offsets"][row]
-        img = pixels[dy:dy + H, dx:dx + W]
+        img = pixels[dy : dy + H, dx : dx + W]
         if params["flips"][row]:
             img = img[:, ::-1]
         img = (img / 255.0 - np.array(config.mean)) / np.array(config.std)
         if params["erase"][row]:
-            t, l = params["top"][row], params["left"][row]
-            img[t:t + params["height"][row], l:l + params["width"][row]] = (
-                config.erasing_fill)
+            t, left = params["top"][row], params["left"][row]
+            img[
+                t : t + params["height"][row],
+                left : left + params["width"][row],
+            ] = config.erasing_fill
         np.testing.assert_allclose(images[row], img, atol=ATOL)
 
 
 def test_resume_yields_exactly_the_uninterrupted_stream(
-        stream, source, metadata):
+    stream, source, metadata
+):
     start = len(stream) - 5  # Crosses the epoch boundary.
     resumed = _take(source, 5, start_step=start, metadata=metadata)
-    for a, b in zip(stream[start:], resumed):
+    for a, b in zip(stream[start:], resumed, strict=True):
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_two_hosts_tile_the_single_host_batch(stream, source, metadata):
-    parts = [_take(source, 2, start_step=1, metadata=metadata,
-                   process_index=i, process_count=2) for i in range(2)]
+    parts = [
+        _take(
+            source,
+            2,
+            start_step=1,
+            metadata=metadata,
+            process_index=i,
+            process_count=2,
+        )
+        for i in range(2)
+    ]
     for step in range(2):
         whole = stream[1 + step]
-        for key in ("visible", "infrared", "visible_labels", "infrared_labels",
-                    "visible_cameras", "infrared_cameras"):
+        for key in (
+            "visible",
+            "infrared",
+            "visible_labels",
+            "infrared_labels",
+            "visible_cameras",
+            "infrared_cameras",
+        ):
             got = np.concatenate([parts[0][step][key], parts[1][step][key]])
             np.testing.assert_array_equal(got, whole[key], err_msg=key)
     with pytest.raises(ValueError, match="does not split evenly"):
@@ -171,14 +217,17 @@ def test_two_hosts_tile_the_single_host_batch(stream, source, metadata):
 
 def test_bfloat16_and_feature_dict_source(builder, stream, metadata):
     dict_source = builder.as_data_source(
-        "train", decoders={"image": tfds.decode.SkipDecoding()})
+        "train", decoders={"image": tfds.decode.SkipDecoding()}
+    )
     got = _take(dict_source, 2, dtype=tf.bfloat16)
     assert got[0]["visible"].dtype == tf.bfloat16.as_numpy_dtype
-    for a, b in zip(stream[:2], got):
-        np.testing.assert_allclose(b["visible"].astype(np.float32),
-                                   a["visible"], atol=0.02, rtol=0.01)
-        np.testing.assert_array_equal(b["infrared_labels"],
-                                      a["infrared_labels"])
+    for a, b in zip(stream[:2], got, strict=True):
+        np.testing.assert_allclose(
+            b["visible"].astype(np.float32), a["visible"], atol=0.02, rtol=0.01
+        )
+        np.testing.assert_array_equal(
+            b["infrared_labels"], a["infrared_labels"]
+        )
 
 
 def test_decoded_source_is_rejected(builder, metadata):
@@ -199,15 +248,22 @@ def _record(label, modality, image=b"\xff\xd8"):
         "modality": _int64(modality),
     }
     return tf.train.Example(
-        features=tf.train.Features(feature=feature)).SerializeToString()
+        features=tf.train.Features(feature=feature)
+    ).SerializeToString()
 
 
 def test_unpaired_identity_is_rejected():
-    records = [_record(0, 0), _record(0, 1), _record(1, 0), _record(1, 1),
-               _record(2, 0)]
+    records = [
+        _record(0, 0),
+        _record(0, 1),
+        _record(1, 0),
+        _record(1, 1),
+        _record(2, 0),
+    ]
     with pytest.raises(ValueError, match="only visible: \\[2\\]"):
-        ip.make_train_dataset(records, seed=0, num_identities=2,
-                              num_instances=1)
+        ip.make_train_dataset(
+            records, seed=0, num_identities=2, num_instances=1
+        )
 
 
 @pytest.mark.parametrize("hosts", [1, 2])
@@ -217,9 +273,18 @@ def test_eval_covers_every_image_once(builder, hosts):
     n = len(source)
     batch_size = 16
     assert n % batch_size  # The last batch is padded.
-    parts = [list(ip.make_eval_dataset(
-        source, batch_size=batch_size, image_size=(H, W), process_index=i,
-        process_count=hosts).as_numpy_iterator()) for i in range(hosts)]
+    parts = [
+        list(
+            ip.make_eval_dataset(
+                source,
+                batch_size=batch_size,
+                image_size=(H, W),
+                process_index=i,
+                process_count=hosts,
+            ).as_numpy_iterator()
+        )
+        for i in range(hosts)
+    ]
     assert len({len(p) for p in parts}) == 1  # Same number of batches.
     seen = []
     for part in parts:
@@ -232,19 +297,21 @@ def test_eval_covers_every_image_once(builder, hosts):
             seen.extend(batch["index"][real].tolist())
             for row in np.flatnonzero(real):
                 img = reference[batch["index"][row]]["image"]
-                want = ((img / 255.0 - np.array(augment.IMAGENET_MEAN))
-                        / np.array(augment.IMAGENET_STD))
-                np.testing.assert_allclose(batch["image"][row], want,
-                                           atol=ATOL)
+                want = (
+                    img / 255.0 - np.array(augment.IMAGENET_MEAN)
+                ) / np.array(augment.IMAGENET_STD)
+                np.testing.assert_allclose(batch["image"][row], want, atol=ATOL)
     assert sorted(seen) == list(range(n))
 
 
 def test_eval_subset_keeps_order(builder):
     source = ip.open_source(builder, "test")
     subset = np.array([9, 2, 20, 2, 17])  # Order and repeats are kept.
-    batches = list(ip.make_eval_dataset(
-        source, batch_size=4, image_size=(H, W),
-        indices=subset).as_numpy_iterator())
+    batches = list(
+        ip.make_eval_dataset(
+            source, batch_size=4, image_size=(H, W), indices=subset
+        ).as_numpy_iterator()
+    )
     index = np.concatenate([b["index"] for b in batches])
     mask = np.concatenate([b["mask"] for b in batches])
     np.testing.assert_array_equal(index[mask], subset)
@@ -254,20 +321,27 @@ def test_eval_subset_keeps_order(builder):
 
 
 def test_random_grey_turns_the_planned_visible_images_grey(
-        source, metadata, reference):
+    source, metadata, reference
+):
     # Ours (not the release's): with probability 1 every visible image is
     # its luma; infrared images (grey already) are unchanged. Crop, flip
     # and erasing off so the images are the records themselves.
-    config = augment.TrainAugment(padding=0, flip_probability=0.0,
-                                  erasing_probability=0.0,
-                                  grey_probability=1.0)
+    config = augment.TrainAugment(
+        padding=0,
+        flip_probability=0.0,
+        erasing_probability=0.0,
+        grey_probability=1.0,
+    )
     batch = _take(source, 1, metadata=metadata, augmentation=config)[0]
     visible, infrared = ip.step_indices(
-        metadata, seed=SEED, step=0, num_identities=P, num_instances=K)
+        metadata, seed=SEED, step=0, num_identities=P, num_instances=K
+    )
     mean, std = np.array(config.mean), np.array(config.std)
-    for images, index, grey in ((batch["visible"], visible, True),
-                                (batch["infrared"], infrared, False)):
-        for img, i in zip(images, index):
+    for images, index, grey in (
+        (batch["visible"], visible, True),
+        (batch["infrared"], infrared, False),
+    ):
+        for img, i in zip(images, index, strict=True):
             pixels = reference[i]["image"].astype(np.float64)
             if grey:
                 luma = pixels @ np.array([0.299, 0.587, 0.114])
@@ -283,15 +357,21 @@ def test_random_grey_turns_the_planned_visible_images_grey(
 def test_train_augment_follows_the_config():
     # Every augmentation field of config.data reaches the pipeline (a
     # missing one would silently train without it).
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__))), "configs", "synthetic.py")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "configs",
+        "synthetic.py",
+    )
     spec = importlib.util.spec_from_file_location("synthetic_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     demo = module.get_config()
     got = train_data.train_augment(demo.data)
     assert (got.padding, got.erasing_probability, got.grey_probability) == (
-        demo.data.pad, demo.data.random_erasing, demo.data.random_grey)
+        demo.data.pad,
+        demo.data.random_erasing,
+        demo.data.random_grey,
+    )
     assert got.grey_probability == 0.5
     demo.data.random_erasing = 0.8
     demo.data.random_grey = 0.0

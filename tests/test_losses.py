@@ -12,7 +12,8 @@ import dataclasses
 import functools
 import pathlib
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -74,10 +75,16 @@ def np_wrt(*, features, labels):
     n = len(features)
     losses_, correct = [], 0
     for i in range(n):
-        pos = [np_distance(features[i], features[j]) for j in range(n)
-               if labels[j] == labels[i]]
-        neg = [np_distance(features[i], features[j]) for j in range(n)
-               if labels[j] != labels[i]]
+        pos = [
+            np_distance(features[i], features[j])
+            for j in range(n)
+            if labels[j] == labels[i]
+        ]
+        neg = [
+            np_distance(features[i], features[j])
+            for j in range(n)
+            if labels[j] != labels[i]
+        ]
         pos = np.array(pos)
         w = np.exp(pos - pos.max())
         weighted_pos = np.sum(w / (w.sum() + 1e-6) * pos)
@@ -99,12 +106,13 @@ def np_wrt_release(*, features, labels):
     n = len(features)
     losses_, correct = [], 0
     for i in range(n):
-        row = np.array([np_distance(features[i], features[j])
-                        for j in range(n)])
+        row = np.array(
+            [np_distance(features[i], features[j]) for j in range(n)]
+        )
         pos_mask = np.array([labels[j] == labels[i] for j in range(n)], float)
         neg_mask = 1.0 - pos_mask
 
-        def weighted(values, mask):
+        def weighted(values, mask, row=row):
             # values are already masked (d * mask or -d * mask).
             shift = max(values[j] * mask[j] for j in range(n))
             num = [np.exp(values[j] - shift) * mask[j] for j in range(n)]
@@ -122,10 +130,16 @@ def np_hard_triplet(*, features, labels, margin=0.3):
     n = len(features)
     total = 0.0
     for i in range(n):
-        pos = [np_distance(features[i], features[j]) for j in range(n)
-               if labels[j] == labels[i]]
-        neg = [np_distance(features[i], features[j]) for j in range(n)
-               if labels[j] != labels[i]]
+        pos = [
+            np_distance(features[i], features[j])
+            for j in range(n)
+            if labels[j] == labels[i]
+        ]
+        neg = [
+            np_distance(features[i], features[j])
+            for j in range(n)
+            if labels[j] != labels[i]
+        ]
         if neg:
             total += max(max(pos) - min(neg) + margin, 0.0)
     return total / n
@@ -136,8 +150,9 @@ def np_sq(a, b):
 
 
 def np_separation(centers, y):
-    return min(np_sq(centers[y], centers[k])
-               for k in range(len(centers)) if k != y)
+    return min(
+        np_sq(centers[y], centers[k]) for k in range(len(centers)) if k != y
+    )
 
 
 def np_center_paper(*, features, labels, centers, sigma, rho):
@@ -148,23 +163,26 @@ def np_center_paper(*, features, labels, centers, sigma, rho):
         y = labels[i]
         own = np_sq(features[i], centers[y])
         # f^o_y: the batch sample of class y closest to c_y.
-        nearest = min(np_sq(features[j], centers[y])
-                      for j in range(n) if labels[j] == y)
+        nearest = min(
+            np_sq(features[j], centers[y]) for j in range(n) if labels[j] == y
+        )
         pull += max(own - nearest - sigma, 0.0)
         push += max(rho - np_separation(centers, y), 0.0)
     return (pull + push) / n
 
 
-def np_center_release(*, features, labels, centers, sigma, rho,
-                      per_class_count=None):
+def np_center_release(
+    *, features, labels, centers, sigma, rho, per_class_count=None
+):
     """The release's batch-mean form, one present class at a time.
 
     `per_class_count=None` weights each class's minimum by its sample count
     (the release's CCA); an integer reproduces the release's ICA (x 8).
     """
     n = len(features)
-    center_term = np.mean([np_sq(features[i], centers[labels[i]])
-                           for i in range(n)])
+    center_term = np.mean(
+        [np_sq(features[i], centers[labels[i]]) for i in range(n)]
+    )
     nearest_term = 0.0
     for k in sorted(set(labels.tolist())):
         members = [i for i in range(n) if labels[i] == k]
@@ -190,10 +208,10 @@ def make_problem(seed, *, duplicates=True):
     features = rng.randn(n, d)
     centers = rng.randn(NUM_CLASSES, d)
     if duplicates:
-        features[1] = features[0]   # same class (0): zero distance.
-        features[4] = features[3]   # classes 2 and 5: zero distance.
-        features[10] = centers[3]   # exactly on its own center.
-        centers[4] = centers[2]     # duplicate centers (4 is absent).
+        features[1] = features[0]  # same class (0): zero distance.
+        features[4] = features[3]  # classes 2 and 5: zero distance.
+        features[10] = centers[3]  # exactly on its own center.
+        centers[4] = centers[2]  # duplicate centers (4 is absent).
     perm = rng.permutation(n)
     return {
         "features": features[perm],
@@ -211,60 +229,114 @@ class Case:
     loss: Callable[..., Any]
     reference: Callable[..., float]
     args: tuple[tuple[str, str], ...]  # (loss keyword, problem key)
-    float_args: tuple[str, ...]        # differentiable keywords
+    float_args: tuple[str, ...]  # differentiable keywords
 
     def kwargs(self, problem):
         return {kw: problem[key] for kw, key in self.args}
 
 
 CASES = [
-    Case("identity", losses.identity_loss, np_identity,
-         (("logits", "id_logits"), ("labels", "labels")), ("logits",)),
-    Case("identity_smoothed",
-         functools.partial(losses.identity_loss, label_smoothing=0.1),
-         functools.partial(np_identity, label_smoothing=0.1),
-         (("logits", "id_logits"), ("labels", "labels")), ("logits",)),
-    Case("modality_classifier", losses.modality_classifier_loss,
-         np_modality_classifier,
-         (("logits", "modality_logits"), ("modality", "modality")),
-         ("logits",)),
-    Case("modality_confusion", losses.modality_confusion_loss,
-         np_modality_confusion, (("logits", "modality_logits"),),
-         ("logits",)),
-    Case("wrt_triplet", losses.wrt_triplet_loss,
-         lambda **kw: np_wrt(**kw)[0],
-         (("features", "features"), ("labels", "labels")), ("features",)),
-    Case("wrt_triplet_release",
-         functools.partial(losses.wrt_triplet_loss, variant="release"),
-         lambda **kw: np_wrt_release(**kw)[0],
-         (("features", "features"), ("labels", "labels")), ("features",)),
-    Case("hard_triplet", losses.hard_triplet_loss, np_hard_triplet,
-         (("features", "features"), ("labels", "labels")), ("features",)),
-    Case("center_paper",
-         functools.partial(losses.center_aggregation_loss, sigma=SIGMA,
-                           rho=RHO, variant="paper"),
-         functools.partial(np_center_paper, sigma=SIGMA, rho=RHO),
-         (("features", "features"), ("labels", "labels"),
-          ("centers", "centers")), ("features", "centers")),
-    Case("center_release",
-         functools.partial(losses.center_aggregation_loss, sigma=SIGMA,
-                           rho=RHO, variant="release"),
-         functools.partial(np_center_release, sigma=SIGMA, rho=RHO),
-         (("features", "features"), ("labels", "labels"),
-          ("centers", "centers")), ("features", "centers")),
+    Case(
+        "identity",
+        losses.identity_loss,
+        np_identity,
+        (("logits", "id_logits"), ("labels", "labels")),
+        ("logits",),
+    ),
+    Case(
+        "identity_smoothed",
+        functools.partial(losses.identity_loss, label_smoothing=0.1),
+        functools.partial(np_identity, label_smoothing=0.1),
+        (("logits", "id_logits"), ("labels", "labels")),
+        ("logits",),
+    ),
+    Case(
+        "modality_classifier",
+        losses.modality_classifier_loss,
+        np_modality_classifier,
+        (("logits", "modality_logits"), ("modality", "modality")),
+        ("logits",),
+    ),
+    Case(
+        "modality_confusion",
+        losses.modality_confusion_loss,
+        np_modality_confusion,
+        (("logits", "modality_logits"),),
+        ("logits",),
+    ),
+    Case(
+        "wrt_triplet",
+        losses.wrt_triplet_loss,
+        lambda **kw: np_wrt(**kw)[0],
+        (("features", "features"), ("labels", "labels")),
+        ("features",),
+    ),
+    Case(
+        "wrt_triplet_release",
+        functools.partial(losses.wrt_triplet_loss, variant="release"),
+        lambda **kw: np_wrt_release(**kw)[0],
+        (("features", "features"), ("labels", "labels")),
+        ("features",),
+    ),
+    Case(
+        "hard_triplet",
+        losses.hard_triplet_loss,
+        np_hard_triplet,
+        (("features", "features"), ("labels", "labels")),
+        ("features",),
+    ),
+    Case(
+        "center_paper",
+        functools.partial(
+            losses.center_aggregation_loss,
+            sigma=SIGMA,
+            rho=RHO,
+            variant="paper",
+        ),
+        functools.partial(np_center_paper, sigma=SIGMA, rho=RHO),
+        (
+            ("features", "features"),
+            ("labels", "labels"),
+            ("centers", "centers"),
+        ),
+        ("features", "centers"),
+    ),
+    Case(
+        "center_release",
+        functools.partial(
+            losses.center_aggregation_loss,
+            sigma=SIGMA,
+            rho=RHO,
+            variant="release",
+        ),
+        functools.partial(np_center_release, sigma=SIGMA, rho=RHO),
+        (
+            ("features", "features"),
+            ("labels", "labels"),
+            ("centers", "centers"),
+        ),
+        ("features", "centers"),
+    ),
 ]
 CASE_IDS = [case.name for case in CASES]
 
 
 def to_jax(kwargs, dtype=jnp.float32):
-    return {k: jnp.asarray(v, dtype) if np.issubdtype(v.dtype, np.floating)
-            else jnp.asarray(v) for k, v in kwargs.items()}
+    return {
+        k: jnp.asarray(v, dtype)
+        if np.issubdtype(v.dtype, np.floating)
+        else jnp.asarray(v)
+        for k, v in kwargs.items()
+    }
 
 
 def to_numpy64(kwargs):
-    return {k: np.asarray(jnp.asarray(v, jnp.float32), np.float64)
-            if jnp.issubdtype(v.dtype, jnp.floating) else np.asarray(v)
-            for k, v in kwargs.items()}
+    return {
+        k: np.asarray(jnp.asarray(v, jnp.float32), np.float64)
+        if jnp.issubdtype(v.dtype, jnp.floating)
+        else np.asarray(v)
+        for k, v in kwargs.items()
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -272,8 +344,9 @@ def to_numpy64(kwargs):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16],
-                         ids=["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"]
+)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_matches_numpy_reference(case, dtype):
     problem = make_problem(0)
@@ -293,10 +366,12 @@ def test_wrt_accuracy_matches_numpy_reference():
         features = problem["features"] * np.arange(1, 13)[:, None] / 4
         loss, accuracy = jax.jit(losses.wrt_triplet_loss_and_accuracy)(
             features=jnp.asarray(features, jnp.float32),
-            labels=problem["labels"])
+            labels=problem["labels"],
+        )
         expected_loss, expected_accuracy = np_wrt(
             features=np.asarray(features, np.float32).astype(np.float64),
-            labels=problem["labels"])
+            labels=problem["labels"],
+        )
         np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
         assert 0.0 < expected_accuracy < 1.0
         np.testing.assert_allclose(accuracy, expected_accuracy, atol=1e-7)
@@ -308,26 +383,30 @@ def test_wrt_release_accuracy_matches_numpy_reference(scale):
     # weights fall well below 1 and the variants disagree.
     problem = make_problem(1)
     features = problem["features"] * scale
-    loss, accuracy = jax.jit(functools.partial(
-        losses.wrt_triplet_loss_and_accuracy, variant="release"))(
-            features=jnp.asarray(features, jnp.float32),
-            labels=problem["labels"])
+    loss, accuracy = jax.jit(
+        functools.partial(
+            losses.wrt_triplet_loss_and_accuracy, variant="release"
+        )
+    )(features=jnp.asarray(features, jnp.float32), labels=problem["labels"])
     expected_loss, expected_accuracy = np_wrt_release(
         features=np.asarray(features, np.float32).astype(np.float64),
-        labels=problem["labels"])
+        labels=problem["labels"],
+    )
     np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
     np.testing.assert_allclose(accuracy, expected_accuracy, atol=1e-7)
     stable, _ = np_wrt(features=features, labels=problem["labels"])
-    if scale < 1:   # Small distances: the two variants agree.
+    if scale < 1:  # Small distances: the two variants agree.
         np.testing.assert_allclose(expected_loss, stable, rtol=1e-4)
     if scale == 6.0:
         assert abs(expected_loss - stable) > 1.0
 
 
-@pytest.mark.parametrize("distance, weight_sum", [
-    (14.0, 0.98), (18.0, 0.46), (22.0, 0.015)])
-def test_wrt_release_negative_weights_shrink_with_distance(distance,
-                                                          weight_sum):
+@pytest.mark.parametrize(
+    "distance, weight_sum", [(14.0, 0.98), (18.0, 0.46), (22.0, 0.015)]
+)
+def test_wrt_release_negative_weights_shrink_with_distance(
+    distance, weight_sum
+):
     # A batch of 8 ids x 8 images: each anchor has 56 negatives. Put all of
     # them at `distance` and every positive on the anchor: the release's
     # negative weights sum to 56 e^-d / (56 e^-d + 1e-6), the documented
@@ -339,15 +418,20 @@ def test_wrt_release_negative_weights_shrink_with_distance(distance,
     expected = 56 * np.exp(-distance) / (56 * np.exp(-distance) + 1e-6)
     np.testing.assert_allclose(expected, weight_sum, rtol=0.04)
     release = losses.wrt_triplet_loss(
-        features=jnp.asarray(features, jnp.float32), labels=labels,
-        variant="release")
+        features=jnp.asarray(features, jnp.float32),
+        labels=labels,
+        variant="release",
+    )
     stable = losses.wrt_triplet_loss(
-        features=jnp.asarray(features, jnp.float32), labels=labels)
+        features=jnp.asarray(features, jnp.float32), labels=labels
+    )
     # Positive distances are the clamp's 1e-6: loss = softplus(0 - neg).
-    np.testing.assert_allclose(release, np.log1p(np.exp(-distance * expected)),
-                               rtol=1e-4)
-    np.testing.assert_allclose(stable, np.log1p(np.exp(-distance)),
-                               rtol=1e-4, atol=1e-12)
+    np.testing.assert_allclose(
+        release, np.log1p(np.exp(-distance * expected)), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        stable, np.log1p(np.exp(-distance)), rtol=1e-4, atol=1e-12
+    )
 
 
 def test_triplet_losses_on_a_single_class_batch():
@@ -358,16 +442,18 @@ def test_triplet_losses_on_a_single_class_batch():
 
     @jax.jit
     def values(f):
-        return (losses.wrt_triplet_loss_and_accuracy(features=f,
-                                                     labels=labels),
-                losses.hard_triplet_loss(features=f, labels=labels),
-                jax.grad(lambda f: losses.wrt_triplet_loss(
-                    features=f, labels=labels))(f))
+        return (
+            losses.wrt_triplet_loss_and_accuracy(features=f, labels=labels),
+            losses.hard_triplet_loss(features=f, labels=labels),
+            jax.grad(
+                lambda f: losses.wrt_triplet_loss(features=f, labels=labels)
+            )(f),
+        )
 
     (wrt, accuracy), hard, grad = values(jnp.asarray(features, jnp.float32))
     expected_wrt, expected_accuracy = np_wrt(
-        features=features.astype(np.float32).astype(np.float64),
-        labels=labels)
+        features=features.astype(np.float32).astype(np.float64), labels=labels
+    )
     np.testing.assert_allclose(wrt, expected_wrt, rtol=1e-5)
     assert accuracy == expected_accuracy == 0.0
     assert hard == np_hard_triplet(features=features, labels=labels) == 0.0
@@ -381,14 +467,26 @@ def test_release_variant_equals_released_ica_times_eight():
     labels = np.repeat([1, 4, 6], 8).astype(np.int32)
     features = rng.randn(24, 5)
     centers = rng.randn(7, 5)
-    expected = np_center_release(features=features, labels=labels,
-                                 centers=centers, sigma=1.0, rho=14.0,
-                                 per_class_count=8)
-    value = jax.jit(functools.partial(
-        losses.center_aggregation_loss, sigma=1.0, rho=14.0,
-        variant="release"))(
-            features=jnp.asarray(features, jnp.float32), labels=labels,
-            centers=jnp.asarray(centers, jnp.float32))
+    expected = np_center_release(
+        features=features,
+        labels=labels,
+        centers=centers,
+        sigma=1.0,
+        rho=14.0,
+        per_class_count=8,
+    )
+    value = jax.jit(
+        functools.partial(
+            losses.center_aggregation_loss,
+            sigma=1.0,
+            rho=14.0,
+            variant="release",
+        )
+    )(
+        features=jnp.asarray(features, jnp.float32),
+        labels=labels,
+        centers=jnp.asarray(centers, jnp.float32),
+    )
     assert expected > 0.1
     np.testing.assert_allclose(value, expected, rtol=1e-5)
 
@@ -402,19 +500,27 @@ def test_hand_worked_examples():
         center_kwargs = dict(
             features=jnp.array([[1.0], [3.0], [12.0]]),
             labels=jnp.array([0, 0, 1]),
-            centers=jnp.array([[0.0], [10.0]]), sigma=2.0, rho=150.0)
+            centers=jnp.array([[0.0], [10.0]]),
+            sigma=2.0,
+            rho=150.0,
+        )
         return {
             "confusion": losses.modality_confusion_loss(logits=two),
             "classifier": losses.modality_classifier_loss(
-                logits=two, modality=jnp.array([0, 1, 0, 1])),
+                logits=two, modality=jnp.array([0, 1, 0, 1])
+            ),
             "hard_0.5": losses.hard_triplet_loss(
-                features=points, labels=point_labels, margin=0.5),
+                features=points, labels=point_labels, margin=0.5
+            ),
             "hard_2": losses.hard_triplet_loss(
-                features=points, labels=point_labels, margin=2.0),
+                features=points, labels=point_labels, margin=2.0
+            ),
             "paper": losses.center_aggregation_loss(
-                **center_kwargs, variant="paper"),
+                **center_kwargs, variant="paper"
+            ),
             "release": losses.center_aggregation_loss(
-                **center_kwargs, variant="release"),
+                **center_kwargs, variant="release"
+            ),
         }
 
     values = all_values()
@@ -436,8 +542,9 @@ def test_hand_worked_examples():
         "release": 2.0 / 3 + 50.0,
     }
     for name, value in expected.items():
-        np.testing.assert_allclose(values[name], value, rtol=1e-6, atol=0,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            values[name], value, rtol=1e-6, atol=0, err_msg=name
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -445,8 +552,9 @@ def test_hand_worked_examples():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16],
-                         ids=["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"]
+)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_jit_grad_finite_and_traces_once(case, dtype):
     """Gradients are finite with zero distances; one trace per shape."""
@@ -456,8 +564,9 @@ def test_jit_grad_finite_and_traces_once(case, dtype):
     @jax.jit
     def value_and_grads(differentiable, fixed):
         traces.append(None)  # Runs only while tracing.
-        return jax.value_and_grad(
-            lambda d: case.loss(**d, **fixed))(differentiable)
+        return jax.value_and_grad(lambda d: case.loss(**d, **fixed))(
+            differentiable
+        )
 
     for seed in range(2):  # Second call: new values, same shapes.
         inputs = to_jax(case.kwargs(make_problem(seed)), dtype)
@@ -484,7 +593,7 @@ def test_gradient_matches_central_differences(case):
             kwargs, offset = dict(fixed), 0
             for k in case.float_args:
                 size = inputs[k].size
-                kwargs[k] = x[offset:offset + size].reshape(inputs[k].shape)
+                kwargs[k] = x[offset : offset + size].reshape(inputs[k].shape)
                 offset += size
             return case.loss(**kwargs)
 
@@ -517,40 +626,88 @@ Y = jnp.zeros((4,), jnp.int32)
 C = jnp.zeros((5, 3))
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: losses.identity_loss(logits=F, labels=Y[:3]), "labels.*shape"),
-    (lambda: losses.identity_loss(logits=F[0], labels=Y), "logits.*shape"),
-    (lambda: losses.identity_loss(logits=F, labels=Y.astype(jnp.float32)),
-     "integer"),
-    (lambda: losses.identity_loss(logits=F, labels=Y, label_smoothing=1.0),
-     "label_smoothing"),
-    (lambda: losses.modality_classifier_loss(logits=F[:, :1], modality=Y),
-     "one column per modality"),
-    (lambda: losses.modality_classifier_loss(logits=F[:, :2],
-                                             modality=Y[:2]),
-     "modality.*shape"),
-    (lambda: losses.modality_confusion_loss(logits=F[None]), "logits.*shape"),
-    (lambda: losses.wrt_triplet_loss(features=F, labels=Y[:, None]),
-     "labels.*shape"),
-    (lambda: losses.wrt_triplet_loss(features=Y[:, None], labels=Y),
-     "floating"),
-    (lambda: losses.wrt_triplet_loss(features=F, labels=Y, variant="torch"),
-     "variant"),
-    (lambda: losses.hard_triplet_loss(features=F[0], labels=Y),
-     "features.*shape"),
-    (lambda: losses.center_aggregation_loss(
-        features=F, labels=Y, centers=C[:, :2], sigma=1.0, rho=1.0),
-     "share D"),
-    (lambda: losses.center_aggregation_loss(
-        features=F, labels=Y, centers=C[:1], sigma=1.0, rho=1.0),
-     "at least 2"),
-    (lambda: losses.center_aggregation_loss(
-        features=F, labels=Y, centers=C, sigma=1.0, rho=1.0, variant="x8"),
-     "variant"),
-    (lambda: losses.center_aggregation_loss(
-        features=F, labels=Y[1:], centers=C, sigma=1.0, rho=1.0),
-     "labels.*shape"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: losses.identity_loss(logits=F, labels=Y[:3]), "labels.*shape"),
+        (lambda: losses.identity_loss(logits=F[0], labels=Y), "logits.*shape"),
+        (
+            lambda: losses.identity_loss(
+                logits=F, labels=Y.astype(jnp.float32)
+            ),
+            "integer",
+        ),
+        (
+            lambda: losses.identity_loss(
+                logits=F, labels=Y, label_smoothing=1.0
+            ),
+            "label_smoothing",
+        ),
+        (
+            lambda: losses.modality_classifier_loss(
+                logits=F[:, :1], modality=Y
+            ),
+            "one column per modality",
+        ),
+        (
+            lambda: losses.modality_classifier_loss(
+                logits=F[:, :2], modality=Y[:2]
+            ),
+            "modality.*shape",
+        ),
+        (
+            lambda: losses.modality_confusion_loss(logits=F[None]),
+            "logits.*shape",
+        ),
+        (
+            lambda: losses.wrt_triplet_loss(features=F, labels=Y[:, None]),
+            "labels.*shape",
+        ),
+        (
+            lambda: losses.wrt_triplet_loss(features=Y[:, None], labels=Y),
+            "floating",
+        ),
+        (
+            lambda: losses.wrt_triplet_loss(
+                features=F, labels=Y, variant="torch"
+            ),
+            "variant",
+        ),
+        (
+            lambda: losses.hard_triplet_loss(features=F[0], labels=Y),
+            "features.*shape",
+        ),
+        (
+            lambda: losses.center_aggregation_loss(
+                features=F, labels=Y, centers=C[:, :2], sigma=1.0, rho=1.0
+            ),
+            "share D",
+        ),
+        (
+            lambda: losses.center_aggregation_loss(
+                features=F, labels=Y, centers=C[:1], sigma=1.0, rho=1.0
+            ),
+            "at least 2",
+        ),
+        (
+            lambda: losses.center_aggregation_loss(
+                features=F,
+                labels=Y,
+                centers=C,
+                sigma=1.0,
+                rho=1.0,
+                variant="x8",
+            ),
+            "variant",
+        ),
+        (
+            lambda: losses.center_aggregation_loss(
+                features=F, labels=Y[1:], centers=C, sigma=1.0, rho=1.0
+            ),
+            "labels.*shape",
+        ),
+    ],
+)
 def test_bad_inputs_raise_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -601,10 +758,13 @@ def readme_section_code(text, heading):
 
 def test_readme_example_runs():
     readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-    code = readme_section_code(readme.read_text(encoding="utf-8"),
-                               README_HEADING)
+    code = readme_section_code(
+        readme.read_text(encoding="utf-8"), README_HEADING
+    )
     if code is None:
-        pytest.fail(f'README.md needs a section "## {README_HEADING}" with a '
-                    "```python example; this test runs it.")
+        pytest.fail(
+            f'README.md needs a section "## {README_HEADING}" with a '
+            "```python example; this test runs it."
+        )
     namespace = {"__name__": "readme_example"}
     exec(compile(code, str(readme), "exec"), namespace)  # pylint: disable=W0122

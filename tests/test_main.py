@@ -22,8 +22,11 @@ import pytest
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TINY = "configs/synthetic.py:tiny=1"
 # Long enough (6 epochs x 13 steps) that a kill lands mid-run.
-_OVERRIDES = ("--config.num_epochs=6", "--config.checkpoint.every_steps=10",
-              "--config.eval.figures=False")
+_OVERRIDES = (
+    "--config.num_epochs=6",
+    "--config.checkpoint.every_steps=10",
+    "--config.eval.figures=False",
+)
 
 
 def _env(cache_dir, *, fast_compile=False):
@@ -42,8 +45,14 @@ def _env(cache_dir, *, fast_compile=False):
 
 
 def _command(workdir, config=_TINY, extra=_OVERRIDES):
-    return [sys.executable, "-m", "mclnet_jax.main", f"--config={config}",
-            f"--workdir={workdir}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mclnet_jax.main",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        *extra,
+    ]
 
 
 def _steps(workdir):
@@ -56,8 +65,9 @@ def _steps(workdir):
 def _run_until_checkpoint(command, env, workdir, *, after, sig):
     """Starts `command`, sends `sig` once a checkpoint newer than `after`."""
     log = open(os.path.join(workdir + "_log.txt"), "ab")
-    proc = subprocess.Popen(command, env=env, cwd=_REPO, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        command, env=env, cwd=_REPO, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and proc.poll() is None:
@@ -87,11 +97,20 @@ def cache_dir(tmp_path_factory):
 def test_resnet50_without_weights_stops_before_the_data(tmp_path, cache_dir):
     missing = tmp_path / "no_such_SYSU-MM01"
     proc = subprocess.run(
-        _command(tmp_path / "work", config="configs/sysu.py",
-                 extra=(f"--config.data.manual_dir={missing}",
-                        f"--config.data.data_dir={tmp_path / 'tfds'}")),
-        env=_env(cache_dir), cwd=_REPO, capture_output=True, text=True,
-        timeout=300)
+        _command(
+            tmp_path / "work",
+            config="configs/sysu.py",
+            extra=(
+                f"--config.data.manual_dir={missing}",
+                f"--config.data.data_dir={tmp_path / 'tfds'}",
+            ),
+        ),
+        env=_env(cache_dir),
+        cwd=_REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "config.model.pretrained is not set for a ResNet-50" in proc.stderr
     assert "diverges from random initialisation" in proc.stderr
@@ -108,12 +127,21 @@ def test_missing_dataset_gives_path_and_instructions(tmp_path, cache_dir):
     # starts) and then stops at the missing dataset.
     missing = tmp_path / "no_such_SYSU-MM01"
     proc = subprocess.run(
-        _command(tmp_path / "work", config="configs/sysu.py:base",
-                 extra=(f"--config.data.manual_dir={missing}",
-                        f"--config.data.data_dir={tmp_path / 'tfds'}",
-                        "--config.model.pretrained=random")),
-        env=_env(cache_dir), cwd=_REPO, capture_output=True, text=True,
-        timeout=300)
+        _command(
+            tmp_path / "work",
+            config="configs/sysu.py:base",
+            extra=(
+                f"--config.data.manual_dir={missing}",
+                f"--config.data.data_dir={tmp_path / 'tfds'}",
+                "--config.model.pretrained=random",
+            ),
+        ),
+        env=_env(cache_dir),
+        cwd=_REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert str(missing) in proc.stderr
     assert "cam1" in proc.stderr  # The expected layout is shown.
@@ -121,12 +149,19 @@ def test_missing_dataset_gives_path_and_instructions(tmp_path, cache_dir):
 
 
 def test_sigkill_then_sigterm_then_resume_equals_uninterrupted(
-        tmp_path, cache_dir):
+    tmp_path, cache_dir
+):
     env = _env(cache_dir)
     reference = str(tmp_path / "uninterrupted")
-    proc = subprocess.run(_command(reference), env=env, cwd=_REPO,
-                          check=True, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        _command(reference),
+        env=env,
+        cwd=_REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     total, want_summary, want_metrics = _final(reference)
     assert total == 78 and want_metrics["step"] == 78
     # The console: progress and the results table; the libraries' INFO
@@ -141,37 +176,50 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted(
         assert chatter not in proc.stderr
 
     workdir = str(tmp_path / "interrupted")
-    code = _run_until_checkpoint(_command(workdir), env, workdir, after=0,
-                                 sig=signal.SIGKILL)
+    code = _run_until_checkpoint(
+        _command(workdir), env, workdir, after=0, sig=signal.SIGKILL
+    )
     assert code == -signal.SIGKILL
     killed_at = max(_steps(workdir))
     assert 0 < killed_at < total
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
     # SIGTERM (preemption): checkpoint at the current step, exit 0.
-    code = _run_until_checkpoint(_command(workdir), env, workdir,
-                                 after=killed_at, sig=signal.SIGTERM)
+    code = _run_until_checkpoint(
+        _command(workdir), env, workdir, after=killed_at, sig=signal.SIGTERM
+    )
     assert code == 0
     stopped_at = max(_steps(workdir))
     assert killed_at < stopped_at
     if stopped_at < total:
         assert not os.path.exists(os.path.join(workdir, "results.json"))
 
-    subprocess.run(_command(workdir), env=env, cwd=_REPO, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _command(workdir),
+        env=env,
+        cwd=_REPO,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     step, summary, metrics = _final(workdir)
     assert step == total
     assert summary == want_summary
     assert metrics == want_metrics
 
 
-def test_non_finite_loss_stops_with_message_and_no_checkpoint(tmp_path,
-                                                               cache_dir):
+def test_non_finite_loss_stops_with_message_and_no_checkpoint(
+    tmp_path, cache_dir
+):
     workdir = tmp_path / "diverged"
     proc = subprocess.run(
         _command(workdir, extra=("--config.optimizer.lr=1e12",)),
-        env=_env(cache_dir), cwd=_REPO, capture_output=True, text=True,
-        timeout=600)
+        env=_env(cache_dir),
+        cwd=_REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "Non-finite values at step" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -24,8 +24,11 @@ def reference_metrics(dist, qid, gid, qcam, gcam, *, max_rank, flavour):
         elif qcam is None:
             kept = ranking
         else:
-            kept = [g for g in ranking
-                    if not (gid[g] == qid[q] and gcam[g] == qcam[q])]
+            kept = [
+                g
+                for g in ranking
+                if not (gid[g] == qid[q] and gcam[g] == qcam[q])
+            ]
         match = [gid[g] == qid[q] for g in kept]
         if not any(match):
             continue
@@ -53,16 +56,27 @@ def reference_metrics(dist, qid, gid, qcam, gcam, *, max_rank, flavour):
         cmcs.append(cmc)
     if not cmcs:
         return None
-    return (np.mean(cmcs, axis=0), float(np.mean(aps)), float(np.mean(inps)),
-            len(cmcs))
+    return (
+        np.mean(cmcs, axis=0),
+        float(np.mean(aps)),
+        float(np.mean(inps)),
+        len(cmcs),
+    )
 
 
 def run_both(dist, qid, gid, qcam, gcam, *, flavour, max_rank=20):
     fn = metrics.sysu_metrics if flavour == "sysu" else metrics.standard_metrics
-    got = fn(dist, query_ids=qid, gallery_ids=gid, query_cams=qcam,
-             gallery_cams=gcam, max_rank=max_rank)
-    want = reference_metrics(dist, qid, gid, qcam, gcam, max_rank=max_rank,
-                             flavour=flavour)
+    got = fn(
+        dist,
+        query_ids=qid,
+        gallery_ids=gid,
+        query_cams=qcam,
+        gallery_cams=gcam,
+        max_rank=max_rank,
+    )
+    want = reference_metrics(
+        dist, qid, gid, qcam, gcam, max_rank=max_rank, flavour=flavour
+    )
     return got, want
 
 
@@ -74,8 +88,9 @@ def assert_same(got, want):
     assert got.num_valid_queries == num_valid
 
 
-def sysu_like(rng, num_q, num_g, num_ids, *, dtype=np.float32,
-              integer_dist=False):
+def sysu_like(
+    rng, num_q, num_g, num_ids, *, dtype=np.float32, integer_dist=False
+):
     qid = rng.integers(0, num_ids + 2, num_q)  # some ids absent: skipped
     gid = rng.integers(0, num_ids, num_g)
     qcam = rng.choice([3, 6], num_q)
@@ -105,8 +120,14 @@ def test_sysu_hand_built():
     gcam = np.array([2, 1, 2, 4, 1, 5, 5])
     qid = np.array([1, 1, 9])
     qcam = np.array([3, 6, 3])
-    got = metrics.sysu_metrics(dist, query_ids=qid, gallery_ids=gid,
-                               query_cams=qcam, gallery_cams=gcam, max_rank=5)
+    got = metrics.sysu_metrics(
+        dist,
+        query_ids=qid,
+        gallery_ids=gid,
+        query_cams=qcam,
+        gallery_cams=gcam,
+        max_rank=5,
+    )
     np.testing.assert_allclose(got.cmc, [0, 0.5, 1, 1, 1], atol=1e-12)
     assert got.mAP == pytest.approx((11 / 30 + 122 / 315) / 2, abs=1e-12)
     assert got.mINP == pytest.approx((2 / 5 + 3 / 7) / 2, abs=1e-12)
@@ -121,13 +142,17 @@ def test_standard_hand_built_with_ties():
     #   INP = 2/3, rank-1 hit.
     # Query 1: id 2, camera 1. Ranking g2 (0.1), g0 (0.3), g1 (0.3, after g0
     #   by index), g3: the only positive g1 is at rank 3: AP = INP = 1/3.
-    dist = np.array([[0.0, 0.5, 0.5, 0.2],
-                     [0.3, 0.3, 0.1, 0.9]])
+    dist = np.array([[0.0, 0.5, 0.5, 0.2], [0.3, 0.3, 0.1, 0.9]])
     gid = np.array([1, 2, 1, 1])
     gcam = np.array([1, 2, 2, 3])
-    got = metrics.standard_metrics(dist, query_ids=np.array([1, 2]),
-                                   gallery_ids=gid, query_cams=np.array([1, 1]),
-                                   gallery_cams=gcam, max_rank=4)
+    got = metrics.standard_metrics(
+        dist,
+        query_ids=np.array([1, 2]),
+        gallery_ids=gid,
+        query_cams=np.array([1, 1]),
+        gallery_cams=gcam,
+        max_rank=4,
+    )
     np.testing.assert_allclose(got.cmc, [0.5, 0.5, 1, 1], atol=1e-12)
     assert got.mAP == pytest.approx((5 / 6 + 1 / 3) / 2, abs=1e-12)
     assert got.mINP == pytest.approx((2 / 3 + 1 / 3) / 2, abs=1e-12)
@@ -137,8 +162,9 @@ def test_standard_without_cameras_removes_nothing():
     # Same matrix without cameras: query 0 now also matches g0 at rank 1:
     # ranking g0 g3 g1 g2 -> positives at 1, 2, 4: AP = (1 + 1 + 3/4) / 3.
     dist = np.array([[0.0, 0.5, 0.5, 0.2]])
-    got = metrics.standard_metrics(dist, query_ids=np.array([1]),
-                                   gallery_ids=np.array([1, 2, 1, 1]))
+    got = metrics.standard_metrics(
+        dist, query_ids=np.array([1]), gallery_ids=np.array([1, 2, 1, 1])
+    )
     assert got.mAP == pytest.approx((1 + 1 + 3 / 4) / 3, abs=1e-12)
     assert got.mINP == pytest.approx(3 / 4, abs=1e-12)
     assert got.cmc.shape == (20,) and np.all(got.cmc == 1)
@@ -146,9 +172,11 @@ def test_standard_without_cameras_removes_nothing():
 
 def test_negative_zero_ties_with_positive_zero():
     # -0.0 == +0.0: a tie broken by column index, so g0 (id 5) is first.
-    got = metrics.standard_metrics(np.array([[0.0, -0.0]], np.float32),
-                                   query_ids=np.array([7]),
-                                   gallery_ids=np.array([5, 7]))
+    got = metrics.standard_metrics(
+        np.array([[0.0, -0.0]], np.float32),
+        query_ids=np.array([7]),
+        gallery_ids=np.array([5, 7]),
+    )
     assert got.cmc[0] == 0 and got.cmc[1] == 1
     assert got.mAP == pytest.approx(0.5)
 
@@ -158,19 +186,20 @@ def test_negative_zero_ties_with_positive_zero():
 
 
 @pytest.mark.parametrize("flavour", ["sysu", "standard"])
-@pytest.mark.parametrize("case", ["float32", "float64", "integer_ties",
-                                  "few_gallery"])
+@pytest.mark.parametrize(
+    "case", ["float32", "float64", "integer_ties", "few_gallery"]
+)
 def test_random_matches_reference(flavour, case):
     rng = np.random.default_rng(
-        [["sysu", "standard"].index(flavour), len(case)])
+        [["sysu", "standard"].index(flavour), len(case)]
+    )
     for trial in range(4):
         if case == "few_gallery":  # fewer gallery items than max_rank
             args = sysu_like(rng, 30, 7, 3)
         elif case == "integer_ties":
             args = sysu_like(rng, 60, 50, 6, integer_dist=True)
         else:
-            args = sysu_like(rng, 60, 80, 8,
-                             dtype=getattr(np, case))
+            args = sysu_like(rng, 60, 80, 8, dtype=getattr(np, case))
         dist, qid, gid, qcam, gcam = args
         if flavour == "standard":
             # Overlapping cameras so same-id same-camera removal happens.
@@ -199,13 +228,15 @@ def test_float64_near_ties_are_exact():
 
 @pytest.mark.parametrize("sort_chunk", [1, 3, 7, 512])
 @pytest.mark.parametrize("integer_dist", [True, False])
-def test_chunking_and_blocking_do_not_change_results(monkeypatch, sort_chunk,
-                                                      integer_dist):
+def test_chunking_and_blocking_do_not_change_results(
+    monkeypatch, sort_chunk, integer_dist
+):
     # Rows sorted in pieces, queries in blocks, ties counted in chunks: all
     # internal sizes, same numbers as the reference.
     rng = np.random.default_rng([sort_chunk, integer_dist])
-    dist, qid, gid, qcam, gcam = sysu_like(rng, 50, 40, 5,
-                                           integer_dist=integer_dist)
+    dist, qid, gid, qcam, gcam = sysu_like(
+        rng, 50, 40, 5, integer_dist=integer_dist
+    )
     monkeypatch.setattr(metrics, "_SORT_CHUNK", sort_chunk)
     monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 7 * 40)
     monkeypatch.setattr(metrics, "_TIE_CHUNK_ELEMENTS", 3 * 40)
@@ -221,8 +252,12 @@ def test_camera3_removes_camera2_for_all_identities():
     # Only the query from camera 3 loses the camera-2 impostor in front.
     dist = np.array([[0.1, 0.5], [0.1, 0.5]])
     got = metrics.sysu_metrics(
-        dist, query_ids=np.array([1, 1]), gallery_ids=np.array([2, 1]),
-        query_cams=np.array([3, 6]), gallery_cams=np.array([2, 1]))
+        dist,
+        query_ids=np.array([1, 1]),
+        gallery_ids=np.array([2, 1]),
+        query_cams=np.array([3, 6]),
+        gallery_cams=np.array([2, 1]),
+    )
     # Camera 3: positive at rank 1; camera 6: positive at rank 2.
     np.testing.assert_allclose(got.cmc[:2], [0.5, 1.0])
     assert got.mAP == pytest.approx((1 + 0.5) / 2)
@@ -231,27 +266,38 @@ def test_camera3_removes_camera2_for_all_identities():
 def test_all_queries_skipped_is_an_error():
     dist = np.zeros((2, 3))
     with pytest.raises(ValueError, match="None of the 2 queries"):
-        metrics.standard_metrics(dist, query_ids=np.array([7, 8]),
-                                 gallery_ids=np.array([1, 2, 3]))
+        metrics.standard_metrics(
+            dist, query_ids=np.array([7, 8]), gallery_ids=np.array([1, 2, 3])
+        )
     # Every positive is from camera 2 and every query from camera 3.
     with pytest.raises(ValueError, match="None of the 1 queries"):
-        metrics.sysu_metrics(np.zeros((1, 2)), query_ids=np.array([1]),
-                             gallery_ids=np.array([1, 2]),
-                             query_cams=np.array([3]),
-                             gallery_cams=np.array([2, 1]))
+        metrics.sysu_metrics(
+            np.zeros((1, 2)),
+            query_ids=np.array([1]),
+            gallery_ids=np.array([1, 2]),
+            query_cams=np.array([3]),
+            gallery_cams=np.array([2, 1]),
+        )
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(distmat=np.zeros(3)), "distmat must be"),
-    (dict(distmat=np.full((2, 2), np.nan)), "NaN"),
-    (dict(query_ids=np.array([1])), "query_ids must be a 1-D array"),
-    (dict(max_rank=0), "max_rank"),
-    (dict(query_cams=None), "query_cams is required"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(distmat=np.zeros(3)), "distmat must be"),
+        (dict(distmat=np.full((2, 2), np.nan)), "NaN"),
+        (dict(query_ids=np.array([1])), "query_ids must be a 1-D array"),
+        (dict(max_rank=0), "max_rank"),
+        (dict(query_cams=None), "query_cams is required"),
+    ],
+)
 def test_bad_inputs(kwargs, message):
-    args = dict(distmat=np.zeros((2, 2)), query_ids=np.array([1, 2]),
-                gallery_ids=np.array([1, 2]), query_cams=np.array([3, 6]),
-                gallery_cams=np.array([1, 2]))
+    args = dict(
+        distmat=np.zeros((2, 2)),
+        query_ids=np.array([1, 2]),
+        gallery_ids=np.array([1, 2]),
+        query_cams=np.array([3, 6]),
+        gallery_cams=np.array([1, 2]),
+    )
     args.update(kwargs)
     distmat = args.pop("distmat")
     with pytest.raises(ValueError, match=message):
@@ -260,19 +306,25 @@ def test_bad_inputs(kwargs, message):
 
 def test_standard_needs_both_cameras_or_neither():
     with pytest.raises(ValueError, match="both query_cams and gallery_cams"):
-        metrics.standard_metrics(np.zeros((1, 1)), query_ids=np.array([1]),
-                                 gallery_ids=np.array([1]),
-                                 query_cams=np.array([1]))
+        metrics.standard_metrics(
+            np.zeros((1, 1)),
+            query_ids=np.array([1]),
+            gallery_ids=np.array([1]),
+            query_cams=np.array([1]),
+        )
 
 
 def test_negative_inner_product_matches_direct_formula():
     rng = np.random.default_rng(5)
     q = rng.standard_normal((5, 8)).astype(np.float32)
     g = rng.standard_normal((7, 8)).astype(np.float32)
-    want = -(q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
-        g / np.linalg.norm(g, axis=1, keepdims=True)).T
+    want = (
+        -(q / np.linalg.norm(q, axis=1, keepdims=True))
+        @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+    )
     got = metrics.negative_inner_product(q, g)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-6)
-    np.testing.assert_allclose(np.linalg.norm(metrics.l2_normalize(q), axis=1),
-                               1, atol=1e-6)
+    np.testing.assert_allclose(
+        np.linalg.norm(metrics.l2_normalize(q), axis=1), 1, atol=1e-6
+    )

@@ -22,8 +22,10 @@ def fresh(monkeypatch):
 def test_defaults_are_appended_to_existing_flags(fresh):
     fresh.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     assert platform.apply_cpu_defaults() == DEFAULTS
-    assert os.environ["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x",
-                                               *DEFAULTS]
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_dump_to=/tmp/x",
+        *DEFAULTS,
+    ]
     assert platform.applied_flags() == DEFAULTS
     # Idempotent: a second call finds the flags present.
     assert platform.apply_cpu_defaults() == []

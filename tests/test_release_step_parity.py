@@ -44,25 +44,23 @@ initialisation to compile. Run with `pytest -s` to see the first-step
 losses side by side and the worst deviations.
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from mclnet_jax import optim
-from mclnet_jax import train
+from mclnet_jax import optim, train
 from mclnet_jax.models import release
 
 torch = pytest.importorskip(
-    "torch", reason="the PyTorch parity tests need torch (extra 'parity')")
+    "torch", reason="the PyTorch parity tests need torch (extra 'parity')"
+)
 
-# pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
-import test_train
-import torch_release
-import torch_release_step
-# pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
+# After the skip: these modules import torch.
+import test_train  # noqa: E402
+import torch_release  # noqa: E402
+import torch_release_step  # noqa: E402
 
 NUM_CLASSES = 6
 NUM_CAMERAS = 6
@@ -72,8 +70,15 @@ BASE_LR = 0.1
 MCM_LR = 0.1
 # Layer4's output BatchNorms x2: pool distances of ~6-25 instead of ~3-12.
 FEATURE_SCALE = 2.0
-LOSS_NAMES = ("loss", "loss_id", "loss_triplet", "loss_confusion",
-              "loss_mcm", "loss_ica", "loss_cca")
+LOSS_NAMES = (
+    "loss",
+    "loss_id",
+    "loss_triplet",
+    "loss_confusion",
+    "loss_mcm",
+    "loss_ica",
+    "loss_cca",
+)
 WRT_VARIANTS = ("release", "stable")
 
 F64_STEPS = 3
@@ -115,21 +120,33 @@ def _config(*, dtype: str, wrt_variant: str):
 
 def _batches(num_steps: int, dtype, seed: int = 0):
     """P identities x K images per modality; cameras 1-based as in SYSU."""
-    return test_train.tiny_batches(num_steps, seed, num_ids=P,
-                                   num_instances=K, num_classes=NUM_CLASSES,
-                                   size=(HEIGHT, WIDTH), dtype=dtype)
+    return test_train.tiny_batches(
+        num_steps,
+        seed,
+        num_ids=P,
+        num_instances=K,
+        num_classes=NUM_CLASSES,
+        size=(HEIGHT, WIDTH),
+        dtype=dtype,
+    )
 
 
 def _flat(tree, prefix: str) -> dict[str, np.ndarray]:
-    return {f"{prefix}/{optim.path_str(p)}": np.asarray(v)
-            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        f"{prefix}/{optim.path_str(p)}": np.asarray(v)
+        for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def _trace(opt_state):
     """The momentum buffers (optax.trace's state) of our SGD."""
-    found = [s for s in jax.tree.leaves(
-        opt_state, is_leaf=lambda s: isinstance(s, optax.TraceState))
-             if isinstance(s, optax.TraceState)]
+    found = [
+        s
+        for s in jax.tree.leaves(
+            opt_state, is_leaf=lambda s: isinstance(s, optax.TraceState)
+        )
+        if isinstance(s, optax.TraceState)
+    ]
     assert len(found) == 1, opt_state
     return found[0].trace
 
@@ -146,8 +163,10 @@ def _ours_flat(state) -> dict[str, np.ndarray]:
 
 
 def _numpy_state_dict(module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy()
-            for k, v in module.state_dict().items()}
+    return {
+        k: v.detach().cpu().numpy().copy()
+        for k, v in module.state_dict().items()
+    }
 
 
 def _momentum_state_dict(module, opt) -> dict[str, np.ndarray]:
@@ -167,17 +186,20 @@ def _momentum_state_dict(module, opt) -> dict[str, np.ndarray]:
     return out
 
 
-def _torch_flat(net, mcm, net_opt, mcm_opt, embed_template,
-                mcm_template) -> dict[str, np.ndarray]:
+def _torch_flat(
+    net, mcm, net_opt, mcm_opt, embed_template, mcm_template
+) -> dict[str, np.ndarray]:
     """The torch state in our variable tree, named like `_ours_flat`."""
-    variables = release.load_embed_net(embed_template,
-                                       _numpy_state_dict(net))
+    variables = release.load_embed_net(embed_template, _numpy_state_dict(net))
     momentum = release.load_embed_net(
-        embed_template, _momentum_state_dict(net, net_opt))["params"]
-    mcm_vars = release.load_modality_classifier(mcm_template,
-                                                _numpy_state_dict(mcm))
+        embed_template, _momentum_state_dict(net, net_opt)
+    )["params"]
+    mcm_vars = release.load_modality_classifier(
+        mcm_template, _numpy_state_dict(mcm)
+    )
     mcm_momentum = release.load_modality_classifier(
-        mcm_template, _momentum_state_dict(mcm, mcm_opt))["params"]
+        mcm_template, _momentum_state_dict(mcm, mcm_opt)
+    )["params"]
     out = {}
     out.update(_flat(variables["params"], "params"))
     out.update(_flat(variables["batch_stats"], "batch_stats"))
@@ -192,10 +214,14 @@ def _scale_layer4_outputs(params, factor: float):
     """Scales layer4's last BatchNorms (block outputs x factor, ReLU-exact)."""
     params = jax.tree.map(lambda x: x, params)  # A copy of the dict tree.
     layer4 = params["layer4"]
-    for block, bn in (("block0", "bn2"), ("block0", "downsample_bn"),
-                      ("block1", "bn2")):
-        layer4[block][bn] = {k: v * factor
-                             for k, v in layer4[block][bn].items()}
+    for block, bn in (
+        ("block0", "bn2"),
+        ("block0", "downsample_bn"),
+        ("block1", "bn2"),
+    ):
+        layer4[block][bn] = {
+            k: v * factor for k, v in layer4[block][bn].items()
+        }
     return params
 
 
@@ -215,24 +241,33 @@ def initial_state():
         model = train.make_model(config, num_classes=NUM_CLASSES)
         tx, _, mcm_tx = train.make_optimizers(config, steps_per_epoch=1)
         state = train.init_state(
-            config, model=model, num_classes=NUM_CLASSES,
-            num_cameras=NUM_CAMERAS, tx=tx, mcm_tx=mcm_tx,
-            load_pretrained=False)
+            config,
+            model=model,
+            num_classes=NUM_CLASSES,
+            num_cameras=NUM_CAMERAS,
+            tx=tx,
+            mcm_tx=mcm_tx,
+            load_pretrained=False,
+        )
         assert "centers" not in state.params  # Frozen, as released.
-        params = {"model": _scale_layer4_outputs(state.params["model"],
-                                                 FEATURE_SCALE)}
+        params = {
+            "model": _scale_layer4_outputs(state.params["model"], FEATURE_SCALE)
+        }
         return jax.device_get(state.replace(params=params))
 
 
 def _cast(tree, dtype):
     """Floating leaves to `dtype` (as JAX arrays), others unchanged."""
     return jax.tree.map(
-        lambda x: jnp.asarray(x, dtype if np.issubdtype(
-            np.asarray(x).dtype, np.floating) else None), tree)
+        lambda x: jnp.asarray(
+            x,
+            dtype if np.issubdtype(np.asarray(x).dtype, np.floating) else None,
+        ),
+        tree,
+    )
 
 
-def run_parity(start, *, dtype: str, wrt_variant: str,
-               num_steps: int) -> dict:
+def run_parity(start, *, dtype: str, wrt_variant: str, num_steps: int) -> dict:
     """Runs both steps `num_steps` times from `start` (see initial_state).
 
     Returns:
@@ -244,83 +279,142 @@ def run_parity(start, *, dtype: str, wrt_variant: str,
     with jax.enable_x64(dtype == "float64"):
         config = _config(dtype=dtype, wrt_variant=wrt_variant)
         model = train.make_model(config, num_classes=NUM_CLASSES)
-        tx, schedule, mcm_tx = train.make_optimizers(config,
-                                                     steps_per_epoch=1)
+        tx, schedule, mcm_tx = train.make_optimizers(config, steps_per_epoch=1)
         params = _cast(start.params, np_dtype)
         mcm_params = _cast(start.mcm_params, np_dtype)
         state = train.TrainState(
-            step=jnp.asarray(start.step), params=params,
+            step=jnp.asarray(start.step),
+            params=params,
             batch_stats=_cast(start.batch_stats, np_dtype),
-            opt_state=tx.init(params), mcm_params=mcm_params,
+            opt_state=tx.init(params),
+            mcm_params=mcm_params,
             mcm_batch_stats=_cast(start.mcm_batch_stats, np_dtype),
             mcm_opt_state=mcm_tx.init(mcm_params),
             frozen_centers=_cast(start.frozen_centers, np_dtype),
-            rng=jnp.asarray(start.rng))
-        embed_vars = {"params": state.params["model"],
-                      "batch_stats": state.batch_stats}
-        mcm_vars = {"params": state.mcm_params,
-                    "batch_stats": state.mcm_batch_stats}
-        leaf_dtypes = {np.asarray(x).dtype for x in jax.tree.leaves(
-            (embed_vars, mcm_vars, state.frozen_centers, state.opt_state,
-             state.mcm_opt_state)) if np.asarray(x).ndim}
+            rng=jnp.asarray(start.rng),
+        )
+        embed_vars = {
+            "params": state.params["model"],
+            "batch_stats": state.batch_stats,
+        }
+        mcm_vars = {
+            "params": state.mcm_params,
+            "batch_stats": state.mcm_batch_stats,
+        }
+        leaf_dtypes = {
+            np.asarray(x).dtype
+            for x in jax.tree.leaves(
+                (
+                    embed_vars,
+                    mcm_vars,
+                    state.frozen_centers,
+                    state.opt_state,
+                    state.mcm_opt_state,
+                )
+            )
+            if np.asarray(x).ndim
+        }
         assert leaf_dtypes == {np.dtype(np_dtype)}, leaf_dtypes
         initial = _ours_flat(state)
 
         # The torch side starts from the same weights, in the release format.
         net = torch_release.make_embed_net(
-            num_classes=NUM_CLASSES, depth=18, width_multiplier=1 / 16,
-            non_local_counts=(0, 1, 1, 0), non_local_inter=1, pooling="gem",
-            last_stride=1).to(torch_dtype)
+            num_classes=NUM_CLASSES,
+            depth=18,
+            width_multiplier=1 / 16,
+            non_local_counts=(0, 1, 1, 0),
+            non_local_inter=1,
+            pooling="gem",
+            last_stride=1,
+        ).to(torch_dtype)
         net.load_state_dict(
-            {k: torch.from_numpy(np.array(v)) for k, v in
-             release.embed_net_state_dict(embed_vars).items()}, strict=True)
+            {
+                k: torch.from_numpy(np.array(v))
+                for k, v in release.embed_net_state_dict(embed_vars).items()
+            },
+            strict=True,
+        )
         mcm = torch_release.make_modality_classifier(
-            feature_dim=model.feature_dim).to(torch_dtype)
+            feature_dim=model.feature_dim
+        ).to(torch_dtype)
         mcm.load_state_dict(
-            {k: torch.from_numpy(np.array(v)) for k, v in
-             release.modality_classifier_state_dict(mcm_vars).items()},
-            strict=True)
+            {
+                k: torch.from_numpy(np.array(v))
+                for k, v in release.modality_classifier_state_dict(
+                    mcm_vars
+                ).items()
+            },
+            strict=True,
+        )
         net_opt, mcm_opt = torch_release_step.make_optimizers(
-            net, mcm, lr=BASE_LR, mcm_lr=MCM_LR)
-        centers = {k: _to_torch(np.asarray(v), torch_dtype)
-                   for k, v in state.frozen_centers.items()}
+            net, mcm, lr=BASE_LR, mcm_lr=MCM_LR
+        )
+        centers = {
+            k: _to_torch(np.asarray(v), torch_dtype)
+            for k, v in state.frozen_centers.items()
+        }
 
-        step = jax.jit(train.make_train_step(
-            config, model=model, tx=tx, schedule=schedule, mcm_tx=mcm_tx))
+        step = jax.jit(
+            train.make_train_step(
+                config, model=model, tx=tx, schedule=schedule, mcm_tx=mcm_tx
+            )
+        )
         ours, theirs = [], []
         for epoch, batch in enumerate(_batches(num_steps, np_dtype)):
             state, metrics = step(state, batch)
-            ours.append({k: float(v) for k, v in
-                         jax.device_get(metrics).items()})
-            labels = np.concatenate([batch["visible_labels"],
-                                     batch["infrared_labels"]])
-            cameras = np.concatenate([batch["visible_cameras"],
-                                      batch["infrared_cameras"]]) - 1
+            ours.append(
+                {k: float(v) for k, v in jax.device_get(metrics).items()}
+            )
+            labels = np.concatenate(
+                [batch["visible_labels"], batch["infrared_labels"]]
+            )
+            cameras = (
+                np.concatenate(
+                    [batch["visible_cameras"], batch["infrared_cameras"]]
+                )
+                - 1
+            )
             lr = torch_release_step.release_lr(epoch, base_lr=BASE_LR)
-            theirs.append(torch_release_step.train_step(
-                net, mcm, net_opt, mcm_opt,
-                visible=_to_torch(batch["visible"].transpose(0, 3, 1, 2),
-                                  torch_dtype),
-                infrared=_to_torch(batch["infrared"].transpose(0, 3, 1, 2),
-                                   torch_dtype),
-                labels=torch.from_numpy(labels.astype(np.int64)),
-                cameras=torch.from_numpy(cameras.astype(np.int64)),
-                centers=centers, sigma=config.loss.sigma,
-                rho=config.loss.rho,
-                center_weight=config.loss.center_weight,
-                wrt_variant=wrt_variant, lr=lr))
+            theirs.append(
+                torch_release_step.train_step(
+                    net,
+                    mcm,
+                    net_opt,
+                    mcm_opt,
+                    visible=_to_torch(
+                        batch["visible"].transpose(0, 3, 1, 2), torch_dtype
+                    ),
+                    infrared=_to_torch(
+                        batch["infrared"].transpose(0, 3, 1, 2), torch_dtype
+                    ),
+                    labels=torch.from_numpy(labels.astype(np.int64)),
+                    cameras=torch.from_numpy(cameras.astype(np.int64)),
+                    centers=centers,
+                    sigma=config.loss.sigma,
+                    rho=config.loss.rho,
+                    center_weight=config.loss.center_weight,
+                    wrt_variant=wrt_variant,
+                    lr=lr,
+                )
+            )
             theirs[-1]["lr"] = lr
         ours_final = _ours_flat(jax.device_get(state))
-        torch_final = _torch_flat(net, mcm, net_opt, mcm_opt, embed_vars,
-                                  mcm_vars)
-    return {"ours": ours, "torch": theirs, "initial": initial,
-            "ours_final": ours_final, "torch_final": torch_final}
+        torch_final = _torch_flat(
+            net, mcm, net_opt, mcm_opt, embed_vars, mcm_vars
+        )
+    return {
+        "ours": ours,
+        "torch": theirs,
+        "initial": initial,
+        "ours_final": ours_final,
+        "torch_final": torch_final,
+    }
 
 
 def _loss_deviations(result) -> dict[str, float]:
     """Worst relative loss deviation per loss name over the steps."""
     worst = {}
-    for ours, theirs in zip(result["ours"], result["torch"]):
+    for ours, theirs in zip(result["ours"], result["torch"], strict=True):
         for name in LOSS_NAMES:
             dev = abs(ours[name] - theirs[name]) / abs(theirs[name])
             worst[name] = max(worst.get(name, 0.0), dev)
@@ -334,13 +428,16 @@ def _tensor_deviations(result) -> dict[str, float]:
         ours = result["ours_final"][name]
         ref = result["torch_final"][name]
         assert ours.shape == ref.shape == initial.shape, name
-        assert np.all(np.isfinite(ref)), f"{name}: torch value not finite " \
+        assert np.all(np.isfinite(ref)), (
+            f"{name}: torch value not finite "
             "(a parameter without a momentum buffer?)"
+        )
         start = 0.0 if "momentum" in name else initial
         update = np.max(np.abs(ref - start))
         diff = np.max(np.abs(ours - ref))
-        out[name] = diff / update if update > 0 else (
-            0.0 if diff == 0 else np.inf)
+        out[name] = (
+            diff / update if update > 0 else (0.0 if diff == 0 else np.inf)
+        )
     return out
 
 
@@ -361,21 +458,33 @@ def _report(title: str, result, tensor_devs=None) -> None:
     lines = [f"\n== {title}: first-step losses (ours | torch | rel. dev.)"]
     for name in LOSS_NAMES:
         a, b = first_ours[name], first_torch[name]
-        lines.append(f"  {name:15s} {a:.15g} | {b:.15g} | "
-                     f"{abs(a - b) / abs(b):.2e}")
+        lines.append(
+            f"  {name:15s} {a:.15g} | {b:.15g} | {abs(a - b) / abs(b):.2e}"
+        )
     worst = _loss_deviations(result)
     name = max(worst, key=worst.get)
-    lines.append(f"  worst loss deviation over {len(result['ours'])} "
-                 f"step(s): {worst[name]:.3e} ({name})")
+    lines.append(
+        f"  worst loss deviation over {len(result['ours'])} "
+        f"step(s): {worst[name]:.3e} ({name})"
+    )
     t = result["torch"][0]
-    lines.append(f"  WRT first step: release {t['loss_triplet_release']:.6g}"
-                 f", stable {t['loss_triplet_stable']:.6g}; min negative "
-                 f"weight sum (release) {t['wrt_negative_weight_sum_min']:.3g}")
+    lines.append(
+        f"  WRT first step: release {t['loss_triplet_release']:.6g}"
+        f", stable {t['loss_triplet_stable']:.6g}; min negative "
+        f"weight sum (release) {t['wrt_negative_weight_sum_min']:.3g}"
+    )
     if tensor_devs is not None:
-        for group in ("params", "batch_stats", "momentum", "mcm_params",
-                      "mcm_batch_stats", "mcm_momentum"):
-            devs = {k: v for k, v in tensor_devs.items()
-                    if k.split("/")[0] == group}
+        for group in (
+            "params",
+            "batch_stats",
+            "momentum",
+            "mcm_params",
+            "mcm_batch_stats",
+            "mcm_momentum",
+        ):
+            devs = {
+                k: v for k, v in tensor_devs.items() if k.split("/")[0] == group
+            }
             k = max(devs, key=devs.get)
             lines.append(f"  worst {group:15s} {devs[k]:.3e} ({k})")
     print("\n".join(lines))
@@ -392,11 +501,14 @@ def _check_setting_exercises_the_losses(result) -> None:
 
 def _check_lr(result, *, rtol: float) -> None:
     """Our schedule's lr (the logged base lr) is the release's, per step."""
-    for ours, theirs in zip(result["ours"], result["torch"]):
+    for ours, theirs in zip(result["ours"], result["torch"], strict=True):
         np.testing.assert_allclose(
-            ours["lr"], theirs["lr"], rtol=rtol,
+            ours["lr"],
+            theirs["lr"],
+            rtol=rtol,
             err_msg="the learning rate differs (float64 needs the schedule "
-            "computed in float64, not rounded to float32)")
+            "computed in float64, not rounded to float32)",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -411,11 +523,13 @@ def start():
 
 @pytest.mark.parametrize("wrt_variant", WRT_VARIANTS)
 def test_float64_three_steps_match_torch(start, wrt_variant):
-    result = run_parity(start, dtype="float64", wrt_variant=wrt_variant,
-                        num_steps=F64_STEPS)
+    result = run_parity(
+        start, dtype="float64", wrt_variant=wrt_variant, num_steps=F64_STEPS
+    )
     tensor_devs = _tensor_deviations(result)
-    _report(f"float64, WRT {wrt_variant}, {F64_STEPS} steps", result,
-            tensor_devs)
+    _report(
+        f"float64, WRT {wrt_variant}, {F64_STEPS} steps", result, tensor_devs
+    )
     _check_setting_exercises_the_losses(result)
     _check_lr(result, rtol=1e-14)
     loss_devs = _loss_deviations(result)
@@ -428,10 +542,14 @@ def test_float64_three_steps_match_torch(start, wrt_variant):
 
 @pytest.mark.parametrize("wrt_variant", WRT_VARIANTS)
 def test_float32_one_step_matches_torch(start, wrt_variant):
-    result = run_parity(start, dtype="float32", wrt_variant=wrt_variant,
-                        num_steps=1)
-    _report(f"float32, WRT {wrt_variant}, 1 step", result,
-            _tensor_deviations(result))
+    result = run_parity(
+        start, dtype="float32", wrt_variant=wrt_variant, num_steps=1
+    )
+    _report(
+        f"float32, WRT {wrt_variant}, 1 step",
+        result,
+        _tensor_deviations(result),
+    )
     _check_setting_exercises_the_losses(result)
     _check_lr(result, rtol=1e-6)
     loss_devs = _loss_deviations(result)

@@ -43,11 +43,12 @@ def slow_rerank(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3, branches=None):
     # Divide every column by its maximum, then transpose.
     d = [[squared[j][i] / col_max[i] for j in range(n)] for i in range(n)]
 
-    ranking = [sorted(range(n), key=lambda j, i=i: (d[i][j], j))
-               for i in range(n)]
+    ranking = [
+        sorted(range(n), key=lambda j, i=i: (d[i][j], j)) for i in range(n)
+    ]
 
     def nearest(i, k):  # the k + 1 nearest (i itself normally first)
-        return ranking[i][:k + 1]
+        return ranking[i][: k + 1]
 
     def k_reciprocal(i, k):
         return {j for j in nearest(i, k) if i in nearest(j, k)}
@@ -90,8 +91,9 @@ def slow_rerank(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3, branches=None):
             other = weights[num_q + j]
             s = sum(min(w, other.get(k, 0.0)) for k, w in weights[i].items())
             jaccard = 1 - s / (2 - s)
-            out[i, j] = ((1 - lambda_value) * jaccard
-                         + lambda_value * d[i][num_q + j])
+            out[i, j] = (1 - lambda_value) * jaccard + lambda_value * d[i][
+                num_q + j
+            ]
     return out
 
 
@@ -110,8 +112,7 @@ def random_case(rng, num_q, num_g, *, kind):
         full = rng.uniform(0.0, 2.0, (num_q + num_g,) * 2)
     else:
         raise ValueError(kind)
-    return (full[:num_q, num_q:], full[:num_q, :num_q],
-            full[num_q:, num_q:])
+    return (full[:num_q, num_q:], full[:num_q, :num_q], full[num_q:, num_q:])
 
 
 CASES = [
@@ -130,8 +131,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[
-    f"{q}x{g}-k1={k1}-k2={k2}-{kind}" for q, g, k1, k2, _, kind in CASES])
+@pytest.mark.parametrize(
+    "case",
+    CASES,
+    ids=[f"{q}x{g}-k1={k1}-k2={k2}-{kind}" for q, g, k1, k2, _, kind in CASES],
+)
 def test_equals_slow_reference(case):
     num_q, num_g, k1, k2, lambda_value, kind = case
     rng = np.random.default_rng(CASES.index(case))
@@ -139,7 +143,8 @@ def test_equals_slow_reference(case):
         q_g, q_q, g_g = random_case(rng, num_q, num_g, kind=kind)
         want = slow_rerank(q_g, q_q, g_g, k1, k2, lambda_value)
         got = rerank.k_reciprocal_distance(
-            q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value)
+            q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value
+        )
         assert got.shape == (num_q, num_g) and got.dtype == np.float64
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
@@ -219,8 +224,10 @@ def test_scale_invariance_and_lambda_one():
     full = np.block([[q_q, q_g], [q_g.T, g_g]]) ** 2
     want = (full / full.max(axis=1, keepdims=True))[:10, 10:]
     np.testing.assert_allclose(
-        rerank.k_reciprocal_distance(q_g, q_q, g_g, lambda_value=1.0), want,
-        atol=1e-12)
+        rerank.k_reciprocal_distance(q_g, q_q, g_g, lambda_value=1.0),
+        want,
+        atol=1e-12,
+    )
 
 
 def test_large_blocks_equal_small_blocks(monkeypatch):
@@ -233,14 +240,17 @@ def test_large_blocks_equal_small_blocks(monkeypatch):
     got = rerank.k_reciprocal_distance(q_g, q_q, g_g, k1=8, k2=4)
     np.testing.assert_allclose(got, want, atol=1e-12)
     np.testing.assert_allclose(
-        got, slow_rerank(q_g, q_q, g_g, 8, 4, 0.3), atol=1e-6)
+        got, slow_rerank(q_g, q_q, g_g, 8, 4, 0.3), atol=1e-6
+    )
 
 
 def test_nearest_breaks_ties_by_index():
-    dist = np.array([[0.0, 1.0, 1.0, 1.0, 0.5, 1.0],
-                     [2.0, 0.0, 2.0, 2.0, 2.0, 2.0]])
-    np.testing.assert_array_equal(rerank._nearest(dist, 3),
-                                  [[0, 4, 1], [1, 0, 2]])
+    dist = np.array(
+        [[0.0, 1.0, 1.0, 1.0, 0.5, 1.0], [2.0, 0.0, 2.0, 2.0, 2.0, 2.0]]
+    )
+    np.testing.assert_array_equal(
+        rerank._nearest(dist, 3), [[0, 4, 1], [1, 0, 2]]
+    )
 
 
 def test_euclidean_distance():
@@ -248,41 +258,60 @@ def test_euclidean_distance():
     a = rng.standard_normal((5, 7)).astype(np.float32)
     b = rng.standard_normal((4, 7)).astype(np.float32)
     want = np.linalg.norm(a[:, None].astype(np.float64) - b[None], axis=-1)
-    np.testing.assert_allclose(rerank.euclidean_distance(a, b), want,
-                               rtol=1e-5)
+    np.testing.assert_allclose(rerank.euclidean_distance(a, b), want, rtol=1e-5)
     within = rerank.euclidean_distance(a)
     assert np.all(np.diag(within) == 0)
     np.testing.assert_allclose(
-        within, np.linalg.norm(a[:, None].astype(np.float64) - a[None],
-                               axis=-1), atol=1e-5)
+        within,
+        np.linalg.norm(a[:, None].astype(np.float64) - a[None], axis=-1),
+        atol=1e-5,
+    )
     unit = a / np.linalg.norm(a, axis=1, keepdims=True)
     np.testing.assert_allclose(
         rerank.euclidean_distance(unit, unit[:2]) ** 2,
-        2 - 2 * unit.astype(np.float64) @ unit[:2].T, atol=1e-5)
+        2 - 2 * unit.astype(np.float64) @ unit[:2].T,
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="same D"):
         rerank.euclidean_distance(a, b[:, :3])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(q_g_dist=np.ones((2, 3)), q_q_dist=np.ones((3, 3))),
-     r"q_q_dist must have shape \(2, 2\)"),
-    (dict(g_g_dist=np.ones((2, 2))), r"g_g_dist must have shape \(3, 3\)"),
-    (dict(q_g_dist=np.ones(3)), "2-D"),
-    (dict(q_g_dist=np.zeros((2, 0))), "non-empty"),
-    (dict(q_g_dist=np.array([[1.0, np.nan, 1.0], [1.0, 1.0, 1.0]])),
-     "non-finite"),
-    (dict(q_g_dist=-np.ones((2, 3))), "negative"),
-    (dict(q_g_dist=[["a", "b", "c"], ["d", "e", "f"]]), "real"),
-    (dict(k1=0), "k1 must be a positive int"),
-    (dict(k2=2.0), "k2 must be a positive int"),
-    (dict(k1=True), "k1 must be a positive int"),
-    (dict(lambda_value=1.5), r"lambda_value must be a number in \[0, 1\]"),
-    (dict(q_g_dist=np.zeros((2, 3)), q_q_dist=np.zeros((2, 2)),
-          g_g_dist=np.zeros((3, 3))), "distance 0 from everything"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            dict(q_g_dist=np.ones((2, 3)), q_q_dist=np.ones((3, 3))),
+            r"q_q_dist must have shape \(2, 2\)",
+        ),
+        (dict(g_g_dist=np.ones((2, 2))), r"g_g_dist must have shape \(3, 3\)"),
+        (dict(q_g_dist=np.ones(3)), "2-D"),
+        (dict(q_g_dist=np.zeros((2, 0))), "non-empty"),
+        (
+            dict(q_g_dist=np.array([[1.0, np.nan, 1.0], [1.0, 1.0, 1.0]])),
+            "non-finite",
+        ),
+        (dict(q_g_dist=-np.ones((2, 3))), "negative"),
+        (dict(q_g_dist=[["a", "b", "c"], ["d", "e", "f"]]), "real"),
+        (dict(k1=0), "k1 must be a positive int"),
+        (dict(k2=2.0), "k2 must be a positive int"),
+        (dict(k1=True), "k1 must be a positive int"),
+        (dict(lambda_value=1.5), r"lambda_value must be a number in \[0, 1\]"),
+        (
+            dict(
+                q_g_dist=np.zeros((2, 3)),
+                q_q_dist=np.zeros((2, 2)),
+                g_g_dist=np.zeros((3, 3)),
+            ),
+            "distance 0 from everything",
+        ),
+    ],
+)
 def test_bad_inputs(kwargs, match):
-    args = dict(q_g_dist=np.ones((2, 3)), q_q_dist=np.ones((2, 2)),
-                g_g_dist=np.ones((3, 3)))
+    args = dict(
+        q_g_dist=np.ones((2, 3)),
+        q_q_dist=np.ones((2, 2)),
+        g_g_dist=np.ones((3, 3)),
+    )
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         rerank.k_reciprocal_distance(**args)

@@ -23,17 +23,22 @@ def _files(root):
 @pytest.fixture(scope="module")
 def sysu_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sysu") / "data")
-    summary = synthetic.generate_sysu(root, visible_images_per_camera=3,
-                                      infrared_images_per_camera=2, seed=7,
-                                      **TINY)
+    summary = synthetic.generate_sysu(
+        root,
+        visible_images_per_camera=3,
+        infrared_images_per_camera=2,
+        seed=7,
+        **TINY,
+    )
     return root, summary
 
 
 @pytest.fixture(scope="module")
 def regdb_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("regdb") / "data")
-    summary = synthetic.generate_regdb(root, images_per_modality=3, seed=7,
-                                       **TINY)
+    summary = synthetic.generate_regdb(
+        root, images_per_modality=3, seed=7, **TINY
+    )
     return root, summary
 
 
@@ -45,13 +50,17 @@ def test_sysu_layout_matches_arguments(sysu_root):
     for cam in range(1, 7):
         per_id = 2 if cam in (3, 6) else 3
         for pid in range(1, 9):
-            expected += [f"cam{cam}/{pid:04d}/{k:04d}.jpg"
-                         for k in range(1, per_id + 1)]
+            expected += [
+                f"cam{cam}/{pid:04d}/{k:04d}.jpg" for k in range(1, per_id + 1)
+            ]
     assert images == sorted(expected)
     assert summary.num_visible == 8 * 4 * 3
     assert summary.num_infrared == 8 * 2 * 2
     assert sorted(f for f in files if not f.startswith("cam")) == [
-        "exp/test_id.txt", "exp/train_id.txt", "exp/val_id.txt"]
+        "exp/test_id.txt",
+        "exp/train_id.txt",
+        "exp/val_id.txt",
+    ]
     with Image.open(os.path.join(root, images[0])) as img:
         assert img.size == (16, 32) and img.mode == "RGB"
 
@@ -74,8 +83,9 @@ def test_sysu_split_proportions_at_full_size():
     split = synthetic.sysu_split(range(1, 492), seed=0)
     # SYSU-MM01's own files: 491 ids = 296 train + 99 val + 96 test.
     assert [len(split[k]) for k in ("train", "val", "test")] == [296, 99, 96]
-    assert sorted(int(i) for k in ("train", "val", "test")
-                  for i in split[k]) == list(range(1, 492))
+    assert sorted(
+        int(i) for k in ("train", "val", "test") for i in split[k]
+    ) == list(range(1, 492))
     half = synthetic.sysu_split(range(1, 247), seed=0)
     # 246 ids: round(246 * 99 / 491) = 50 val, round(246 * 96 / 491) = 48 test.
     assert [len(half[k]) for k in ("train", "val", "test")] == [148, 50, 48]
@@ -84,16 +94,27 @@ def test_sysu_split_proportions_at_full_size():
 def test_same_seed_same_bytes_other_seed_other_bytes(sysu_root, tmp_path):
     root, _ = sysu_root
     again = str(tmp_path / "again")
-    synthetic.generate_sysu(again, visible_images_per_camera=3,
-                            infrared_images_per_camera=2, seed=7, **TINY)
+    synthetic.generate_sysu(
+        again,
+        visible_images_per_camera=3,
+        infrared_images_per_camera=2,
+        seed=7,
+        **TINY,
+    )
     files = _files(root)
     assert _files(again) == files
-    match, mismatch, errors = filecmp.cmpfiles(root, again, files,
-                                               shallow=False)
+    match, mismatch, errors = filecmp.cmpfiles(
+        root, again, files, shallow=False
+    )
     assert mismatch == [] and errors == [] and len(match) == len(files)
     other = str(tmp_path / "other")
-    synthetic.generate_sysu(other, visible_images_per_camera=3,
-                            infrared_images_per_camera=2, seed=8, **TINY)
+    synthetic.generate_sysu(
+        other,
+        visible_images_per_camera=3,
+        infrared_images_per_camera=2,
+        seed=8,
+        **TINY,
+    )
     images = [f for f in files if f.startswith("cam")]
     _, mismatch, _ = filecmp.cmpfiles(root, other, images, shallow=False)
     assert len(mismatch) == len(images)
@@ -104,12 +125,14 @@ def test_infrared_images_are_grey_and_visible_are_not():
     index = np.repeat(np.arange(6), 2)
     out = {}
     for infrared in (False, True):
-        camera = synthetic.make_camera(3 if infrared else 1, infrared=infrared,
-                                       outdoor=False, seed=0)
+        camera = synthetic.make_camera(
+            3 if infrared else 1, infrared=infrared, outdoor=False, seed=0
+        )
         rng = np.random.default_rng(0)
         views = synthetic.sample_views(camera, index.size, rng=rng)
-        out[infrared] = synthetic.render_camera(ids, index, views, camera,
-                                                height=32, width=16, rng=rng)
+        out[infrared] = synthetic.render_camera(
+            ids, index, views, camera, height=32, width=16, rng=rng
+        )
         assert out[infrared].shape == (12, 32, 16, 3)
         assert out[infrared].dtype == np.uint8
     ir = out[True].astype(int)
@@ -130,8 +153,10 @@ def test_infrared_signature_is_not_a_function_of_colour():
             assert abs(r) < 0.08, (part, channel, r)
         assert abs(np.corrcoef(luma, ir[:, part, 0])[0, 1]) < 0.08
     # The pattern contrast exists in both modalities (the shared cue).
-    assert np.all(np.abs(ir[:, synthetic._UPPER, 0] -
-                         ir[:, synthetic._UPPER, 1]) >= 0.18 - 1e-9)
+    assert np.all(
+        np.abs(ir[:, synthetic._UPPER, 0] - ir[:, synthetic._UPPER, 1])
+        >= 0.18 - 1e-9
+    )
 
 
 def test_pattern_scale_scales_only_the_pattern_frequencies():
@@ -150,9 +175,15 @@ def test_pattern_scale_scales_only_the_pattern_frequencies():
 
     def runs(freq):
         pat = synthetic._garment_pattern(
-            np.ones((1, 1, 1), int), u, v, np.full((1, 1, 1), 10.0),
-            np.full((1, 1, 1), freq), np.zeros((1, 1, 1)),
-            np.full((1, 1, 1), 0.5), np.full((1, 1, 1), 0.2))[0, :, 0]
+            np.ones((1, 1, 1), int),
+            u,
+            v,
+            np.full((1, 1, 1), 10.0),
+            np.full((1, 1, 1), freq),
+            np.zeros((1, 1, 1)),
+            np.full((1, 1, 1), 0.5),
+            np.full((1, 1, 1), 0.2),
+        )[0, :, 0]
         return int(np.sum(pat[1:] != pat[:-1]))
 
     # 0.28 body units at 10 cycles: 2.8 periods, 5 or 6 edges; at 4
@@ -166,8 +197,9 @@ def test_bad_pattern_scale_raises(tmp_path, value):
     with pytest.raises(synthetic.SyntheticDataError, match="pattern_scale"):
         synthetic.sample_identities(4, seed=0, pattern_scale=value)
     with pytest.raises(synthetic.SyntheticDataError, match="pattern_scale"):
-        synthetic.generate_sysu(str(tmp_path / "d"), pattern_scale=value,
-                                **TINY)
+        synthetic.generate_sysu(
+            str(tmp_path / "d"), pattern_scale=value, **TINY
+        )
 
 
 def test_raw_pixel_modality_gap():
@@ -177,13 +209,18 @@ def test_raw_pixel_modality_gap():
     index = np.repeat(np.arange(n_ids), per_cam)
     images = {}
     for cam, infrared in ((1, False), (2, False), (3, True)):
-        camera = synthetic.make_camera(cam, infrared=infrared, outdoor=False,
-                                       seed=3)
+        camera = synthetic.make_camera(
+            cam, infrared=infrared, outdoor=False, seed=3
+        )
         rng = np.random.default_rng(cam)
         views = synthetic.sample_views(camera, index.size, rng=rng)
-        images[cam] = synthetic.render_camera(
-            ids, index, views, camera, height=32, width=16,
-            rng=rng).reshape(index.size, -1).astype(np.float64)
+        images[cam] = (
+            synthetic.render_camera(
+                ids, index, views, camera, height=32, width=16, rng=rng
+            )
+            .reshape(index.size, -1)
+            .astype(np.float64)
+        )
 
     def rank1(query, gallery):
         d = ((query[:, None, :] - gallery[None, :, :]) ** 2).sum(-1)
@@ -200,8 +237,11 @@ def test_regdb_layout_and_index_files(regdb_root):
     files = _files(root)
     for folder, prefix in (("Visible", "visible"), ("Thermal", "thermal")):
         got = [f for f in files if f.startswith(folder + "/")]
-        assert got == sorted(f"{folder}/{pid}/{prefix}_{pid:04d}_{k:02d}.bmp"
-                             for pid in range(1, 9) for k in range(1, 4))
+        assert got == sorted(
+            f"{folder}/{pid}/{prefix}_{pid:04d}_{k:02d}.bmp"
+            for pid in range(1, 9)
+            for k in range(1, 4)
+        )
     splits = {}
     for t in range(1, 11):
         train_ids = None
@@ -213,13 +253,15 @@ def test_regdb_layout_and_index_files(regdb_root):
                 pids = [int(p.split("/")[1]) for p, _ in lines]
                 labels = [int(label) for _, label in lines]
                 paths = [p for p, _ in lines]
-                assert all(os.path.isfile(os.path.join(root, p))
-                           for p in paths)
-                assert all(p.startswith(modality.capitalize() + "/")
-                           for p in paths)
+                assert all(os.path.isfile(os.path.join(root, p)) for p in paths)
+                assert all(
+                    p.startswith(modality.capitalize() + "/") for p in paths
+                )
                 assert len(lines) == 3 * len(set(pids))
                 # One label per person, equal labels for equal persons.
-                assert len(set(zip(pids, labels))) == len(set(pids))
+                assert len(set(zip(pids, labels, strict=True))) == len(
+                    set(pids)
+                )
                 if split == "train":
                     assert sorted(set(labels)) == list(range(len(set(pids))))
                     train_ids = set(pids)
@@ -228,8 +270,9 @@ def test_regdb_layout_and_index_files(regdb_root):
                     assert set(pids) | train_ids == set(range(1, 9))
                     assert min(labels) == len(train_ids)
                 splits[(t, split, modality)] = sorted(set(pids))
-        assert (splits[(t, "train", "visible")] ==
-                splits[(t, "train", "thermal")])
+        assert (
+            splits[(t, "train", "visible")] == splits[(t, "train", "thermal")]
+        )
         assert len(splits[(t, "train", "visible")]) == 4
     assert tuple(splits[(1, "train", "visible")]) == summary.splits["train_1"]
     trains = {tuple(splits[(t, "train", "visible")]) for t in range(1, 11)}
@@ -238,37 +281,69 @@ def test_regdb_layout_and_index_files(regdb_root):
 
 def test_regdb_jpg_format(tmp_path):
     root = str(tmp_path / "r")
-    synthetic.generate_regdb(root, num_identities=2, images_per_modality=1,
-                             height=16, width=8, image_format="jpg",
-                             num_trials=1)
+    synthetic.generate_regdb(
+        root,
+        num_identities=2,
+        images_per_modality=1,
+        height=16,
+        width=8,
+        image_format="jpg",
+        num_trials=1,
+    )
     assert _files(root) == [
-        "Thermal/1/thermal_0001_01.jpg", "Thermal/2/thermal_0002_01.jpg",
-        "Visible/1/visible_0001_01.jpg", "Visible/2/visible_0002_01.jpg",
-        "idx/test_thermal_1.txt", "idx/test_visible_1.txt",
-        "idx/train_thermal_1.txt", "idx/train_visible_1.txt"]
+        "Thermal/1/thermal_0001_01.jpg",
+        "Thermal/2/thermal_0002_01.jpg",
+        "Visible/1/visible_0001_01.jpg",
+        "Visible/2/visible_0002_01.jpg",
+        "idx/test_thermal_1.txt",
+        "idx/test_visible_1.txt",
+        "idx/train_thermal_1.txt",
+        "idx/train_visible_1.txt",
+    ]
 
 
 def test_cli_and_argument_errors(tmp_path, capsys):
     out = str(tmp_path / "cli")
-    assert synthetic.main(["--layout=sysu", f"--out={out}", "--preset=tiny",
-                           "--images_per_camera=1",
-                           "--num_identities=3"]) == 0
+    assert (
+        synthetic.main(
+            [
+                "--layout=sysu",
+                f"--out={out}",
+                "--preset=tiny",
+                "--images_per_camera=1",
+                "--num_identities=3",
+            ]
+        )
+        == 0
+    )
     assert len([f for f in _files(out) if f.startswith("cam")]) == 3 * 6
     capsys.readouterr()
-    assert synthetic.main(["--layout=sysu", f"--out={out}",
-                           "--preset=tiny"]) == 2
+    assert (
+        synthetic.main(["--layout=sysu", f"--out={out}", "--preset=tiny"]) == 2
+    )
     assert "--overwrite" in capsys.readouterr().err
-    assert synthetic.main(["--layout=sysu", f"--out={out}", "--preset=tiny",
-                           "--overwrite", "--num_identities=4",
-                           "--images_per_camera=1"]) == 0
+    assert (
+        synthetic.main(
+            [
+                "--layout=sysu",
+                f"--out={out}",
+                "--preset=tiny",
+                "--overwrite",
+                "--num_identities=4",
+                "--images_per_camera=1",
+            ]
+        )
+        == 0
+    )
     assert len([f for f in _files(out) if f.startswith("cam")]) == 4 * 6
     capsys.readouterr()
     for flags, message in (
-            (["--layout=regdb", "--preset=sysu_sized"], "unknown preset"),
-            (["--layout=sysu", "--images_per_modality=2"], "--layout=regdb"),
-            (["--layout=regdb", "--images_per_camera=2"], "--layout=sysu"),
-            (["--layout=sysu", "--num_identities=2"], "num_identities"),
-            (["--layout=sysu", "--height=4"], "height")):
+        (["--layout=regdb", "--preset=sysu_sized"], "unknown preset"),
+        (["--layout=sysu", "--images_per_modality=2"], "--layout=regdb"),
+        (["--layout=regdb", "--images_per_camera=2"], "--layout=sysu"),
+        (["--layout=sysu", "--num_identities=2"], "num_identities"),
+        (["--layout=sysu", "--height=4"], "height"),
+    ):
         assert synthetic.main(flags + [f"--out={tmp_path / 'bad'}"]) == 2
         assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "bad")
@@ -278,8 +353,13 @@ def test_cli_and_argument_errors(tmp_path, capsys):
 
 def test_reported_seconds_cover_only_the_call(tmp_path):
     before = time.perf_counter()
-    summary = synthetic.generate_regdb(str(tmp_path / "r"), num_identities=2,
-                                       images_per_modality=1, height=16,
-                                       width=8, num_trials=1)
+    summary = synthetic.generate_regdb(
+        str(tmp_path / "r"),
+        num_identities=2,
+        images_per_modality=1,
+        height=16,
+        width=8,
+        num_trials=1,
+    )
     elapsed = time.perf_counter() - before
     assert 0.0 < summary.seconds <= elapsed

@@ -10,17 +10,13 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+import pytest
 
-from mclnet_jax import losses
-from mclnet_jax import optim
-from mclnet_jax import sharding
-from mclnet_jax import train
+from mclnet_jax import losses, optim, sharding, train
 from mclnet_jax.models import mclnet as mclnet_model
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +26,8 @@ P, K = 4, 2
 
 def load_default_config():
     spec = importlib.util.spec_from_file_location(
-        "mclnet_default_config", os.path.join(_REPO, "configs", "default.py"))
+        "mclnet_default_config", os.path.join(_REPO, "configs", "default.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
@@ -53,8 +50,16 @@ def tiny_config():
     return config
 
 
-def tiny_batches(num_steps, seed=0, *, num_ids=P, num_instances=K,
-                 num_classes=NUM_CLASSES, size=(32, 16), dtype=np.float32):
+def tiny_batches(
+    num_steps,
+    seed=0,
+    *,
+    num_ids=P,
+    num_instances=K,
+    num_classes=NUM_CLASSES,
+    size=(32, 16),
+    dtype=np.float32,
+):
     """Deterministic fake batches: num_ids identities x num_instances images
     per modality; cameras 1-based as in SYSU."""
     rng = np.random.default_rng(seed)
@@ -63,26 +68,35 @@ def tiny_batches(num_steps, seed=0, *, num_ids=P, num_instances=K,
     for _ in range(num_steps):
         ids = rng.choice(num_classes, size=num_ids, replace=False)
         labels = np.repeat(ids, num_instances).astype(np.int32)
-        out.append({
-            "visible": rng.normal(size=(n, *size, 3)).astype(dtype),
-            "infrared": rng.normal(size=(n, *size, 3)).astype(dtype),
-            "visible_labels": labels,
-            "infrared_labels": labels.copy(),
-            "visible_cameras": rng.choice([1, 2, 4, 5], size=n).astype(
-                np.int32),
-            "infrared_cameras": rng.choice([3, 6], size=n).astype(np.int32),
-        })
+        out.append(
+            {
+                "visible": rng.normal(size=(n, *size, 3)).astype(dtype),
+                "infrared": rng.normal(size=(n, *size, 3)).astype(dtype),
+                "visible_labels": labels,
+                "infrared_labels": labels.copy(),
+                "visible_cameras": rng.choice([1, 2, 4, 5], size=n).astype(
+                    np.int32
+                ),
+                "infrared_cameras": rng.choice([3, 6], size=n).astype(np.int32),
+            }
+        )
     return out
 
 
 def setup(config):
     model = train.make_model(config, num_classes=NUM_CLASSES)
-    tx, schedule, mcm_tx = train.make_optimizers(config,
-                                                    steps_per_epoch=3)
-    state = train.init_state(config, model=model, num_classes=NUM_CLASSES,
-                             num_cameras=6, tx=tx, mcm_tx=mcm_tx)
-    step = train.make_train_step(config, model=model, tx=tx,
-                                 schedule=schedule, mcm_tx=mcm_tx)
+    tx, schedule, mcm_tx = train.make_optimizers(config, steps_per_epoch=3)
+    state = train.init_state(
+        config,
+        model=model,
+        num_classes=NUM_CLASSES,
+        num_cameras=6,
+        tx=tx,
+        mcm_tx=mcm_tx,
+    )
+    step = train.make_train_step(
+        config, model=model, tx=tx, schedule=schedule, mcm_tx=mcm_tx
+    )
     return model, tx, mcm_tx, state, step
 
 
@@ -97,23 +111,31 @@ def run_steps(num_steps, *, devices=None, process_slice=None):
     mesh = sharding.make_mesh(devices)
     state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
     state = jax.device_put(state, state_sharding)
-    step_fn = train.jit_train_step(step, mesh=mesh,
-                                   state_sharding=state_sharding)
+    step_fn = train.jit_train_step(
+        step, mesh=mesh, state_sharding=state_sharding
+    )
     for batch in tiny_batches(num_steps):
         if process_slice is not None:
             index, count = process_slice
             n = P * K // count
-            batch = {k: v[index * n:(index + 1) * n] for k, v in batch.items()}
+            batch = {
+                k: v[index * n : (index + 1) * n] for k, v in batch.items()
+            }
         state, metrics = step_fn(state, sharding.global_batch(batch, mesh))
     return jax.device_get(state), jax.device_get(metrics)
 
 
 def flat_state(state):
-    tree = {"params": state.params, "batch_stats": state.batch_stats,
-            "mcm_params": state.mcm_params,
-            "mcm_batch_stats": state.mcm_batch_stats}
-    return {optim.path_str(p): np.asarray(v)
-            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    tree = {
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "mcm_params": state.mcm_params,
+        "mcm_batch_stats": state.mcm_batch_stats,
+    }
+    return {
+        optim.path_str(p): np.asarray(v)
+        for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +171,23 @@ def _count_primitive(jaxpr, name):
 def test_backbone_runs_forward_once_and_backward_once(tiny):
     config, model, _, _, state, step = tiny
     batch = tiny_batches(1)[0]
-    variables = {"params": state.params["model"],
-                 "batch_stats": state.batch_stats}
-    forward = jax.make_jaxpr(lambda v: model.apply(
-        v, batch["visible"], batch["infrared"], train=True,
-        mutable=["batch_stats"]))(variables)
+    variables = {
+        "params": state.params["model"],
+        "batch_stats": state.batch_stats,
+    }
+    forward = jax.make_jaxpr(
+        lambda v: model.apply(
+            v,
+            batch["visible"],
+            batch["infrared"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+    )(variables)
     n_forward = _count_primitive(forward.jaxpr, "conv_general_dilated")
     n_step = _count_primitive(
-        jax.make_jaxpr(step)(state, batch).jaxpr, "conv_general_dilated")
+        jax.make_jaxpr(step)(state, batch).jaxpr, "conv_general_dilated"
+    )
     # One forward (n) + one backward: a weight-gradient conv per conv (n) and
     # an input-gradient conv per conv (n) except the two stems' first convs,
     # whose inputs are the images. The release's extra backward of L_m through
@@ -175,55 +206,73 @@ def test_step_matches_straightforward_two_pass_reference(tiny):
     new_state, metrics = jax.jit(step)(state, batch)
     lc = config.loss
     mcm = mclnet_model.ModalityClassifier()
-    labels = np.concatenate([batch["visible_labels"],
-                             batch["infrared_labels"]])
-    cameras = np.concatenate([batch["visible_cameras"],
-                              batch["infrared_cameras"]]) - 1
+    labels = np.concatenate([batch["visible_labels"], batch["infrared_labels"]])
+    cameras = (
+        np.concatenate([batch["visible_cameras"], batch["infrared_cameras"]])
+        - 1
+    )
     modality = np.repeat([0, 1], P * K)
 
     def apply_model(params):
-        return model.apply({"params": params,
-                            "batch_stats": state.batch_stats},
-                           batch["visible"], batch["infrared"], train=True,
-                           mutable=["batch_stats"])[0]
+        return model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["visible"],
+            batch["infrared"],
+            train=True,
+            mutable=["batch_stats"],
+        )[0]
 
     @jax.jit
     def reference():
         # Pass 1: MCM step on features of a separate, gradient-free forward.
-        pool = jax.lax.stop_gradient(apply_model(state.params["model"])[
-            "pool"])
+        pool = jax.lax.stop_gradient(apply_model(state.params["model"])["pool"])
 
         def l_m(mp):
-            logits, _ = mcm.apply({"params": mp,
-                                   "batch_stats": state.mcm_batch_stats},
-                                  pool, train=True, mutable=["batch_stats"])
-            return losses.modality_classifier_loss(logits=logits,
-                                                   modality=modality)
+            logits, _ = mcm.apply(
+                {"params": mp, "batch_stats": state.mcm_batch_stats},
+                pool,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            return losses.modality_classifier_loss(
+                logits=logits, modality=modality
+            )
 
         g = jax.grad(l_m)(state.mcm_params)
         upd, _ = mcm_tx.update(g, state.mcm_opt_state, state.mcm_params)
         mcm_params = optax.apply_updates(state.mcm_params, upd)
-        _, mutated = mcm.apply({"params": state.mcm_params,
-                                "batch_stats": state.mcm_batch_stats},
-                               pool, train=True, mutable=["batch_stats"])
+        _, mutated = mcm.apply(
+            {"params": state.mcm_params, "batch_stats": state.mcm_batch_stats},
+            pool,
+            train=True,
+            mutable=["batch_stats"],
+        )
 
         # Pass 2: plain gradient of Eq. 8 through a second forward.
         def total(params):
             out = apply_model(params["model"])
-            m_logits, _ = mcm.apply({"params": mcm_params,
-                                     "batch_stats": mutated["batch_stats"]},
-                                    out["pool"], train=True,
-                                    mutable=["batch_stats"])
-            loss = (losses.identity_loss(logits=out["logits"], labels=labels)
-                    + losses.wrt_triplet_loss(features=out["pool"],
-                                              labels=labels,
-                                              variant=lc.wrt_variant)
-                    + losses.modality_confusion_loss(logits=m_logits))
+            m_logits, _ = mcm.apply(
+                {"params": mcm_params, "batch_stats": mutated["batch_stats"]},
+                out["pool"],
+                train=True,
+                mutable=["batch_stats"],
+            )
+            loss = (
+                losses.identity_loss(logits=out["logits"], labels=labels)
+                + losses.wrt_triplet_loss(
+                    features=out["pool"], labels=labels, variant=lc.wrt_variant
+                )
+                + losses.modality_confusion_loss(logits=m_logits)
+            )
             for name, target in (("ica", labels), ("cca", cameras)):
                 loss += lc.center_weight * losses.center_aggregation_loss(
-                    features=out["bn"], labels=target,
-                    centers=params["centers"][name], sigma=lc.sigma,
-                    rho=lc.rho, variant=lc.center_variant)
+                    features=out["bn"],
+                    labels=target,
+                    centers=params["centers"][name],
+                    sigma=lc.sigma,
+                    rho=lc.rho,
+                    variant=lc.center_variant,
+                )
             return loss
 
         loss, grads = jax.value_and_grad(total)(state.params)
@@ -232,21 +281,37 @@ def test_step_matches_straightforward_two_pass_reference(tiny):
 
     want_loss, want_params, want_mcm = reference()
     np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5)
-    for got, want in ((new_state.params, want_params),
-                      (new_state.mcm_params, want_mcm)):
+    for got, want in (
+        (new_state.params, want_params),
+        (new_state.mcm_params, want_mcm),
+    ):
         # zip would silently drop leaves if the trees differed.
         assert jax.tree.structure(got) == jax.tree.structure(want)
-        for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0],
-                                jax.tree.leaves(want)):
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6,
-                                       err_msg=optim.path_str(path))
+        for (path, g), w in zip(
+            jax.tree_util.tree_flatten_with_path(got)[0],
+            jax.tree.leaves(want),
+            strict=True,
+        ):
+            np.testing.assert_allclose(
+                g, w, rtol=1e-4, atol=1e-6, err_msg=optim.path_str(path)
+            )
     assert int(new_state.step) == 1
-    assert set(metrics) >= {"loss", "loss_id", "loss_triplet", "loss_mcm",
-                            "loss_confusion", "loss_ica", "loss_cca",
-                            "triplet_accuracy", "mcm_accuracy", "lr"}
+    assert set(metrics) >= {
+        "loss",
+        "loss_id",
+        "loss_triplet",
+        "loss_mcm",
+        "loss_confusion",
+        "loss_ica",
+        "loss_cca",
+        "triplet_accuracy",
+        "mcm_accuracy",
+        "lr",
+    }
     # Centers are trained here: they moved; frozen centers would not.
-    assert not np.allclose(new_state.params["centers"]["ica"],
-                           state.params["centers"]["ica"])
+    assert not np.allclose(
+        new_state.params["centers"]["ica"], state.params["centers"]["ica"]
+    )
 
 
 def test_float64_mode_keeps_every_state_leaf_in_float64(fast_compile):
@@ -257,15 +322,19 @@ def test_float64_mode_keeps_every_state_leaf_in_float64(fast_compile):
         _, _, _, state, step = setup(config)
         new_state, metrics = jax.jit(step)(state, tiny_batches(1)[0])
         for tree in (state, new_state):
-            floats = [x.dtype for x in jax.tree.leaves(tree)
-                      if jnp.issubdtype(x.dtype, jnp.floating)]
+            floats = [
+                x.dtype
+                for x in jax.tree.leaves(tree)
+                if jnp.issubdtype(x.dtype, jnp.floating)
+            ]
             assert floats and set(floats) == {jnp.dtype(jnp.float64)}
         assert metrics["loss"].dtype == jnp.float64
     # The same config's float32 twin stays float32 even with x64 on.
     with jax.enable_x64(True):
         _, _, _, state32, _ = setup(tiny_config())
     assert {x.dtype for x in jax.tree.leaves(state32.params)} == {
-        jnp.dtype(jnp.float32)}
+        jnp.dtype(jnp.float32)
+    }
 
 
 def test_float64_without_x64_is_a_clear_error():
@@ -276,9 +345,17 @@ def test_float64_without_x64_is_a_clear_error():
             setup(config)
 
 
-@pytest.mark.parametrize("depth, pretrained, ok", [
-    (50, None, False), (101, None, False), (50, "", False),
-    (50, "random", True), (50, "w.safetensors", True), (18, None, True)])
+@pytest.mark.parametrize(
+    "depth, pretrained, ok",
+    [
+        (50, None, False),
+        (101, None, False),
+        (50, "", False),
+        (50, "random", True),
+        (50, "w.safetensors", True),
+        (18, None, True),
+    ],
+)
 def test_deep_networks_need_explicit_initialisation(depth, pretrained, ok):
     config = load_default_config()
     config.model.depth = depth
@@ -286,8 +363,7 @@ def test_deep_networks_need_explicit_initialisation(depth, pretrained, ok):
     if ok:
         train.check_initialisation(config)
     else:
-        with pytest.raises(train.ConfigurationError,
-                           match="pretrained=random"):
+        with pytest.raises(train.ConfigurationError, match="pretrained=random"):
             train.check_initialisation(config)
 
 
@@ -329,13 +405,22 @@ def one_vs_eight(tmp_path_factory):
     out = tmp_path_factory.mktemp("devices")
     out1, out8 = str(out / "one.npz"), str(out / "eight.npz")
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_force_host_platform_device_count=8")
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    )
     script = _MULTI_DEVICE_SCRIPT.format(
-        tests=os.path.dirname(os.path.abspath(__file__)), steps=3,
-        out1=out1, out8=out8)
-    subprocess.run([sys.executable, "-c", script], check=True, env=env,
-                   cwd=_REPO, timeout=600)
+        tests=os.path.dirname(os.path.abspath(__file__)),
+        steps=3,
+        out1=out1,
+        out8=out8,
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        env=env,
+        cwd=_REPO,
+        timeout=600,
+    )
     return dict(np.load(out1)), dict(np.load(out8))
 
 
@@ -343,8 +428,9 @@ def test_one_device_equals_eight_devices(one_vs_eight):
     one, eight = one_vs_eight
     assert one.keys() == eight.keys()
     for name in one:
-        np.testing.assert_allclose(eight[name], one[name], rtol=1e-5,
-                                   atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            eight[name], one[name], rtol=1e-5, atol=1e-5, err_msg=name
+        )
     # The run changed the parameters (the comparison is not vacuous).
     assert len(one) > 50
 
@@ -368,6 +454,7 @@ if {index} == 0:
 
 def _free_port():
     import socket  # pylint: disable=g-import-not-at-top
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -381,11 +468,22 @@ def test_two_processes_equal_one_process(one_vs_eight, tmp_path):
     env.pop("XLA_FLAGS", None)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _TWO_PROCESS_SCRIPT.format(
-                tests=os.path.dirname(os.path.abspath(__file__)), port=port,
-                index=i, steps=3, out=out)],
-            env=env, cwd=_REPO, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-c",
+                _TWO_PROCESS_SCRIPT.format(
+                    tests=os.path.dirname(os.path.abspath(__file__)),
+                    port=port,
+                    index=i,
+                    steps=3,
+                    out=out,
+                ),
+            ],
+            env=env,
+            cwd=_REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         for i in range(2)
     ]
     logs = []
@@ -398,14 +496,17 @@ def test_two_processes_equal_one_process(one_vs_eight, tmp_path):
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
     two = dict(np.load(out))
     for name in one:
-        np.testing.assert_allclose(two[name], one[name], rtol=1e-5,
-                                   atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            two[name], one[name], rtol=1e-5, atol=1e-5, err_msg=name
+        )
 
 
 def test_best_checkpoint_is_kept_apart_from_the_latest(tmp_path):
     from mclnet_jax import checkpointing  # pylint: disable=g-import-not-at-top
-    ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1,
-                                      best_metric="sysu/bn/mAP")
+
+    ckpt = checkpointing.Checkpointer(
+        str(tmp_path), keep=1, best_metric="sysu/bn/mAP"
+    )
     target = {"w": jnp.zeros(3)}
     shardings = jax.tree.map(lambda x: x.sharding, target)
     for step, value in ((1, 0.5), (2, 0.3), (3, 0.4)):
@@ -416,14 +517,18 @@ def test_best_checkpoint_is_kept_apart_from_the_latest(tmp_path):
     # keep=1 keeps only the newest; the best (step 1) lives elsewhere.
     assert ckpt.latest_step() == 3
     np.testing.assert_array_equal(
-        ckpt.restore_latest(target, shardings)["w"], [3.0, 3.0, 3.0])
+        ckpt.restore_latest(target, shardings)["w"], [3.0, 3.0, 3.0]
+    )
     np.testing.assert_array_equal(
-        ckpt.restore_best(target, shardings)["w"], [1.0, 1.0, 1.0])
+        ckpt.restore_best(target, shardings)["w"], [1.0, 1.0, 1.0]
+    )
     # A restarted run remembers the best value and does not regress it.
-    again = checkpointing.Checkpointer(str(tmp_path), keep=1,
-                                       best_metric="sysu/bn/mAP")
-    assert not again.save_best(4, {"w": jnp.full(3, 4.0)},
-                               {"sysu": {"bn": {"mAP": 0.45}}})
+    again = checkpointing.Checkpointer(
+        str(tmp_path), keep=1, best_metric="sysu/bn/mAP"
+    )
+    assert not again.save_best(
+        4, {"w": jnp.full(3, 4.0)}, {"sysu": {"bn": {"mAP": 0.45}}}
+    )
     with pytest.raises(ValueError, match="best_metric"):
         again.save_best(5, target, {"sysu": {"pool": {"mAP": 0.9}}})
 
@@ -438,7 +543,6 @@ def test_non_finite_state_is_never_checkpointed(tmp_path):
     with pytest.raises(train.NonFiniteLossError, match="step 5"):
         train._save_checked(ckpt, 5, FakeState, {"loss": np.float32(1.0)})
     with pytest.raises(train.NonFiniteLossError, match="loss"):
-        train._save_checked(ckpt, 6, FakeState,
-                            {"loss": np.float32(np.inf)})
+        train._save_checked(ckpt, 6, FakeState, {"loss": np.float32(np.inf)})
     ckpt.wait()
     assert ckpt.latest_step() is None

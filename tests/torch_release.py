@@ -22,8 +22,8 @@ importing it raises ImportError when torch is missing, so tests guard it with
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from mclnet_jax.models import resnet as jax_resnet
 
@@ -50,7 +50,8 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_channels != out:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out, 1, stride, bias=False),
-                nn.BatchNorm2d(out))
+                nn.BatchNorm2d(out),
+            )
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -77,7 +78,8 @@ class Bottleneck(nn.Module):
         if stride != 1 or in_channels != out:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out, 1, stride, bias=False),
-                nn.BatchNorm2d(out))
+                nn.BatchNorm2d(out),
+            )
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -100,14 +102,18 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_channels = stem
         strides = (1, 2, 2, last_stride)
-        for k, (blocks, base, stride) in enumerate(zip(
-                jax_resnet.BLOCKS_PER_STAGE[depth], (64, 128, 256, 512),
-                strides)):
+        for k, (blocks, base, stride) in enumerate(
+            zip(
+                jax_resnet.BLOCKS_PER_STAGE[depth],
+                (64, 128, 256, 512),
+                strides,
+                strict=True,
+            )
+        ):
             width = _width(base, width_multiplier)
             layer = []
             for i in range(blocks):
-                layer.append(block(in_channels, width,
-                                   stride if i == 0 else 1))
+                layer.append(block(in_channels, width, stride if i == 0 else 1))
                 in_channels = width * block.expansion
             setattr(self, f"layer{k + 1}", nn.Sequential(*layer))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
@@ -115,8 +121,9 @@ class ResNet(nn.Module):
         self.out_channels = in_channels
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out",
-                                        nonlinearity="relu")
+                nn.init.kaiming_normal_(
+                    m.weight, mode="fan_out", nonlinearity="relu"
+                )
 
 
 class NonLocal(nn.Module):
@@ -133,8 +140,9 @@ class NonLocal(nn.Module):
         self.g = nn.Sequential(nn.Conv2d(channels, inter, 1))
         self.theta = nn.Conv2d(channels, inter, 1)
         self.phi = nn.Conv2d(channels, inter, 1)
-        self.W = nn.Sequential(nn.Conv2d(inter, channels, 1),
-                               nn.BatchNorm2d(channels))
+        self.W = nn.Sequential(
+            nn.Conv2d(inter, channels, 1), nn.BatchNorm2d(channels)
+        )
         nn.init.zeros_(self.W[1].weight)
         nn.init.zeros_(self.W[1].bias)
 
@@ -143,8 +151,8 @@ class NonLocal(nn.Module):
         g = self.g(x).reshape(b, self.inter, h * w).transpose(1, 2)
         theta = self.theta(x).reshape(b, self.inter, h * w).transpose(1, 2)
         phi = self.phi(x).reshape(b, self.inter, h * w)
-        affinity = torch.matmul(theta, phi) / (h * w)     # [b, P, P]
-        y = torch.matmul(affinity, g)                     # [b, P, inter]
+        affinity = torch.matmul(theta, phi) / (h * w)  # [b, P, P]
+        y = torch.matmul(affinity, g)  # [b, P, inter]
         y = y.transpose(1, 2).reshape(b, self.inter, h, w)
         return x + self.W(y)
 
@@ -173,17 +181,31 @@ class _Base(nn.Module):
 class EmbedNet(nn.Module):
     """The release's embed_net (see the module docstring)."""
 
-    def __init__(self, *, num_classes, depth, width_multiplier,
-                 non_local_counts, non_local_inter, pooling, last_stride):
+    def __init__(
+        self,
+        *,
+        num_classes,
+        depth,
+        width_multiplier,
+        non_local_counts,
+        non_local_inter,
+        pooling,
+        last_stride,
+    ):
         super().__init__()
         if pooling not in ("gem", "avg"):
-            raise ValueError(f"pooling must be 'gem' or 'avg', got "
-                             f"{pooling!r}.")
+            raise ValueError(
+                f"pooling must be 'gem' or 'avg', got {pooling!r}."
+            )
         blocks = jax_resnet.BLOCKS_PER_STAGE[depth]
         if len(non_local_counts) != 4 or any(
-                not 0 <= c <= b for c, b in zip(non_local_counts, blocks)):
-            raise ValueError(f"non_local_counts {non_local_counts!r} do not "
-                             f"fit the stages {blocks}.")
+            not 0 <= c <= b
+            for c, b in zip(non_local_counts, blocks, strict=True)
+        ):
+            raise ValueError(
+                f"non_local_counts {non_local_counts!r} do not "
+                f"fit the stages {blocks}."
+            )
         self.pooling = pooling
 
         def make():
@@ -197,10 +219,18 @@ class EmbedNet(nn.Module):
         for k, count in enumerate(non_local_counts):
             layer = getattr(base, f"layer{k + 1}")
             channels = layer[-1].bn1.num_features * type(layer[-1]).expansion
-            inter = (max(1, channels // 2) if non_local_inter is None
-                     else non_local_inter)
-            setattr(self, f"NL_{k + 1}", nn.ModuleList(
-                [NonLocal(channels, inter) for _ in range(count)]))
+            inter = (
+                max(1, channels // 2)
+                if non_local_inter is None
+                else non_local_inter
+            )
+            setattr(
+                self,
+                f"NL_{k + 1}",
+                nn.ModuleList(
+                    [NonLocal(channels, inter) for _ in range(count)]
+                ),
+            )
             # After the last `count` blocks, in order.
             self.nl_after.append(list(range(len(layer) - count, len(layer))))
         dim = base.out_channels
@@ -252,15 +282,26 @@ class ModalityClassifier(nn.Module):
         return self.bn(self.map3(self.map1(x)))
 
 
-def make_embed_net(*, num_classes, depth=50, width_multiplier=1.0,
-                   non_local_counts=(0, 2, 3, 0), non_local_inter=1,
-                   pooling="gem", last_stride=1):
+def make_embed_net(
+    *,
+    num_classes,
+    depth=50,
+    width_multiplier=1.0,
+    non_local_counts=(0, 2, 3, 0),
+    non_local_inter=1,
+    pooling="gem",
+    last_stride=1,
+):
     """The release's embed_net at the given size (see `EmbedNet`)."""
-    return EmbedNet(num_classes=num_classes, depth=depth,
-                    width_multiplier=width_multiplier,
-                    non_local_counts=tuple(non_local_counts),
-                    non_local_inter=non_local_inter, pooling=pooling,
-                    last_stride=last_stride)
+    return EmbedNet(
+        num_classes=num_classes,
+        depth=depth,
+        width_multiplier=width_multiplier,
+        non_local_counts=tuple(non_local_counts),
+        non_local_inter=non_local_inter,
+        pooling=pooling,
+        last_stride=last_stride,
+    )
 
 
 def make_modality_classifier(*, feature_dim, hidden=128):
@@ -280,8 +321,10 @@ def randomize_(module, seed=0):
     for name, m in module.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             fan_in = math.prod(m.weight.shape[1:])
-            m.weight.copy_(torch.randn(m.weight.shape, generator=gen)
-                           * math.sqrt(1.0 / fan_in))
+            m.weight.copy_(
+                torch.randn(m.weight.shape, generator=gen)
+                * math.sqrt(1.0 / fan_in)
+            )
             if m.bias is not None:
                 m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):

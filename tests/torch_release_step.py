@@ -35,7 +35,7 @@ Test helper only; needs torch.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,9 +48,14 @@ HEAD_MODULES = ("bottleneck", "classifier")
 WRT_VARIANTS = ("release", "stable")
 
 
-def release_lr(epoch: int, *, base_lr: float, warmup_epochs: int = 10,
-               boundaries: Sequence[int] = (20, 50),
-               factors: Sequence[float] = (0.1, 0.01)) -> float:
+def release_lr(
+    epoch: int,
+    *,
+    base_lr: float,
+    warmup_epochs: int = 10,
+    boundaries: Sequence[int] = (20, 50),
+    factors: Sequence[float] = (0.1, 0.01),
+) -> float:
     """The release's per-epoch learning rate (before the group multipliers).
 
     `base_lr * (epoch + 1) / warmup_epochs` during the warm-up, then
@@ -59,15 +64,21 @@ def release_lr(epoch: int, *, base_lr: float, warmup_epochs: int = 10,
     if epoch < warmup_epochs:
         return base_lr * (epoch + 1) / warmup_epochs
     lr = base_lr
-    for boundary, factor in zip(boundaries, factors):
+    for boundary, factor in zip(boundaries, factors, strict=True):
         if epoch >= boundary:
             lr = base_lr * factor
     return lr
 
 
-def make_optimizers(net: torch.nn.Module, mcm: torch.nn.Module, *,
-                    lr: float, mcm_lr: float, momentum: float = 0.9,
-                    weight_decay: float = 5e-4):
+def make_optimizers(
+    net: torch.nn.Module,
+    mcm: torch.nn.Module,
+    *,
+    lr: float,
+    mcm_lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+):
     """(extractor SGD, MCM SGD) as the release builds them.
 
     The extractor's SGD has two groups: group 0 is the backbone (every
@@ -80,12 +91,16 @@ def make_optimizers(net: torch.nn.Module, mcm: torch.nn.Module, *,
     for name, p in net.named_parameters():
         (heads if name.split(".")[0] in HEAD_MODULES else backbone).append(p)
     if not heads or not backbone:
-        raise ValueError("net must have bottleneck/classifier parameters and "
-                         "backbone parameters.")
+        raise ValueError(
+            "net must have bottleneck/classifier parameters and "
+            "backbone parameters."
+        )
     sgd = dict(momentum=momentum, nesterov=True, weight_decay=weight_decay)
     net_opt = torch.optim.SGD(
-        [{"params": backbone, "lr": 0.1 * lr},
-         {"params": heads, "lr": lr}], lr=lr, **sgd)
+        [{"params": backbone, "lr": 0.1 * lr}, {"params": heads, "lr": lr}],
+        lr=lr,
+        **sgd,
+    )
     mcm_opt = torch.optim.SGD(mcm.parameters(), lr=mcm_lr, **sgd)
     return net_opt, mcm_opt
 
@@ -118,26 +133,35 @@ def _softmax_weights_release(values, mask):
 def _softmax_weights_stable(values, mask):
     # The maximum over the masked entries only (rows here are never empty).
     lowest = torch.finfo(values.dtype).min
-    row_max = torch.where(mask > 0, values,
-                          torch.full_like(values, lowest)).max(
-                              dim=1, keepdim=True)[0]
-    e = torch.exp(torch.where(mask > 0, values - row_max,
-                              torch.zeros_like(values))) * mask
+    row_max = torch.where(
+        mask > 0, values, torch.full_like(values, lowest)
+    ).max(dim=1, keepdim=True)[0]
+    e = (
+        torch.exp(
+            torch.where(mask > 0, values - row_max, torch.zeros_like(values))
+        )
+        * mask
+    )
     return e / (e.sum(dim=1, keepdim=True) + SOFTMAX_WEIGHT_EPS)
 
 
-def wrt_loss(features: torch.Tensor, labels: torch.Tensor, *,
-             variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+def wrt_loss(
+    features: torch.Tensor, labels: torch.Tensor, *, variant: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """AGW's weighted regularised triplet loss and its accuracy.
 
     Positives include the anchor itself; SoftMarginLoss with target 1 on
     (weighted negative - weighted positive).
     """
     if variant not in WRT_VARIANTS:
-        raise ValueError(f"variant must be one of {WRT_VARIANTS}, got "
-                         f"{variant!r}.")
-    weights = (_softmax_weights_release if variant == "release"
-               else _softmax_weights_stable)
+        raise ValueError(
+            f"variant must be one of {WRT_VARIANTS}, got {variant!r}."
+        )
+    weights = (
+        _softmax_weights_release
+        if variant == "release"
+        else _softmax_weights_stable
+    )
     dist = euclidean_distances(features)
     is_pos = (labels[:, None] == labels[None, :]).to(dist.dtype)
     is_neg = 1.0 - is_pos
@@ -147,8 +171,9 @@ def wrt_loss(features: torch.Tensor, labels: torch.Tensor, *,
     w_an = weights(-dist_an, is_neg)
     furthest_positive = (dist_ap * w_ap).sum(dim=1)
     closest_negative = (dist_an * w_an).sum(dim=1)
-    loss = F.soft_margin_loss(closest_negative - furthest_positive,
-                              torch.ones_like(closest_negative))
+    loss = F.soft_margin_loss(
+        closest_negative - furthest_positive, torch.ones_like(closest_negative)
+    )
     accuracy = (closest_negative >= furthest_positive).to(dist.dtype).mean()
     return loss, accuracy.detach()
 
@@ -158,10 +183,15 @@ def _squared_to_centers(features, centers):
     return (diff * diff).sum(-1)  # [N, K]
 
 
-def center_aggregation_release(features: torch.Tensor, labels: torch.Tensor,
-                               centers: torch.Tensor, *, sigma: float,
-                               rho: float, samples_per_class: int | None
-                               ) -> dict[str, torch.Tensor]:
+def center_aggregation_release(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    centers: torch.Tensor,
+    *,
+    sigma: float,
+    rho: float,
+    samples_per_class: int | None,
+) -> dict[str, torch.Tensor]:
     """The release's marginal center aggregation (batch-mean hinges).
 
     center_term = mean_i d(f_i, c_{y_i}); nearest_term = for each class k in
@@ -181,24 +211,33 @@ def center_aggregation_release(features: torch.Tensor, labels: torch.Tensor,
     nearest_sum = features.new_zeros(())
     for k in torch.unique(labels).tolist():
         members = labels == k
-        weight = (samples_per_class if samples_per_class is not None
-                  else int(members.sum()))
+        weight = (
+            samples_per_class
+            if samples_per_class is not None
+            else int(members.sum())
+        )
         nearest_sum = nearest_sum + own[members].min() * weight
     nearest_term = nearest_sum / n
     pull_argument = center_term - nearest_term - sigma
     pull = torch.clamp(pull_argument, min=0.0)
     between = _squared_to_centers(centers, centers)  # [K, K]
     k = centers.shape[0]
-    between = between + torch.diag(torch.full(
-        (k,), float("inf"), dtype=between.dtype))
+    between = between + torch.diag(
+        torch.full((k,), float("inf"), dtype=between.dtype)
+    )
     separation = between.min(dim=1)[0][labels]
     push = torch.clamp(rho - separation.mean(), min=0.0)
-    return {"loss": pull + push, "pull": pull, "push": push,
-            "pull_argument": pull_argument.detach()}
+    return {
+        "loss": pull + push,
+        "pull": pull,
+        "push": push,
+        "pull_argument": pull_argument.detach(),
+    }
 
 
-def _modality_forward_fixed(mcm: torch.nn.Module,
-                            features: torch.Tensor) -> torch.Tensor:
+def _modality_forward_fixed(
+    mcm: torch.nn.Module, features: torch.Tensor
+) -> torch.Tensor:
     """bn(map3(map1(x))) with the MCM's current weights held fixed.
 
     Its BatchNorm normalises with the batch's statistics (train mode) and
@@ -207,8 +246,15 @@ def _modality_forward_fixed(mcm: torch.nn.Module,
     w = {name: p.detach() for name, p in mcm.named_parameters()}
     x = F.linear(features, w["map1.weight"], w["map1.bias"])
     x = F.linear(x, w["map3.weight"], w["map3.bias"])
-    return F.batch_norm(x, None, None, w["bn.weight"], w["bn.bias"],
-                        training=True, eps=mcm.bn.eps)
+    return F.batch_norm(
+        x,
+        None,
+        None,
+        w["bn.weight"],
+        w["bn.bias"],
+        training=True,
+        eps=mcm.bn.eps,
+    )
 
 
 def _soft_cross_entropy(logits, targets):
@@ -220,13 +266,23 @@ def _soft_cross_entropy(logits, targets):
 # ---------------------------------------------------------------------------
 
 
-def train_step(net: torch.nn.Module, mcm: torch.nn.Module,
-               net_opt: torch.optim.SGD, mcm_opt: torch.optim.SGD, *,
-               visible: torch.Tensor, infrared: torch.Tensor,
-               labels: torch.Tensor, cameras: torch.Tensor,
-               centers: Mapping[str, torch.Tensor], sigma: float,
-               rho: float, center_weight: float, wrt_variant: str,
-               lr: float) -> dict[str, float]:
+def train_step(
+    net: torch.nn.Module,
+    mcm: torch.nn.Module,
+    net_opt: torch.optim.SGD,
+    mcm_opt: torch.optim.SGD,
+    *,
+    visible: torch.Tensor,
+    infrared: torch.Tensor,
+    labels: torch.Tensor,
+    cameras: torch.Tensor,
+    centers: Mapping[str, torch.Tensor],
+    sigma: float,
+    rho: float,
+    center_weight: float,
+    wrt_variant: str,
+    lr: float,
+) -> dict[str, float]:
     """One training step of the release (see the module docstring).
 
     Args:
@@ -253,8 +309,12 @@ def train_step(net: torch.nn.Module, mcm: torch.nn.Module,
     mcm.train()
     set_lr(net_opt, lr)
     b_vis, b_ir = visible.shape[0], infrared.shape[0]
-    modality = torch.cat([torch.zeros(b_vis, dtype=torch.long),
-                          torch.ones(b_ir, dtype=torch.long)])
+    modality = torch.cat(
+        [
+            torch.zeros(b_vis, dtype=torch.long),
+            torch.ones(b_ir, dtype=torch.long),
+        ]
+    )
 
     out = net(visible, infrared)
     pool, bn, logits = out["pool"], out["bn"], out["logits"]
@@ -271,11 +331,21 @@ def train_step(net: torch.nn.Module, mcm: torch.nn.Module,
     m_logits = _modality_forward_fixed(mcm, pool)
     l_e = _soft_cross_entropy(m_logits, torch.full_like(m_logits, 0.5))
     ica = center_aggregation_release(
-        bn, labels, centers["ica"], sigma=sigma, rho=rho,
-        samples_per_class=ICA_SAMPLES_PER_IDENTITY)
+        bn,
+        labels,
+        centers["ica"],
+        sigma=sigma,
+        rho=rho,
+        samples_per_class=ICA_SAMPLES_PER_IDENTITY,
+    )
     cca = center_aggregation_release(
-        bn, cameras, centers["cca"], sigma=sigma, rho=rho,
-        samples_per_class=None)
+        bn,
+        cameras,
+        centers["cca"],
+        sigma=sigma,
+        rho=rho,
+        samples_per_class=None,
+    )
     total = l_id + l_wrt + l_e + center_weight * (ica["loss"] + cca["loss"])
 
     net_opt.zero_grad(set_to_none=True)
@@ -286,20 +356,26 @@ def train_step(net: torch.nn.Module, mcm: torch.nn.Module,
         # Diagnostics on this step's features: both WRT variants, and the
         # smallest sum of the release's negative weights (1 where the
         # variants agree).
-        wrt_both = {v: float(wrt_loss(pool, labels, variant=v)[0])
-                    for v in WRT_VARIANTS}
+        wrt_both = {
+            v: float(wrt_loss(pool, labels, variant=v)[0]) for v in WRT_VARIANTS
+        }
         dist = euclidean_distances(pool)
         neg = (labels[:, None] != labels[None, :]).to(dist.dtype)
         neg_weights = _softmax_weights_release(-dist * neg, neg)
         neg_sum_min = neg_weights.sum(dim=1).min()
+
     def value(t):
         return float(t.detach())
 
     return {
-        "loss": value(total), "loss_id": value(l_id),
-        "loss_triplet": value(l_wrt), "triplet_accuracy": value(wrt_acc),
-        "loss_confusion": value(l_e), "loss_mcm": value(l_m),
-        "loss_ica": value(ica["loss"]), "loss_cca": value(cca["loss"]),
+        "loss": value(total),
+        "loss_id": value(l_id),
+        "loss_triplet": value(l_wrt),
+        "triplet_accuracy": value(wrt_acc),
+        "loss_confusion": value(l_e),
+        "loss_mcm": value(l_m),
+        "loss_ica": value(ica["loss"]),
+        "loss_cca": value(cca["loss"]),
         "ica_pull_argument": float(ica["pull_argument"]),
         "cca_pull_argument": float(cca["pull_argument"]),
         "wrt_negative_weight_sum_min": float(neg_sum_min),

@@ -1,4 +1,5 @@
 """RegDB TFDS builder (registers "regdb" with TFDS on import)."""
 
-from data_pipeline.regdb.regdb import prepare
-from data_pipeline.regdb.regdb import Regdb
+from data_pipeline.regdb.regdb import Regdb, prepare
+
+__all__ = ["Regdb", "prepare"]

@@ -72,16 +72,18 @@ class RegdbConfig(tfds.core.BuilderConfig):
     trial: int = 1
 
 
-class Regdb(sysu_mm01.ArrayRecordByDefault,
-            tfds.core.GeneratorBasedBuilder):
+class Regdb(sysu_mm01.ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     """RegDB visible-thermal person re-identification dataset."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [
-        RegdbConfig(name=f"trial_{t}", trial=t,
-                    description=f"Train/test identity split of trial {t}.")
+        RegdbConfig(
+            name=f"trial_{t}",
+            trial=t,
+            description=f"Train/test identity split of trial {t}.",
+        )
         for t in layouts.REGDB_TRIALS
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "trial_1"
@@ -97,18 +99,25 @@ class Regdb(sysu_mm01.ArrayRecordByDefault,
     def _split_generators(self, dl_manager):
         root = sysu_mm01.manual_root(dl_manager, MANUAL_DOWNLOAD_INSTRUCTIONS)
         records = layouts.read_regdb(root, trial=self.builder_config.trial)
-        return {split: sysu_mm01.generate_examples(root, records[split],
-                                                   image_size=None)
-                for split in ("train", "test")}
+        return {
+            split: sysu_mm01.generate_examples(
+                root, records[split], image_size=None
+            )
+            for split in ("train", "test")
+        }
 
     def _generate_examples(self, **kwargs):  # pragma: no cover
         # `_split_generators` returns ready generators; TFDS never calls this.
         raise NotImplementedError
 
 
-def prepare(*, manual_dir: str, data_dir: str | None = None,
-            config: str = "trial_1",
-            file_format: str = DEFAULT_FILE_FORMAT) -> Regdb:
+def prepare(
+    *,
+    manual_dir: str,
+    data_dir: str | None = None,
+    config: str = "trial_1",
+    file_format: str = DEFAULT_FILE_FORMAT,
+) -> Regdb:
     """Builds one trial of the dataset (once) and returns the builder.
 
     Args:
@@ -122,5 +131,6 @@ def prepare(*, manual_dir: str, data_dir: str | None = None,
     """
     builder = Regdb(data_dir=data_dir, config=config, file_format=file_format)
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
     return builder

@@ -77,19 +77,26 @@ class SysuMm01Config(tfds.core.BuilderConfig):
 
 def features() -> tfds.features.FeaturesDict:
     """The feature spec shared by the SYSU-MM01 and RegDB builders."""
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3),
-                                     encoding_format="jpeg"),
-        "identity": tfds.features.Scalar(dtype=np.int64),
-        "label": tfds.features.Scalar(dtype=np.int64),
-        "camera": tfds.features.Scalar(dtype=np.int64),
-        "modality": tfds.features.Scalar(dtype=np.int64),
-        "file_name": tfds.features.Text(),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(
+                shape=(None, None, 3), encoding_format="jpeg"
+            ),
+            "identity": tfds.features.Scalar(dtype=np.int64),
+            "label": tfds.features.Scalar(dtype=np.int64),
+            "camera": tfds.features.Scalar(dtype=np.int64),
+            "modality": tfds.features.Scalar(dtype=np.int64),
+            "file_name": tfds.features.Text(),
+        }
+    )
 
 
-def generate_examples(root: str, records: list[layouts.ImageRecord], *,
-                      image_size: tuple[int, int] | None):
+def generate_examples(
+    root: str,
+    records: list[layouts.ImageRecord],
+    *,
+    image_size: tuple[int, int] | None,
+):
     """Yields (key, example) for `records`; labels are contiguous per split.
 
     Raises:
@@ -97,26 +104,32 @@ def generate_examples(root: str, records: list[layouts.ImageRecord], *,
     """
     label = layouts.contiguous_labels(r.identity for r in records)
     for r in records:
-        yield r.file_name, {
-            "image": layouts.load_image(os.path.join(root, r.file_name),
-                                        size=image_size),
-            "identity": r.identity,
-            "label": label[r.identity],
-            "camera": r.camera,
-            "modality": r.modality,
-            "file_name": r.file_name,
-        }
+        yield (
+            r.file_name,
+            {
+                "image": layouts.load_image(
+                    os.path.join(root, r.file_name), size=image_size
+                ),
+                "identity": r.identity,
+                "label": label[r.identity],
+                "camera": r.camera,
+                "modality": r.modality,
+                "file_name": r.file_name,
+            },
+        )
 
 
-def manual_root(dl_manager: tfds.download.DownloadManager,
-                instructions: str) -> str:
+def manual_root(
+    dl_manager: tfds.download.DownloadManager, instructions: str
+) -> str:
     """The manual directory, or a `DatasetLayoutError` saying how to get it."""
     try:
         return os.fspath(dl_manager.manual_dir)
     except AssertionError as e:
         # TFDS says which folder is missing or empty in its first line.
         raise layouts.DatasetLayoutError(
-            f"{str(e).splitlines()[0]}{instructions}") from None
+            f"{str(e).splitlines()[0]}{instructions}"
+        ) from None
 
 
 class ArrayRecordByDefault:
@@ -140,10 +153,16 @@ class SysuMm01(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [
-        SysuMm01Config(name="288x144", image_size=(288, 144),
-                       description="Images resized to 288x144 (h x w)."),
-        SysuMm01Config(name="original", image_size=None,
-                       description="Images at their original size."),
+        SysuMm01Config(
+            name="288x144",
+            image_size=(288, 144),
+            description="Images resized to 288x144 (h x w).",
+        ),
+        SysuMm01Config(
+            name="original",
+            image_size=None,
+            description="Images at their original size.",
+        ),
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "288x144"
 
@@ -159,18 +178,25 @@ class SysuMm01(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
         root = manual_root(dl_manager, MANUAL_DOWNLOAD_INSTRUCTIONS)
         layout = layouts.read_sysu(root)
         size = self.builder_config.image_size
-        return {split: generate_examples(root, layout.records(split),
-                                         image_size=size)
-                for split in ("train", "train_only", "val", "test")}
+        return {
+            split: generate_examples(
+                root, layout.records(split), image_size=size
+            )
+            for split in ("train", "train_only", "val", "test")
+        }
 
     def _generate_examples(self, **kwargs):  # pragma: no cover
         # `_split_generators` returns ready generators; TFDS never calls this.
         raise NotImplementedError
 
 
-def prepare(*, manual_dir: str, data_dir: str | None = None,
-            config: str | None = None,
-            file_format: str = DEFAULT_FILE_FORMAT) -> SysuMm01:
+def prepare(
+    *,
+    manual_dir: str,
+    data_dir: str | None = None,
+    config: str | None = None,
+    file_format: str = DEFAULT_FILE_FORMAT,
+) -> SysuMm01:
     """Builds the dataset (once) and returns the builder.
 
     Args:
@@ -182,8 +208,10 @@ def prepare(*, manual_dir: str, data_dir: str | None = None,
     Returns:
       The prepared `SysuMm01` builder.
     """
-    builder = SysuMm01(data_dir=data_dir, config=config,
-                       file_format=file_format)
+    builder = SysuMm01(
+        data_dir=data_dir, config=config, file_format=file_format
+    )
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
     return builder

@@ -71,15 +71,19 @@ class BatchNorm(nn.Module):
         """x: [..., C]; returns the normalised x, same shape."""
         features = x.shape[-1]
         out_dtype = self.dtype or x.dtype
-        sdt = jnp.promote_types(param_dtype(out_dtype),
-                                param_dtype(x.dtype))
+        sdt = jnp.promote_types(param_dtype(out_dtype), param_dtype(x.dtype))
         scale = self.param("scale", self.scale_init, (features,), sdt)
-        bias = (self.param("bias", self.bias_init, (features,), sdt)
-                if self.use_bias else None)
-        ra_mean = self.variable("batch_stats", "mean",
-                                lambda: jnp.zeros((features,), sdt))
-        ra_var = self.variable("batch_stats", "var",
-                               lambda: jnp.ones((features,), sdt))
+        bias = (
+            self.param("bias", self.bias_init, (features,), sdt)
+            if self.use_bias
+            else None
+        )
+        ra_mean = self.variable(
+            "batch_stats", "mean", lambda: jnp.zeros((features,), sdt)
+        )
+        ra_var = self.variable(
+            "batch_stats", "var", lambda: jnp.ones((features,), sdt)
+        )
         if train:
             axes = tuple(range(x.ndim - 1))
             xs = x.astype(sdt)
@@ -103,8 +107,6 @@ class BatchNorm(nn.Module):
         else:
             y = x * mul.astype(x.dtype) + add.astype(x.dtype)
         return y.astype(out_dtype)
-
-
 
 
 class Conv1x1(nn.Module):
@@ -136,20 +138,29 @@ class Conv1x1(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [N, H, W, C_in] -> [N, ceil(H / s), ceil(W / s), features]."""
         in_features = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init,
-                            (1, 1, in_features, self.features),
-                            param_dtype(self.dtype))
+        kernel = self.param(
+            "kernel",
+            self.kernel_init,
+            (1, 1, in_features, self.features),
+            param_dtype(self.dtype),
+        )
         if self.strides != 1:
-            x = x[:, ::self.strides, ::self.strides, :]
+            x = x[:, :: self.strides, :: self.strides, :]
         # As a 2-D [N*H*W, C_in] x [C_in, features] product: the weight
         # gradient is then one dot contracting rows. From the 4-D form,
         # XLA:CPU first transposes the output gradient to [features, N*H*W]
         # (~15% of a ResNet-50 training step).
-        y = jnp.dot(x.reshape(-1, in_features).astype(self.dtype),
-                    kernel[0, 0].astype(self.dtype))
+        y = jnp.dot(
+            x.reshape(-1, in_features).astype(self.dtype),
+            kernel[0, 0].astype(self.dtype),
+        )
         y = y.reshape(x.shape[:-1] + (self.features,))
         if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,),
-                              param_dtype(self.dtype))
+            bias = self.param(
+                "bias",
+                self.bias_init,
+                (self.features,),
+                param_dtype(self.dtype),
+            )
             y = y + bias.astype(self.dtype)
         return y

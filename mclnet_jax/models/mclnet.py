@@ -20,16 +20,15 @@ evaluation; L2 normalisation belongs to the evaluator.
 Dense(D -> 128) -> Dense(128 -> 2) -> BatchNorm, no activation (as released).
 """
 
-from collections.abc import Sequence
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mclnet_jax.models import layers
-from mclnet_jax.models import resnet
+from mclnet_jax.models import layers, resnet
 
 POOLINGS = ("gem", "avg")
 GEM_P = 3.0
@@ -41,8 +40,9 @@ def _bnneck_scale_init(key, shape, dtype=jnp.float32):
     return 1.0 + 0.01 * jax.random.normal(key, shape, dtype)
 
 
-def gem_pool(x: jax.Array, *, p: float = GEM_P,
-             eps: float = GEM_EPS) -> jax.Array:
+def gem_pool(
+    x: jax.Array, *, p: float = GEM_P, eps: float = GEM_EPS
+) -> jax.Array:
     """Generalised-mean pooling `(mean_hw(x^p) + eps)^(1/p)`, in float32.
 
     Args:
@@ -54,7 +54,7 @@ def gem_pool(x: jax.Array, *, p: float = GEM_P,
       [N, C] float32 (float64 for float64 inputs).
     """
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    return (jnp.mean(x ** p, axis=(1, 2)) + eps) ** (1.0 / p)
+    return (jnp.mean(x**p, axis=(1, 2)) + eps) ** (1.0 / p)
 
 
 DTYPES = ("float32", "bfloat16", "float64")
@@ -67,7 +67,8 @@ def _check_dtype(dtype: Any) -> None:
         raise ValueError(
             "dtype float64 needs 64-bit JAX: run inside "
             "`with jax.enable_x64(True):` or set JAX_ENABLE_X64=1 (the "
-            "trainer does this for config.model.dtype='float64').")
+            "trainer does this for config.model.dtype='float64')."
+        )
 
 
 class MCLNet(nn.Module):
@@ -105,33 +106,44 @@ class MCLNet(nn.Module):
 
     def _check_config(self) -> None:
         resnet.check_depth(self.depth)
-        if not (isinstance(self.num_classes, numbers.Integral)
-                and self.num_classes > 0):
-            raise ValueError(f"num_classes must be a positive int, got "
-                             f"{self.num_classes!r}.")
+        if not (
+            isinstance(self.num_classes, numbers.Integral)
+            and self.num_classes > 0
+        ):
+            raise ValueError(
+                f"num_classes must be a positive int, got {self.num_classes!r}."
+            )
         if self.pooling not in POOLINGS:
             raise ValueError(
-                f"Unknown pooling {self.pooling!r}; use one of {POOLINGS}.")
+                f"Unknown pooling {self.pooling!r}; use one of {POOLINGS}."
+            )
         _check_dtype(self.dtype)
         counts = tuple(self.non_local_counts)
         blocks = resnet.BLOCKS_PER_STAGE[self.depth]
         if len(counts) != 4 or any(
-                not 0 <= c <= b for c, b in zip(counts, blocks)):
+            not 0 <= c <= b for c, b in zip(counts, blocks, strict=True)
+        ):
             raise ValueError(
                 f"non_local_counts must be 4 counts, each between 0 and the "
-                f"blocks of its stage {blocks}, got {counts!r}.")
+                f"blocks of its stage {blocks}, got {counts!r}."
+            )
 
     @staticmethod
     def _check_images(name: str, x: jax.Array | None) -> None:
         if x is not None and (x.ndim != 4 or x.shape[-1] != 3):
             raise ValueError(
                 f"{name} must be [N, H, W, 3] (NHWC RGB), got shape "
-                f"{tuple(x.shape)}.")
+                f"{tuple(x.shape)}."
+            )
 
     @nn.compact
-    def __call__(self, visible: jax.Array | None = None,
-                 infrared: jax.Array | None = None, *,
-                 train: bool) -> dict[str, jax.Array]:
+    def __call__(
+        self,
+        visible: jax.Array | None = None,
+        infrared: jax.Array | None = None,
+        *,
+        train: bool,
+    ) -> dict[str, jax.Array]:
         """Embeds a batch of visible and/or infrared images.
 
         Args:
@@ -147,22 +159,30 @@ class MCLNet(nn.Module):
         self._check_images("visible", visible)
         self._check_images("infrared", infrared)
         if visible is None and infrared is None:
-            raise ValueError("Give visible and/or infrared images; both are "
-                             "None.")
-        if (visible is not None and infrared is not None
-                and visible.shape[1:] != infrared.shape[1:]):
+            raise ValueError(
+                "Give visible and/or infrared images; both are None."
+            )
+        if (
+            visible is not None
+            and infrared is not None
+            and visible.shape[1:] != infrared.shape[1:]
+        ):
             raise ValueError(
                 f"visible and infrared images must share [H, W, 3]; got "
-                f"{tuple(visible.shape)} and {tuple(infrared.shape)}.")
+                f"{tuple(visible.shape)} and {tuple(infrared.shape)}."
+            )
 
-        stem_width = resnet.scaled_width(resnet.STEM_WIDTH,
-                                         self.width_multiplier)
+        stem_width = resnet.scaled_width(
+            resnet.STEM_WIDTH, self.width_multiplier
+        )
         # Both stems always exist (created even when one input is absent) so
         # the parameter tree does not depend on the call.
-        visible_stem = resnet.ResNetStem(stem_width, dtype=self.dtype,
-                                         name="visible_stem")
-        infrared_stem = resnet.ResNetStem(stem_width, dtype=self.dtype,
-                                          name="infrared_stem")
+        visible_stem = resnet.ResNetStem(
+            stem_width, dtype=self.dtype, name="visible_stem"
+        )
+        infrared_stem = resnet.ResNetStem(
+            stem_width, dtype=self.dtype, name="infrared_stem"
+        )
         if self.is_initializing():
             dummy = visible if visible is not None else infrared
             if visible is None:
@@ -177,10 +197,13 @@ class MCLNet(nn.Module):
         x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
 
         for stage in resnet.resnet_stages(
-                depth=self.depth, width_multiplier=self.width_multiplier,
-                last_stride=self.last_stride,
-                non_local_counts=tuple(self.non_local_counts),
-                non_local_inter=self.non_local_inter, dtype=self.dtype):
+            depth=self.depth,
+            width_multiplier=self.width_multiplier,
+            last_stride=self.last_stride,
+            non_local_counts=tuple(self.non_local_counts),
+            non_local_inter=self.non_local_inter,
+            dtype=self.dtype,
+        ):
             x = stage(x, train=train)
 
         head_dtype = layers.param_dtype(self.dtype)
@@ -189,13 +212,20 @@ class MCLNet(nn.Module):
         else:
             pool = jnp.mean(x.astype(head_dtype), axis=(1, 2))
         # BNNeck: no shift parameter at all (the release freezes it at 0).
-        bn = layers.BatchNorm(use_bias=False, scale_init=_bnneck_scale_init,
-                              dtype=head_dtype, name="bnneck")(pool,
-                                                               train=train)
-        logits = nn.Dense(self.num_classes, use_bias=False,
-                          kernel_init=nn.initializers.normal(0.001),
-                          dtype=head_dtype, param_dtype=head_dtype,
-                          name="classifier")(bn)
+        bn = layers.BatchNorm(
+            use_bias=False,
+            scale_init=_bnneck_scale_init,
+            dtype=head_dtype,
+            name="bnneck",
+        )(pool, train=train)
+        logits = nn.Dense(
+            self.num_classes,
+            use_bias=False,
+            kernel_init=nn.initializers.normal(0.001),
+            dtype=head_dtype,
+            param_dtype=head_dtype,
+            name="classifier",
+        )(bn)
         return {"pool": pool, "bn": bn, "logits": logits}
 
 
@@ -221,15 +251,19 @@ class ModalityClassifier(nn.Module):
         """features: [N, D] -> logits [N, num_modalities] in `dtype`."""
         if features.ndim != 2:
             raise ValueError(
-                f"features must be [N, D], got shape {tuple(features.shape)}.")
+                f"features must be [N, D], got shape {tuple(features.shape)}."
+            )
         _check_dtype(self.dtype)
         dtype = layers.param_dtype(self.dtype)
         x = features.astype(dtype)
-        for name, width in (("fc1", self.hidden),
-                            ("fc2", self.num_modalities)):
-            x = nn.Dense(width, use_bias=True, dtype=dtype, param_dtype=dtype,
-                         kernel_init=layers.torch_default_kernel_init(),
-                         bias_init=layers.torch_default_bias_init(
-                             x.shape[-1]),
-                         name=name)(x)
+        for name, width in (("fc1", self.hidden), ("fc2", self.num_modalities)):
+            x = nn.Dense(
+                width,
+                use_bias=True,
+                dtype=dtype,
+                param_dtype=dtype,
+                kernel_init=layers.torch_default_kernel_init(),
+                bias_init=layers.torch_default_bias_init(x.shape[-1]),
+                name=name,
+            )(x)
         return layers.BatchNorm(name="bn")(x, train=train)

@@ -25,13 +25,18 @@ import jax.numpy as jnp
 from mclnet_jax.models import layers
 
 
-def _conv1x1(features: int, fan_in: int, *, dtype: Any,
-             name: str) -> layers.Conv1x1:
+def _conv1x1(
+    features: int, fan_in: int, *, dtype: Any, name: str
+) -> layers.Conv1x1:
     """1x1 conv with bias and PyTorch's default init."""
-    return layers.Conv1x1(features, use_bias=True,
-                          kernel_init=layers.torch_default_kernel_init(),
-                          bias_init=layers.torch_default_bias_init(fan_in),
-                          dtype=dtype, name=name)
+    return layers.Conv1x1(
+        features,
+        use_bias=True,
+        kernel_init=layers.torch_default_kernel_init(),
+        bias_init=layers.torch_default_bias_init(fan_in),
+        dtype=dtype,
+        name=name,
+    )
 
 
 class NonLocalBlock(nn.Module):
@@ -56,7 +61,8 @@ class NonLocalBlock(nn.Module):
         if inter < 1:
             raise ValueError(
                 f"Non-local inter width must be >= 1 (or None for C // 2), "
-                f"got {self.inter!r}.")
+                f"got {self.inter!r}."
+            )
         x = x.astype(self.dtype)
         p = h * w
         theta = _conv1x1(inter, c, dtype=self.dtype, name="theta")(x)
@@ -77,7 +83,10 @@ class NonLocalBlock(nn.Module):
             y = jnp.einsum("npq,nqj->npj", affinity, g)
         y = y.reshape(n, h, w, inter)
         y = _conv1x1(c, inter, dtype=self.dtype, name="W")(y)
-        y = layers.BatchNorm(scale_init=nn.initializers.zeros,
-                             bias_init=nn.initializers.zeros,
-                             dtype=self.dtype, name="W_bn")(y, train=train)
+        y = layers.BatchNorm(
+            scale_init=nn.initializers.zeros,
+            bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            name="W_bn",
+        )(y, train=train)
         return x + y

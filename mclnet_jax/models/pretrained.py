@@ -23,14 +23,14 @@ Layout conversions: conv kernels OIHW <-> HWIO, linear weights [out, in] <->
 batch_stats mean/var.
 """
 
-from collections.abc import Mapping, Sequence
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flax import traverse_util
 import flax.core
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from safetensors import numpy as safetensors_numpy
 
 Variables = Mapping[str, Any]
@@ -47,8 +47,10 @@ LEAF_NAMES = {
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
 }
-_SUBMODULE_NAMES = {"downsample_conv": "downsample.0",
-                    "downsample_bn": "downsample.1"}
+_SUBMODULE_NAMES = {
+    "downsample_conv": "downsample.0",
+    "downsample_bn": "downsample.1",
+}
 
 
 def _model_kind(params: Mapping[str, Any]) -> str:
@@ -59,7 +61,8 @@ def _model_kind(params: Mapping[str, Any]) -> str:
     raise ValueError(
         f"Variables are neither an MCLNet (params {MCLNET_STEMS}) nor a "
         f"ResNet (params {RESNET_STEM!r}); got top-level params "
-        f"{sorted(params)}. Pass model.init(...)'s variables.")
+        f"{sorted(params)}. Pass model.init(...)'s variables."
+    )
 
 
 def torch_key(path: tuple[str, ...], kind: str) -> tuple[str, str] | None:
@@ -71,31 +74,38 @@ def torch_key(path: tuple[str, ...], kind: str) -> tuple[str, str] | None:
     torch_leaf = LEAF_NAMES[(collection, leaf)]
     top = modules[0]
     stem = ""
-    if ((kind == "mclnet" and top in MCLNET_STEMS)
-            or (kind == "resnet" and top == RESNET_STEM)):
+    if (kind == "mclnet" and top in MCLNET_STEMS) or (
+        kind == "resnet" and top == RESNET_STEM
+    ):
         stem = top
-        parts = modules[1:]                       # conv1 / bn1
-    elif top.startswith("layer") and len(modules) == 3 and (
-            modules[1].startswith("block")):
-        parts = [top, modules[1][len("block"):],
-                 _SUBMODULE_NAMES.get(modules[2], modules[2])]
+        parts = modules[1:]  # conv1 / bn1
+    elif (
+        top.startswith("layer")
+        and len(modules) == 3
+        and (modules[1].startswith("block"))
+    ):
+        parts = [
+            top,
+            modules[1][len("block") :],
+            _SUBMODULE_NAMES.get(modules[2], modules[2]),
+        ]
     elif top == "fc" and kind == "resnet" and len(modules) == 1:
         parts = ["fc"]
-    else:                                         # non-local, heads
+    else:  # non-local, heads
         return None
     return ".".join([*parts, torch_leaf]), stem
 
 
 def to_torch_layout(value: np.ndarray) -> np.ndarray:
-    if value.ndim == 4:                           # HWIO -> OIHW
+    if value.ndim == 4:  # HWIO -> OIHW
         return np.transpose(value, (3, 2, 0, 1))
-    if value.ndim == 2:                           # [in, out] -> [out, in]
+    if value.ndim == 2:  # [in, out] -> [out, in]
         return value.T
     return value
 
 
 def from_torch_layout(value: np.ndarray) -> np.ndarray:
-    if value.ndim == 4:                           # OIHW -> HWIO
+    if value.ndim == 4:  # OIHW -> HWIO
         return np.transpose(value, (2, 3, 1, 0))
     if value.ndim == 2:
         return value.T
@@ -106,7 +116,8 @@ def flat_variables(variables: Variables) -> dict[tuple[str, ...], Any]:
     if "params" not in variables:
         raise ValueError(
             f"variables must hold 'params' (and 'batch_stats'); got "
-            f"collections {sorted(variables)}.")
+            f"collections {sorted(variables)}."
+        )
     return traverse_util.flatten_dict(flax.core.unfreeze(variables))
 
 
@@ -118,8 +129,11 @@ def format_keys(keys: Sequence[str], limit: int = 20) -> str:
 
 
 def load_state_dict(
-        variables: Variables, state_dict: Mapping[str, np.ndarray], *,
-        ignore_prefixes: Sequence[str] = DEFAULT_IGNORE_PREFIXES) -> dict:
+    variables: Variables,
+    state_dict: Mapping[str, np.ndarray],
+    *,
+    ignore_prefixes: Sequence[str] = DEFAULT_IGNORE_PREFIXES,
+) -> dict:
     """Copies a torchvision ResNet state dict into MCLNet or ResNet variables.
 
     Args:
@@ -150,18 +164,22 @@ def load_state_dict(
     given = {k for k in state_dict if not k.endswith(".num_batches_tracked")}
     missing = sorted(set(expected) - given)
     unexpected = sorted(
-        k for k in given - set(expected)
-        if not any(k.startswith(p) for p in ignore_prefixes))
+        k
+        for k in given - set(expected)
+        if not any(k.startswith(p) for p in ignore_prefixes)
+    )
     if missing:
         raise ValueError(
             f"Checkpoint lacks {len(missing)} key(s) the {kind} backbone "
             f"needs: {format_keys(missing)}. Is it a torchvision ResNet of "
-            f"the same depth?")
+            f"the same depth?"
+        )
     if unexpected:
         raise ValueError(
             f"Checkpoint has {len(unexpected)} key(s) the {kind} backbone "
             f"does not: {format_keys(unexpected)}. Check the depth, or pass "
-            f"ignore_prefixes to skip them.")
+            f"ignore_prefixes to skip them."
+        )
 
     new_flat = dict(flat)
     for key, paths in expected.items():
@@ -173,13 +191,15 @@ def load_state_dict(
                     f"Shape mismatch for checkpoint key {key!r}: file has "
                     f"{tuple(np.shape(state_dict[key]))}, the model needs "
                     f"{tuple(to_torch_layout(np.zeros(target.shape)).shape)}"
-                    f" (torch layout). Check depth and width_multiplier.")
+                    f" (torch layout). Check depth and width_multiplier."
+                )
             new_flat[path] = jnp.asarray(value, dtype=target.dtype)
     return traverse_util.unflatten_dict(new_flat)
 
 
-def state_dict(variables: Variables, *,
-               stem: str | None = None) -> dict[str, np.ndarray]:
+def state_dict(
+    variables: Variables, *, stem: str | None = None
+) -> dict[str, np.ndarray]:
     """The backbone of MCLNet or ResNet variables as a torchvision state dict.
 
     Args:
@@ -197,12 +217,15 @@ def state_dict(variables: Variables, *,
         stem = "visible" if stem is None else stem
         if stem not in ("visible", "infrared"):
             raise ValueError(
-                f"stem must be 'visible' or 'infrared', got {stem!r}.")
+                f"stem must be 'visible' or 'infrared', got {stem!r}."
+            )
         chosen = f"{stem}_stem"
     else:
         if stem is not None:
-            raise ValueError(f"stem={stem!r} only applies to MCLNet "
-                             f"variables; a ResNet has one stem.")
+            raise ValueError(
+                f"stem={stem!r} only applies to MCLNet "
+                f"variables; a ResNet has one stem."
+            )
         chosen = RESNET_STEM
     out = {}
     for path, value in flat.items():
@@ -210,7 +233,8 @@ def state_dict(variables: Variables, *,
         if mapped is None or mapped[1] not in ("", chosen):
             continue
         out[mapped[0]] = np.ascontiguousarray(
-            to_torch_layout(np.asarray(value, dtype=np.float32)))
+            to_torch_layout(np.asarray(value, dtype=np.float32))
+        )
     return out
 
 
@@ -219,18 +243,23 @@ def _read(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise ValueError(
             f"Pretrained weights file {path!r} not found; see the README "
-            f"section 'Pretrained weights' for making one from torchvision.")
+            f"section 'Pretrained weights' for making one from torchvision."
+        )
     if not path.endswith(".safetensors"):
         raise ValueError(
             f"Pretrained weights must be a .safetensors file, got {path!r} "
             f"(pickled .pth files are not loaded; convert them once with "
-            f"safetensors.torch.save_file).")
+            f"safetensors.torch.save_file)."
+        )
     return safetensors_numpy.load_file(path)
 
 
 def load_mclnet_backbone(
-        variables: Variables, path: str | os.PathLike, *,
-        ignore_prefixes: Sequence[str] = DEFAULT_IGNORE_PREFIXES) -> dict:
+    variables: Variables,
+    path: str | os.PathLike,
+    *,
+    ignore_prefixes: Sequence[str] = DEFAULT_IGNORE_PREFIXES,
+) -> dict:
     """MCLNet variables with the backbone from a torchvision `.safetensors`.
 
     Both stems get conv1/bn1; layer1..layer4 get layerK.*; non-local blocks,
@@ -238,14 +267,18 @@ def load_mclnet_backbone(
     `load_state_dict` for arguments and errors.
     """
     if _model_kind(variables["params"]) != "mclnet":
-        raise ValueError("load_mclnet_backbone needs MCLNet variables; use "
-                         "load_resnet for a plain ResNet.")
-    return load_state_dict(variables, _read(path),
-                           ignore_prefixes=ignore_prefixes)
+        raise ValueError(
+            "load_mclnet_backbone needs MCLNet variables; use "
+            "load_resnet for a plain ResNet."
+        )
+    return load_state_dict(
+        variables, _read(path), ignore_prefixes=ignore_prefixes
+    )
 
 
-def export_mclnet_backbone(variables: Variables, path: str | os.PathLike, *,
-                           stem: str = "visible") -> None:
+def export_mclnet_backbone(
+    variables: Variables, path: str | os.PathLike, *, stem: str = "visible"
+) -> None:
     """Writes the MCLNet backbone (one stem) as torchvision-named safetensors.
 
     Args:
@@ -254,30 +287,41 @@ def export_mclnet_backbone(variables: Variables, path: str | os.PathLike, *,
       stem: "visible" or "infrared": which stem becomes conv1/bn1.
     """
     if _model_kind(variables["params"]) != "mclnet":
-        raise ValueError("export_mclnet_backbone needs MCLNet variables; use "
-                         "export_resnet for a plain ResNet.")
-    safetensors_numpy.save_file(state_dict(variables, stem=stem),
-                                os.fspath(path))
+        raise ValueError(
+            "export_mclnet_backbone needs MCLNet variables; use "
+            "export_resnet for a plain ResNet."
+        )
+    safetensors_numpy.save_file(
+        state_dict(variables, stem=stem), os.fspath(path)
+    )
 
 
-def load_resnet(variables: Variables, path: str | os.PathLike, *,
-                ignore_prefixes: Sequence[str] = DEFAULT_IGNORE_PREFIXES
-                ) -> dict:
+def load_resnet(
+    variables: Variables,
+    path: str | os.PathLike,
+    *,
+    ignore_prefixes: Sequence[str] = DEFAULT_IGNORE_PREFIXES,
+) -> dict:
     """Plain `ResNet` variables from a torchvision `.safetensors` file.
 
     fc.* is loaded when the model has an "fc" (num_classes given), else
     ignored. See `load_state_dict` for arguments and errors.
     """
     if _model_kind(variables["params"]) != "resnet":
-        raise ValueError("load_resnet needs plain ResNet variables; use "
-                         "load_mclnet_backbone for an MCLNet.")
-    return load_state_dict(variables, _read(path),
-                           ignore_prefixes=ignore_prefixes)
+        raise ValueError(
+            "load_resnet needs plain ResNet variables; use "
+            "load_mclnet_backbone for an MCLNet."
+        )
+    return load_state_dict(
+        variables, _read(path), ignore_prefixes=ignore_prefixes
+    )
 
 
 def export_resnet(variables: Variables, path: str | os.PathLike) -> None:
     """Writes plain `ResNet` variables as torchvision-named safetensors."""
     if _model_kind(variables["params"]) != "resnet":
-        raise ValueError("export_resnet needs plain ResNet variables; use "
-                         "export_mclnet_backbone for an MCLNet.")
+        raise ValueError(
+            "export_resnet needs plain ResNet variables; use "
+            "export_mclnet_backbone for an MCLNet."
+        )
     safetensors_numpy.save_file(state_dict(variables), os.fspath(path))

@@ -39,18 +39,17 @@ float64 in the float64 mode). Files are `.safetensors` (no pickle); turn a
 release `.t` file into one with `python -m mclnet_jax.tools.convert_release`.
 """
 
-from collections.abc import Callable, Iterable, Mapping
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from flax import traverse_util
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from safetensors import numpy as safetensors_numpy
 
-from mclnet_jax.models import pretrained
-from mclnet_jax.models import resnet
+from mclnet_jax.models import pretrained, resnet
 
 Variables = Mapping[str, Any]
 Source = str | os.PathLike | Mapping[str, Any]
@@ -61,11 +60,18 @@ BNNECK_BIAS = "bottleneck.bias"
 CONVERTER = "python -m mclnet_jax.tools.convert_release"
 
 
-_STEM_PREFIXES = {"visible_stem": "visible_module.visible.",
-                  "infrared_stem": "thermal_module.thermal."}
+_STEM_PREFIXES = {
+    "visible_stem": "visible_module.visible.",
+    "infrared_stem": "thermal_module.thermal.",
+}
 _BASE_PREFIX = "base_resnet.base."
-_NON_LOCAL_PARTS = {"g": "g.0", "theta": "theta", "phi": "phi", "W": "W.0",
-                    "W_bn": "W.1"}
+_NON_LOCAL_PARTS = {
+    "g": "g.0",
+    "theta": "theta",
+    "phi": "phi",
+    "W": "W.0",
+    "W_bn": "W.1",
+}
 _MCM_LAYERS = {"fc1": "map1", "fc2": "map3", "bn": "bn"}
 _BN_LEAVES = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 _STEMS = r"(visible_module\.visible|thermal_module\.thermal)"
@@ -74,7 +80,8 @@ _STEMS = r"(visible_module\.visible|thermal_module\.thermal)"
 _EMBED_IGNORED = re.compile(
     rf"^{_STEMS}\.(layer[1-4]|fc)\."
     r"|^base_resnet\.base\.(conv1|bn1|fc)\."
-    r"|\.num_batches_tracked$")
+    r"|\.num_batches_tracked$"
+)
 _MCM_IGNORED = re.compile(r"^map2\.|\.num_batches_tracked$")
 
 # Every key an embed_net state dict can hold (for checks without a model).
@@ -85,15 +92,20 @@ _EMBED_KNOWN = re.compile(
     rf"|downsample\.1\.{_BN_LEAVES})$"
     r"|^NL_[1-4]\.\d+\.(g\.0|theta|phi|W\.0)\.(weight|bias)$"
     rf"|^NL_[1-4]\.\d+\.W\.1\.{_BN_LEAVES}$"
-    rf"|^bottleneck\.{_BN_LEAVES}$|^classifier\.weight$")
+    rf"|^bottleneck\.{_BN_LEAVES}$|^classifier\.weight$"
+)
 _EMBED_REQUIRED = (
     "visible_module.visible.conv1.weight",
     "thermal_module.thermal.conv1.weight",
     *(f"base_resnet.base.layer{k}.0.conv1.weight" for k in range(1, 5)),
-    "bottleneck.weight", BNNECK_BIAS, "classifier.weight")
+    "bottleneck.weight",
+    BNNECK_BIAS,
+    "classifier.weight",
+)
 
 
 # ------------------------------------------------------------ key mapping --
+
 
 def _leaf(collection: str, leaf: str) -> str | None:
     return pretrained.LEAF_NAMES.get((collection, leaf))
@@ -103,7 +115,8 @@ def _unmapped(path: tuple[str, ...], what: str) -> ValueError:
     return ValueError(
         f"{what} variable {'/'.join(path)!r} has no counterpart in the "
         f"release's state dict; pass variables of the model as built by "
-        f"mclnet_jax (model.init(...)).")
+        f"mclnet_jax (model.init(...))."
+    )
 
 
 def _embed_key(path: tuple[str, ...]) -> str:
@@ -115,13 +128,18 @@ def _embed_key(path: tuple[str, ...]) -> str:
     collection, *modules, leaf = path
     torch_leaf = _leaf(collection, leaf)
     if torch_leaf is not None:
-        if (len(modules) == 3 and re.fullmatch(r"layer[1-4]", modules[0])
-                and re.fullmatch(r"non_local\d+", modules[1])
-                and modules[2] in _NON_LOCAL_PARTS):
-            stage = modules[0][len("layer"):]
-            index = modules[1][len("non_local"):]
-            return (f"NL_{stage}.{index}.{_NON_LOCAL_PARTS[modules[2]]}."
-                    f"{torch_leaf}")
+        if (
+            len(modules) == 3
+            and re.fullmatch(r"layer[1-4]", modules[0])
+            and re.fullmatch(r"non_local\d+", modules[1])
+            and modules[2] in _NON_LOCAL_PARTS
+        ):
+            stage = modules[0][len("layer") :]
+            index = modules[1][len("non_local") :]
+            return (
+                f"NL_{stage}.{index}.{_NON_LOCAL_PARTS[modules[2]]}."
+                f"{torch_leaf}"
+            )
         if modules == ["bnneck"] and leaf != "bias":
             return f"bottleneck.{torch_leaf}"
         if modules == ["classifier"] and leaf == "kernel":
@@ -133,13 +151,17 @@ def _mcm_key(path: tuple[str, ...]) -> str:
     """The release key of one flattened modality-classifier variable path."""
     collection, *modules, leaf = path
     torch_leaf = _leaf(collection, leaf)
-    if torch_leaf is None or len(modules) != 1 or (
-            modules[0] not in _MCM_LAYERS):
+    if (
+        torch_leaf is None
+        or len(modules) != 1
+        or (modules[0] not in _MCM_LAYERS)
+    ):
         raise _unmapped(path, "Modality classifier")
     return f"{_MCM_LAYERS[modules[0]]}.{torch_leaf}"
 
 
 # -------------------------------------------------------------- reading --
+
 
 def read(source: Source) -> dict[str, np.ndarray]:
     """A state dict from a `.safetensors` path or a mapping name -> array.
@@ -155,68 +177,98 @@ def read(source: Source) -> dict[str, np.ndarray]:
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             f"source must be a .safetensors path or a dict name -> array, "
-            f"got {type(source).__name__}.")
+            f"got {type(source).__name__}."
+        )
     path = os.fspath(source)
     if not path.endswith(".safetensors"):
         raise ValueError(
             f"Release checkpoint {path!r} is not a .safetensors file. "
             f"Pickled checkpoints (.t, .pth) are not read here; convert "
             f"once with: {CONVERTER} --input={path} "
-            f"--output=OUT.safetensors")
+            f"--output=OUT.safetensors"
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Release checkpoint {path!r} not found. Make it from the "
             f"release's .t file with: {CONVERTER} --input=X.t "
-            f"--output={path}")
+            f"--output={path}"
+        )
     return safetensors_numpy.load_file(path)
 
 
-def _check_keys(given: Iterable[str], expected: Iterable[str], *,
-                ignored: re.Pattern, what: str, hint: str) -> None:
+def _check_keys(
+    given: Iterable[str],
+    expected: Iterable[str],
+    *,
+    ignored: re.Pattern,
+    what: str,
+    hint: str,
+) -> None:
     given, expected = set(given), set(expected)
     missing = sorted(expected - given)
     unknown = sorted(k for k in given - expected if not ignored.search(k))
     problems = []
     if missing:
-        problems.append(f"lacks {len(missing)} key(s) the model needs: "
-                        f"{pretrained.format_keys(missing)}")
+        problems.append(
+            f"lacks {len(missing)} key(s) the model needs: "
+            f"{pretrained.format_keys(missing)}"
+        )
     if unknown:
-        problems.append(f"has {len(unknown)} key(s) the model does not: "
-                        f"{pretrained.format_keys(unknown)}")
+        problems.append(
+            f"has {len(unknown)} key(s) the model does not: "
+            f"{pretrained.format_keys(unknown)}"
+        )
     if problems:
-        raise ValueError(f"The {what} state dict " + "; it ".join(problems)
-                         + f". {hint}")
+        raise ValueError(
+            f"The {what} state dict " + "; it ".join(problems) + f". {hint}"
+        )
 
 
-def _load(variables: Variables, source: Source, *,
-          key_of: Callable[[tuple[str, ...]], str], ignored: re.Pattern,
-          extra: Mapping[str, tuple[int, ...]], what: str,
-          hint: str) -> tuple[dict, dict[str, np.ndarray]]:
+def _load(
+    variables: Variables,
+    source: Source,
+    *,
+    key_of: Callable[[tuple[str, ...]], str],
+    ignored: re.Pattern,
+    extra: Mapping[str, tuple[int, ...]],
+    what: str,
+    hint: str,
+) -> tuple[dict, dict[str, np.ndarray]]:
     """Fills `variables` from `source`; returns (variables, state dict)."""
     flat = pretrained.flat_variables(variables)
     keys = {path: key_of(path) for path in flat}
     state_dict = read(source)
-    _check_keys(state_dict, [*keys.values(), *extra], ignored=ignored,
-                what=what, hint=hint)
+    _check_keys(
+        state_dict,
+        [*keys.values(), *extra],
+        ignored=ignored,
+        what=what,
+        hint=hint,
+    )
     new_flat, wrong = {}, []
     for path, key in keys.items():
         target = flat[path]
         value = pretrained.from_torch_layout(np.asarray(state_dict[key]))
         if tuple(value.shape) != tuple(target.shape):
             torch_shape = pretrained.to_torch_layout(
-                np.zeros(target.shape, np.int8)).shape
-            wrong.append(f"{key}: file {tuple(np.shape(state_dict[key]))}, "
-                         f"model {tuple(torch_shape)}")
+                np.zeros(target.shape, np.int8)
+            ).shape
+            wrong.append(
+                f"{key}: file {tuple(np.shape(state_dict[key]))}, "
+                f"model {tuple(torch_shape)}"
+            )
             continue
         new_flat[path] = jnp.asarray(value, dtype=target.dtype)
     for key, shape in extra.items():
         if tuple(np.shape(state_dict[key])) != shape:
-            wrong.append(f"{key}: file {tuple(np.shape(state_dict[key]))}, "
-                         f"model {shape}")
+            wrong.append(
+                f"{key}: file {tuple(np.shape(state_dict[key]))}, model {shape}"
+            )
     if wrong:
         raise ValueError(
             f"Shape mismatch in the {what} state dict (torch layout) for "
-            f"{len(wrong)} key(s): {'; '.join(sorted(wrong)[:20])}. {hint}")
+            f"{len(wrong)} key(s): {'; '.join(sorted(wrong)[:20])}. {hint}"
+        )
     return traverse_util.unflatten_dict(new_flat), state_dict
 
 
@@ -226,7 +278,8 @@ _EMBED_HINT = (
     "Set config.model.depth, width_multiplier, non_local_counts and "
     "non_local_inter to the release model's (release.describe_embed_net "
     "reads them from the state dict), and use the dataset it was trained on "
-    "(the classifier's identities).")
+    "(the classifier's identities)."
+)
 
 
 def load_embed_net(variables: Variables, source: Source) -> dict:
@@ -249,15 +302,22 @@ def load_embed_net(variables: Variables, source: Source) -> dict:
     """
     d = tuple(variables["params"]["bnneck"]["scale"].shape)
     loaded, state_dict = _load(
-        variables, source, key_of=_embed_key, ignored=_EMBED_IGNORED,
-        extra={BNNECK_BIAS: d}, what="embed_net", hint=_EMBED_HINT)
+        variables,
+        source,
+        key_of=_embed_key,
+        ignored=_EMBED_IGNORED,
+        extra={BNNECK_BIAS: d},
+        what="embed_net",
+        hint=_EMBED_HINT,
+    )
     bias = np.asarray(state_dict[BNNECK_BIAS])
     if np.any(bias != 0):
         raise ValueError(
             f"{BNNECK_BIAS!r} must be all zeros (the release freezes the "
             f"BNNeck shift at 0 and MCLNet has no shift parameter); got "
             f"max |bias| = {float(np.max(np.abs(bias))):.3g}. This "
-            f"checkpoint was not trained with the release's BNNeck.")
+            f"checkpoint was not trained with the release's BNNeck."
+        )
     return loaded
 
 
@@ -273,7 +333,7 @@ def _torch_array(value: Any) -> np.ndarray:
 def _add_num_batches_tracked(state: dict[str, np.ndarray]) -> None:
     for key in list(state):
         if key.endswith(".running_mean"):
-            prefix = key[:-len("running_mean")]
+            prefix = key[: -len("running_mean")]
             state[prefix + "num_batches_tracked"] = np.zeros((), np.int64)
 
 
@@ -298,13 +358,14 @@ def embed_net_state_dict(variables: Variables) -> dict[str, np.ndarray]:
         # stem into the base's conv1/bn1.
         if key.startswith(_BASE_PREFIX):
             for prefix in _STEM_PREFIXES.values():
-                state[prefix + key[len(_BASE_PREFIX):]] = state[key].copy()
+                state[prefix + key[len(_BASE_PREFIX) :]] = state[key].copy()
         elif key.startswith(_STEM_PREFIXES["visible_stem"]):
-            rest = key[len(_STEM_PREFIXES["visible_stem"]):]
+            rest = key[len(_STEM_PREFIXES["visible_stem"]) :]
             state[_BASE_PREFIX + rest] = state[key].copy()
     for prefix in (*_STEM_PREFIXES.values(), _BASE_PREFIX):
         state[prefix + "fc.weight"] = np.zeros(
-            (IMAGENET_CLASSES, scale.shape[0]), scale.dtype)
+            (IMAGENET_CLASSES, scale.shape[0]), scale.dtype
+        )
         state[prefix + "fc.bias"] = np.zeros((IMAGENET_CLASSES,), scale.dtype)
     _add_num_batches_tracked(state)
     return state
@@ -312,19 +373,21 @@ def embed_net_state_dict(variables: Variables) -> dict[str, np.ndarray]:
 
 def export_embed_net(variables: Variables, path: str | os.PathLike) -> None:
     """Writes `embed_net_state_dict(variables)` to a `.safetensors` file."""
-    safetensors_numpy.save_file(embed_net_state_dict(variables),
-                                os.fspath(path))
+    safetensors_numpy.save_file(
+        embed_net_state_dict(variables), os.fspath(path)
+    )
 
 
 # ------------------------------------------------- modality classifier --
 
-_MCM_HINT = ("Pass the state dict of the release's "
-             "Discriminator_ModalityClassifier (map1, map2, map3, bn) for a "
-             "feature dimension equal to the model's.")
+_MCM_HINT = (
+    "Pass the state dict of the release's "
+    "Discriminator_ModalityClassifier (map1, map2, map3, bn) for a "
+    "feature dimension equal to the model's."
+)
 
 
-def load_modality_classifier(mcm_variables: Variables,
-                             source: Source) -> dict:
+def load_modality_classifier(mcm_variables: Variables, source: Source) -> dict:
     """`mclnet.ModalityClassifier` variables from a release state dict.
 
     Args:
@@ -340,14 +403,21 @@ def load_modality_classifier(mcm_variables: Variables,
       ValueError: missing, unknown (other than `map2.*` and
         `num_batches_tracked`) or wrongly shaped keys, named.
     """
-    loaded, _ = _load(mcm_variables, source, key_of=_mcm_key,
-                      ignored=_MCM_IGNORED, extra={},
-                      what="modality classifier", hint=_MCM_HINT)
+    loaded, _ = _load(
+        mcm_variables,
+        source,
+        key_of=_mcm_key,
+        ignored=_MCM_IGNORED,
+        extra={},
+        what="modality classifier",
+        hint=_MCM_HINT,
+    )
     return loaded
 
 
 def modality_classifier_state_dict(
-        mcm_variables: Variables) -> dict[str, np.ndarray]:
+    mcm_variables: Variables,
+) -> dict[str, np.ndarray]:
     """ModalityClassifier variables as a complete release state dict.
 
     `map2` (unused by the release) is written as the identity with zero
@@ -363,14 +433,17 @@ def modality_classifier_state_dict(
     return state
 
 
-def export_modality_classifier(mcm_variables: Variables,
-                               path: str | os.PathLike) -> None:
+def export_modality_classifier(
+    mcm_variables: Variables, path: str | os.PathLike
+) -> None:
     """Writes `modality_classifier_state_dict` to a `.safetensors` file."""
-    safetensors_numpy.save_file(modality_classifier_state_dict(mcm_variables),
-                                os.fspath(path))
+    safetensors_numpy.save_file(
+        modality_classifier_state_dict(mcm_variables), os.fspath(path)
+    )
 
 
 # ------------------------------------------- checks without a model --
+
 
 def check_embed_net_keys(keys: Iterable[str]) -> None:
     """Raises ValueError unless `keys` look like a release embed_net's.
@@ -380,32 +453,37 @@ def check_embed_net_keys(keys: Iterable[str]) -> None:
     and counts are checked later, against a model, by `load_embed_net`.
     """
     keys = set(keys)
-    unknown = sorted(k for k in keys if not _EMBED_KNOWN.search(k)
-                     and not _EMBED_IGNORED.search(k))
+    unknown = sorted(
+        k
+        for k in keys
+        if not _EMBED_KNOWN.search(k) and not _EMBED_IGNORED.search(k)
+    )
     missing = sorted(set(_EMBED_REQUIRED) - keys)
     if unknown or missing:
         problems = []
         if unknown:
-            problems.append(
-                f"unknown key(s) {pretrained.format_keys(unknown)}")
+            problems.append(f"unknown key(s) {pretrained.format_keys(unknown)}")
         if missing:
-            problems.append(
-                f"missing key(s) {pretrained.format_keys(missing)}")
+            problems.append(f"missing key(s) {pretrained.format_keys(missing)}")
         raise ValueError(
             "This does not look like the release's embed_net state dict: "
             + "; ".join(problems)
             + ". Expected names such as visible_module.visible.conv1.weight"
             ", base_resnet.base.layer1.0.conv1.weight, NL_2.0.theta.weight"
-            ", bottleneck.weight and classifier.weight.")
+            ", bottleneck.weight and classifier.weight."
+        )
 
 
 def check_modality_classifier_keys(keys: Iterable[str]) -> None:
     """Raises ValueError unless `keys` are a release modality classifier's."""
     keys = set(keys)
-    required = {f"{m}.{leaf}" for m in ("map1", "map3")
-                for leaf in ("weight", "bias")}
-    required |= {f"bn.{leaf}" for leaf in ("weight", "bias", "running_mean",
-                                            "running_var")}
+    required = {
+        f"{m}.{leaf}" for m in ("map1", "map3") for leaf in ("weight", "bias")
+    }
+    required |= {
+        f"bn.{leaf}"
+        for leaf in ("weight", "bias", "running_mean", "running_var")
+    }
     unknown = sorted(k for k in keys - required if not _MCM_IGNORED.search(k))
     missing = sorted(required - keys)
     if unknown or missing:
@@ -413,7 +491,8 @@ def check_modality_classifier_keys(keys: Iterable[str]) -> None:
             "This does not look like the release's "
             "Discriminator_ModalityClassifier state dict (map1, map2, map3, "
             f"bn): unknown key(s) [{pretrained.format_keys(unknown)}], "
-            f"missing key(s) [{pretrained.format_keys(missing)}].")
+            f"missing key(s) [{pretrained.format_keys(missing)}]."
+        )
 
 
 def describe_embed_net(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -437,30 +516,40 @@ def describe_embed_net(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     blocks = []
     for k in range(1, 5):
         pattern = re.compile(rf"^base_resnet\.base\.layer{k}\.(\d+)\.")
-        indices = {int(m.group(1)) for m in map(pattern.match, state_dict)
-                   if m}
+        indices = {int(m.group(1)) for m in map(pattern.match, state_dict) if m}
         blocks.append(max(indices) + 1)
     bottleneck = any(
-        k.startswith("base_resnet.base.layer1.0.conv3.") for k in state_dict)
-    depths = [d for d, b in resnet.BLOCKS_PER_STAGE.items()
-              if b == tuple(blocks) and (d >= 50) == bottleneck]
+        k.startswith("base_resnet.base.layer1.0.conv3.") for k in state_dict
+    )
+    depths = [
+        d
+        for d, b in resnet.BLOCKS_PER_STAGE.items()
+        if b == tuple(blocks) and (d >= 50) == bottleneck
+    ]
     if not depths:
         raise ValueError(
             f"The embed_net's stages have {tuple(blocks)} "
             f"{'bottleneck' if bottleneck else 'basic'} blocks, which is no "
-            f"ResNet depth of {sorted(resnet.BLOCKS_PER_STAGE)}.")
+            f"ResNet depth of {sorted(resnet.BLOCKS_PER_STAGE)}."
+        )
     counts = []
     for k in range(1, 5):
         pattern = re.compile(rf"^NL_{k}\.(\d+)\.")
-        counts.append(len({m.group(1) for m in map(pattern.match, state_dict)
-                           if m}))
-    theta = [np.shape(v) for k, v in state_dict.items()
-             if re.match(r"^NL_[1-4]\.\d+\.theta\.weight$", k)]
+        counts.append(
+            len({m.group(1) for m in map(pattern.match, state_dict) if m})
+        )
+    theta = [
+        np.shape(v)
+        for k, v in state_dict.items()
+        if re.match(r"^NL_[1-4]\.\d+\.theta\.weight$", k)
+    ]
     classifier = np.shape(state_dict["classifier.weight"])
     stem = np.shape(state_dict["visible_module.visible.conv1.weight"])
-    return {"depth": depths[0],
-            "width_multiplier": stem[0] / resnet.STEM_WIDTH,
-            "non_local_counts": tuple(counts),
-            "non_local_inter": theta[0][0] if theta else None,
-            "feature_dim": classifier[1],
-            "num_classes": classifier[0]}
+    return {
+        "depth": depths[0],
+        "width_multiplier": stem[0] / resnet.STEM_WIDTH,
+        "non_local_counts": tuple(counts),
+        "non_local_inter": theta[0][0] if theta else None,
+        "feature_dim": classifier[1],
+        "num_classes": classifier[0],
+    }

@@ -52,7 +52,8 @@ def check_depth(depth: int) -> None:
     if depth not in BLOCKS_PER_STAGE:
         raise ValueError(
             f"Unsupported ResNet depth {depth!r}; use one of "
-            f"{sorted(BLOCKS_PER_STAGE)}.")
+            f"{sorted(BLOCKS_PER_STAGE)}."
+        )
 
 
 def expansion(depth: int) -> int:
@@ -65,7 +66,8 @@ def scaled_width(width: int, width_multiplier: float) -> int:
     """Channel count `width * width_multiplier`, rounded, at least 1."""
     if not width_multiplier > 0:
         raise ValueError(
-            f"width_multiplier must be > 0, got {width_multiplier!r}.")
+            f"width_multiplier must be > 0, got {width_multiplier!r}."
+        )
     return max(1, int(round(width * width_multiplier)))
 
 
@@ -79,18 +81,30 @@ def _bn(name: str, dtype: Any) -> layers.BatchNorm:
     return layers.BatchNorm(dtype=dtype, name=name)
 
 
-def _conv(features: int, kernel: int, strides: int, *, dtype: Any,
-          name: str) -> nn.Module:
+def _conv(
+    features: int, kernel: int, strides: int, *, dtype: Any, name: str
+) -> nn.Module:
     """Bias-free conv with PyTorch's symmetric padding (kernel // 2)."""
     if kernel == 1:
-        return layers.Conv1x1(features, strides=strides,
-                              kernel_init=conv_kernel_init, dtype=dtype,
-                              name=name)
+        return layers.Conv1x1(
+            features,
+            strides=strides,
+            kernel_init=conv_kernel_init,
+            dtype=dtype,
+            name=name,
+        )
     pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
-                   padding=((pad, pad), (pad, pad)), use_bias=False,
-                   kernel_init=conv_kernel_init, dtype=dtype,
-                   param_dtype=layers.param_dtype(dtype), name=name)
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(strides, strides),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        kernel_init=conv_kernel_init,
+        dtype=dtype,
+        param_dtype=layers.param_dtype(dtype),
+        name=name,
+    )
 
 
 class BasicBlock(nn.Module):
@@ -110,13 +124,15 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """x: [N, H, W, C_in] -> [N, H / strides, W / strides, width]."""
         out_channels = self.width
-        y = _conv(self.width, 3, self.strides, dtype=self.dtype,
-                  name="conv1")(x)
+        y = _conv(self.width, 3, self.strides, dtype=self.dtype, name="conv1")(
+            x
+        )
         y = nn.relu(_bn("bn1", self.dtype)(y, train=train))
         y = _conv(self.width, 3, 1, dtype=self.dtype, name="conv2")(y)
         y = _bn("bn2", self.dtype)(y, train=train)
-        shortcut = _shortcut(x, out_channels, self.strides, dtype=self.dtype,
-                             train=train)
+        shortcut = _shortcut(
+            x, out_channels, self.strides, dtype=self.dtype, train=train
+        )
         return nn.relu(y + shortcut)
 
 
@@ -139,18 +155,21 @@ class Bottleneck(nn.Module):
         out_channels = 4 * self.width
         y = _conv(self.width, 1, 1, dtype=self.dtype, name="conv1")(x)
         y = nn.relu(_bn("bn1", self.dtype)(y, train=train))
-        y = _conv(self.width, 3, self.strides, dtype=self.dtype,
-                  name="conv2")(y)
+        y = _conv(self.width, 3, self.strides, dtype=self.dtype, name="conv2")(
+            y
+        )
         y = nn.relu(_bn("bn2", self.dtype)(y, train=train))
         y = _conv(out_channels, 1, 1, dtype=self.dtype, name="conv3")(y)
         y = _bn("bn3", self.dtype)(y, train=train)
-        shortcut = _shortcut(x, out_channels, self.strides, dtype=self.dtype,
-                             train=train)
+        shortcut = _shortcut(
+            x, out_channels, self.strides, dtype=self.dtype, train=train
+        )
         return nn.relu(y + shortcut)
 
 
-def _shortcut(x: jax.Array, out_channels: int, strides: int, *, dtype: Any,
-              train: bool) -> jax.Array:
+def _shortcut(
+    x: jax.Array, out_channels: int, strides: int, *, dtype: Any, train: bool
+) -> jax.Array:
     """Identity, or torchvision's 1x1 conv + BN when the shape changes.
 
     Called inside a block's compact `__call__`, so the submodules it creates
@@ -180,8 +199,7 @@ class ResNetStem(nn.Module):
         x = _conv(self.width, 7, 2, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(_bn("bn1", self.dtype)(x, train=train))
         # Padding with -inf, like PyTorch's max_pool2d(padding=1).
-        return nn.max_pool(x, (3, 3), strides=(2, 2),
-                           padding=((1, 1), (1, 1)))
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 class ResNetStage(nn.Module):
@@ -215,16 +233,23 @@ class ResNetStage(nn.Module):
         if not 0 <= self.num_non_local <= self.num_blocks:
             raise ValueError(
                 f"num_non_local={self.num_non_local} must lie in "
-                f"[0, {self.num_blocks}] (the blocks of this stage).")
+                f"[0, {self.num_blocks}] (the blocks of this stage)."
+            )
         block_cls = Bottleneck if expansion(self.depth) == 4 else BasicBlock
         first_non_local = self.num_blocks - self.num_non_local
         for i in range(self.num_blocks):
-            x = block_cls(self.width, strides=self.strides if i == 0 else 1,
-                          dtype=self.dtype, name=f"block{i}")(x, train=train)
+            x = block_cls(
+                self.width,
+                strides=self.strides if i == 0 else 1,
+                dtype=self.dtype,
+                name=f"block{i}",
+            )(x, train=train)
             if i >= first_non_local:
                 x = non_local_lib.NonLocalBlock(
-                    inter=self.non_local_inter, dtype=self.dtype,
-                    name=f"non_local{i - first_non_local}")(x, train=train)
+                    inter=self.non_local_inter,
+                    dtype=self.dtype,
+                    name=f"non_local{i - first_non_local}",
+                )(x, train=train)
         return x
 
 
@@ -262,12 +287,17 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """x: [N, H, W, 3] -> [N, feature_dim] (or [N, num_classes]) float32."""
         check_depth(self.depth)
-        x = ResNetStem(scaled_width(STEM_WIDTH, self.width_multiplier),
-                       dtype=self.dtype, name="stem")(x, train=train)
-        for stage in resnet_stages(depth=self.depth,
-                                   width_multiplier=self.width_multiplier,
-                                   last_stride=self.last_stride,
-                                   dtype=self.dtype):
+        x = ResNetStem(
+            scaled_width(STEM_WIDTH, self.width_multiplier),
+            dtype=self.dtype,
+            name="stem",
+        )(x, train=train)
+        for stage in resnet_stages(
+            depth=self.depth,
+            width_multiplier=self.width_multiplier,
+            last_stride=self.last_stride,
+            dtype=self.dtype,
+        ):
             x = stage(x, train=train)
         x = jnp.mean(x.astype(layers.param_dtype(self.dtype)), axis=(1, 2))
         if self.num_classes is not None:
@@ -275,10 +305,15 @@ class ResNet(nn.Module):
         return x
 
 
-def resnet_stages(*, depth: int, width_multiplier: float, last_stride: int,
-                  non_local_counts: Sequence[int] = (0, 0, 0, 0),
-                  non_local_inter: int | None = 1,
-                  dtype: Any = jnp.float32) -> list[ResNetStage]:
+def resnet_stages(
+    *,
+    depth: int,
+    width_multiplier: float,
+    last_stride: int,
+    non_local_counts: Sequence[int] = (0, 0, 0, 0),
+    non_local_inter: int | None = 1,
+    dtype: Any = jnp.float32,
+) -> list[ResNetStage]:
     """Unbound layer1..layer4 modules, named "layer1".."layer4".
 
     Use inside a parent's `setup` or compact `__call__` so they become its
@@ -288,13 +323,26 @@ def resnet_stages(*, depth: int, width_multiplier: float, last_stride: int,
     if len(non_local_counts) != 4:
         raise ValueError(
             f"non_local_counts must have 4 entries (one per stage), got "
-            f"{tuple(non_local_counts)!r}.")
+            f"{tuple(non_local_counts)!r}."
+        )
     return [
-        ResNetStage(depth, n, scaled_width(w, width_multiplier), strides=s,
-                    num_non_local=nl, non_local_inter=non_local_inter,
-                    dtype=dtype, name=f"layer{k + 1}")
-        for k, (n, w, s, nl) in enumerate(zip(BLOCKS_PER_STAGE[depth],
-                                              STAGE_WIDTHS,
-                                              stage_strides(last_stride),
-                                              non_local_counts))
+        ResNetStage(
+            depth,
+            n,
+            scaled_width(w, width_multiplier),
+            strides=s,
+            num_non_local=nl,
+            non_local_inter=non_local_inter,
+            dtype=dtype,
+            name=f"layer{k + 1}",
+        )
+        for k, (n, w, s, nl) in enumerate(
+            zip(
+                BLOCKS_PER_STAGE[depth],
+                STAGE_WIDTHS,
+                stage_strides(last_stride),
+                non_local_counts,
+                strict=True,
+            )
+        )
     ]

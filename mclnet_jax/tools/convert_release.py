@@ -23,36 +23,42 @@ scalar reconstructors. Needs PyTorch (`pip install torch`, CPU is enough);
 exit code 2 on any error, with the reason.
 """
 
-from collections.abc import Mapping
 import importlib
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
 import numpy as np
+from absl import app, flags, logging
 from safetensors import numpy as safetensors_numpy
 
 from mclnet_jax.models import release
 
 _INPUT = flags.DEFINE_string(
-    "input", None, "The release's checkpoint (.t / .pth, a torch.save file).")
+    "input", None, "The release's checkpoint (.t / .pth, a torch.save file)."
+)
 _OUTPUT = flags.DEFINE_string(
-    "output", None, "The embed_net as a .safetensors file.")
+    "output", None, "The embed_net as a .safetensors file."
+)
 _NET_KEY = flags.DEFINE_string(
-    "net_key", "net",
+    "net_key",
+    "net",
     "Key of the embed_net state dict in the checkpoint; a checkpoint without "
-    "it must be a bare state dict.")
+    "it must be a bare state dict.",
+)
 _MCM_KEY = flags.DEFINE_string(
-    "modality_classifier_key", None,
+    "modality_classifier_key",
+    None,
     "Key of the modality classifier's state dict in the checkpoint, if it "
-    "has one (the release's own script does not save it).")
+    "has one (the release's own script does not save it).",
+)
 _MCM_OUTPUT = flags.DEFINE_string(
-    "modality_classifier_output", None,
+    "modality_classifier_output",
+    None,
     "Where the modality classifier goes; default: OUTPUT with "
-    ".modality_classifier.safetensors.")
+    ".modality_classifier.safetensors.",
+)
 
 
 class ConversionError(ValueError):
@@ -83,12 +89,13 @@ def _numpy_globals() -> list[Any]:
     allowed = [np.ndarray, np.dtype]
     # numpy >= 1.25 rebuilds dtypes as instances of per-type classes; only
     # plain numeric ones (no object or structured dtypes) are allowed.
-    allowed += sorted({type(np.dtype(c)) for c in "?bBhHiIlLqQefdFD"},
-                      key=str)
+    allowed += sorted({type(np.dtype(c)) for c in "?bBhHiIlLqQefdFD"}, key=str)
     for name in ("_reconstruct", "scalar"):
         fn = getattr(multiarray, name)
-        allowed += [(fn, f"numpy.core.multiarray.{name}"),
-                    (fn, f"numpy._core.multiarray.{name}")]
+        allowed += [
+            (fn, f"numpy.core.multiarray.{name}"),
+            (fn, f"numpy._core.multiarray.{name}"),
+        ]
     return allowed
 
 
@@ -111,7 +118,8 @@ def read_checkpoint(path: str) -> Any:
             f"Objects other than tensors, containers and numpy values are "
             f"refused on purpose (no arbitrary pickle is run). Re-save "
             f"the state dict alone from PyTorch: torch.save("
-            f"checkpoint['net'], 'net.t').") from e
+            f"checkpoint['net'], 'net.t')."
+        ) from e
 
 
 def _is_tensor(value: Any) -> bool:
@@ -119,15 +127,17 @@ def _is_tensor(value: Any) -> bool:
     return all(hasattr(value, a) for a in ("detach", "numpy", "numel"))
 
 
-def _to_numpy(state_dict: Mapping[str, Any], what: str
-              ) -> dict[str, np.ndarray]:
+def _to_numpy(
+    state_dict: Mapping[str, Any], what: str
+) -> dict[str, np.ndarray]:
     """Tensors -> contiguous numpy (float16/bfloat16 widened to float32)."""
     out = {}
     for key, value in state_dict.items():
         if not _is_tensor(value):
             raise ConversionError(
                 f"{what} entry {key!r} is a {type(value).__name__}, not a "
-                f"tensor; is this a state dict?")
+                f"tensor; is this a state dict?"
+            )
         t = value.detach().cpu()
         if t.is_floating_point() and t.dtype.itemsize < 4:
             t = t.float()
@@ -135,28 +145,33 @@ def _to_numpy(state_dict: Mapping[str, Any], what: str
     keys = list(out)
     if keys and all(k.startswith("module.") for k in keys):
         logging.info("Stripping the 'module.' prefix of DataParallel.")
-        out = {k[len("module."):]: v for k, v in out.items()}
+        out = {k[len("module.") :]: v for k, v in out.items()}
     return out
 
 
-def _metadata(checkpoint: Mapping[str, Any], skip: set[str]
-              ) -> dict[str, str]:
+def _metadata(checkpoint: Mapping[str, Any], skip: set[str]) -> dict[str, str]:
     """Scalar entries (epoch, mAP, ...) as strings, for the file header."""
     meta = {}
     for key, value in checkpoint.items():
         if key in skip:
             continue
         if isinstance(value, (int, float, str, np.generic)) or (
-                _is_tensor(value) and value.numel() == 1):
-            meta[str(key)] = str(value.item() if hasattr(value, "item")
-                                 else value)
+            _is_tensor(value) and value.numel() == 1
+        ):
+            meta[str(key)] = str(
+                value.item() if hasattr(value, "item") else value
+            )
     return meta
 
 
-def convert(input_path: str, output_path: str, *, net_key: str = "net",
-            modality_classifier_key: str | None = None,
-            modality_classifier_output: str | None = None
-            ) -> dict[str, Any]:
+def convert(
+    input_path: str,
+    output_path: str,
+    *,
+    net_key: str = "net",
+    modality_classifier_key: str | None = None,
+    modality_classifier_output: str | None = None,
+) -> dict[str, Any]:
     """Reads a release checkpoint and writes its embed_net as safetensors.
 
     Args:
@@ -179,13 +194,15 @@ def convert(input_path: str, output_path: str, *, net_key: str = "net",
     """
     if not output_path.endswith(".safetensors"):
         raise ConversionError(
-            f"--output must end in .safetensors, got {output_path!r}.")
+            f"--output must end in .safetensors, got {output_path!r}."
+        )
     checkpoint = read_checkpoint(input_path)
     if not isinstance(checkpoint, Mapping):
         raise ConversionError(
             f"{input_path!r} holds a {type(checkpoint).__name__}, not a "
             f"dict; expected {{'{net_key}': state_dict, ...}} or a state "
-            f"dict.")
+            f"dict."
+        )
     if net_key in checkpoint and isinstance(checkpoint[net_key], Mapping):
         net, skip = checkpoint[net_key], {net_key}
     elif checkpoint and all(_is_tensor(v) for v in checkpoint.values()):
@@ -194,7 +211,8 @@ def convert(input_path: str, output_path: str, *, net_key: str = "net",
         raise ConversionError(
             f"{input_path!r} has no state dict under {net_key!r} and is not "
             f"a bare state dict; its keys are {sorted(map(str, checkpoint))}"
-            f". Pass --net_key=KEY for the embed_net's state dict.")
+            f". Pass --net_key=KEY for the embed_net's state dict."
+        )
     state = _to_numpy(net, "embed_net")
     try:
         info = release.describe_embed_net(state)
@@ -208,7 +226,8 @@ def convert(input_path: str, output_path: str, *, net_key: str = "net",
             raise ConversionError(
                 f"--modality_classifier_key={modality_classifier_key!r} is "
                 f"not a state dict in {input_path!r}; its keys are "
-                f"{sorted(map(str, checkpoint))}.")
+                f"{sorted(map(str, checkpoint))}."
+            )
         mcm_state = _to_numpy(mcm, "modality classifier")
         try:
             release.check_modality_classifier_keys(mcm_state)
@@ -218,17 +237,20 @@ def convert(input_path: str, output_path: str, *, net_key: str = "net",
 
     metadata = _metadata(checkpoint, skip)
     metadata["source"] = os.path.basename(input_path)
-    safetensors_numpy.save_file(state, output_path,
-                                metadata={**metadata,
-                                          "format": "release_embed_net"})
+    safetensors_numpy.save_file(
+        state, output_path, metadata={**metadata, "format": "release_embed_net"}
+    )
     outputs = [output_path]
     if mcm_state is not None:
         mcm_path = modality_classifier_output or (
-            output_path[:-len(".safetensors")]
-            + ".modality_classifier.safetensors")
+            output_path[: -len(".safetensors")]
+            + ".modality_classifier.safetensors"
+        )
         safetensors_numpy.save_file(
-            mcm_state, mcm_path,
-            metadata={**metadata, "format": "release_modality_classifier"})
+            mcm_state,
+            mcm_path,
+            metadata={**metadata, "format": "release_modality_classifier"},
+        )
         outputs.append(mcm_path)
     return {**info, "metadata": metadata, "outputs": outputs}
 
@@ -237,11 +259,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        info = convert(os.path.expanduser(_INPUT.value),
-                       os.path.expanduser(_OUTPUT.value),
-                       net_key=_NET_KEY.value,
-                       modality_classifier_key=_MCM_KEY.value,
-                       modality_classifier_output=_MCM_OUTPUT.value)
+        info = convert(
+            os.path.expanduser(_INPUT.value),
+            os.path.expanduser(_OUTPUT.value),
+            net_key=_NET_KEY.value,
+            modality_classifier_key=_MCM_KEY.value,
+            modality_classifier_output=_MCM_OUTPUT.value,
+        )
     except ConversionError as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 2
@@ -251,10 +275,19 @@ def main(argv):
         "blocks (%s) of width %s, %d-d features, %d identities: evaluate "
         "with --mode=evaluate --config.model.release_checkpoint=%s and "
         "--config.model.depth=%d --config.model.non_local_counts='(%s)' "
-        "if your config differs.", ", ".join(info["outputs"]),
-        info["metadata"], info["depth"], info["width_multiplier"], counts,
-        info["non_local_inter"], info["feature_dim"], info["num_classes"],
-        info["outputs"][0], info["depth"], counts)
+        "if your config differs.",
+        ", ".join(info["outputs"]),
+        info["metadata"],
+        info["depth"],
+        info["width_multiplier"],
+        counts,
+        info["non_local_inter"],
+        info["feature_dim"],
+        info["num_classes"],
+        info["outputs"][0],
+        info["depth"],
+        counts,
+    )
     return 0
 
 
