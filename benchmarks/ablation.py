@@ -1,15 +1,15 @@
 r"""The paper's ablation rows on synthetic data, over several seeds.
 
 Trains Base, AGW*, AGW*+MCM, AGW*+ICA,CCA and MCLNet (the variants base,
-agw_re, agw_re_mcm, agw_re_ica_cca, mclnet of configs/default.py) with the
-demo's setting (configs/synthetic.py: data, model, schedule) for N seeds,
-evaluates each on the SYSU-MM01 all-search single-shot protocol (10 gallery
-trials) and prints one table: mean +- std over seeds of rank-1 / mAP / mINP
-per row, and the paired difference of each row to AGW* (same seed: same
-data, same initialisation) with its std over seeds. Seed s generates the
-synthetic data with generator seed s and trains with config.seed = s; the
-data of a seed is generated and built once and shared by its rows. Stds are
-sample stds (ddof 1) over seeds.
+agw_re, agw_re_mcm, agw_re_ica_cca, mclnet of mclnet_jax.configs.common)
+with the demo's setting (configs/synthetic.py: data, model, schedule) for N
+seeds, evaluates each on the SYSU-MM01 all-search single-shot protocol (10
+gallery trials) and prints one table: mean +- std over seeds of rank-1 / mAP
+/ mINP per row, and the paired difference of each row to AGW* (same seed:
+same data, same initialisation) with its std over seeds. Seed s generates
+the synthetic data with generator seed s and trains with config.seed = s;
+the data of a seed is generated and built once and shared by its rows. Stds
+are sample stds (ddof 1) over seeds.
 
 Writes <workdir>/ablation.json and <workdir>/ablation.md; every run keeps
 its own workdir (<workdir>/runs/<row>_seed<s>, with results.json), and a
@@ -18,24 +18,21 @@ resumes.
 
 Usage::
 
-    python benchmarks/ablation.py --workdir=/tmp/ablation  # ~1 h, 2 cores
+    python benchmarks/ablation.py --workdir=/tmp/ablation
     python benchmarks/ablation.py --workdir=/tmp/ablation --seeds=5
     python benchmarks/ablation.py --workdir=/tmp/ablation_gpu --setting=large
     python benchmarks/ablation.py --workdir=/tmp/ab_tiny --setting=tiny
 
 Settings: "demo" (default) is configs/synthetic.py as is, so every row
 shares the demo's departures: random erasing is off in every row (AGW* here
-is AGW without erasing; it halves learning from scratch at this budget) and
-our random grey (config.data.random_grey = 0.5) is on in every row; the
-rows differ only in what configs/default.py's variant table switches
-(triplet, pooling, non-local, MCM, ICA, CCA). "large" (for a GPU) has more
-identities and images, bigger images, a wider network and a longer
-schedule; "tiny" is a seconds-long smoke run (the tests).
+is AGW without erasing, which slows learning from scratch at this budget)
+and our random grey (config.data.random_grey = 0.5) is on in every row; the
+rows differ only in what the variants switch (triplet, pooling, non-local,
+MCM, ICA, CCA). "large" (for a GPU) has more identities and images, bigger
+images, a wider network and a longer schedule; "tiny" is a seconds-long
+smoke run (the tests).
 """
 
-from __future__ import annotations
-
-import argparse
 import json
 import os
 import resource
@@ -44,11 +41,11 @@ import sys
 import time
 
 import numpy as np
+from absl import app, flags
+
+from mclnet_jax.configs import settings
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)
-
-from mclnet_jax import config_utils  # noqa: E402 (needs the path above)
 
 # (variant, label) in the paper's order; AGW* is the reference of the
 # paired differences.
@@ -69,15 +66,9 @@ def load_config(variant: str, *, seed: int, setting: str):
     """The run's config (configs/synthetic.py plus the setting's changes)."""
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}.")
-    module = config_utils.load_sibling(
-        os.path.join(_ROOT, "configs", "synthetic.py"), "synthetic.py"
+    config = settings.synthetic(
+        variant, seed=seed, tiny=setting == "tiny", large=setting == "large"
     )
-    arg = f"variant={variant},seed={seed}"
-    if setting == "tiny":
-        arg += ",tiny=1"
-    if setting == "large":
-        arg += ",large=1"
-    config = module.get_config(arg)
     # Only the model's all-search numbers are compared.
     config.eval.modes = ("all",)
     config.eval.raw_pixel_baseline = False
@@ -91,7 +82,7 @@ def _run_dir(workdir: str, variant: str, seed: int) -> str:
 
 def _generate(workdir: str, seed: int, setting: str) -> tuple[str, str]:
     """Generates seed's data once; returns (manual_dir, tfds data_dir)."""
-    from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+    from data_pipeline import synthetic
 
     config = load_config(REFERENCE, seed=seed, setting=setting)
     root = os.path.join(workdir, f"data_seed{seed}")
@@ -105,20 +96,26 @@ def _generate(workdir: str, seed: int, setting: str) -> tuple[str, str]:
     return root, os.path.join(workdir, f"tfds_seed{seed}")
 
 
-def _worker(args) -> int:
+def _worker(
+    *,
+    variant: str,
+    seed: int,
+    setting: str,
+    manual_dir: str,
+    data_dir: str,
+    run_dir: str,
+) -> int:
     """Trains and evaluates one (row, seed) in this process."""
-    # pylint: disable=g-import-not-at-top
     from absl import logging
 
     from mclnet_jax import train
 
-    # pylint: enable=g-import-not-at-top
     logging.set_verbosity(logging.WARNING)
-    config = load_config(args.variant, seed=args.seed, setting=args.setting)
+    config = load_config(variant, seed=seed, setting=setting)
     config.data.synthetic = None
-    config.data.manual_dir = args.manual_dir
-    config.data.data_dir = args.data_dir
-    train.train_and_evaluate(config, args.run_dir)
+    config.data.manual_dir = manual_dir
+    config.data.data_dir = data_dir
+    train.train_and_evaluate(config, run_dir)
     return 0
 
 
@@ -183,70 +180,59 @@ def markdown(table: dict, *, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Ablation rows on synthetic data over seeds."
-    )
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument(
-        "--seeds", type=int, default=3, help="number of seeds (0 .. N-1)"
-    )
-    parser.add_argument(
-        "--setting",
-        choices=SETTINGS,
-        default="demo",
-        help="demo (default, ~1 h on 2 cores), large (GPU), tiny (smoke test)",
-    )
-    parser.add_argument(
-        "--rows",
-        default=",".join(v for v, _ in ROWS),
-        help="comma-separated variants (default: all five)",
-    )
-    parser.add_argument(
-        "--feature",
-        choices=("bn", "pool"),
-        default="bn",
-        help="feature reported (both are evaluated)",
-    )
-    # Internal: one run in a child process.
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--manual_dir", help=argparse.SUPPRESS)
-    parser.add_argument("--data_dir", help=argparse.SUPPRESS)
-    parser.add_argument("--run_dir", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        return _worker(args)
-
-    known = {v for v, _ in ROWS}
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = sorted(set(rows) - known)
+def check_rows(rows) -> None:
+    """Raises ValueError unless `rows` is a non-empty list of known rows."""
+    known = sorted(v for v, _ in ROWS)
+    unknown = sorted(set(rows) - set(known))
     if unknown or not rows:
-        parser.error(f"--rows: unknown {unknown}; choose from {sorted(known)}.")
-    if args.seeds < 1:
-        parser.error("--seeds must be >= 1.")
-    seeds = list(range(args.seeds))
-    workdir = os.path.abspath(os.path.expanduser(args.workdir))
+        raise ValueError(f"--rows: unknown {unknown}; choose from {known}.")
+
+
+def run(
+    workdir: str,
+    *,
+    num_seeds: int,
+    setting: str = "demo",
+    rows=tuple(v for v, _ in ROWS),
+    feature: str = "bn",
+) -> int:
+    """Trains the missing (row, seed) runs and writes the tables.
+
+    Args:
+      workdir: where the data, the runs and the tables go.
+      num_seeds: seeds 0 .. num_seeds - 1.
+      setting: one of SETTINGS.
+      rows: the variants of ROWS to train.
+      feature: "bn" or "pool", the feature reported.
+
+    Returns:
+      The exit status: 0, or that of the first run that failed.
+    """
+    check_rows(rows)
+    if num_seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {num_seeds}.")
+    seeds = list(range(num_seeds))
+    workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
     start = time.time()
     results: dict[str, dict[int, dict[str, float]]] = {}
     timings = {}
     for seed in seeds:
-        manual_dir, data_dir = _generate(workdir, seed, args.setting)
+        manual_dir, data_dir = _generate(workdir, seed, setting)
         for variant in rows:
             run_dir = _run_dir(workdir, variant, seed)
-            res = read_result(run_dir, args.feature)
+            res = read_result(run_dir, feature)
             if res is None:
                 t0 = time.time()
                 cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cmd = [
                     sys.executable,
-                    os.path.abspath(__file__),
+                    "-m",
+                    "benchmarks.ablation",
                     "--worker",
                     f"--variant={variant}",
                     f"--seed={seed}",
-                    f"--setting={args.setting}",
+                    f"--setting={setting}",
                     f"--manual_dir={manual_dir}",
                     f"--data_dir={data_dir}",
                     f"--run_dir={run_dir}",
@@ -276,14 +262,14 @@ def main(argv=None) -> int:
                         1,
                     ),
                 }
-                res = read_result(run_dir, args.feature)
+                res = read_result(run_dir, feature)
             results.setdefault(variant, {})[seed] = res
     table = summarize(results, seeds)
     wall = time.time() - start
     max_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     title = (
-        f"Synthetic ablation ({args.setting} setting, {len(seeds)} "
-        f"seeds, SYSU all-search single-shot, {args.feature} "
+        f"Synthetic ablation ({setting} setting, {len(seeds)} "
+        f"seeds, SYSU all-search single-shot, {feature} "
         "features; mean ± std over seeds; d = paired difference to "
         "AGW*)"
     )
@@ -293,9 +279,9 @@ def main(argv=None) -> int:
     with open(os.path.join(workdir, "ablation.json"), "w") as f:
         json.dump(
             {
-                "setting": args.setting,
+                "setting": setting,
                 "seeds": seeds,
-                "feature": args.feature,
+                "feature": feature,
                 "protocol": PROTOCOL,
                 "rows": table,
                 "per_seed": results,
@@ -314,5 +300,75 @@ def main(argv=None) -> int:
     return 0
 
 
+def _validate_rows(rows) -> bool:
+    try:
+        check_rows(rows)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The command line's flags (defined when run as a program only)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("workdir", None, "Data, runs and tables go here.", **fv)
+    flags.DEFINE_integer(
+        "seeds", 3, "Number of seeds (0 .. N-1).", lower_bound=1, **fv
+    )
+    flags.DEFINE_enum(
+        "setting",
+        "demo",
+        SETTINGS,
+        "demo (default), large (GPU), tiny (smoke test).",
+        **fv,
+    )
+    flags.DEFINE_list(
+        "rows",
+        [v for v, _ in ROWS],
+        "Comma-separated variants (default: all five).",
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "feature",
+        "bn",
+        ["bn", "pool"],
+        "Feature reported (both are evaluated).",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "worker",
+        False,
+        "Internal: train one (row, seed) in this process.",
+        **fv,
+    )
+    flags.DEFINE_string("variant", None, "Internal (--worker): the row.", **fv)
+    flags.DEFINE_integer("seed", None, "Internal (--worker): the seed.", **fv)
+    flags.DEFINE_string("manual_dir", None, "Internal (--worker).", **fv)
+    flags.DEFINE_string("data_dir", None, "Internal (--worker).", **fv)
+    flags.DEFINE_string("run_dir", None, "Internal (--worker).", **fv)
+    flags.register_validator("rows", _validate_rows, flag_values=flag_values)
+    flags.mark_flag_as_required("workdir", flag_values=flag_values)
+
+
+def main(argv, flag_values: flags.FlagValues = flags.FLAGS) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    fl = flag_values
+    if fl.worker:
+        internal = ("variant", "seed", "manual_dir", "data_dir", "run_dir")
+        missing = [f"--{n}" for n in internal if fl[n].value is None]
+        if missing:
+            raise app.UsageError(f"--worker needs {', '.join(missing)}.")
+        return _worker(setting=fl.setting, **{n: fl[n].value for n in internal})
+    return run(
+        fl.workdir,
+        num_seeds=fl.seeds,
+        setting=fl.setting,
+        rows=fl.rows,
+        feature=fl.feature,
+    )
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    app.run(main)

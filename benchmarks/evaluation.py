@@ -4,7 +4,7 @@ Full-size protocols from given random features with a realistic identity /
 camera structure:
 
 * SYSU-MM01 all-search: 96 test ids; 3,803 infrared queries (cameras 3, 6);
-  10 trials of a single-shot gallery drawn by `evaluate.sysu_gallery_indices`
+  10 trials of a single-shot gallery drawn by `protocols.sysu_gallery_indices`
   (301 images per trial: one per identity per visible camera folder);
 * RegDB: 10 trials of 206 ids x 10 visible + 10 thermal images,
   visible->infrared (2,060 x 2,060).
@@ -13,7 +13,7 @@ For each, seconds for 10 trials of
 
 * "metrics": CMC / mAP / mINP from the distance matrices;
 * "full": also L2 normalisation of the features and the distances
-  (ours: `evaluate.evaluate_sysu` / normalise + distance + metrics per RegDB
+  (ours: `sysu.evaluate_features` / normalise + distance + metrics per RegDB
   trial; the loop: normalise + matmul per trial, as the community test code).
 
 The loop is a straightforward community-style implementation (one Python
@@ -38,12 +38,34 @@ Run:
     python benchmarks/evaluation.py --only_rerank   # re-ranking only
 """
 
-import argparse
 import time
+import types
 
 import numpy as np
+from absl import app, flags
 
-from mclnet_jax import evaluate, metrics, rerank
+from data_pipeline.constants import (
+    SYSU_INFRARED_CAMERAS,
+    SYSU_VISIBLE_CAMERAS,
+)
+from data_pipeline.records import SplitMetadata
+from mclnet_jax import metrics, rerank
+from mclnet_jax.evaluators import protocols, sysu
+
+_TRIALS = flags.DEFINE_integer("trials", 10, "Trials.", lower_bound=1)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 5, "Timed runs of ours (median taken).", lower_bound=1
+)
+_DIM = flags.DEFINE_integer(
+    "dim", 2048, "Feature dimension (MCLNet ResNet-50: 2048).", lower_bound=1
+)
+_RERANK_REPEATS = flags.DEFINE_integer(
+    "rerank_repeats", 5, "Timed runs of the re-ranking.", lower_bound=1
+)
+_QUICK = flags.DEFINE_bool("quick", False, "2 trials, 3 repeats: a smoke test.")
+_ONLY_RERANK = flags.DEFINE_bool(
+    "only_rerank", False, "Time the re-ranking only."
+)
 
 COMMUNITY_SECONDS = {"SYSU all-search": 9.9, "RegDB V->I": 36.7}
 
@@ -123,10 +145,10 @@ def features_for(identity, camera, *, dim, seed, noise=4.5):
 def sysu_test_split(rng, *, dim):
     """Metadata + features of a SYSU-like test split (96 ids)."""
     ids = np.sort(rng.choice(np.arange(1, 534), 96, replace=False))
-    rgb_folders = [(i, c) for i in ids for c in (1, 2, 4, 5)]
+    rgb_folders = [(i, c) for i in ids for c in SYSU_VISIBLE_CAMERAS]
     # 301 of the 384 (id, visible camera) folders exist, as in SYSU-MM01.
     present = rng.choice(len(rgb_folders), 301, replace=False)
-    ir_folders = [(i, c) for i in ids for c in (3, 6)]
+    ir_folders = [(i, c) for i in ids for c in SYSU_INFRARED_CAMERAS]
     ir_counts = (
         rng.multinomial(
             3803 - len(ir_folders), np.ones(len(ir_folders)) / len(ir_folders)
@@ -145,9 +167,15 @@ def sysu_test_split(rng, *, dim):
             (i, c, 1, f"cam{c}/{i:04d}/{j:04d}.jpg") for j in range(1, n + 1)
         ]
     rows = [rows[k] for k in rng.permutation(len(rows))]
-    meta = evaluate.TestMetadata.from_records(
-        dict(identity=i, camera=c, modality=m, file_name=f)
-        for i, c, m, f in rows
+    identity, camera, modality, names = (
+        np.asarray(c) for c in zip(*rows, strict=True)
+    )
+    meta = SplitMetadata(
+        label=np.unique(identity, return_inverse=True)[1],
+        identity=identity.astype(np.int64),
+        camera=camera.astype(np.int64),
+        modality=modality.astype(np.int64),
+        file_name=names.astype(object),
     )
     return meta, features_for(meta.identity, meta.camera, dim=dim, seed=0)
 
@@ -189,9 +217,10 @@ def bench_sysu(args):
     rng = np.random.default_rng(0)
     meta, feats = sysu_test_split(rng, dim=args.dim)
     trials = range(args.trials)
-    query = evaluate.sysu_query_indices(meta)
+    query = protocols.sysu_query_indices(meta)
     galleries = [
-        evaluate.sysu_gallery_indices(meta, mode="all", trial=t) for t in trials
+        protocols.sysu_gallery_indices(meta, mode="all", trial=t)
+        for t in trials
     ]
     assert query.size == 3803 and all(g.size == 301 for g in galleries)
     kw = [
@@ -212,7 +241,7 @@ def bench_sysu(args):
         args.repeats,
     )
     ours_full, full = median_seconds(
-        lambda: evaluate.evaluate_sysu(
+        lambda: sysu.evaluate_features(
             {"bn": feats}, meta, modes=("all",), trials=trials
         ),
         args.repeats,
@@ -243,7 +272,7 @@ def bench_sysu(args):
         check_same(
             full.per_trial["sysu_all_single_shot"]["bn"][t],
             ref,
-            "SYSU evaluate_sysu",
+            "SYSU evaluate_features",
             tol=1e-3,
         )
         for t, ref in zip(trials, loop, strict=True)
@@ -340,8 +369,8 @@ def bench_regdb(args):
 def bench_rerank(args):
     """Re-ranking of one SYSU trial and one RegDB direction at full size."""
     meta, feats = sysu_test_split(np.random.default_rng(0), dim=args.dim)
-    query = evaluate.sysu_query_indices(meta)
-    gallery = evaluate.sysu_gallery_indices(meta, mode="all", trial=0)
+    query = protocols.sysu_query_indices(meta)
+    gallery = protocols.sysu_gallery_indices(meta, mode="all", trial=0)
     sysu = (
         metrics.l2_normalize(feats[query]),
         metrics.l2_normalize(feats[gallery]),
@@ -418,27 +447,18 @@ def print_rerank(rows, args):
         )
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--dim",
-        type=int,
-        default=2048,
-        help="feature dimension (MCLNet ResNet-50: 2048)",
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    args = types.SimpleNamespace(
+        trials=_TRIALS.value,
+        repeats=_REPEATS.value,
+        dim=_DIM.value,
+        rerank_repeats=_RERANK_REPEATS.value,
     )
-    parser.add_argument("--rerank_repeats", type=int, default=5)
-    parser.add_argument(
-        "--quick", action="store_true", help="2 trials, 3 repeats: a smoke test"
-    )
-    parser.add_argument(
-        "--only_rerank", action="store_true", help="time the re-ranking only"
-    )
-    args = parser.parse_args()
-    if args.quick:
+    if _QUICK.value:
         args.trials, args.repeats, args.rerank_repeats = 2, 3, 2
-    if args.only_rerank:
+    if _ONLY_RERANK.value:
         print_rerank(bench_rerank(args), args)
         return
     rows = [bench_sysu(args), bench_regdb(args)]
@@ -481,4 +501,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -1,6 +1,6 @@
 r"""Training input pipeline throughput and memory on a SYSU-sized dataset.
 
-Streams `data_pipeline.input_pipeline.make_train_dataset` (8 ids x 4 images
+Streams `data_pipeline.train_pipeline.make_train_dataset` (8 ids x 4 images
 per modality, 288x144, the release's augmentation) over a prepared SYSU-MM01
 TFDS dataset and prints images/s (median over windows, process CPU time per
 image) and the peak resident memory of the process (ru_maxrss) while
@@ -30,15 +30,18 @@ from absl import app, flags, logging
 # Quiet TensorFlow's C++ logging; must precede its import.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# pylint: disable=wrong-import-position
 import numpy as np
 import tensorflow as tf
 
-from data_pipeline import augment, sampling, synthetic
-from data_pipeline import input_pipeline as ip
+from data_pipeline import (
+    augment,
+    image_ops,
+    records,
+    sampling,
+    synthetic,
+    train_pipeline,
+)
 from data_pipeline.sysu_mm01 import sysu_mm01
-
-# pylint: enable=wrong-import-position
 
 _DATA_DIR = flags.DEFINE_string(
     "data_dir",
@@ -166,21 +169,15 @@ def _prefixes(source, metadata):
                 metadata.infrared_indices[plan.infrared[batch]],
             ]
         )
-        records = source.__getitems__([int(i) for i in index])
-        out = np.empty(len(records), dtype=object)
-        out[:] = records
-        return out
+        return records.read_records(source, index)
 
     def read(step):
-        records = tf.numpy_function(fetch, [step], tf.string, stateful=False)
-        records = tf.ensure_shape(records, [rows])
-        return tf.io.parse_example(
-            records, {"image": tf.io.FixedLenFeature([], tf.string)}
-        )["image"]
+        serialized = tf.numpy_function(fetch, [step], tf.string, stateful=False)
+        return records.parse_image_bytes(tf.ensure_shape(serialized, [rows]))
 
     def decode(encoded):
-        return augment.resize(
-            augment.decode_image(encoded), height=size[0], width=size[1]
+        return image_ops.resize(
+            image_ops.decode_image(encoded), height=size[0], width=size[1]
         )
 
     encoded = steps.map(read, num_parallel_calls=2, deterministic=True)
@@ -191,7 +188,7 @@ def _prefixes(source, metadata):
     yield "+ decode JPEG, batch (uint8)", per_image.batch(rows), 1
 
     def train(**kwargs):
-        return ip.make_train_dataset(
+        return train_pipeline.make_train_dataset(
             source,
             seed=0,
             num_identities=_P.value,
@@ -224,13 +221,13 @@ def main(argv):
     del argv
     load_start = os.getloadavg()
     builder = _builder()
-    source = ip.open_source(builder, _SPLIT.value)
+    source = records.open_source(builder, _SPLIT.value)
     rss_before = _current_rss_mb()
     start = time.perf_counter()
-    metadata = ip.read_metadata(source)
+    metadata = records.read_metadata(source)
     metadata_s = time.perf_counter() - start
     rows = 2 * _P.value * _K.value
-    steps_per_epoch = ip.train_steps_per_epoch(
+    steps_per_epoch = train_pipeline.train_steps_per_epoch(
         metadata, num_identities=_P.value, num_instances=_K.value
     )
     print(
@@ -244,7 +241,7 @@ def main(argv):
         f"{os.cpu_count()} CPUs"
     )
 
-    dataset = ip.make_train_dataset(
+    dataset = train_pipeline.make_train_dataset(
         source,
         seed=0,
         num_identities=_P.value,

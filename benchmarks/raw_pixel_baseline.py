@@ -34,15 +34,27 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
 
 import numpy as np
+from absl import app, flags
 from PIL import Image
 
 from data_pipeline import layouts, synthetic
+from data_pipeline.constants import SYSU_VISIBLE_CAMERAS
+
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    None,
+    "A synthetic SYSU-layout folder; if unset the default set is generated "
+    "in a temporary folder.",
+)
+_IDS = flags.DEFINE_enum(
+    "ids", "test", ["test", "all"], "The test identities' images, or all."
+)
+_SEED = flags.DEFINE_integer("seed", 0, "Generator seed (without --data_dir).")
 
 
 def _load(root: str, records) -> np.ndarray:
@@ -93,28 +105,20 @@ def _rank1(q_ids, g_ids, query, gallery, allowed=None) -> float:
     return float(np.mean(g_ids[_nearest(query, gallery, allowed)] == q_ids))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data_dir",
-        help="a synthetic SYSU-layout folder; "
-        "if unset the default set is generated in a temp dir",
-    )
-    parser.add_argument("--ids", choices=("test", "all"), default="test")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.data_dir
+        root = _DATA_DIR.value
         if root is None:
             root = os.path.join(tmp, "sysu")
-            summary = synthetic.generate_sysu(root, seed=args.seed)
+            summary = synthetic.generate_sysu(root, seed=_SEED.value)
             print(
                 f"generated the default synthetic SYSU set "
                 f"({summary.num_images} images) in {summary.seconds:.1f} s"
             )
         layout = layouts.read_sysu(root)
-        if args.ids == "test":
+        if _IDS.value == "test":
             records = layout.records("test")
         else:
             records = sorted(
@@ -124,11 +128,11 @@ def main() -> None:
         pixels = _load(root, records)
         ids = np.array([r.identity for r in records])
         cams = np.array([r.camera for r in records])
-        vis = np.isin(cams, layouts.SYSU_VISIBLE_CAMERAS)
+        vis = np.isin(cams, SYSU_VISIBLE_CAMERAS)
         ir = ~vis
         n_ids = len(set(ids.tolist()))
         print(
-            f"{args.ids} ids: {n_ids}, images {len(records)} "
+            f"{_IDS.value} ids: {n_ids}, images {len(records)} "
             f"({vis.sum()} visible, {ir.sum()} infrared), "
             f"{pixels.shape[1]} pixel values each; chance rank-1 ~ "
             f"{100.0 / n_ids:.1f}%"
@@ -146,7 +150,7 @@ def main() -> None:
             rng = np.random.default_rng(trial)
             pick = []
             for pid in np.unique(ids):
-                for cam in layouts.SYSU_VISIBLE_CAMERAS:
+                for cam in SYSU_VISIBLE_CAMERAS:
                     rows = np.flatnonzero((ids == pid) & (cams == cam))
                     if rows.size:
                         pick.append(rng.choice(rows))
@@ -184,4 +188,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

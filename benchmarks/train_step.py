@@ -1,11 +1,11 @@
 r"""Seconds per training step and images/s of MCLNet (ResNet-50, 288x144).
 
-Times the full jitted step of mclnet_jax.train (one backbone forward, the MCM
-update, one backbone backward, both optimiser updates) on the current JAX
-backend, for 32+32 and 8+8 images (P x K per modality: 8 x 4 and 2 x 4),
-with the paper's model (non-local blocks, GeM, BNNeck, 395 classes) and all
-losses on. Reports the median over repeats after one warm-up (compile) step,
-the compile time and the process's peak RSS.
+Times the full jitted step of mclnet_jax.train_step (one backbone forward,
+the MCM update, one backbone backward, both optimiser updates) on the
+current JAX backend, for 32+32 and 8+8 images (P x K per modality: 8 x 4
+and 2 x 4), with the paper's model (non-local blocks, GeM, BNNeck, 395
+classes) and all losses on. Reports the median over repeats after one
+warm-up (compile) step, the compile time and the process's peak RSS.
 
   python benchmarks/train_step.py                 # both batch sizes
   python benchmarks/train_step.py --batches=32 --repeats=5 --dtype=bfloat16
@@ -15,30 +15,46 @@ CPU, 2 threads, tuned allocator): 12.4 s per 32+32 step (5.1 images/s) and
 3.3 s per 8+8 step (4.9 images/s); it back-propagates twice per step.
 """
 
-import argparse
-import importlib.util
 import os
 import resource
 import statistics
-import sys
 import time
 
 import jax
 import numpy as np
+from absl import app, flags
 
-from mclnet_jax import train
+from mclnet_jax import train_step
+from mclnet_jax.configs import settings
+
+_BATCHES = flags.DEFINE_list(
+    "batches",
+    ["32", "8"],
+    "Images per modality, comma-separated (multiples of K = 4).",
+)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "Timed steps (median taken).", lower_bound=1
+)
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "float32", ["float32", "bfloat16"], "The model's dtype."
+)
+
+
+def _multiples_of_four(batches) -> bool:
+    return all(b.isdigit() and int(b) > 0 and int(b) % 4 == 0 for b in batches)
+
+
+flags.register_validator(
+    "batches",
+    _multiples_of_four,
+    message="--batches: positive multiples of 4 (P x K images, K = 4).",
+)
 
 RELEASE_SECONDS = {32: 12.4, 8: 3.3}
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(per_modality, dtype):
-    spec = importlib.util.spec_from_file_location(
-        "mclnet_configs_sysu", os.path.join(_REPO, "configs", "sysu.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("mclnet")
+    config = settings.sysu("mclnet")
     config.data.num_identities = per_modality // 4
     config.data.num_instances = 4
     config.model.dtype = dtype
@@ -67,9 +83,11 @@ def peak_rss_gib():
 
 def bench(per_modality, *, repeats, dtype, num_classes=395):
     config = _config(per_modality, dtype)
-    model = train.make_model(config, num_classes=num_classes)
-    tx, schedule, mcm_tx = train.make_optimizers(config, steps_per_epoch=696)
-    state = train.init_state(
+    model = train_step.make_model(config, num_classes=num_classes)
+    tx, schedule, mcm_tx = train_step.make_optimizers(
+        config, steps_per_epoch=696
+    )
+    state = train_step.init_state(
         config,
         model=model,
         num_classes=num_classes,
@@ -78,7 +96,7 @@ def bench(per_modality, *, repeats, dtype, num_classes=395):
         mcm_tx=mcm_tx,
     )
     step = jax.jit(
-        train.make_train_step(
+        train_step.make_train_step(
             config, model=model, tx=tx, schedule=schedule, mcm_tx=mcm_tx
         ),
         donate_argnums=0,
@@ -97,26 +115,19 @@ def bench(per_modality, *, repeats, dtype, num_classes=395):
     return compile_s, times
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--batches", default="32,8", help="images per modality, comma-separated"
-    )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16"]
-    )
-    args = parser.parse_args(argv)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     print(
         f"backend: {jax.default_backend()}, devices: {jax.devices()}, "
-        f"dtype: {args.dtype}, cpu count: {os.cpu_count()}"
+        f"dtype: {_DTYPE.value}, cpu count: {os.cpu_count()}"
     )
     print(
         "note: if the machine is shared, figures are noisy; medians of "
-        f"{args.repeats} timed steps after a warm-up step."
+        f"{_REPEATS.value} timed steps after a warm-up step."
     )
-    for n in (int(b) for b in args.batches.split(",")):
-        compile_s, times = bench(n, repeats=args.repeats, dtype=args.dtype)
+    for n in (int(b) for b in _BATCHES.value):
+        compile_s, times = bench(n, repeats=_REPEATS.value, dtype=_DTYPE.value)
         med = statistics.median(times)
         rate = 2 * n / med
         line = (
@@ -137,4 +148,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

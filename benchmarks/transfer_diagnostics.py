@@ -30,35 +30,67 @@ Every sweep knob is a flag; results are one JSON line on stdout (and
         --size=64x32 --steps=600 --grey=0.5 --gen=pattern_scale=0.5
 
 The network, losses, optimiser, sampler and augmentation are the
-repository's own (mclnet_jax.train, data_pipeline.augment/sampling); only
+repository's own (mclnet_jax.train_step, data_pipeline.augment/sampling); only
 the storage differs from the demo (images stay in memory, JPEG round trip
 optional with --jpeg).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import os
 import sys
 import time
+import types
 
 import numpy as np
+from absl import app, flags
 
-# Runs from a checkout without installing.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipeline import sampling, synthetic
-from mclnet_jax import config_utils
-from mclnet_jax import evaluate as evaluate_lib
+from data_pipeline.constants import (
+    SYSU_INDOOR_CAMERAS,
+    SYSU_INFRARED_CAMERAS,
+    SYSU_VISIBLE_CAMERAS,
+)
+from data_pipeline.records import SplitMetadata
 from mclnet_jax import metrics as metrics_lib
+from mclnet_jax.configs import common, settings
+from mclnet_jax.evaluators import features as features_lib
+from mclnet_jax.evaluators import sysu
 
-# pylint: enable=g-import-not-at-top,wrong-import-position
-
-_CONFIGS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"
+_FLAGS = (
+    flags.DEFINE_enum(
+        "variant", "mclnet", sorted(common.VARIANTS), "Ablation variant."
+    ),
+    flags.DEFINE_integer("ids", 160, "Identities generated."),
+    flags.DEFINE_integer("per_camera", 6, "Images per identity and camera."),
+    flags.DEFINE_string("size", "64x32", "Image size, HxW."),
+    flags.DEFINE_integer("pad", 4, "Padding of the random crop."),
+    flags.DEFINE_float("width", 0.25, "ResNet-18 width multiplier."),
+    flags.DEFINE_integer("steps", 776, "Training steps."),
+    flags.DEFINE_float(
+        "decay_at", 0.75, "Fraction of the steps after which lr x 0.1."
+    ),
+    flags.DEFINE_float("lr", 0.1, "Learning rate (both optimisers)."),
+    flags.DEFINE_float("erasing", 0.0, "Random erasing probability."),
+    flags.DEFINE_float(
+        "grey", 0.0, "Probability of a grey/channel visible image."
+    ),
+    flags.DEFINE_enum(
+        "grey_mode", "grey", ["grey", "channel"], "What --grey applies."
+    ),
+    flags.DEFINE_integer("seed", 0, "Training seed."),
+    flags.DEFINE_integer("data_seed", 0, "Generator seed."),
+    flags.DEFINE_integer(
+        "jpeg", 90, "JPEG quality of the round trip; 0: none."
+    ),
+    flags.DEFINE_multi_string(
+        "gen", None, "Generator keyword k=v (repeatable)."
+    ),
+    flags.DEFINE_bool(
+        "diagnostics", True, "Also same-modality, probe and cue results."
+    ),
+    flags.DEFINE_string("out", None, "Append the JSON line to this file."),
 )
 # Identity attributes that are *not* shared by the modalities.
 _PALETTES = ("visible_palette", "infrared_palette")
@@ -83,7 +115,7 @@ def _parse_gen(items) -> dict:
 
 
 def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from PIL import Image
 
     out = np.empty_like(images)
     for i, im in enumerate(images):
@@ -112,11 +144,11 @@ def make_data(
     attributes = synthetic.sample_identities(ids, seed=seed, **gen)
     images, ident, cams, views_by_cam, cameras = [], [], [], {}, {}
     for cam in range(1, 7):
-        infrared = cam in synthetic.SYSU_INFRARED_CAMERAS
+        infrared = cam in SYSU_INFRARED_CAMERAS
         camera = synthetic.make_camera(
             cam,
             infrared=infrared,
-            outdoor=cam not in synthetic.SYSU_INDOOR_CAMERAS,
+            outdoor=cam not in SYSU_INDOOR_CAMERAS,
             seed=seed,
         )
         rng = np.random.default_rng([seed, 2, cam])
@@ -143,9 +175,7 @@ def make_data(
         "images": np.concatenate(images),
         "identity": np.concatenate(ident).astype(np.int64),
         "camera": camera.astype(np.int64),
-        "modality": np.isin(camera, synthetic.SYSU_INFRARED_CAMERAS).astype(
-            np.int64
-        ),
+        "modality": np.isin(camera, SYSU_INFRARED_CAMERAS).astype(np.int64),
         "views": views_by_cam,
         "cameras": cameras,
         "attributes": attributes,
@@ -163,10 +193,7 @@ def make_data(
 
 def make_config(args):
     """configs/synthetic.py with the sweep's overrides."""
-    module = config_utils.load_sibling(
-        os.path.join(_CONFIGS, "x.py"), "synthetic.py"
-    )
-    config = module.get_config(f"variant={args.variant}")
+    config = settings.synthetic(args.variant)
     config.seed = args.seed
     config.data.image_size = _parse_size(args.size)
     config.data.pad = args.pad
@@ -191,15 +218,13 @@ def train(
     log_every: int = 100,
 ):
     """Trains on the train ids of `data`; returns (model, state, log)."""
-    # pylint: disable=g-import-not-at-top
     import jax
     import optax
     import tensorflow as tf
 
     from data_pipeline import augment
-    from mclnet_jax import train as train_lib
+    from mclnet_jax import train_step as train_lib
 
-    # pylint: enable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
     train_ids = np.asarray(data["splits"]["train"])
     keep = np.isin(data["identity"], train_ids)
@@ -335,27 +360,23 @@ def embed(
     model, state, images: np.ndarray, modality: np.ndarray, batch: int = 128
 ) -> dict:
     """{"pool", "bn"} features of uint8 images (eval transform)."""
-    # pylint: disable=g-import-not-at-top
     import tensorflow as tf
 
-    from data_pipeline import augment
+    from data_pipeline import image_ops
 
-    # pylint: enable=g-import-not-at-top
-    fn = evaluate_lib.make_model_embed_fn(
-        model,
-        {"params": state.params["model"], "batch_stats": state.batch_stats},
-    )
+    predict_fn = features_lib.make_predict_fn(model)
+    variables = state.model_variables()
     out = {"pool": [], "bn": []}
     order = np.argsort(modality, kind="stable")
     for mod in (0, 1):
         idx = order[modality[order] == mod]
         for s in range(0, idx.size, batch):
             part = idx[s : s + batch]
-            x = augment.normalize(tf.constant(images[part])).numpy()
+            x = image_ops.normalize(tf.constant(images[part])).numpy()
             pad = batch - part.size
             if pad:
                 x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-            f = fn(x, mod)
+            f = predict_fn(variables, x, mod)
             for name in out:
                 out[name].append((part, np.asarray(f[name])[: part.size]))
     res = {}
@@ -367,7 +388,7 @@ def embed(
     return res
 
 
-def _metadata(identity, camera, modality) -> evaluate_lib.TestMetadata:
+def _metadata(identity, camera, modality) -> SplitMetadata:
     names = np.array(
         [
             f"cam{c}/{i:04d}/{k:06d}.jpg"
@@ -375,14 +396,18 @@ def _metadata(identity, camera, modality) -> evaluate_lib.TestMetadata:
         ],
         dtype=object,
     )
-    return evaluate_lib.TestMetadata(
-        identity=identity, camera=camera, modality=modality, file_name=names
+    return SplitMetadata(
+        label=np.unique(identity, return_inverse=True)[1],
+        identity=identity,
+        camera=camera,
+        modality=modality,
+        file_name=names,
     )
 
 
 def sysu_all(features: dict, meta) -> dict:
     """All-search single-shot R1 / mAP / mINP (%) per feature."""
-    res = evaluate_lib.evaluate_sysu(features, meta, modes=("all",))
+    res = sysu.evaluate_features(features, meta, modes=("all",))
     summary = res.summary()
     out = {}
     for name in features:
@@ -398,8 +423,8 @@ def same_modality(features: np.ndarray, meta, trials: int = 10) -> dict:
     f = metrics_lib.l2_normalize(features)
     out = {}
     for name, qcams, gcams in (
-        ("visible", (1, 2, 4, 5), (1, 2, 4, 5)),
-        ("infrared", (3, 6), (3, 6)),
+        ("visible", SYSU_VISIBLE_CAMERAS, SYSU_VISIBLE_CAMERAS),
+        ("infrared", SYSU_INFRARED_CAMERAS, SYSU_INFRARED_CAMERAS),
     ):
         r1, ap = [], []
         for t in range(trials):
@@ -438,7 +463,6 @@ def modality_probe(
     Logistic regression on L2-normalised features, 2 folds over identities;
     the share is the variance of the two modality means over the total.
     """
-    # pylint: disable-next=g-import-not-at-top
     from sklearn.linear_model import LogisticRegression
 
     f = metrics_lib.l2_normalize(features)
@@ -497,7 +521,7 @@ def cue_sensitivity(model, state, data: dict, *, pairs: int = 64) -> dict:
         ga, gb = gather(a_ids), gather(b_ids)
         specific = dict(ga, **{k: gb[k] for k in _PALETTES})
         shared = dict(gb, **{k: ga[k] for k in _PALETTES})
-        mod = int(cam in synthetic.SYSU_INFRARED_CAMERAS)
+        mod = int(cam in SYSU_INFRARED_CAMERAS)
         ims = np.concatenate([render(x) for x in (ga, gb, specific, shared)])
         f = embed(model, state, ims, np.full(ims.shape[0], mod))
         n = a_ids.size
@@ -577,41 +601,10 @@ def run(args) -> dict:
     return result
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variant", default="mclnet")
-    parser.add_argument("--ids", type=int, default=160)
-    parser.add_argument("--per_camera", type=int, default=6)
-    parser.add_argument("--size", default="64x32")
-    parser.add_argument("--pad", type=int, default=4)
-    parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--steps", type=int, default=776)
-    parser.add_argument("--decay_at", type=float, default=0.75)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--erasing", type=float, default=0.0)
-    parser.add_argument(
-        "--grey",
-        type=float,
-        default=0.0,
-        help="probability of a grey/channel visible image",
-    )
-    parser.add_argument(
-        "--grey_mode", choices=("grey", "channel"), default="grey"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data_seed", type=int, default=0)
-    parser.add_argument(
-        "--jpeg",
-        type=int,
-        default=90,
-        help="JPEG quality of the round trip; 0: none",
-    )
-    parser.add_argument(
-        "--gen", action="append", help="generator keyword k=v (repeatable)"
-    )
-    parser.add_argument("--diagnostics", type=int, default=1)
-    parser.add_argument("--out", help="append the JSON line to this file")
-    args = parser.parse_args(argv)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    args = types.SimpleNamespace(**{f.name: f.value for f in _FLAGS})
     result = run(args)
     line = json.dumps(result)
     print(line)
@@ -621,4 +614,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

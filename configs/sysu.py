@@ -19,9 +19,10 @@ test). Defaults reproduce the release; see the README's switch table.
 
 Arguments after the colon, comma-separated (a bare word is the variant):
 
-  variant=NAME   ablation row (configs/default.py table): base, base_mcm,
-                 base_ica_cca, agw, agw_mcm, agw_re (AGW*), agw_re_mcm,
-                 agw_re_ica, agw_re_cca, agw_re_ica_cca, mclnet (default).
+  variant=NAME   ablation row (mclnet_jax/configs/common.py VARIANTS): base,
+                 base_mcm, base_ica_cca, agw, agw_mcm, agw_re (AGW*),
+                 agw_re_mcm, agw_re_ica, agw_re_cca, agw_re_ica_cca,
+                 mclnet (default).
   search=MODE    all (default), indoor, or both: the SYSU search mode(s)
                  evaluated; the first one selects the best checkpoint.
   val=1          model selection: train on the train ids only
@@ -33,35 +34,8 @@ Arguments after the colon, comma-separated (a bare word is the variant):
 Examples: configs/sysu.py:base   configs/sysu.py:variant=agw_re,search=both
 """
 
-from mclnet_jax import config_utils
-
-
-def _default():
-    return config_utils.load_sibling(__file__, "default.py")
+from mclnet_jax.configs import common, settings
 
 
 def get_config(arg=None):
-    default = _default()
-    args = default.parse_arg(
-        arg, {"variant": "mclnet", "search": "all", "val": False}
-    )
-    config = default.get_config()
-    default.apply_variant(config, args["variant"])
-    config.data.dataset = "sysu_mm01"
-    config.data.builder_config = "288x144"
-    config.eval.protocol = "sysu"
-    modes = {"all": ("all",), "indoor": ("indoor",), "both": ("all", "indoor")}
-    if args["search"] not in modes:
-        raise ValueError(
-            f"search must be all, indoor or both, got {args['search']!r}."
-        )
-    config.eval.modes = modes[args["search"]]
-    if args["val"]:
-        config.data.train_split = "train_only"
-        config.data.val_split = "val"
-        # 5 epochs of the train_only split (about 522 steps each).
-        config.val_every_steps = 2610
-        config.checkpoint.best_metric = (
-            f"sysu_{config.eval.modes[0]}_single_shot/bn/mean/mAP"
-        )
-    return config
+    return common.config_from_arg(settings.sysu, arg)

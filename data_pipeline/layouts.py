@@ -1,48 +1,26 @@
-"""Reading and validating the on-disk layouts of SYSU-MM01 and RegDB.
+"""Reading and checking the on-disk layouts of SYSU-MM01 and RegDB.
 
-The TFDS builders (`data_pipeline/sysu_mm01`, `data_pipeline/regdb`) and
-anything else that reads the raw folders go through this module, so that a
-missing or malformed folder gives one clear error that names what is missing,
-where it was expected and where to get the data, and an unreadable image
-gives an error naming the file. Nothing is dropped silently.
-
-SYSU-MM01 (Wu et al., ICCV 2017)::
-
-    <root>/cam1 .. cam6/<pid:04d>/<img:04d>.jpg   (visible: 1, 2, 4, 5;
-                                                    infrared: 3, 6)
-    <root>/exp/train_id.txt, val_id.txt, test_id.txt  (one line each of
-                                                      comma-separated ids)
-
-RegDB (Nguyen et al., Sensors 2017)::
-
-    <root>/Visible/..., <root>/Thermal/...        (images, .bmp or .jpg)
-    <root>/idx/{train,test}_{visible,thermal}_{t}.txt, t = 1..10, lines
-        "<path relative to root> <label>"
+The TFDS builders and anything else that reads the raw folders go through
+here, so that a missing or malformed folder gives one error naming what is
+missing, where it was expected and where to get the data (`SYSU_LAYOUT`,
+`REGDB_LAYOUT`; the README section "Datasets"). Nothing is dropped silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
-from collections.abc import Iterable
 
 from absl import logging
-from PIL import Image
 
-SYSU_CAMERAS = (1, 2, 3, 4, 5, 6)
-SYSU_VISIBLE_CAMERAS = (1, 2, 4, 5)
-SYSU_INFRARED_CAMERAS = (3, 6)
+from data_pipeline import constants
+
 SYSU_SPLIT_FILES = {
     "train": "train_id.txt",
     "val": "val_id.txt",
     "test": "test_id.txt",
 }
-REGDB_TRIALS = tuple(range(1, 11))
-REGDB_VISIBLE_CAMERA = 1
-REGDB_THERMAL_CAMERA = 2
-VISIBLE, INFRARED = 0, 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 SYSU_SOURCE = (
@@ -63,10 +41,6 @@ REGDB_SOURCE = (
 
 class DatasetLayoutError(FileNotFoundError):
     """A dataset folder is missing or does not have the expected layout."""
-
-
-class CorruptImageError(ValueError):
-    """An image file cannot be decoded."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +81,6 @@ REGDB_LAYOUT = (
     "test_visible_{t}.txt, test_thermal_{t}.txt for t = 1..10, lines "
     "'<path relative to root> <label>'"
 )
-
-
-# ---------------------------------------------------------------------------
-# SYSU-MM01.
-# ---------------------------------------------------------------------------
 
 
 _ONE_LINE_OF_IDS = "one line of comma-separated integers such as '1,2,4'"
@@ -233,7 +202,7 @@ def read_sysu(root: str) -> SysuLayout:
         )
     missing = [
         f"cam{c}"
-        for c in SYSU_CAMERAS
+        for c in constants.SYSU_CAMERAS
         if not os.path.isdir(os.path.join(root, f"cam{c}"))
     ]
     if not os.path.isdir(os.path.join(root, "exp")):
@@ -261,19 +230,18 @@ def read_sysu(root: str) -> SysuLayout:
     images = {}
     for pid in sorted(seen):
         records = []
-        for cam in SYSU_CAMERAS:
+        for cam in constants.SYSU_CAMERAS:
             rel_dir = f"cam{cam}/{pid:04d}"
             folder = os.path.join(root, f"cam{cam}", f"{pid:04d}")
             if not os.path.isdir(folder):
                 continue  # Not every person walks past every camera.
-            modality = INFRARED if cam in SYSU_INFRARED_CAMERAS else VISIBLE
+            modality = (
+                constants.INFRARED
+                if cam in constants.SYSU_INFRARED_CAMERAS
+                else constants.VISIBLE
+            )
             records.extend(
-                ImageRecord(
-                    file_name=f"{rel_dir}/{f}",
-                    identity=pid,
-                    camera=cam,
-                    modality=modality,
-                )
+                ImageRecord(f"{rel_dir}/{f}", pid, cam, modality)
                 for f in _image_files(folder)
             )
         if not records:
@@ -291,11 +259,6 @@ def read_sysu(root: str) -> SysuLayout:
         sum(len(v) for v in images.values()),
     )
     return SysuLayout(root=root, split_ids=split_ids, images=images)
-
-
-# ---------------------------------------------------------------------------
-# RegDB.
-# ---------------------------------------------------------------------------
 
 
 def _regdb_error(root: str, what: str, expected: str) -> DatasetLayoutError:
@@ -363,14 +326,7 @@ def parse_regdb_index(
                     f"{path} line {number}) is missing",
                     "paths relative to the dataset root",
                 )
-            records.append(
-                ImageRecord(
-                    file_name=rel,
-                    identity=label,
-                    camera=camera,
-                    modality=modality,
-                )
-            )
+            records.append(ImageRecord(rel, label, camera, modality))
     if not records:
         raise _regdb_error(
             root,
@@ -396,7 +352,7 @@ def read_regdb(root: str, *, trial: int) -> dict[str, list[ImageRecord]]:
         listed image is missing.
     """
     root = os.fspath(root)
-    if trial not in REGDB_TRIALS:
+    if trial not in constants.REGDB_TRIALS:
         raise ValueError(f"RegDB trial must be one of 1..10, got {trial!r}.")
     if not os.path.isdir(root):
         raise _regdb_error(
@@ -419,8 +375,8 @@ def read_regdb(root: str, *, trial: int) -> dict[str, list[ImageRecord]]:
     for split in ("train", "test"):
         records = []
         for name, camera, modality in (
-            ("visible", REGDB_VISIBLE_CAMERA, VISIBLE),
-            ("thermal", REGDB_THERMAL_CAMERA, INFRARED),
+            ("visible", constants.REGDB_VISIBLE_CAMERA, constants.VISIBLE),
+            ("thermal", constants.REGDB_THERMAL_CAMERA, constants.INFRARED),
         ):
             records += parse_regdb_index(
                 regdb_index_path(root, split, name, trial),
@@ -440,60 +396,3 @@ def read_regdb(root: str, *, trial: int) -> dict[str, list[ImageRecord]]:
             "disjoint train and test files",
         )
     return out
-
-
-# ---------------------------------------------------------------------------
-# Shared helpers.
-# ---------------------------------------------------------------------------
-
-
-def contiguous_labels(identities: Iterable[int]) -> dict[int, int]:
-    """Maps each identity to its index among the sorted distinct identities."""
-    return {pid: i for i, pid in enumerate(sorted(set(identities)))}
-
-
-def load_image(
-    path: str, *, size: tuple[int, int] | None = None, quality: int = 95
-) -> bytes:
-    """Reads an image file and returns 3-channel JPEG bytes.
-
-    A 3-channel JPEG that already has the requested size is passed through
-    unchanged (after a full decode that proves it readable); anything else
-    (BMP, PNG, grey, other size) is decoded, converted to RGB, resized with a
-    Lanczos filter (as the release's preprocessing) and encoded at `quality`.
-
-    Args:
-      path: the image file.
-      size: (height, width) to resize to, or None to keep the size.
-      quality: JPEG quality of re-encoded images.
-
-    Returns:
-      JPEG bytes of an [H, W, 3] image.
-
-    Raises:
-      CorruptImageError: the file cannot be read or decoded; names the file.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # Forces a full decode: truncated files fail here.
-            fmt = img.format
-            if (
-                fmt == "JPEG"
-                and img.mode == "RGB"
-                and (size is None or img.size == (size[1], size[0]))
-            ):
-                return data
-            rgb = img.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as e:
-        raise CorruptImageError(
-            f"cannot decode image {path}: {e}. Replace the file with an intact "
-            "copy from the original dataset archive."
-        ) from e
-    if size is not None and rgb.size != (size[1], size[0]):
-        rgb = rgb.resize((size[1], size[0]), Image.LANCZOS)
-    buf = io.BytesIO()
-    # 4:4:4 chroma: one re-encode should not blur colour edges.
-    rgb.save(buf, format="JPEG", quality=quality, subsampling=0)
-    return buf.getvalue()

@@ -1,29 +1,13 @@
 """Identity-balanced batch plans for cross-modality training.
 
-A plan is a pure numpy function of (seed, epoch): for every batch of the
-epoch it names P distinct identities and, for each, K visible and K infrared
-examples. It reproduces the sampler of the authors' PyTorch release
-(REFERENCE_NOTES.md, "Optimisation and data"):
-
-* An epoch has floor(max(N_visible, N_infrared) / (P * K)) + 1 batches
-  (P = 8, K = 4 in the paper: floor(max / 32) + 1).
-* Each batch draws its P identities uniformly *without* replacement from all
-  training identities, independently of the other batches (so an epoch is not
-  a permutation of the identities: some appear more often than others).
-* For each chosen identity, K visible and K infrared examples are drawn
-  uniformly *with* replacement from that identity's examples of the modality.
-
-Row layout of a batch (per modality): identity-major, i.e. rows
-[j * K, (j + 1) * K) hold identity j of the batch, and visible row r and
-infrared row r always belong to the same identity.
-
-Every identity must have at least one example of each modality: a training
-identity seen in only one modality cannot be paired, and silently dropping it
-would change the classifier's label space, so `epoch_plan` raises instead.
-
-Multi-host: every host computes the same global plan and keeps a contiguous
-block of rows of each batch (`host_rows` / `host_slice`), the same rows for
-both modalities, so the identity pairing survives the split.
+A plan is a pure numpy function of (seed, epoch) that names, for every batch,
+P distinct identities and K visible and K infrared examples of each, as the
+release's sampler does: floor(max(N_visible, N_infrared) / (P * K)) + 1
+batches per epoch, identities drawn without replacement within a batch (and
+independently across batches), examples with replacement. Rows are
+identity-major, visible row r and infrared row r share the identity, and
+each host keeps a contiguous block of rows of every batch. See the README
+section "Input pipeline".
 """
 
 import dataclasses

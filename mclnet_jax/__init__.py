@@ -1,4 +1,8 @@
-"""MCLNet for visible-infrared person re-identification, in JAX/Flax."""
+"""MCLNet for visible-infrared person re-identification, in JAX/Flax.
+
+Importing the package applies its XLA:CPU defaults (`platform`). The user
+guide is the README.
+"""
 
 from mclnet_jax import platform as _platform
 

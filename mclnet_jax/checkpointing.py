@@ -11,7 +11,7 @@ Layout under the workdir:
 The two are separate managers on purpose: orbax's `max_to_keep` combined with
 a `best_fn` keeps the *best* checkpoints and may delete the latest one, which
 would break resume. A checkpoint is only ever written for a finite state (the
-caller checks; see `train._save_checked`), and orbax commits a step
+caller checks; see `train.py`), and orbax commits a step
 atomically, so a run killed mid-save resumes from the previous complete one.
 
 `restore_model_variables` reads just the network of a workdir's checkpoint
@@ -49,7 +49,7 @@ def _lookup(tree: Mapping[str, Any], path: str) -> float:
 
 
 class Checkpointer:
-    """Saves and restores `train.TrainState` in a workdir (see module doc)."""
+    """Saves and restores `train_step.TrainState` in a workdir (module doc)."""
 
     def __init__(
         self, workdir: str, *, keep: int = 2, best_metric: str | None = None
@@ -165,7 +165,7 @@ def restore_model_variables(
     """The network's variables in a workdir's newest (or best) checkpoint.
 
     Reads only `params["model"]` and `batch_stats` of the saved
-    `train.TrainState` (not the optimiser state, the modality classifier or
+    `train_step.TrainState` (not the optimiser state, the modality classifier or
     the centers), with the shapes stored in the checkpoint, so neither the
     dataset nor the number of classes needs to be known: the classifier's
     width is `variables["params"]["classifier"]["kernel"].shape[-1]`.

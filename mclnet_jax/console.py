@@ -1,6 +1,7 @@
 """What the command-line tools print, and what goes to their log file.
 
-The console shows this package's progress and results and every warning;
+The console shows this package's progress and results (the training loop's
+progress and scalars are logged by clu) and every warning;
 the INFO chatter of TensorFlow, TFDS, orbax and JAX goes only to a log file
 (`log.txt` in the workdir, or `--log_dir`). `-v 1` (absl's `--verbosity`)
 shows everything on the console, as before. Call `configure` once, after
@@ -10,25 +11,33 @@ TF_CPP_MIN_LOG_LEVEL and are written straight to file descriptor 2.
 """
 
 import contextlib
+import importlib.util
 import logging as std_logging
 import os
 import sys
 
 from absl import flags, logging
 
-# Where this package's (and its data pipeline's) modules live.
-_OURS = tuple(
-    os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name
-    )
-    + os.sep
-    for name in ("mclnet_jax", "data_pipeline")
-)
+
+def _folders() -> tuple[str, ...]:
+    """Where this package, its data pipeline and clu live (with a final /).
+
+    clu is found without importing it (it imports TensorFlow).
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folders = [os.path.join(root, n) for n in ("mclnet_jax", "data_pipeline")]
+    clu = importlib.util.find_spec("clu")
+    if clu is not None and clu.submodule_search_locations:
+        folders.extend(clu.submodule_search_locations)
+    return tuple(os.path.join(f, "") for f in folders)
+
+
+_OURS = _folders()
 LOG_FILE = "log.txt"
 
 
 class _OursOrWarnings(std_logging.Filter):
-    """Keeps warnings and errors from anywhere, INFO from this package only."""
+    """Keeps warnings and errors from anywhere, INFO from `_OURS` only."""
 
     def filter(self, record):
         return (

@@ -3,58 +3,35 @@ r"""Features of your own images from a trained workdir (command line, notebook).
   python -m mclnet_jax.embed --workdir=$HOME/runs/sysu --checkpoint=best \
       --modality=infrared --images='photos/*.jpg' --out=features.npz
 
-writes features.npz with
-
-  pool        [N, D] float32  the pooled feature (GeM or average),
-  bn          [N, D] float32  the BNNeck feature (what the paper reports),
-  file_names  [N] str         the image paths, in the order of the rows,
-  modality, checkpoint, step  what produced them.
-
-The features are the model's raw outputs, NOT L2-normalised; the evaluator
-normalises them before comparing (negative inner product), so do the same:
-`f / np.linalg.norm(f, axis=1, keepdims=True)`. The images go through the
-evaluation preprocessing of `evaluate.make_batches_fn` (decode JPEG/PNG/BMP/
-GIF to RGB, resize to config.data.image_size bilinear with antialiasing,
-ImageNet mean/std), whatever their size. --images is a glob (quote it) or a
-directory, which means every .jpg/.jpeg/.png/.bmp/.gif file below it,
-sorted. An image that cannot be decoded stops the run with its name (exit
-code 2) and nothing is written; the output appears atomically (written to a
-temporary file beside it, then renamed). A missing checkpoint exits with 3.
-
-The model is rebuilt from WORKDIR/config.json (written by training) and the
-checkpoint alone: the number of classes comes from the checkpoint, and the
-dataset need not be present. In a notebook:
-
-  from mclnet_jax import embed
-  model = embed.load_model("runs/sysu", checkpoint="best")
-  out = embed.embed_images(model, "photos/*.jpg", modality="infrared")
-  out["bn"]  # [N, D]
+writes "pool" and "bn" ([N, D] float32, raw: NOT L2-normalised),
+"file_names", "modality", "checkpoint" and "step". The images go through the
+evaluator's preprocessing; the model is rebuilt from WORKDIR/config.json and
+the checkpoint alone (no dataset). Exit code 2: no image, or one that cannot
+be decoded (nothing is written); 3: no such checkpoint. See the README
+section "Features for your own images".
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
+from data_pipeline import image_files
+from data_pipeline.constants import INFRARED, MODALITY_NAMES, VISIBLE
 from mclnet_jax import console
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-MODALITIES = ("visible", "infrared")
+# Names by modality id: MODALITIES[VISIBLE] == "visible".
+MODALITIES = tuple(MODALITY_NAMES[m] for m in (VISIBLE, INFRARED))
 CONFIG_FILE = "config.json"
-
-
-class ImageError(ValueError):
-    """No image matched, or an image cannot be read (CLI exit code 2)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +49,7 @@ class LoadedModel:
 
     model: Any
     variables: Mapping[str, Any]
-    config: Any
+    config: ml_collections.ConfigDict
     step: int
     checkpoint: str
     workdir: str
@@ -91,11 +68,8 @@ class LoadedModel:
         return self.model.num_classes
 
 
-def read_workdir_config(workdir: str):
-    """The `ml_collections.ConfigDict` a training run saved in its workdir."""
-    # pylint: disable-next=g-import-not-at-top
-    import ml_collections
-
+def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a training run saved in its workdir."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -112,7 +86,10 @@ def read_workdir_config(workdir: str):
 
 
 def load_model(
-    workdir: str, *, checkpoint: str = "latest", config=None
+    workdir: str,
+    *,
+    checkpoint: str = "latest",
+    config: ml_collections.ConfigDict | None = None,
 ) -> LoadedModel:
     """Rebuilds the trained network of a workdir without its dataset.
 
@@ -130,9 +107,7 @@ def load_model(
       FileNotFoundError: no config.json or no such checkpoint.
       ValueError: a bad `checkpoint` name.
     """
-    # pylint: disable=g-import-not-at-top
-    from mclnet_jax import checkpointing, train
-    # pylint: enable=g-import-not-at-top
+    from mclnet_jax import checkpointing, train_step
 
     if checkpoint not in ("latest", "best"):
         raise ValueError(
@@ -150,7 +125,7 @@ def load_model(
         workdir, which=checkpoint
     )
     num_classes = int(variables["params"]["classifier"]["kernel"].shape[-1])
-    model = train.make_model(config, num_classes=num_classes)
+    model = train_step.make_model(config, num_classes=num_classes)
     logging.info(
         "Loaded the %s checkpoint of %s (step %d, %d classes, D = %d).",
         checkpoint,
@@ -170,109 +145,13 @@ def load_model(
 
 
 def modality_index(modality: str) -> int:
-    """ "visible" -> 0, "infrared" -> 1 (the evaluator's codes)."""
+    """ "visible" -> VISIBLE (0), "infrared" -> INFRARED (1)."""
     if modality not in MODALITIES:
         raise ValueError(
             f"modality must be one of {MODALITIES}, got {modality!r}: it "
             "picks the network's visible or infrared stem."
         )
     return MODALITIES.index(modality)
-
-
-def find_images(images: str | Sequence[str]) -> list[str]:
-    """The image files named by a directory, a glob, or a list of paths.
-
-    A directory means every file below it (recursively) whose extension is
-    one of IMAGE_EXTENSIONS (any case), sorted; a glob (`**` recurses) keeps
-    every file it matches, sorted; a list is kept as given.
-
-    Raises:
-      ImageError: nothing matched, or a listed path is not a file.
-    """
-    if isinstance(images, (str, os.PathLike)):
-        pattern = os.path.expanduser(os.fspath(images))
-        if os.path.isdir(pattern):
-            found = []
-            for root, dirs, files in os.walk(pattern):
-                dirs.sort()
-                found.extend(
-                    os.path.join(root, name)
-                    for name in files
-                    if name.lower().endswith(IMAGE_EXTENSIONS)
-                )
-            what = (
-                f"no {'/'.join(IMAGE_EXTENSIONS)} files under the "
-                f"directory {pattern}"
-            )
-        else:
-            found = [
-                p
-                for p in glob.glob(pattern, recursive=True)
-                if os.path.isfile(p)
-            ]
-            what = f"no file matches {pattern!r}"
-        found.sort()
-        if not found:
-            raise ImageError(
-                f"{what}. Give a directory of images or a glob such as "
-                "'photos/*.jpg' (quoted, so that the shell does not expand "
-                "it)."
-            )
-        return found
-    paths = [os.fspath(p) for p in images]
-    if not paths:
-        raise ImageError("no images given: the list of paths is empty.")
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise ImageError(
-            f"{len(missing)} image path(s) are not files, e.g. {missing[:3]}."
-        )
-    return paths
-
-
-class _FileSource:
-    """The files as a random-access split of encoded images (read lazily),
-    the source format `input_pipeline.make_eval_dataset` accepts."""
-
-    def __init__(self, paths: Sequence[str]):
-        self._paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self._paths)
-
-    def __getitem__(self, index: int) -> dict[str, bytes]:
-        with open(self._paths[int(index)], "rb") as f:
-            return {"image": f.read()}
-
-
-def unreadable_images(paths: Sequence[str]) -> list[tuple[str, str]]:
-    """(path, reason) of each file that the evaluation decoder rejects."""
-    # pylint: disable=g-import-not-at-top
-    import tensorflow as tf
-
-    from data_pipeline import augment
-    # pylint: enable=g-import-not-at-top
-
-    bad = []
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                augment.decode_image(tf.constant(f.read()))
-        except (OSError, tf.errors.OpError) as e:
-            reason = getattr(e, "message", None) or str(e)
-            # Keep TensorFlow's message, not its op and device decoration.
-            reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", reason)
-            bad.append((path, " ".join(reason.split()) or type(e).__name__))
-    return bad
-
-
-def _unreadable_error(bad: Sequence[tuple[str, str]]) -> ImageError:
-    lines = "\n".join(f"  {p}: {r}" for p, r in bad[:10])
-    more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-    return ImageError(
-        f"{len(bad)} image(s) cannot be decoded as JPEG/PNG/BMP/GIF; remove "
-        f"or fix them:\n{lines}{more}"
-    )
 
 
 def embed_images(
@@ -288,7 +167,8 @@ def embed_images(
     Args:
       workdir: a training workdir, or a `LoadedModel` from `load_model`
         (reused, e.g. to embed several folders).
-      images: a directory, a glob or a list of paths (see `find_images`).
+      images: a directory, a glob or a list of paths
+        (`image_files.find_images`).
       modality: "visible" or "infrared": the stem the images go through.
       checkpoint: "latest" or "best" (only when `workdir` is a path).
       batch_size: images per forward pass (a multiple of the device count);
@@ -300,18 +180,17 @@ def embed_images(
       "checkpoint": str, "step": int}.
 
     Raises:
-      ImageError: no image found, or some cannot be decoded (all named).
+      image_files.ImageError: no image found, or some cannot be decoded
+        (all named).
     """
-    # pylint: disable=g-import-not-at-top
     import jax
     import tensorflow as tf
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from mclnet_jax import evaluate
-    # pylint: enable=g-import-not-at-top
+    from mclnet_jax import sharding
+    from mclnet_jax.evaluators import features as features_lib
 
     mod = modality_index(modality)
-    paths = find_images(images)
+    paths = image_files.find_images(images)
     loaded = (
         workdir
         if isinstance(workdir, LoadedModel)
@@ -336,15 +215,15 @@ def embed_images(
             f"local device(s), got {batch_size!r}."
         )
 
-    mesh = Mesh(np.asarray(devices), ("data",))
+    mesh = sharding.make_mesh(devices)
     # On the devices once, not with every batch.
     variables = jax.device_put(
-        dict(loaded.variables), NamedSharding(mesh, PartitionSpec())
+        dict(loaded.variables), sharding.replicated(mesh)
     )
-    embed_fn = evaluate.make_model_embed_fn(loaded.model, variables, mesh=mesh)
+    predict_fn = features_lib.make_predict_fn(loaded.model, mesh=mesh)
     # The evaluator's own preprocessing, over the files instead of a split.
-    batches_fn = evaluate.make_batches_fn(
-        _FileSource(paths),
+    batches_fn = features_lib.make_batches_fn(
+        image_files.FileSource(paths),
         batch_size=int(batch_size),
         image_size=loaded.image_size,
     )
@@ -356,16 +235,16 @@ def embed_images(
         loaded.step,
     )
     try:
-        features = evaluate.extract_features(
-            embed_fn,
+        features = features_lib.extract_features(
+            lambda images, mod: predict_fn(variables, images, mod),
             batches_fn=batches_fn,
             modality=np.full(len(paths), mod, np.int64),
         )
     except (OSError, tf.errors.OpError) as e:
         # tf.data does not say which file failed: find out.
-        bad = unreadable_images(paths)
+        bad = image_files.unreadable_images(paths)
         if bad:
-            raise _unreadable_error(bad) from e
+            raise image_files.unreadable_error(bad) from e
         raise
     return {
         "pool": features["pool"],
@@ -457,7 +336,7 @@ def main(argv) -> int:
             batch_size=fl.batch_size,
         )
         write_features(fl.out, features)
-    except (ImageError, ValueError) as e:
+    except (image_files.ImageError, ValueError) as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:

@@ -3,38 +3,17 @@ r"""Exports a trained network for serving: jax.export and TensorFlow SavedModel.
   python -m mclnet_jax.main --workdir=$HOME/runs/sysu --mode=export \
       [--checkpoint=best]
 
-writes the evaluation-mode network (BatchNorm with its running statistics)
-with its weights into WORKDIR/export/:
+writes the evaluation-mode network with its weights into WORKDIR/export/:
+one `jax.export` artifact per stem (f32[b, H, W, 3] -> {"bn", "pool"}, batch
+b symbolic), a SavedModel (jax2tf) with signatures "visible", "infrared" and
+"serving_default" (images + per-row modality), and export.json (input shape
+and preprocessing, outputs, versions). Inputs are preprocessed as the
+evaluator does; outputs are raw features, NOT L2-normalised. See the README
+section "Export for serving".
 
-  visible.jax_export    `jax.export` artifacts (StableHLO, weights embedded,
-  infrared.jax_export   from `Exported.serialize()`), one per stem:
-                        f32[b, H, W, 3] -> {"bn": f32[b, D],
-                        "pool": f32[b, D]}, the batch b symbolic (any b >= 1),
-                        lowered for cpu and cuda. Load with
-                        `jax.export.deserialize(data).call(images)`; no model
-                        code is needed.
-  saved_model/          a TensorFlow SavedModel (jax2tf) for TF Serving, the
-                        weights as variables; signatures "visible" and
-                        "infrared" (input "images" f32[None, H, W, 3]) and
-                        "serving_default" (inputs "images" and "modality"
-                        int32[None], 0 visible / 1 infrared per row, so one
-                        batch may mix both).
-  export.json           input shape and preprocessing, outputs, files,
-                        versions.
-
-Inputs are preprocessed images, exactly as the evaluator feeds the network:
-RGB, resized to config.data.image_size (H, W) bilinearly with antialiasing
-and rounded to uint8, then x / 255, minus the ImageNet mean, divided by its
-std (export.json lists the numbers). Outputs are the raw features, NOT
-L2-normalised (the evaluator normalises before comparing). The model comes
-from WORKDIR/config.json (the config it was trained with; the --config flag
-is only a fallback when that file is missing) and the checkpoint; the
-dataset is not needed.
-
-jax2tf in JAX >= 0.5 only does "native serialization": the SavedModel holds
-the same StableHLO in an XlaCallModule op, so serving needs a TensorFlow
-(Serving) build whose XlaCallModule supports the calling convention version
-recorded in export.json (TensorFlow 2.21 supports 9..10).
+jax2tf only does native serialization: the SavedModel wraps the same
+StableHLO in an XlaCallModule op, so the serving TensorFlow must support the
+calling convention version recorded in export.json.
 """
 
 from __future__ import annotations
@@ -48,9 +27,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
+from data_pipeline.constants import INFRARED, VISIBLE
 from mclnet_jax import embed
 
 EXPORT_DIR = "export"
@@ -78,7 +59,7 @@ def make_forward(
     mod = embed.modality_index(modality)
 
     def forward(variables, images):
-        visible, infrared = (images, None) if mod == 0 else (None, images)
+        visible, infrared = (images, None) if mod == VISIBLE else (None, images)
         out = model.apply(variables, visible, infrared, train=False)
         return {name: out[name] for name in OUTPUTS}
 
@@ -112,10 +93,8 @@ def save_saved_model(
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
 ) -> None:
     """Writes the TensorFlow SavedModel (see the module docstring)."""
-    # pylint: disable=g-import-not-at-top
     import tensorflow as tf
     from jax.experimental import jax2tf
-    # pylint: enable=g-import-not-at-top
 
     h, w = loaded.image_size
     d = loaded.feature_dim
@@ -163,14 +142,20 @@ def save_saved_model(
                 message="modality needs one entry per image",
             ),
             tf.debugging.assert_equal(
-                tf.reduce_all((modality == 0) | (modality == 1)),
+                tf.reduce_all((modality == VISIBLE) | (modality == INFRARED)),
                 True,
-                message="modality must be 0 (visible) or 1 (infrared)",
+                message=(
+                    f"modality must be {VISIBLE} (visible) or {INFRARED} "
+                    "(infrared)"
+                ),
             ),
         ]
         with tf.control_dependencies(checks):
             out = {name: tf.zeros([n, d], tf.float32) for name in OUTPUTS}
-        for code, run in enumerate((module.visible, module.infrared)):
+        for code, run in (
+            (VISIBLE, module.visible),
+            (INFRARED, module.infrared),
+        ):
             rows = tf.where(tf.equal(modality, code))[:, 0]
             # The exported batch dimension is >= 1: skip an absent modality.
             part = tf.cond(
@@ -189,8 +174,7 @@ def save_saved_model(
         return out
 
     module.serve = serve
-    # Saving logs hundreds of INFO lines (every traced function, every
-    # renamed graph input), through absl and TensorFlow's own logger.
+    # Saving logs hundreds of INFO lines, through absl and TF's own logger.
     verbosity = logging.get_verbosity()
     tf_level = tf.get_logger().level
     logging.set_verbosity(logging.WARNING)
@@ -217,11 +201,9 @@ def metadata(
     calling_convention_version: int,
 ) -> dict[str, Any]:
     """The content of export.json."""
-    # pylint: disable=g-import-not-at-top
     import tensorflow as tf
 
-    from data_pipeline import augment
-    # pylint: enable=g-import-not-at-top
+    from data_pipeline import image_ops
 
     h, w = loaded.image_size
     d = loaded.feature_dim
@@ -248,8 +230,8 @@ def metadata(
                 "divide by 255",
                 "subtract mean, divide by std (per channel)",
             ],
-            "mean": list(augment.IMAGENET_MEAN),
-            "std": list(augment.IMAGENET_STD),
+            "mean": list(image_ops.IMAGENET_MEAN),
+            "std": list(image_ops.IMAGENET_STD),
         },
         "modalities": {m: i for i, m in enumerate(embed.MODALITIES)},
         "outputs": {
@@ -284,7 +266,7 @@ def metadata(
     }
 
 
-def _model_config(config) -> Any:
+def _model_config(config: ml_collections.ConfigDict) -> Any:
     """What shapes the network, JSON-normalised (tuples -> lists)."""
     return json.loads(
         json.dumps(
@@ -314,16 +296,13 @@ def replace_directory(source: str, target: str) -> None:
 
 
 def export_workdir(
-    config,
+    config: ml_collections.ConfigDict | None,
     workdir: str,
     *,
     which: str = "latest",
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
 ) -> dict[str, Any]:
-    """`--mode=export`: writes WORKDIR/export/ (see the module docstring).
-
-    The previous export, if any, is replaced only once the new one is
-    complete.
+    """`--mode=export`: writes WORKDIR/export/, replaced only when complete.
 
     Args:
       config: the command line's config; used only when WORKDIR/config.json

@@ -1,4 +1,4 @@
-r"""Command line: train or evaluate MCLNet. Kept short; the work is in train.py.
+r"""Command line: train, evaluate, analyze or export MCLNet (see README).
 
   python -m mclnet_jax.main --config=configs/synthetic.py --workdir=/tmp/demo
   python -m mclnet_jax.main --config=configs/sysu.py:mclnet \
@@ -60,10 +60,8 @@ def main(argv):
     # Imported after flag parsing: importing JAX/TensorFlow is slow and
     # `--help` should not wait for it.
     with console.native_stderr_to(log_file):
-        from mclnet_jax import (
-            train,  # pylint: disable=g-import-not-at-top
-            train_data,  # pylint: disable=g-import-not-at-top
-        )
+        from data_pipeline import datasets
+        from mclnet_jax import train, train_step
 
     try:
         if _MODE.value == "train":
@@ -71,21 +69,24 @@ def main(argv):
         elif _MODE.value == "evaluate":
             train.evaluate_only(_CONFIG.value, workdir, which=_CHECKPOINT.value)
         elif _MODE.value == "analyze":
-            from mclnet_jax import analysis  # pylint: disable=g-import-not-at-top
+            from mclnet_jax import analysis
 
             analysis.analyze_workdir(
                 _CONFIG.value, workdir, which=_CHECKPOINT.value
             )
         else:
-            from mclnet_jax import export  # pylint: disable=g-import-not-at-top
+            from mclnet_jax import export
 
             export.export_workdir(
                 _CONFIG.value, workdir, which=_CHECKPOINT.value
             )
-    except (train_data.DatasetUnavailableError, train.ConfigurationError) as e:
+    except (
+        datasets.DatasetUnavailableError,
+        train_step.ConfigurationError,
+    ) as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 2
-    except (train.NonFiniteLossError, FileNotFoundError) as e:
+    except (train_step.NonFiniteLossError, FileNotFoundError) as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 3
     return 0

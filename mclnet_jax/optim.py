@@ -1,6 +1,6 @@
 """Optimisers and learning-rate schedules for MCLNet, built from config.
 
-Two optimisers are trained alternately (see `train.py`):
+Two optimisers are trained alternately (see `train_step.py`):
 
 * the feature extractor (backbone, BNNeck, classifier and, when trained, the
     ICA/CCA centers): SGD with Nesterov momentum, PyTorch-style weight decay,
@@ -19,7 +19,7 @@ Parameter groups are chosen by regular expressions on the parameter path
 big_vision's `optax.make`; a parameter that no rule covers is an error rather
 than a silent default.
 
-Config fields (an `ml_collections.ConfigDict`, see `configs/default.py`):
+Config fields (a `ConfigDict`; defaults in `mclnet_jax.configs.common`):
 
     lr: float, the base ("heads") learning rate.
     momentum: float.
@@ -40,6 +40,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 Schedule = Callable[[jax.Array], jax.Array]
@@ -108,7 +109,9 @@ def epoch_schedule(
     return schedule
 
 
-def make_schedule(config, *, steps_per_epoch: int) -> Schedule:
+def make_schedule(
+    config: ml_collections.ConfigDict, *, steps_per_epoch: int
+) -> Schedule:
     """Builds the learning-rate schedule named by `config.schedule.kind`."""
     kind = config.schedule.kind
     if kind == "constant":
@@ -244,7 +247,7 @@ def sgd(
 
 
 def make(
-    config, *, steps_per_epoch: int
+    config: ml_collections.ConfigDict, *, steps_per_epoch: int
 ) -> tuple[optax.GradientTransformation, Schedule]:
     """The optimiser described by `config` (see the module docstring).
 

@@ -2,7 +2,7 @@
 
 XLA:CPU's own convolution kernels are slow for ResNets; XNNPACK is faster
 for some of them (the models also compute 1x1 convolutions as dots, which
-matters more; figures in the README). XLA reads
+matters more; figures in benchmarks/README.md). XLA reads
 XLA_FLAGS once, when JAX initialises its backends, so `apply_cpu_defaults()`
 runs at import of `mclnet_jax` and appends each default flag to XLA_FLAGS
 unless:
@@ -44,7 +44,7 @@ def _backends_initialized() -> bool:
     if "jax" not in sys.modules:
         return False
     try:
-        from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+        from jax._src import xla_bridge
 
         return bool(xla_bridge.backends_are_initialized())
     except (ImportError, AttributeError):  # Private API moved: assume not.

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
@@ -21,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def maybe_initialize_distributed(config) -> None:
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
     """Calls `jax.distributed.initialize` when `config.distributed` asks.
 
     `config.distributed` is a ConfigDict with `enabled` (bool) and optional

@@ -1,20 +1,21 @@
 """Tests of benchmarks/ablation.py: its statistics and a tiny end-to-end run."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
+from absl import flags
 
-_PATH = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "benchmarks",
-    "ablation.py",
-)
-_spec = importlib.util.spec_from_file_location("ablation", _PATH)
-ablation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ablation)
+from benchmarks import ablation
+
+
+def _main(argv) -> int:
+    """`python benchmarks/ablation.py ARGV` in this process."""
+    flag_values = flags.FlagValues()
+    ablation.define_flags(flag_values)
+    flag_values(["ablation.py", *argv])
+    return ablation.main(["ablation.py"], flag_values)
 
 
 def _metrics(r1, m, n):
@@ -70,12 +71,21 @@ def test_markdown_rows_in_paper_order():
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(SystemExit):
-        ablation.main([f"--workdir={tmp_path}", "--rows=agw_re,nope"])
-    with pytest.raises(SystemExit):
-        ablation.main([f"--workdir={tmp_path}", "--seeds=0"])
+    with pytest.raises(flags.IllegalFlagValueError, match="nope"):
+        _main([f"--workdir={tmp_path}", "--rows=agw_re,nope"])
+    with pytest.raises(flags.IllegalFlagValueError, match="seeds"):
+        _main([f"--workdir={tmp_path}", "--seeds=0"])
+    with pytest.raises(flags.IllegalFlagValueError, match="setting"):
+        _main([f"--workdir={tmp_path}", "--setting=huge"])
+    with pytest.raises(flags.IllegalFlagValueError, match="workdir"):
+        _main([])
+    with pytest.raises(ValueError, match="nope"):
+        ablation.run(str(tmp_path), num_seeds=1, rows=["agw_re", "nope"])
+    with pytest.raises(ValueError, match="seeds"):
+        ablation.run(str(tmp_path), num_seeds=0)
     with pytest.raises(ValueError, match="setting"):
         ablation.load_config("base", seed=0, setting="huge")
+    assert not os.listdir(tmp_path)
 
 
 def test_tiny_end_to_end_and_resume(tmp_path, capsys):
@@ -86,7 +96,7 @@ def test_tiny_end_to_end_and_resume(tmp_path, capsys):
         "--seeds=1",
         "--rows=base,agw_re",
     ]
-    assert ablation.main(args) == 0
+    assert _main(args) == 0
     with open(os.path.join(workdir, "ablation.json")) as f:
         out = json.load(f)
     assert set(out["rows"]) == {"base", "agw_re"}
@@ -110,7 +120,7 @@ def test_tiny_end_to_end_and_resume(tmp_path, capsys):
     assert os.path.exists(os.path.join(workdir, "data_seed0", ".complete"))
     # A rerun trains nothing and gives the same table.
     capsys.readouterr()
-    assert ablation.main(args) == 0
+    assert _main(args) == 0
     with open(os.path.join(workdir, "ablation.json")) as f:
         again = json.load(f)
     assert again["timings"] == {}

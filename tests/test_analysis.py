@@ -14,13 +14,15 @@ import sys
 
 import numpy as np
 import pytest
-import test_main  # pylint: disable=g-bad-import-order
+import test_main
 from PIL import Image
 
-from mclnet_jax import analysis, evaluate
+from data_pipeline.records import SplitMetadata
+from mclnet_jax.analysis import canvas, plots, ranking
+from mclnet_jax.evaluators import common as eval_common
+from mclnet_jax.evaluators import regdb
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_rank_list_jobs = analysis._rank_list_jobs  # pylint: disable=protected-access
 
 
 def _png(path):
@@ -94,7 +96,7 @@ def _retrieval_case(failing, num_queries=20, num_ids=10, seed=0):
 )
 def test_rank_lists_shows_half_failures(failing, want_fail):
     case = _retrieval_case(failing)
-    lists = analysis.rank_lists(
+    lists = ranking.rank_lists(
         **case, flavour="standard", num_queries=8, top_k=4, seed=3
     )
     assert lists.query.size == 8 and len(set(lists.query.tolist())) == 8
@@ -129,16 +131,16 @@ def test_rank_lists_is_seeded():
     case = _retrieval_case({1, 4, 7, 11, 15, 18})
     draws = {
         tuple(
-            analysis.rank_lists(
+            ranking.rank_lists(
                 **case, flavour="standard", num_queries=4, seed=s
             ).query
         )
         for s in range(6)
     }
-    again = analysis.rank_lists(
+    again = ranking.rank_lists(
         **case, flavour="standard", num_queries=4, seed=0
     ).query
-    first = analysis.rank_lists(
+    first = ranking.rank_lists(
         **case, flavour="standard", num_queries=4, seed=0
     ).query
     np.testing.assert_array_equal(again, first)
@@ -152,7 +154,7 @@ def test_rank_lists_applies_the_sysu_camera_exclusion():
     # (nothing removed: a hit); identity 2 (not in the gallery) and
     # identity 9 from camera 3 (its only match is in camera 2): skipped.
     dist = np.array([[0.1, 0.5, 0.3, 0.7]] * 4)
-    lists = analysis.rank_lists(
+    lists = ranking.rank_lists(
         dist,
         query_ids=[5, 5, 2, 9],
         gallery_ids=[5, 5, 7, 9],
@@ -177,17 +179,17 @@ def test_rank_lists_applies_the_sysu_camera_exclusion():
 def test_rank_lists_rejects_bad_input():
     case = _retrieval_case(set())
     with pytest.raises(ValueError, match="flavour"):
-        analysis.rank_lists(**case, flavour="market")
+        ranking.rank_lists(**case, flavour="market")
     with pytest.raises(ValueError, match="num_queries"):
-        analysis.rank_lists(**case, flavour="sysu", num_queries=0)
+        ranking.rank_lists(**case, flavour="sysu", num_queries=0)
     with pytest.raises(ValueError, match="query_ids"):
-        analysis.rank_lists(**{**case, "query_ids": [1, 2]}, flavour="sysu")
+        ranking.rank_lists(**{**case, "query_ids": [1, 2]}, flavour="sysu")
     with pytest.raises(ValueError, match="NaN"):
-        analysis.rank_lists(
+        ranking.rank_lists(
             **{**case, "distmat": case["distmat"] * np.nan}, flavour="sysu"
         )
     with pytest.raises(ValueError, match="no query has a matching"):
-        analysis.rank_lists(
+        ranking.rank_lists(
             **{**case, "query_ids": case["query_ids"] + 100}, flavour="sysu"
         )
 
@@ -201,7 +203,7 @@ def _border_columns(rgb, color, tolerance=8):
 
 @pytest.mark.parametrize("hits", [(True, False), (False, True)])
 def test_rank_list_borders_are_green_for_hits_red_for_misses(tmp_path, hits):
-    lists = analysis.RankLists(
+    lists = ranking.RankLists(
         query=np.array([0]),
         gallery=np.array([[0, 1]]),
         distance=np.array([[-0.9, -0.5]], np.float32),
@@ -210,7 +212,7 @@ def test_rank_list_borders_are_green_for_hits_red_for_misses(tmp_path, hits):
         num_valid=1,
         num_failures=int(not hits[0]),
     )
-    path = analysis.draw_rank_lists(
+    path = ranking.draw_rank_lists(
         str(tmp_path / "r.png"),
         lists,
         query_images=_grey_images(1),
@@ -219,8 +221,8 @@ def test_rank_list_borders_are_green_for_hits_red_for_misses(tmp_path, hits):
         query_labels=["id 1 cam 3"],
     )
     _, _, rgb = _png(path)
-    green, green_mask = _border_columns(rgb, analysis.HIT_COLOR)
-    red, red_mask = _border_columns(rgb, analysis.MISS_COLOR)
+    green, green_mask = _border_columns(rgb, ranking.HIT_COLOR)
+    red, red_mask = _border_columns(rgb, ranking.MISS_COLOR)
     assert green.size and red.size
     if hits[0]:
         assert green.max() < red.min()
@@ -243,7 +245,7 @@ def test_rank_list_figure_writes_png_of_the_chosen_images(tmp_path):
         loaded.append(np.asarray(indices))
         return split[indices]
 
-    path, lists = analysis.rank_list_figure(
+    path, lists = ranking.rank_list_figure(
         str(tmp_path / "rank.png"),
         **case,
         flavour="standard",
@@ -265,7 +267,7 @@ def test_rank_list_figure_writes_png_of_the_chosen_images(tmp_path):
 
 def test_regdb_rank_lists_in_both_directions(tmp_path):
     meta, feats = _regdb_case()
-    jobs = _rank_list_jobs("regdb", meta)
+    jobs = regdb.rank_list_views(meta)
     assert [j[0] for j in jobs] == [
         "rank_list_regdb_visible_to_infrared",
         "rank_list_regdb_infrared_to_visible",
@@ -278,7 +280,7 @@ def test_regdb_rank_lists_in_both_directions(tmp_path):
         assert np.all(meta.modality[g] == g_mod)
         assert q.size == g.size == 18
         dist = -feats[q] @ feats[g].T
-        path, lists = analysis.rank_list_figure(
+        path, lists = ranking.rank_list_figure(
             str(tmp_path / f"{stem}.png"),
             dist,
             query_ids=meta.identity[q],
@@ -296,7 +298,7 @@ def test_regdb_rank_lists_in_both_directions(tmp_path):
         # 8 rows of 1.5 in + 0.55 in title, at 100 dpi.
         assert _png(path)[:2] == (847, 1255)
     with pytest.raises(ValueError, match="protocol"):
-        _rank_list_jobs("market", meta)
+        eval_common.protocol_module("market")
 
 
 # ---------------------------------------------------------------------------
@@ -315,7 +317,8 @@ def _regdb_case(num_ids=6, per_id=3, dim=8, seed=0):
                 mod.append(m)
                 names.append(f"{'VT'[m]}/{i:03d}_{k}.bmp")
                 feats.append(centers[i] + 1.5 * rng.normal(size=dim))
-    meta = evaluate.TestMetadata(
+    meta = SplitMetadata(
+        label=np.array(ident) - 1,
         identity=np.array(ident),
         camera=np.array(cam),
         modality=np.array(mod),
@@ -350,7 +353,7 @@ def test_mean_cmc_and_cmc_figure_against_slow_cmc(tmp_path):
     for trial in (1, 2):
         meta, feats = _regdb_case(seed=trial)
         feats = {"pool": feats, "bn": feats[:, ::-1] ** 3}
-        one = evaluate.evaluate_regdb(feats, meta, trial=trial, max_rank=12)
+        one = regdb.evaluate_features(feats, meta, trial=trial, max_rank=12)
         results = one if results is None else results.merge(one)
         vis, ir = meta.modality == 0, meta.modality == 1
         for name, value in feats.items():
@@ -369,8 +372,8 @@ def test_mean_cmc_and_cmc_figure_against_slow_cmc(tmp_path):
                         12,
                     )
                 )
-    curves = analysis.mean_cmc(results)
-    from_json = analysis.mean_cmc(
+    curves = plots.mean_cmc(results)
+    from_json = plots.mean_cmc(
         json.loads(
             json.dumps(
                 {"summary": results.summary(), "results": results.to_dict()}
@@ -388,7 +391,7 @@ def test_mean_cmc_and_cmc_figure_against_slow_cmc(tmp_path):
     curves["regdb_visible_to_infrared"]["raw pixels"] = np.linspace(
         0.1, 1.0, 12
     )
-    path, drawn = analysis.cmc_figure(
+    path, drawn = plots.cmc_figure(
         str(tmp_path / "cmc.png"), curves, max_rank=10
     )
     width, height, _ = _png(path)
@@ -401,11 +404,11 @@ def test_mean_cmc_and_cmc_figure_against_slow_cmc(tmp_path):
 
 def test_mean_cmc_rejects_summaries_without_trials():
     with pytest.raises(ValueError, match="trials"):
-        analysis.mean_cmc({"sysu_all_single_shot": {"bn": {"mean": {}}}})
+        plots.mean_cmc({"sysu_all_single_shot": {"bn": {"mean": {}}}})
     with pytest.raises(ValueError, match="EvaluationResults"):
-        analysis.mean_cmc([0.1, 0.2])
+        plots.mean_cmc([0.1, 0.2])
     with pytest.raises(ValueError, match="empty"):
-        analysis.cmc_figure("unused.png", {})
+        plots.cmc_figure("unused.png", {})
 
 
 # ---------------------------------------------------------------------------
@@ -416,7 +419,7 @@ def test_select_identities_takes_both_modalities_of_few_ids():
     identity = np.repeat(np.arange(8), 10)
     modality = np.tile(np.r_[np.zeros(6), np.ones(4)], 8).astype(int)
     modality[identity == 3] = 0  # Identity 3: visible only.
-    idx = analysis.select_identities(
+    idx = plots.select_identities(
         identity, modality, num_identities=4, max_per_modality=5, seed=2
     )
     ids = np.unique(identity[idx])
@@ -426,12 +429,12 @@ def test_select_identities_takes_both_modalities_of_few_ids():
         assert np.sum((identity[idx] == i) & (modality[idx] == 1)) == 4
     np.testing.assert_array_equal(
         idx,
-        analysis.select_identities(
+        plots.select_identities(
             identity, modality, num_identities=4, max_per_modality=5, seed=2
         ),
     )
     with pytest.raises(ValueError, match="both modalities"):
-        analysis.select_identities(identity, np.zeros_like(identity))
+        plots.select_identities(identity, np.zeros_like(identity))
 
 
 def _two_modality_features(num_ids=4, per=6, dim=16, gap=3.0, seed=0):
@@ -450,7 +453,7 @@ def _two_modality_features(num_ids=4, per=6, dim=16, gap=3.0, seed=0):
 
 def test_tsne_figure(tmp_path):
     feats, identity, modality = _two_modality_features()
-    path, emb = analysis.tsne_figure(
+    path, emb = plots.tsne_figure(
         str(tmp_path / "tsne.png"),
         {"trained": feats[:, :8], "raw pixels": feats},
         identity=identity,
@@ -463,7 +466,7 @@ def test_tsne_figure(tmp_path):
     for xy in emb.values():
         assert xy.shape == (identity.size, 2) and np.all(np.isfinite(xy))
     with pytest.raises(ValueError, match="panels"):
-        analysis.tsne_figure(
+        plots.tsne_figure(
             str(tmp_path / "x.png"),
             {"a": feats[:3]},
             identity=identity,
@@ -473,24 +476,20 @@ def test_tsne_figure(tmp_path):
 
 def test_pair_distances_and_histogram_against_slow_pairs(tmp_path):
     feats, identity, modality = _two_modality_features(num_ids=3, per=3)
-    groups = analysis.pair_distances(
-        feats, identity=identity, modality=modality
-    )
-    want = {name: [] for name in analysis.PAIR_CATEGORIES}
+    groups = plots.pair_distances(feats, identity=identity, modality=modality)
+    want = {name: [] for name in plots.PAIR_CATEGORIES}
     n = identity.size
     for i in range(n):
         for j in range(i + 1, n):
             a = feats[i] / np.linalg.norm(feats[i])
             b = feats[j] / np.linalg.norm(feats[j])
             key = (modality[i] == modality[j], identity[i] == identity[j])
-            name = next(
-                k for k, v in analysis.PAIR_CATEGORIES.items() if v == key
-            )
+            name = next(k for k, v in plots.PAIR_CATEGORIES.items() if v == key)
             want[name].append(-float(np.dot(a, b)))
     assert sum(len(v) for v in want.values()) == n * (n - 1) // 2
     for name, values in want.items():
         np.testing.assert_allclose(groups[name], values, atol=1e-6)
-    path, drawn = analysis.distance_histogram_figure(
+    path, drawn = plots.distance_histogram_figure(
         str(tmp_path / "d.png"),
         {"a": feats, "b": -feats},
         identity=identity,
@@ -566,7 +565,7 @@ def test_analyze_workdir_draws_every_figure(tmp_path):
         width, height, _ = _png(folder / name)
         assert 200 < width < 2000 and 200 < height < 2000, name
     readme = (folder / "README.txt").read_text()
-    versions = analysis.library_versions()
+    versions = canvas.library_versions()
     assert f"matplotlib {versions['matplotlib']}" in readme
     assert f"scikit-learn {versions['scikit-learn']}" in readme
     assert "latest checkpoint (step 4)" in readme

@@ -1,9 +1,9 @@
-"""Tests of data_pipeline/augment.py.
+"""Tests of data_pipeline/augment.py and data_pipeline/image_ops.py.
 
 Each op is checked against a plain numpy computation, eagerly and inside
 tf.data (same results both ways), and the random draws against the
 distributions of the authors' release (flip rate, crop offsets, erasing rate,
-area, aspect, fill values).
+area, aspect, fill values). Whole-batch chains come from `augment_reference`.
 """
 
 import dataclasses
@@ -11,12 +11,13 @@ import io
 import math
 import random
 
+import augment_reference
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data_pipeline import augment
+from data_pipeline import augment, image_ops
 
 H, W = 32, 16
 SEED = tf.constant([3, 11], tf.int64)
@@ -45,9 +46,11 @@ def _png(array):
 
 def test_decode_image_rgb_and_grey(images):
     rgb = images[0]
-    np.testing.assert_array_equal(augment.decode_image(_png(rgb)).numpy(), rgb)
+    np.testing.assert_array_equal(
+        image_ops.decode_image(_png(rgb)).numpy(), rgb
+    )
     grey = rgb[..., 0]
-    decoded = augment.decode_image(_png(grey)).numpy()
+    decoded = image_ops.decode_image(_png(grey)).numpy()
     assert decoded.shape == (H, W, 3)
     for c in range(3):
         np.testing.assert_array_equal(decoded[..., c], grey)
@@ -55,13 +58,13 @@ def test_decode_image_rgb_and_grey(images):
 
 def test_resize_same_size_is_identity_and_downscale_matches_pil(images):
     np.testing.assert_array_equal(
-        augment.resize(images[0], height=H, width=W).numpy(), images[0]
+        image_ops.resize(images[0], height=H, width=W).numpy(), images[0]
     )
     # A smooth image shrunk by 2: antialiased bilinear ~ PIL's bilinear.
     y, x = np.mgrid[0:64, 0:32]
     smooth = np.stack([4 * y, 8 * x, 2 * (x + y)], -1).clip(0, 255)
     smooth = smooth.astype(np.uint8)
-    ours = augment.resize(smooth, height=H, width=W).numpy().astype(int)
+    ours = image_ops.resize(smooth, height=H, width=W).numpy().astype(int)
     pil = np.asarray(Image.fromarray(smooth).resize((W, H), Image.BILINEAR))
     assert ours.dtype == int and ours.shape == (H, W, 3)
     assert np.abs(ours - pil.astype(int)).max() <= 2
@@ -72,7 +75,7 @@ def test_resize_same_size_is_identity_and_downscale_matches_pil(images):
 
 def test_pad_and_crop_matches_numpy(images):
     offsets = np.array([[0, 0], [20, 20], [3, 17], [10, 10], [20, 0], [7, 2]])
-    out = augment.pad_and_crop(images, offsets, padding=10).numpy()
+    out = image_ops.pad_and_crop(images, offsets, padding=10).numpy()
     padded = np.pad(images, ((0, 0), (10, 10), (10, 10), (0, 0)))
     for n, (dy, dx) in enumerate(offsets):
         np.testing.assert_array_equal(
@@ -108,19 +111,19 @@ def test_single_image_crop_and_flip_match_numpy_eagerly_and_in_tf_data(images):
 
 def test_flip_left_right_matches_numpy(images):
     flips = np.array([True, False, True, True, False, False])
-    out = augment.flip_left_right(images, flips).numpy()
+    out = image_ops.flip_left_right(images, flips).numpy()
     for n in range(len(images)):
         want = images[n, :, ::-1] if flips[n] else images[n]
         np.testing.assert_array_equal(out[n], want)
 
 
 def test_normalize_matches_torchvision_formula(images):
-    out = augment.normalize(images).numpy()
-    # torchvision's ImageNet statistics, written out (not read from augment).
+    out = image_ops.normalize(images).numpy()
+    # torchvision's ImageNet statistics, written out (not read from image_ops).
     mean = np.array([0.485, 0.456, 0.406])
     std = np.array([0.229, 0.224, 0.225])
-    assert augment.IMAGENET_MEAN == pytest.approx(tuple(mean), abs=0)
-    assert augment.IMAGENET_STD == pytest.approx(tuple(std), abs=0)
+    assert image_ops.IMAGENET_MEAN == pytest.approx(tuple(mean), abs=0)
+    assert image_ops.IMAGENET_STD == pytest.approx(tuple(std), abs=0)
     want = (images / 255.0 - mean) / std
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, want, atol=1e-6)
@@ -137,7 +140,7 @@ def test_erase_matches_numpy():
         "width": np.array([4, 4, 15]),
     }
     fill = (0.25, -1.5, 3.0)
-    out = augment.erase(images, boxes, fill=fill).numpy()
+    out = image_ops.erase(images, boxes, fill=fill).numpy()
     want = images.copy()
     for n in range(3):
         if boxes["erase"][n]:
@@ -153,14 +156,25 @@ def test_erase_matches_numpy():
 
 @pytest.mark.parametrize("name", ["crop", "flip", "erasing", "chain", "jit"])
 def test_random_ops_same_eagerly_and_in_tf_data(images, name):
-    normalised = augment.normalize(images)
+    normalised = image_ops.normalize(images)
     ops = {
-        "crop": (lambda x, s: augment.random_pad_and_crop(x, seed=s), images),
-        "flip": (lambda x, s: augment.random_flip(x, seed=s), images),
-        "erasing": (lambda x, s: augment.random_erasing(x, seed=s), normalised),
-        "chain": (lambda x, s: augment.train_augment(x, seed=s), images),
+        "crop": (
+            lambda x, s: augment_reference.random_pad_and_crop(x, seed=s),
+            images,
+        ),
+        "flip": (lambda x, s: augment_reference.random_flip(x, seed=s), images),
+        "erasing": (
+            lambda x, s: augment_reference.random_erasing(x, seed=s),
+            normalised,
+        ),
+        "chain": (
+            lambda x, s: augment_reference.train_augment(x, seed=s),
+            images,
+        ),
         "jit": (
-            lambda x, s: augment.train_augment(x, seed=s, jit_compile=True),
+            lambda x, s: augment_reference.train_augment(
+                x, seed=s, jit_compile=True
+            ),
             images,
         ),
     }
@@ -195,11 +209,13 @@ def test_train_augment_is_the_chain_of_ops_and_jit_agrees(images):
                 config.erasing_fill, np.float32
             )
         want[n] = img
-    plain = augment.train_augment(images, seed=seed).numpy()
-    jit = augment.train_augment(images, seed=seed, jit_compile=True).numpy()
+    plain = augment_reference.train_augment(images, seed=seed).numpy()
+    jit = augment_reference.train_augment(
+        images, seed=seed, jit_compile=True
+    ).numpy()
     np.testing.assert_allclose(plain, want, atol=1e-5)
     np.testing.assert_allclose(jit, want, atol=1e-5)
-    bf16 = augment.train_augment(images, seed=seed, dtype=tf.bfloat16)
+    bf16 = augment_reference.train_augment(images, seed=seed, dtype=tf.bfloat16)
     assert bf16.dtype == tf.bfloat16
     np.testing.assert_allclose(
         tf.cast(bf16, tf.float32).numpy(), want, atol=0.02, rtol=0.01
@@ -209,9 +225,9 @@ def test_train_augment_is_the_chain_of_ops_and_jit_agrees(images):
 def test_train_augment_positions_select_rows_of_the_full_draw(images):
     seed = augment.step_seed(0, 3)
     big = np.concatenate([images, images[::-1]])  # 12 rows.
-    full = augment.train_augment(big, seed=seed).numpy()
+    full = augment_reference.train_augment(big, seed=seed).numpy()
     rows = np.array([7, 2, 11])
-    part = augment.train_augment(
+    part = augment_reference.train_augment(
         big[rows], seed=seed, positions=rows, num_rows=12
     ).numpy()
     np.testing.assert_array_equal(part, full[rows])
@@ -321,7 +337,7 @@ def test_erasing_distribution_matches_release_loop(height, width):
 def test_random_erasing_fill_values_exact():
     n = 200
     images = np.full((n, H, W, 3), 7.0, np.float32)  # Not a fill value.
-    out = augment.random_erasing(images, seed=SEED).numpy()
+    out = augment_reference.random_erasing(images, seed=SEED).numpy()
     boxes = augment.sample_erasing(SEED, num=n, height=H, width=W)
     erased_pixels = out != 7.0
     fill = np.array(augment.ERASING_FILL, np.float32)
@@ -341,8 +357,10 @@ def test_disabled_augmentations_leave_images_alone(images):
     config = augment.TrainAugment(
         padding=0, flip_probability=0.0, erasing_probability=0.0
     )
-    out = augment.train_augment(images, seed=SEED, config=config).numpy()
-    np.testing.assert_array_equal(out, augment.normalize(images).numpy())
+    out = augment_reference.train_augment(
+        images, seed=SEED, config=config
+    ).numpy()
+    np.testing.assert_array_equal(out, image_ops.normalize(images).numpy())
     # And against the formula directly, not only through `normalize`.
     want = (images / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array(
         [0.229, 0.224, 0.225]
@@ -372,29 +390,29 @@ def test_disabled_augmentations_leave_images_alone(images):
             "min_aspect",
         ),
         (
-            lambda: augment.pad_and_crop(np.zeros((4, 4)), [0, 0], padding=1),
+            lambda: image_ops.pad_and_crop(np.zeros((4, 4)), [0, 0], padding=1),
             r"\[H, W, C\]",
         ),
         (
-            lambda: augment.erase(np.zeros((4, 4, 3)), {}, fill=(0, 0, 0)),
+            lambda: image_ops.erase(np.zeros((4, 4, 3)), {}, fill=(0, 0, 0)),
             r"\[N, H, W, C\]",
         ),
         (lambda: augment.TrainAugment(padding=-1), "padding"),
         (lambda: augment.TrainAugment(erasing_fill=(0.1,)), "erasing_fill"),
         (
-            lambda: augment.normalize(
+            lambda: image_ops.normalize(
                 np.zeros((1, 2, 2, 3)), mean=(0.0,) * 3, std=(1.0, 0.0, 1.0)
             ),
             "positive",
         ),
         (
-            lambda: augment.resize(
+            lambda: image_ops.resize(
                 np.zeros((4, 4, 3), np.float32), height=2, width=2
             ),
             "uint8",
         ),
         (
-            lambda: augment.train_augment(
+            lambda: augment_reference.train_augment(
                 np.zeros((2, 4, 4, 3), np.uint8), seed=SEED, positions=[0]
             ),
             "num_rows",
@@ -408,7 +426,7 @@ def test_bad_inputs_raise(call, match):
 
 def test_to_grey_matches_luma_formula(images):
     grey = np.array([True, False, True, False, False, True])
-    out = augment.to_grey(images, grey).numpy()
+    out = image_ops.to_grey(images, grey).numpy()
     luma = (
         0.299 * images[..., 0].astype(np.float64)
         + 0.587 * images[..., 1]
@@ -423,7 +441,7 @@ def test_to_grey_matches_luma_formula(images):
     # A grey image stays as it is (infrared images are unchanged).
     flat = np.repeat(images[..., :1], 3, axis=-1)
     np.testing.assert_allclose(
-        augment.to_grey(flat, np.ones(6, bool)).numpy(), flat, atol=1e-3
+        image_ops.to_grey(flat, np.ones(6, bool)).numpy(), flat, atol=1e-3
     )
 
 
@@ -446,8 +464,8 @@ def test_random_grey_in_the_chain_and_other_draws_unchanged(images):
             np.testing.assert_array_equal(p_off[key], p_on[key])
     assert not p_off["grey"].numpy().any()
     grey = p_on["grey"].numpy()
-    out = augment.train_augment(images, seed=seed, config=on).numpy()
-    jit = augment.train_augment(
+    out = augment_reference.train_augment(images, seed=seed, config=on).numpy()
+    jit = augment_reference.train_augment(
         images, seed=seed, config=on, jit_compile=True
     ).numpy()
     mean, std = np.array(on.mean), np.array(on.std)
@@ -479,7 +497,7 @@ def test_grey_rate():
             lambda: augment.sample_grey(SEED, num=2, probability=-0.1),
             "grey probability",
         ),
-        (lambda: augment.to_grey(np.zeros((1, 2, 2, 1)), [True]), "RGB"),
+        (lambda: image_ops.to_grey(np.zeros((1, 2, 2, 1)), [True]), "RGB"),
     ],
 )
 def test_grey_bad_inputs_raise(call, match):

@@ -324,7 +324,7 @@ def test_sysu_corrupt_jpeg_names_the_file(sysu_copy, tmp_path, damage):
             if damage == "garbage"
             else data[: len(data) // 2]
         )
-    with pytest.raises(layouts.CorruptImageError) as e:
+    with pytest.raises(sysu_mm01.CorruptImageError) as e:
         _prepare_sysu(sysu_copy, tmp_path)
     assert bad in str(e.value)
 
@@ -370,6 +370,6 @@ def test_regdb_corrupt_image_names_the_file(regdb_copy, tmp_path):
     bad = os.path.join(regdb_copy, rel)
     with open(bad, "wb") as f:
         f.write(b"BM" + b"\0" * 30)
-    with pytest.raises(layouts.CorruptImageError) as e:
+    with pytest.raises(sysu_mm01.CorruptImageError) as e:
         regdb.prepare(manual_dir=regdb_copy, data_dir=str(tmp_path / "tfds"))
     assert bad in str(e.value)

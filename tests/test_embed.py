@@ -1,7 +1,7 @@
 """Tests for mclnet_jax.embed: features of image files from a workdir.
 
 The workdir is made without training: a tiny state (configs/synthetic.py
-tiny=1, 7 classes) from `train.init_state`, its weights and BatchNorm
+tiny=1, 7 classes) from `train_step.init_state`, its weights and BatchNorm
 statistics moved away from their initialisation (so a loader that rebuilt
 the network from config.seed instead of the checkpoint would fail), saved
 through `checkpointing.Checkpointer` like a training run, with config.json.
@@ -10,7 +10,6 @@ PIL decoding and resizing, numpy normalisation with the ImageNet constants
 written out here, and a direct `model.apply`.
 """
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -22,7 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mclnet_jax import checkpointing, embed, train
+from data_pipeline import image_files
+from mclnet_jax import checkpointing, embed, train_step
+from mclnet_jax.configs import settings
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 7  # Not the tiny config's 8 ids: read from the checkpoint.
@@ -41,13 +42,7 @@ IMAGES = (
 
 
 def tiny_config():
-    spec = importlib.util.spec_from_file_location(
-        "mclnet_synthetic_config",
-        os.path.join(_REPO, "configs", "synthetic.py"),
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("tiny=1")
+    return settings.synthetic(tiny=True)
 
 
 def perturbed(state, seed):
@@ -70,9 +65,9 @@ def perturbed(state, seed):
 def make_workdir(path):
     """A tiny trained-looking workdir; returns (model, state)."""
     config = tiny_config()
-    model = train.make_model(config, num_classes=NUM_CLASSES)
-    tx, _, mcm_tx = train.make_optimizers(config, steps_per_epoch=3)
-    state = train.init_state(
+    model = train_step.make_model(config, num_classes=NUM_CLASSES)
+    tx, _, mcm_tx = train_step.make_optimizers(config, steps_per_epoch=3)
+    state = train_step.init_state(
         config,
         model=model,
         num_classes=NUM_CLASSES,
@@ -117,7 +112,7 @@ def decode(path):
     stays independent of the pipeline's code.
     """
     if path.endswith(".jpg"):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import tensorflow as tf
 
         with open(path, "rb") as f:
             return tf.io.decode_image(
@@ -261,7 +256,7 @@ def test_unreadable_image_is_named_and_nothing_is_written(workdir, tmp_path):
     folder = tmp_path / "mixed"
     shutil.copytree(images, folder)
     (folder / "broken.jpg").write_bytes(b"this is not a JPEG")
-    with pytest.raises(embed.ImageError, match="broken.jpg"):
+    with pytest.raises(image_files.ImageError, match="broken.jpg"):
         embed.embed_images(
             path, str(folder), modality="visible", batch_size=BATCH
         )
@@ -327,13 +322,13 @@ def test_cli_writes_the_features(workdir, tmp_path):
 
 def test_no_images_and_bad_arguments(workdir, tmp_path):
     path, _, _, images = workdir
-    with pytest.raises(embed.ImageError, match="no file matches"):
+    with pytest.raises(image_files.ImageError, match="no file matches"):
         embed.embed_images(path, str(tmp_path / "*.jpg"), modality="visible")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(embed.ImageError, match="no .jpg"):
-        embed.find_images(str(tmp_path / "empty"))
-    with pytest.raises(embed.ImageError, match="not files"):
-        embed.find_images([str(tmp_path / "missing.png")])
+    with pytest.raises(image_files.ImageError, match="no .jpg"):
+        image_files.find_images(str(tmp_path / "empty"))
+    with pytest.raises(image_files.ImageError, match="not files"):
+        image_files.find_images([str(tmp_path / "missing.png")])
     with pytest.raises(ValueError, match="modality"):
         embed.embed_images(path, images, modality="thermal")
     with pytest.raises(ValueError, match="batch_size"):

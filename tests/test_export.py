@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import test_embed  # pylint: disable=g-bad-import-order  (tests/ helper)
+import test_embed
 
 from mclnet_jax import export
 

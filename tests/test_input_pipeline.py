@@ -1,4 +1,4 @@
-"""End-to-end tests of data_pipeline/input_pipeline.py.
+"""End-to-end tests of the records, training and evaluation pipelines.
 
 A tiny synthetic SYSU-MM01 (32x16 images) is generated and built with the
 TFDS builder once per module. References: the split read through TFDS's own
@@ -7,18 +7,22 @@ feature decoding (labels, cameras), the JPEG bytes decoded with
 levels, which would hide small errors), and plain numpy augmentation.
 """
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_pipeline import augment, synthetic
-from data_pipeline import input_pipeline as ip
+from data_pipeline import (
+    augment,
+    datasets,
+    eval_pipeline,
+    image_ops,
+    records,
+    synthetic,
+    train_pipeline,
+)
 from data_pipeline.sysu_mm01 import sysu_mm01
-from mclnet_jax import train_data
+from mclnet_jax.configs import settings
 
 H, W = 32, 16
 P, K = 2, 2
@@ -40,7 +44,7 @@ def builder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(builder):
-    return ip.open_source(builder, "train")
+    return records.open_source(builder, "train")
 
 
 def _reference(builder, split):
@@ -62,7 +66,7 @@ def reference(builder):
 
 @pytest.fixture(scope="module")
 def metadata(source):
-    return ip.read_metadata(source)
+    return records.read_metadata(source)
 
 
 def _take(source, n, **kwargs):
@@ -74,13 +78,17 @@ def _take(source, n, **kwargs):
         num_steps=n,
     )
     args.update(kwargs)
-    return list(ip.make_train_dataset(source, **args).as_numpy_iterator())
+    return list(
+        train_pipeline.make_train_dataset(source, **args).as_numpy_iterator()
+    )
 
 
 @pytest.fixture(scope="module")
 def stream(source, metadata):
     """Steps 0 .. spe + 2 of an uninterrupted run (crosses an epoch)."""
-    spe = ip.train_steps_per_epoch(metadata, num_identities=P, num_instances=K)
+    spe = train_pipeline.train_steps_per_epoch(
+        metadata, num_identities=P, num_instances=K
+    )
     return _take(source, spe + 3, metadata=metadata)
 
 
@@ -90,12 +98,17 @@ def test_metadata_matches_tfds_decoding(metadata, builder):
         np.testing.assert_array_equal(
             getattr(metadata, key), [int(ex[key]) for ex in reference]
         )
+    names = [ex["file_name"] for ex in reference]
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    assert list(metadata.file_name) == names
     assert metadata.num_classes == len({int(ex["label"]) for ex in reference})
     assert set(metadata.camera[metadata.infrared_indices]) <= {3, 6}
 
 
 def test_stream_contract(stream, metadata):
-    spe = ip.train_steps_per_epoch(metadata, num_identities=P, num_instances=K)
+    spe = train_pipeline.train_steps_per_epoch(
+        metadata, num_identities=P, num_instances=K
+    )
     # 48 visible / 24 infrared training images, P * K = 4.
     assert (
         spe
@@ -139,7 +152,7 @@ def test_stream_images_are_the_augmented_planned_records(
     stream, metadata, reference, step
 ):
     batch = stream[step]
-    visible, infrared = ip.step_indices(
+    visible, infrared = train_pipeline.step_indices(
         metadata, seed=SEED, step=step, num_identities=P, num_instances=K
     )
     index = np.concatenate([visible, infrared])
@@ -215,11 +228,8 @@ def test_two_hosts_tile_the_single_host_batch(stream, source, metadata):
         _take(source, 1, metadata=metadata, process_count=3)
 
 
-def test_bfloat16_and_feature_dict_source(builder, stream, metadata):
-    dict_source = builder.as_data_source(
-        "train", decoders={"image": tfds.decode.SkipDecoding()}
-    )
-    got = _take(dict_source, 2, dtype=tf.bfloat16)
+def test_bfloat16(source, stream, metadata):
+    got = _take(source, 2, dtype=tf.bfloat16, metadata=metadata)
     assert got[0]["visible"].dtype == tf.bfloat16.as_numpy_dtype
     for a, b in zip(stream[:2], got, strict=True):
         np.testing.assert_allclose(
@@ -230,9 +240,13 @@ def test_bfloat16_and_feature_dict_source(builder, stream, metadata):
         )
 
 
-def test_decoded_source_is_rejected(builder, metadata):
-    with pytest.raises(ValueError, match="decoded images"):
+def test_non_serialized_source_is_rejected(builder, metadata):
+    with pytest.raises(ValueError, match="serialized tf.train.Example"):
         _take(builder.as_data_source("train"), 1, metadata=metadata)
+    with pytest.raises(ValueError, match="serialized tf.train.Example"):
+        eval_pipeline.make_eval_dataset(
+            builder.as_data_source("test"), batch_size=4
+        )
 
 
 def _int64(value):
@@ -246,6 +260,9 @@ def _record(label, modality, image=b"\xff\xd8"):
         "identity": _int64(label),
         "camera": _int64(1 + 2 * modality),
         "modality": _int64(modality),
+        "file_name": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[f"{label}.jpg".encode()])
+        ),
     }
     return tf.train.Example(
         features=tf.train.Features(feature=feature)
@@ -253,7 +270,7 @@ def _record(label, modality, image=b"\xff\xd8"):
 
 
 def test_unpaired_identity_is_rejected():
-    records = [
+    examples = [
         _record(0, 0),
         _record(0, 1),
         _record(1, 0),
@@ -261,21 +278,21 @@ def test_unpaired_identity_is_rejected():
         _record(2, 0),
     ]
     with pytest.raises(ValueError, match="only visible: \\[2\\]"):
-        ip.make_train_dataset(
-            records, seed=0, num_identities=2, num_instances=1
+        train_pipeline.make_train_dataset(
+            examples, seed=0, num_identities=2, num_instances=1
         )
 
 
 @pytest.mark.parametrize("hosts", [1, 2])
 def test_eval_covers_every_image_once(builder, hosts):
-    source = ip.open_source(builder, "test")
+    source = records.open_source(builder, "test")
     reference = _reference(builder, "test")
     n = len(source)
     batch_size = 16
     assert n % batch_size  # The last batch is padded.
     parts = [
         list(
-            ip.make_eval_dataset(
+            eval_pipeline.make_eval_dataset(
                 source,
                 batch_size=batch_size,
                 image_size=(H, W),
@@ -298,17 +315,17 @@ def test_eval_covers_every_image_once(builder, hosts):
             for row in np.flatnonzero(real):
                 img = reference[batch["index"][row]]["image"]
                 want = (
-                    img / 255.0 - np.array(augment.IMAGENET_MEAN)
-                ) / np.array(augment.IMAGENET_STD)
+                    img / 255.0 - np.array(image_ops.IMAGENET_MEAN)
+                ) / np.array(image_ops.IMAGENET_STD)
                 np.testing.assert_allclose(batch["image"][row], want, atol=ATOL)
     assert sorted(seen) == list(range(n))
 
 
 def test_eval_subset_keeps_order(builder):
-    source = ip.open_source(builder, "test")
+    source = records.open_source(builder, "test")
     subset = np.array([9, 2, 20, 2, 17])  # Order and repeats are kept.
     batches = list(
-        ip.make_eval_dataset(
+        eval_pipeline.make_eval_dataset(
             source, batch_size=4, image_size=(H, W), indices=subset
         ).as_numpy_iterator()
     )
@@ -317,7 +334,9 @@ def test_eval_subset_keeps_order(builder):
     np.testing.assert_array_equal(index[mask], subset)
     assert mask.sum() == subset.size and len(batches) == 2
     with pytest.raises(ValueError, match="indices must be in"):
-        ip.make_eval_dataset(source, batch_size=4, indices=[len(source)])
+        eval_pipeline.make_eval_dataset(
+            source, batch_size=4, indices=[len(source)]
+        )
 
 
 def test_random_grey_turns_the_planned_visible_images_grey(
@@ -333,7 +352,7 @@ def test_random_grey_turns_the_planned_visible_images_grey(
         grey_probability=1.0,
     )
     batch = _take(source, 1, metadata=metadata, augmentation=config)[0]
-    visible, infrared = ip.step_indices(
+    visible, infrared = train_pipeline.step_indices(
         metadata, seed=SEED, step=0, num_identities=P, num_instances=K
     )
     mean, std = np.array(config.mean), np.array(config.std)
@@ -357,16 +376,8 @@ def test_random_grey_turns_the_planned_visible_images_grey(
 def test_train_augment_follows_the_config():
     # Every augmentation field of config.data reaches the pipeline (a
     # missing one would silently train without it).
-    path = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        "configs",
-        "synthetic.py",
-    )
-    spec = importlib.util.spec_from_file_location("synthetic_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    demo = module.get_config()
-    got = train_data.train_augment(demo.data)
+    demo = settings.synthetic()
+    got = datasets.train_augment(demo.data)
     assert (got.padding, got.erasing_probability, got.grey_probability) == (
         demo.data.pad,
         demo.data.random_erasing,
@@ -375,5 +386,5 @@ def test_train_augment_follows_the_config():
     assert got.grey_probability == 0.5
     demo.data.random_erasing = 0.8
     demo.data.random_grey = 0.0
-    got = train_data.train_augment(demo.data)
+    got = datasets.train_augment(demo.data)
     assert (got.erasing_probability, got.grey_probability) == (0.8, 0.0)

@@ -721,7 +721,7 @@ def test_shape_errors_raise_at_trace_time_under_jit():
 
 def test_arguments_are_keyword_only():
     with pytest.raises(TypeError):
-        losses.identity_loss(F, Y)  # pylint: disable=too-many-function-args
+        losses.identity_loss(F, Y)
 
 
 # ---------------------------------------------------------------------------
@@ -767,4 +767,4 @@ def test_readme_example_runs():
             "```python example; this test runs it."
         )
     namespace = {"__name__": "readme_example"}
-    exec(compile(code, str(readme), "exec"), namespace)  # pylint: disable=W0122
+    exec(compile(code, str(readme), "exec"), namespace)

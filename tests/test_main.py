@@ -164,13 +164,26 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted(
     )
     total, want_summary, want_metrics = _final(reference)
     assert total == 78 and want_metrics["step"] == 78
-    # The console: progress and the results table; the libraries' INFO
-    # chatter (TFDS, orbax) only in WORKDIR/log.txt.
-    assert "step 78/78" in proc.stderr
+    # The console: progress (clu's report and scalars) and the results
+    # table; the libraries' INFO chatter (TFDS, orbax) only in
+    # WORKDIR/log.txt.
+    progress = ("100.0% (78/78), ETA", "] [78] loss=")
+    for line in progress:
+        assert line in proc.stderr
     assert "sysu_all_single_shot" in proc.stderr
     with open(os.path.join(reference, "log.txt"), encoding="utf-8") as f:
         log = f.read()
-    assert "step 78/78" in log
+    for line in progress:
+        assert line in log
+    # TensorBoard events from clu's writer (tags are stored as plain bytes).
+    folder = os.path.join(reference, "tensorboard")
+    events = b""
+    for name in os.listdir(folder):
+        assert name.startswith("events.out.tfevents")
+        with open(os.path.join(folder, name), "rb") as f:
+            events += f.read()
+    for tag in ("loss_id", "lr", "steps_per_sec", "test/sysu_all_single_shot"):
+        assert tag.encode() in events
     for chatter in ("dataset_builder.py", "checkpoint_manager.py"):
         assert chatter in log
         assert chatter not in proc.stderr

@@ -1,14 +1,14 @@
 """Tests for mclnet_jax.metrics against a slow per-query reference.
 
-The reference below is written from the protocol description (see the
-module docstring of `mclnet_jax.metrics`), one query at a time with Python
-lists, and shares no code with the library.
+The reference below is written from the protocol description (README,
+"Evaluation protocols", "Metrics"), one query at a time with Python lists,
+and shares no code with the library.
 """
 
 import numpy as np
 import pytest
 
-from mclnet_jax import metrics
+from mclnet_jax import _ranking, metrics
 
 
 def reference_metrics(dist, qid, gid, qcam, gcam, *, max_rank, flavour):
@@ -237,9 +237,9 @@ def test_chunking_and_blocking_do_not_change_results(
     dist, qid, gid, qcam, gcam = sysu_like(
         rng, 50, 40, 5, integer_dist=integer_dist
     )
-    monkeypatch.setattr(metrics, "_SORT_CHUNK", sort_chunk)
-    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 7 * 40)
-    monkeypatch.setattr(metrics, "_TIE_CHUNK_ELEMENTS", 3 * 40)
+    monkeypatch.setattr(_ranking, "SORT_CHUNK", sort_chunk)
+    monkeypatch.setattr(_ranking, "BLOCK_ELEMENTS", 7 * 40)
+    monkeypatch.setattr(_ranking, "TIE_CHUNK_ELEMENTS", 3 * 40)
     for flavour in ("sysu", "standard"):
         got, want = run_both(dist, qid, gid, qcam, gcam, flavour=flavour)
         assert_same(got, want)

@@ -17,7 +17,6 @@ The torch-dependent tests skip with a reason when torch is missing.
 """
 
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from absl import flags
 from safetensors import numpy as safetensors_numpy
 
 from data_pipeline import synthetic
+from mclnet_jax.configs import settings
 from mclnet_jax.models import mclnet, release
 from mclnet_jax.tools import convert_release
 
@@ -59,7 +59,7 @@ def _torch():
 
 def _torch_release():
     _torch()
-    import torch_release  # pylint: disable=g-import-not-at-top
+    import torch_release
 
     return torch_release
 
@@ -697,12 +697,7 @@ def test_converter_without_torch(tmp_path, monkeypatch, capsys):
 
 
 def _tiny_config(**release_checkpoint):
-    spec = importlib.util.spec_from_file_location(
-        "release_test_synthetic", os.path.join(_REPO, "configs", "synthetic.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny=1")
+    config = settings.synthetic(tiny=True)
     config.model.release_checkpoint = release_checkpoint.get("path")
     return config
 
@@ -731,31 +726,31 @@ def _tiny_torch_state(torch_release, num_classes, depth=18):
 
 
 def test_release_state(tmp_path):
-    """train._release_state in-process: its errors, then the loaded state."""
+    """run_setup.release_state in-process: its errors, then the loaded state."""
     torch_release = _torch_release()
-    from mclnet_jax import train  # pylint: disable=g-import-not-at-top
+    from mclnet_jax import run_setup, train_step
 
     path = tmp_path / "release.safetensors"
     config = _tiny_config(path=str(path))
-    tx, _, mcm_tx = train.make_optimizers(config, steps_per_epoch=1)
+    tx, _, mcm_tx = train_step.make_optimizers(config, steps_per_epoch=1)
     run = types.SimpleNamespace(
-        model=train.make_model(config, num_classes=6),
+        model=train_step.make_model(config, num_classes=6),
         data=types.SimpleNamespace(num_classes=6, num_cameras=6),
         tx=tx,
         mcm_tx=mcm_tx,
         state_sharding=None,
     )
-    release_state = train._release_state  # pylint: disable=protected-access
-    with pytest.raises(train.ConfigurationError, match="convert_release"):
+    release_state = run_setup.release_state
+    with pytest.raises(train_step.ConfigurationError, match="convert_release"):
         release_state(config, run)
     safetensors_numpy.save_file(_tiny_torch_state(torch_release, 395), path)
     with pytest.raises(
-        train.ConfigurationError, match="classifies 395 identities.*has 6"
+        train_step.ConfigurationError, match="classifies 395 identities.*has 6"
     ):
         release_state(config, run)
     safetensors_numpy.save_file(_tiny_torch_state(torch_release, 6, 50), path)
     with pytest.raises(
-        train.ConfigurationError,
+        train_step.ConfigurationError,
         match=r"depth: checkpoint 50, config 18.*"
         r"--config\.model\.depth=50",
     ):

@@ -39,7 +39,7 @@ float64 runs under `jax.enable_x64` (config.model.dtype = "float64"). In
 float32, rounding differences flip ReLUs whose inputs are near zero and grow
 quickly from step to step (for a random-init ResNet-50, ~1% after one step),
 hence only one step and a loose bound there. All runs start from one
-`train.init_state` in float64 (cast for the float32 runs): one
+`train_step.init_state` in float64 (cast for the float32 runs): one
 initialisation to compile. Run with `pytest -s` to see the first-step
 losses side by side and the worst deviations.
 """
@@ -50,7 +50,7 @@ import numpy as np
 import optax
 import pytest
 
-from mclnet_jax import optim, train
+from mclnet_jax import optim, train_step
 from mclnet_jax.models import release
 
 torch = pytest.importorskip(
@@ -110,7 +110,7 @@ def _config(*, dtype: str, wrt_variant: str):
     d = 512 // 16
     config.loss.sigma = 8.0 * d / 2048
     config.loss.rho = 4500.0 * d / 2048
-    # The release's optimiser and warm-up schedule (configs/default.py).
+    # The release's optimiser and warm-up schedule (mclnet_jax.configs.common).
     config.optimizer.lr = BASE_LR
     config.optimizer.schedule.kind = "epochs"
     config.optimizer.schedule.warmup_epochs = 10
@@ -230,7 +230,7 @@ def _to_torch(x: np.ndarray, dtype) -> "torch.Tensor":
 
 
 def initial_state():
-    """Our initial state on the host: `train.init_state` in float64.
+    """Our initial state on the host: `train_step.init_state` in float64.
 
     Shared by all runs (a float32 run casts it): one initialisation to
     compile instead of one per run. Layer4's output BatchNorms are scaled
@@ -238,9 +238,9 @@ def initial_state():
     """
     with jax.enable_x64(True):
         config = _config(dtype="float64", wrt_variant="release")
-        model = train.make_model(config, num_classes=NUM_CLASSES)
-        tx, _, mcm_tx = train.make_optimizers(config, steps_per_epoch=1)
-        state = train.init_state(
+        model = train_step.make_model(config, num_classes=NUM_CLASSES)
+        tx, _, mcm_tx = train_step.make_optimizers(config, steps_per_epoch=1)
+        state = train_step.init_state(
             config,
             model=model,
             num_classes=NUM_CLASSES,
@@ -278,11 +278,13 @@ def run_parity(start, *, dtype: str, wrt_variant: str, num_steps: int) -> dict:
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     with jax.enable_x64(dtype == "float64"):
         config = _config(dtype=dtype, wrt_variant=wrt_variant)
-        model = train.make_model(config, num_classes=NUM_CLASSES)
-        tx, schedule, mcm_tx = train.make_optimizers(config, steps_per_epoch=1)
+        model = train_step.make_model(config, num_classes=NUM_CLASSES)
+        tx, schedule, mcm_tx = train_step.make_optimizers(
+            config, steps_per_epoch=1
+        )
         params = _cast(start.params, np_dtype)
         mcm_params = _cast(start.mcm_params, np_dtype)
-        state = train.TrainState(
+        state = train_step.TrainState(
             step=jnp.asarray(start.step),
             params=params,
             batch_stats=_cast(start.batch_stats, np_dtype),
@@ -355,7 +357,7 @@ def run_parity(start, *, dtype: str, wrt_variant: str, num_steps: int) -> dict:
         }
 
         step = jax.jit(
-            train.make_train_step(
+            train_step.make_train_step(
                 config, model=model, tx=tx, schedule=schedule, mcm_tx=mcm_tx
             )
         )

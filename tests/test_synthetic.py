@@ -1,16 +1,22 @@
 """Tests of the synthetic SYSU-MM01 / RegDB generator."""
 
 import filecmp
+import importlib
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
+from absl import flags
 from PIL import Image
 
 from data_pipeline import synthetic
+from data_pipeline.synthetic import appearance, cli, rendering
 
 TINY = dict(num_identities=8, height=32, width=16)
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _files(root):
@@ -146,7 +152,7 @@ def test_infrared_signature_is_not_a_function_of_colour():
     ids = synthetic.sample_identities(4000, seed=1)
     vis = ids["visible_palette"]  # [I, parts, 2, 3]
     ir = ids["infrared_palette"][..., 0]  # [I, parts, 2]
-    for part in (synthetic._UPPER, synthetic._LOWER, synthetic._SKIN):
+    for part in (appearance.UPPER, appearance.LOWER, appearance.SKIN):
         luma = vis[:, part, 0] @ np.array([0.299, 0.587, 0.114])
         for channel in range(3):
             r = np.corrcoef(vis[:, part, 0, channel], ir[:, part, 0])[0, 1]
@@ -154,7 +160,7 @@ def test_infrared_signature_is_not_a_function_of_colour():
         assert abs(np.corrcoef(luma, ir[:, part, 0])[0, 1]) < 0.08
     # The pattern contrast exists in both modalities (the shared cue).
     assert np.all(
-        np.abs(ir[:, synthetic._UPPER, 0] - ir[:, synthetic._UPPER, 1])
+        np.abs(ir[:, appearance.UPPER, 0] - ir[:, appearance.UPPER, 1])
         >= 0.18 - 1e-9
     )
 
@@ -174,7 +180,7 @@ def test_pattern_scale_scales_only_the_pattern_frequencies():
     u = np.zeros((1, 1, 1))
 
     def runs(freq):
-        pat = synthetic._garment_pattern(
+        pat = rendering._garment_pattern(
             np.ones((1, 1, 1), int),
             u,
             v,
@@ -302,53 +308,72 @@ def test_regdb_jpg_format(tmp_path):
     ]
 
 
+def _cli(args):
+    """Runs the command line on `args` with flags of its own: the exit code."""
+    flag_values = flags.FlagValues()
+    cli.define_flags(flag_values)
+    flag_values(["mclnet-synthetic", *args])
+    return cli.main(["mclnet-synthetic"], flag_values)
+
+
 def test_cli_and_argument_errors(tmp_path, capsys):
     out = str(tmp_path / "cli")
-    assert (
-        synthetic.main(
-            [
-                "--layout=sysu",
-                f"--out={out}",
-                "--preset=tiny",
-                "--images_per_camera=1",
-                "--num_identities=3",
-            ]
-        )
-        == 0
-    )
+    tiny = ["--layout=sysu", f"--out={out}", "--preset=tiny"]
+    assert _cli(tiny + ["--images_per_camera=1", "--num_identities=3"]) == 0
     assert len([f for f in _files(out) if f.startswith("cam")]) == 3 * 6
     capsys.readouterr()
-    assert (
-        synthetic.main(["--layout=sysu", f"--out={out}", "--preset=tiny"]) == 2
-    )
+    assert _cli(tiny) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert (
-        synthetic.main(
-            [
-                "--layout=sysu",
-                f"--out={out}",
-                "--preset=tiny",
-                "--overwrite",
-                "--num_identities=4",
-                "--images_per_camera=1",
-            ]
-        )
-        == 0
-    )
+    again = ["--overwrite", "--num_identities=4", "--images_per_camera=1"]
+    assert _cli(tiny + again) == 0
     assert len([f for f in _files(out) if f.startswith("cam")]) == 4 * 6
     capsys.readouterr()
-    for flags, message in (
+    for args, message in (
         (["--layout=regdb", "--preset=sysu_sized"], "unknown preset"),
         (["--layout=sysu", "--images_per_modality=2"], "--layout=regdb"),
         (["--layout=regdb", "--images_per_camera=2"], "--layout=sysu"),
         (["--layout=sysu", "--num_identities=2"], "num_identities"),
         (["--layout=sysu", "--height=4"], "height"),
     ):
-        assert synthetic.main(flags + [f"--out={tmp_path / 'bad'}"]) == 2
+        assert _cli(args + [f"--out={tmp_path / 'bad'}"]) == 2
         assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "bad")
     with pytest.raises(synthetic.SyntheticDataError, match="image_format"):
         synthetic.generate_regdb(str(tmp_path / "z"), image_format="png")
+    # Flags absl rejects while parsing: a bad choice, a missing --layout.
+    for args, message in (
+        (["--layout=foo", f"--out={out}"], "--layout"),
+        ([f"--out={out}"], "--layout"),
+        (["--layout=regdb", "--image_format=png", f"--out={out}"], "bmp"),
+    ):
+        with pytest.raises(flags.IllegalFlagValueError, match=message):
+            _cli(args)
+
+
+def test_module_and_console_script_run_the_cli(tmp_path):
+    """`python -m data_pipeline.synthetic` and the pyproject entry point."""
+    out = str(tmp_path / "m")
+    command = [sys.executable, "-m", "data_pipeline.synthetic"]
+    args = ["--layout=regdb", "--preset=tiny", "--images_per_modality=1"]
+    # A second run refuses to overwrite the first without --overwrite.
+    for code, message, stream in (
+        (0, "Wrote 16 images", "stdout"),
+        (2, "--overwrite", "stderr"),
+    ):
+        done = subprocess.run(
+            command + args + [f"--out={out}"],
+            cwd=_REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == code, done.stderr
+        assert message in getattr(done, stream)
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    with open(os.path.join(_REPO, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    module, function = scripts["mclnet-synthetic"].split(":")
+    assert getattr(importlib.import_module(module), function) is cli.run
 
 
 def test_reported_seconds_cover_only_the_call(tmp_path):

@@ -1,22 +1,24 @@
-"""Tests for mclnet_jax.train: the alternating step, sharding, finiteness.
+"""Tests of the alternating step (train_step.py), sharding and finiteness.
 
 Tiny model (ResNet-18 layout, width 1/16, 32x16 images, P=4, K=2); XLA
 optimisations are disabled while this module's fixtures compile, as the Flax
 ImageNet example's tests do, to keep compile times short on 2 cores.
 """
 
-import importlib.util
+import json
 import os
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from mclnet_jax import losses, optim, sharding, train
+from mclnet_jax import losses, optim, run_setup, sharding, train, train_step
+from mclnet_jax.configs import common
 from mclnet_jax.models import mclnet as mclnet_model
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,12 +27,7 @@ P, K = 4, 2
 
 
 def load_default_config():
-    spec = importlib.util.spec_from_file_location(
-        "mclnet_default_config", os.path.join(_REPO, "configs", "default.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return common.default_config()
 
 
 def tiny_config():
@@ -84,9 +81,9 @@ def tiny_batches(
 
 
 def setup(config):
-    model = train.make_model(config, num_classes=NUM_CLASSES)
-    tx, schedule, mcm_tx = train.make_optimizers(config, steps_per_epoch=3)
-    state = train.init_state(
+    model = train_step.make_model(config, num_classes=NUM_CLASSES)
+    tx, schedule, mcm_tx = train_step.make_optimizers(config, steps_per_epoch=3)
+    state = train_step.init_state(
         config,
         model=model,
         num_classes=NUM_CLASSES,
@@ -94,7 +91,7 @@ def setup(config):
         tx=tx,
         mcm_tx=mcm_tx,
     )
-    step = train.make_train_step(
+    step = train_step.make_train_step(
         config, model=model, tx=tx, schedule=schedule, mcm_tx=mcm_tx
     )
     return model, tx, mcm_tx, state, step
@@ -111,7 +108,7 @@ def run_steps(num_steps, *, devices=None, process_slice=None):
     mesh = sharding.make_mesh(devices)
     state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
     state = jax.device_put(state, state_sharding)
-    step_fn = train.jit_train_step(
+    step_fn = train_step.jit_train_step(
         step, mesh=mesh, state_sharding=state_sharding
     )
     for batch in tiny_batches(num_steps):
@@ -171,10 +168,9 @@ def _count_primitive(jaxpr, name):
 def test_backbone_runs_forward_once_and_backward_once(tiny):
     config, model, _, _, state, step = tiny
     batch = tiny_batches(1)[0]
-    variables = {
-        "params": state.params["model"],
-        "batch_stats": state.batch_stats,
-    }
+    variables = state.model_variables()
+    assert variables["params"] is state.params["model"]
+    assert variables["batch_stats"] is state.batch_stats
     forward = jax.make_jaxpr(
         lambda v: model.apply(
             v,
@@ -361,14 +357,47 @@ def test_deep_networks_need_explicit_initialisation(depth, pretrained, ok):
     config.model.depth = depth
     config.model.pretrained = pretrained
     if ok:
-        train.check_initialisation(config)
+        run_setup.check_initialisation(config)
     else:
-        with pytest.raises(train.ConfigurationError, match="pretrained=random"):
-            train.check_initialisation(config)
+        with pytest.raises(
+            train_step.ConfigurationError, match="pretrained=random"
+        ):
+            run_setup.check_initialisation(config)
+
+
+def test_make_model_takes_config_model_as_keywords():
+    config = ml_collections.ConfigDict(json.loads(tiny_config().to_json()))
+    config.model.release_checkpoint = "release.safetensors"  # Not a field.
+    model = train_step.make_model(config, num_classes=5)
+    assert (model.num_classes, model.depth, model.pooling) == (5, 18, "gem")
+    assert model.width_multiplier == 1 / 16
+    # JSON gave a list; the model gets a tuple, and the dtype by its name.
+    assert config.model.non_local_counts == [0, 1, 1, 0]
+    assert model.non_local_counts == (0, 1, 1, 0)
+    assert model.dtype == jnp.float32
+    config.model.dtype = "bfloat16"
+    assert train_step.make_model(config, num_classes=5).dtype == jnp.bfloat16
+    config.model.dtype = "float16"
+    with pytest.raises(train_step.ConfigurationError, match="float16"):
+        train_step.make_model(config, num_classes=5)
+    config.model.dtype = "float32"
+    config.model.depht = 50
+    with pytest.raises(
+        train_step.ConfigurationError, match=r"config\.model\.depht is not"
+    ):
+        train_step.make_model(config, num_classes=5)
+
+
+def test_scalars_flattens_numbers_with_a_prefix():
+    tree = {"sysu": {"bn": {"mAP": 0.5, "n": 3, "ok": True, "ranks": [1, 2]}}}
+    assert train._scalars(tree, "val") == {
+        "val/sysu/bn/mAP": 0.5,
+        "val/sysu/bn/n": 3.0,
+    }
 
 
 def test_check_finite_names_the_bad_metric():
-    with pytest.raises(train.NonFiniteLossError, match="loss_id"):
+    with pytest.raises(train_step.NonFiniteLossError, match="loss_id"):
         train.check_finite({"loss_id": np.float32(np.nan), "lr": 0.1}, 7)
     train.check_finite({"loss": np.float32(1.0)}, 7)
 
@@ -376,7 +405,7 @@ def test_check_finite_names_the_bad_metric():
 def test_batch_divisibility_error():
     # Emulate a 3-device mesh: 8 rows per modality cannot split evenly.
     class FakeMesh:
-        class devices:  # pylint: disable=invalid-name
+        class devices:
             size = 3
 
     with pytest.raises(ValueError, match="divisible by the number of devices"):
@@ -453,7 +482,7 @@ if {index} == 0:
 
 
 def _free_port():
-    import socket  # pylint: disable=g-import-not-at-top
+    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -502,7 +531,7 @@ def test_two_processes_equal_one_process(one_vs_eight, tmp_path):
 
 
 def test_best_checkpoint_is_kept_apart_from_the_latest(tmp_path):
-    from mclnet_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    from mclnet_jax import checkpointing
 
     ckpt = checkpointing.Checkpointer(
         str(tmp_path), keep=1, best_metric="sysu/bn/mAP"
@@ -534,15 +563,15 @@ def test_best_checkpoint_is_kept_apart_from_the_latest(tmp_path):
 
 
 def test_non_finite_state_is_never_checkpointed(tmp_path):
-    from mclnet_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    from mclnet_jax import checkpointing
 
     class FakeState:  # Only `.params` is inspected before saving.
         params = {"w": jnp.array([1.0, jnp.nan])}
 
     ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1)
-    with pytest.raises(train.NonFiniteLossError, match="step 5"):
+    with pytest.raises(train_step.NonFiniteLossError, match="step 5"):
         train._save_checked(ckpt, 5, FakeState, {"loss": np.float32(1.0)})
-    with pytest.raises(train.NonFiniteLossError, match="loss"):
+    with pytest.raises(train_step.NonFiniteLossError, match="loss"):
         train._save_checked(ckpt, 6, FakeState, {"loss": np.float32(np.inf)})
     ckpt.wait()
     assert ckpt.latest_step() is None

@@ -2,7 +2,7 @@
 
 Written from the paper and from what the release is documented to do, not
 from our JAX code, so that `tests/test_release_step_parity.py` can compare
-`mclnet_jax.train.make_train_step` with it. One step (`train_step`):
+`mclnet_jax.train_step.make_train_step` with it. One step (`train_step`):
 
 1. the embedding network's forward pass once, in train mode, on
    concat([visible, infrared]) -> pool (pre-BNNeck), bn, logits;

@@ -1,26 +1,9 @@
 """TFDS builder for RegDB (visible-thermal person re-identification).
 
-Reads the RegDB folder (images plus the idx/ split files of the ten trials)
-from `manual_dir` and writes, by default, ArrayRecord files so that
-`builder.as_data_source(split)[i]` gives random access.
-
-Builder configs ``trial_1`` .. ``trial_10``: the ten random train/test
-identity splits of the protocol (206 / 206 ids each). Images are stored at
-their original size, re-encoded from BMP to JPEG (quality 95); JPEG inputs
-are passed through.
-
-Splits per trial: ``train`` and ``test``, each with the visible (camera 1,
-modality 0) and thermal (camera 2, modality 1) images listed in
-idx/{train,test}_{visible,thermal}_{t}.txt. "identity" is the label written
-in the idx file; "label" is its index among the sorted identities of the
-split.
-
-Usage::
-
-    from data_pipeline.regdb import regdb
-    builder = regdb.prepare(manual_dir="/data/RegDB", data_dir="/data/tfds",
-                            config="trial_1")
-    source = builder.as_data_source("test")
+Reads the images and the idx/ split files of the ten trials from
+`manual_dir`; configs ``trial_1`` .. ``trial_10``, splits ``train`` and
+``test``. Images keep their size (BMP re-encoded as JPEG). See the README
+section "Datasets".
 """
 
 from __future__ import annotations
@@ -29,7 +12,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from data_pipeline import layouts
+from data_pipeline import constants, layouts
 from data_pipeline.sysu_mm01 import sysu_mm01
 
 DEFAULT_FILE_FORMAT = sysu_mm01.DEFAULT_FILE_FORMAT
@@ -84,7 +67,7 @@ class Regdb(sysu_mm01.ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
             trial=t,
             description=f"Train/test identity split of trial {t}.",
         )
-        for t in layouts.REGDB_TRIALS
+        for t in constants.REGDB_TRIALS
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "trial_1"
 

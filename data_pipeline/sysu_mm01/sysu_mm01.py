@@ -1,41 +1,22 @@
-"""TFDS builder for SYSU-MM01 (visible-infrared person re-identification).
+"""TFDS builder for SYSU-MM01, and what both re-id builders share.
 
-Reads the authors' folder from `manual_dir` (it cannot be downloaded
-automatically) and writes, by default, ArrayRecord files so that
-`builder.as_data_source(split)[i]` gives random access.
-
-Builder configs (both hold every image, they differ in the stored size):
-
-* ``288x144`` (default): images resized once to 288 x 144 (height x width)
-  with a Lanczos filter, as the authors' release does at preprocessing. Keeps
-  the records small and decoding cheap.
-* ``original``: images as the cameras delivered them (JPEGs passed through).
-
-Splits:
-
-* ``train``: all images of the train + val ids (395 ids), the paper's
-  training set;
-* ``train_only``: the train ids only (296) and ``val``: the val ids (99), to
-  select models without touching the test ids;
-* ``test``: every image of the test ids (96), all six cameras; query and
-  gallery are drawn from it by the evaluation protocol.
-
-Usage::
-
-    from data_pipeline.sysu_mm01 import sysu_mm01
-    builder = sysu_mm01.prepare(manual_dir="/data/SYSU-MM01",
-                                data_dir="/data/tfds")
-    source = builder.as_data_source("train")
-    example = source[0]  # dict: image uint8 [H, W, 3], identity, label, ...
+Reads the authors' folder from `manual_dir` (it cannot be downloaded) and
+writes ArrayRecord files by default, for random access through
+`builder.as_data_source(split)`. Configs ``288x144`` (default, resized as the
+release does) and ``original``; splits ``train`` (train + val ids),
+``train_only``, ``val`` and ``test``. See the README section "Datasets".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+from collections.abc import Iterable
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from data_pipeline import layouts
 
@@ -66,6 +47,62 @@ Unpack it and pass the folder that holds cam1 .. cam6 and exp/ as the manual
 directory (`manual_dir`). Expected layout:
 {layouts.SYSU_LAYOUT}
 """
+
+
+class CorruptImageError(ValueError):
+    """An image file cannot be decoded."""
+
+
+def contiguous_labels(identities: Iterable[int]) -> dict[int, int]:
+    """Maps each identity to its index among the sorted distinct identities."""
+    return {pid: i for i, pid in enumerate(sorted(set(identities)))}
+
+
+def load_image(
+    path: str, *, size: tuple[int, int] | None = None, quality: int = 95
+) -> bytes:
+    """Reads an image file and returns 3-channel JPEG bytes.
+
+    A 3-channel JPEG that already has the requested size is passed through
+    unchanged (after a full decode that proves it readable); anything else
+    (BMP, PNG, grey, other size) is decoded, converted to RGB, resized with a
+    Lanczos filter (as the release's preprocessing) and encoded at `quality`.
+
+    Args:
+      path: the image file.
+      size: (height, width) to resize to, or None to keep the size.
+      quality: JPEG quality of re-encoded images.
+
+    Returns:
+      JPEG bytes of an [H, W, 3] image.
+
+    Raises:
+      CorruptImageError: the file cannot be read or decoded; names the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # Forces a full decode: truncated files fail here.
+            fmt = img.format
+            if (
+                fmt == "JPEG"
+                and img.mode == "RGB"
+                and (size is None or img.size == (size[1], size[0]))
+            ):
+                return data
+            rgb = img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:
+        raise CorruptImageError(
+            f"cannot decode image {path}: {e}. Replace the file with an intact "
+            "copy from the original dataset archive."
+        ) from e
+    if size is not None and rgb.size != (size[1], size[0]):
+        rgb = rgb.resize((size[1], size[0]), Image.LANCZOS)
+    buf = io.BytesIO()
+    # 4:4:4 chroma: one re-encode should not blur colour edges.
+    rgb.save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
 
 
 @dataclasses.dataclass
@@ -100,14 +137,14 @@ def generate_examples(
     """Yields (key, example) for `records`; labels are contiguous per split.
 
     Raises:
-      layouts.CorruptImageError: an image cannot be decoded (names the file).
+      CorruptImageError: an image cannot be decoded (names the file).
     """
-    label = layouts.contiguous_labels(r.identity for r in records)
+    label = contiguous_labels(r.identity for r in records)
     for r in records:
         yield (
             r.file_name,
             {
-                "image": layouts.load_image(
+                "image": load_image(
                     os.path.join(root, r.file_name), size=image_size
                 ),
                 "identity": r.identity,

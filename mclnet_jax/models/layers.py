@@ -114,10 +114,9 @@ class Conv1x1(nn.Module):
 
     Same parameters as `nn.Conv(features, (1, 1))` ("kernel" [1, 1, C_in,
     features], optional "bias" [features]) so checkpoints map unchanged, but
-    lowered to a dot: XLA:CPU runs large 1x1 convolutions 1.7-2.6x faster as
-    a dot than as a convolution (benchmarks/model_forward.py, README). A
-    stride subsamples the input first (what a padding-free strided 1x1
-    convolution computes).
+    lowered to a dot, which XLA:CPU runs faster than a convolution (see
+    benchmarks/README.md). A stride subsamples the input first (what a
+    padding-free strided 1x1 convolution computes).
 
     Attributes:
       features: output channels.
@@ -148,8 +147,7 @@ class Conv1x1(nn.Module):
             x = x[:, :: self.strides, :: self.strides, :]
         # As a 2-D [N*H*W, C_in] x [C_in, features] product: the weight
         # gradient is then one dot contracting rows. From the 4-D form,
-        # XLA:CPU first transposes the output gradient to [features, N*H*W]
-        # (~15% of a ResNet-50 training step).
+        # XLA:CPU first transposes the output gradient to [features, N*H*W].
         y = jnp.dot(
             x.reshape(-1, in_features).astype(self.dtype),
             kernel[0, 0].astype(self.dtype),

@@ -1,23 +1,10 @@
-"""MCLNet's embedding network (two-stream AGW) and its modality classifier.
+"""MCLNet's embedding network (two-stream AGW ResNet) and modality classifier.
 
-`MCLNet` is the feature extractor of Hao et al. (ICCV 2021), built like the
-authors' release (the AGW cross-modality baseline):
-
-  visible  [Nv, H, W, 3] -> visible_stem  --+
-                                            +-> concat -> layer1..layer4
-  infrared [Ni, H, W, 3] -> infrared_stem --+   (shared, with non-local
-                                                 blocks in layer2/layer3)
-  -> GeM (p = 3) or average pooling -> "pool"  [N, D]
-  -> BNNeck (BatchNorm without shift)  -> "bn"    [N, D]
-  -> bias-free linear classifier       -> "logits" [N, num_classes]
-
-Top-level parameter names: "visible_stem", "infrared_stem", "layer1" ..
-"layer4" (the backbone, non-local blocks live inside their stage), "bnneck"
-and "classifier" (the heads). The outputs are the same in training and
-evaluation; L2 normalisation belongs to the evaluator.
-
-`ModalityClassifier` is the modality confusion module's classifier:
-Dense(D -> 128) -> Dense(128 -> 2) -> BatchNorm, no activation (as released).
+`MCLNet` embeds visible and infrared images with one stem per modality,
+shared stages with non-local blocks, GeM pooling ("pool"), a BNNeck without
+shift ("bn") and a bias-free classifier ("logits"), laid out like the
+authors' release so its checkpoints map one to one. `ModalityClassifier` is
+the modality confusion module's classifier. README, "Model".
 """
 
 import numbers

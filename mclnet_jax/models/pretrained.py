@@ -1,26 +1,10 @@
 """ImageNet ResNet weights from (and to) torchvision-named `.safetensors`.
 
-A torchvision ResNet state dict has keys such as
-
-  conv1.weight                      [64, 3, 7, 7]        (OIHW)
-  bn1.{weight, bias, running_mean, running_var}
-  layer3.4.conv2.weight, layer3.4.bn2.*
-  layer2.0.downsample.0.weight      (1x1 conv), layer2.0.downsample.1.* (BN)
-  fc.weight, fc.bias                (ignored unless the model has an "fc")
-  *.num_batches_tracked             (always ignored)
-
-`load_mclnet_backbone` copies such a file into MCLNet variables: both stems
-("visible_stem", "infrared_stem") from conv1/bn1, layer1..layer4 from
-layerK.*, batch statistics included. Non-local blocks, BNNeck and classifier
-keep their initial values. Every backbone variable must be covered: missing
-or unexpected keys and shape mismatches raise ValueError naming the keys.
-`export_mclnet_backbone` writes the inverse (one stem of your choice), so
-weights round-trip; `load_resnet` / `export_resnet` do the same for a plain
-`resnet.ResNet`. Files are read with `safetensors.numpy` (no pickle).
-
-Layout conversions: conv kernels OIHW <-> HWIO, linear weights [out, in] <->
-[in, out]; BN weight/bias <-> params scale/bias, running_mean/var <->
-batch_stats mean/var.
+Copies a torchvision ResNet state dict into `mclnet.MCLNet` (both stems from
+conv1/bn1) or `resnet.ResNet` variables and back, converting layouts (OIHW
+<-> HWIO, [out, in] <-> [in, out]); a missing, unexpected or misshapen key
+is a ValueError naming it. Files are read with `safetensors.numpy` (no
+pickle). README, "Pretrained weights".
 """
 
 import os
@@ -66,8 +50,16 @@ def _model_kind(params: Mapping[str, Any]) -> str:
 
 
 def torch_key(path: tuple[str, ...], kind: str) -> tuple[str, str] | None:
-    """(torch key, stem or "") for a flattened variable path, None if the
-    variable is not part of the torchvision backbone."""
+    """The torchvision key of a flattened variable path, and its stem.
+
+    Args:
+      path: (collection, *modules, leaf), as `flat_variables` gives it.
+      kind: "mclnet" or "resnet".
+
+    Returns:
+      (torch key, stem name or "" for the shared stages), or None if the
+      variable is not part of the torchvision backbone.
+    """
     collection, *modules, leaf = path
     if (collection, leaf) not in LEAF_NAMES or not modules:
         return None
@@ -97,6 +89,7 @@ def torch_key(path: tuple[str, ...], kind: str) -> tuple[str, str] | None:
 
 
 def to_torch_layout(value: np.ndarray) -> np.ndarray:
+    """HWIO kernels -> OIHW, [in, out] matrices -> [out, in]; else as is."""
     if value.ndim == 4:  # HWIO -> OIHW
         return np.transpose(value, (3, 2, 0, 1))
     if value.ndim == 2:  # [in, out] -> [out, in]
@@ -105,6 +98,7 @@ def to_torch_layout(value: np.ndarray) -> np.ndarray:
 
 
 def from_torch_layout(value: np.ndarray) -> np.ndarray:
+    """The inverse of `to_torch_layout`."""
     if value.ndim == 4:  # OIHW -> HWIO
         return np.transpose(value, (2, 3, 1, 0))
     if value.ndim == 2:
@@ -113,6 +107,7 @@ def from_torch_layout(value: np.ndarray) -> np.ndarray:
 
 
 def flat_variables(variables: Variables) -> dict[tuple[str, ...], Any]:
+    """{(collection, *modules, leaf): array} of model variables."""
     if "params" not in variables:
         raise ValueError(
             f"variables must hold 'params' (and 'batch_stats'); got "
@@ -122,6 +117,7 @@ def flat_variables(variables: Variables) -> dict[tuple[str, ...], Any]:
 
 
 def format_keys(keys: Sequence[str], limit: int = 20) -> str:
+    """The sorted keys, comma-separated, at most `limit` of them shown."""
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""

@@ -1,42 +1,10 @@
 """Checkpoints of the authors' PyTorch release <-> MCLNet variables.
 
-The release (built on the AGW cross-modality baseline) saves
-`embed_net.state_dict()`. Its names, and where they live here:
-
-  visible_module.visible.{conv1,bn1}.*   <- params/visible_stem/...
-  thermal_module.thermal.{conv1,bn1}.*   <- params/infrared_stem/...
-  base_resnet.base.layer{1..4}.*         <- params/layer{1..4}/block{i}/...
-                                            (torchvision names inside)
-  NL_{k}.{i}.{g.0,theta,phi,W.0}.*       <- layer{k}/non_local{i}/{g,theta,
-  NL_{k}.{i}.W.1.*                          phi,W}, .../W_bn (BatchNorm)
-  bottleneck.{weight,running_mean,       <- bnneck/{scale,mean,var}
-              running_var}
-  bottleneck.bias                        (frozen at 0 in the release; must
-                                            be all zeros, we have no shift)
-  classifier.weight                      <- classifier/kernel (transposed)
-
-NL_k's i-th block follows the i-th of the last `len(NL_k)` blocks of
-layer k, which is our `non_local{i}`. The release also stores copies it
-never uses; they are accepted and ignored by name on loading:
-`visible_module.visible.{layer*,fc}.*`, the same under `thermal_module`,
-`base_resnet.base.{conv1,bn1,fc}.*` and every `*.num_batches_tracked`.
-Anything else (an unknown key, a missing key, a shape) is a ValueError
-naming the keys.
-
-The modality classifier (`Discriminator_ModalityClassifier`) maps
-map1 <- fc1, map3 <- fc2, bn <- bn; its unused `map2` is ignored.
-
-Exports are complete state dicts that a module with the release's
-structure loads with `load_state_dict(..., strict=True)`. The unused
-copies are filled so that they mean something: each stem's copy of
-layer1..4 holds the shared layers, `base_resnet.base.{conv1,bn1}` holds
-the visible stem, every `fc` (ImageNet head, 1000 classes) is zero,
-`map2` is the identity, `num_batches_tracked` is 0.
-
-Layouts are converted with the helpers of `pretrained.py` (OIHW <-> HWIO,
-[out, in] <-> [in, out]); arrays keep their dtype both ways (float32, or
-float64 in the float64 mode). Files are `.safetensors` (no pickle); turn a
-release `.t` file into one with `python -m mclnet_jax.tools.convert_release`.
+Reads and writes the release's `embed_net` and modality classifier
+(`Discriminator_ModalityClassifier`) state dicts as `.safetensors` files in
+torch layout under the release's names, checks their keys and reads the
+model settings from them. Name table, ignored keys and how exports fill the
+release's unused copies: README, "Checkpoints of the authors' release".
 """
 
 import os
@@ -49,6 +17,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors import numpy as safetensors_numpy
 
+from mclnet_jax.models import _release_names as names
 from mclnet_jax.models import pretrained, resnet
 
 Variables = Mapping[str, Any]
@@ -56,108 +25,8 @@ Source = str | os.PathLike | Mapping[str, Any]
 
 # The torchvision ResNet's ImageNet head, stored (unused) in every copy.
 IMAGENET_CLASSES = 1000
-BNNECK_BIAS = "bottleneck.bias"
+BNNECK_BIAS = names.BNNECK_BIAS
 CONVERTER = "python -m mclnet_jax.tools.convert_release"
-
-
-_STEM_PREFIXES = {
-    "visible_stem": "visible_module.visible.",
-    "infrared_stem": "thermal_module.thermal.",
-}
-_BASE_PREFIX = "base_resnet.base."
-_NON_LOCAL_PARTS = {
-    "g": "g.0",
-    "theta": "theta",
-    "phi": "phi",
-    "W": "W.0",
-    "W_bn": "W.1",
-}
-_MCM_LAYERS = {"fc1": "map1", "fc2": "map3", "bn": "bn"}
-_BN_LEAVES = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-_STEMS = r"(visible_module\.visible|thermal_module\.thermal)"
-
-# Stored by the release but never used by its forward pass.
-_EMBED_IGNORED = re.compile(
-    rf"^{_STEMS}\.(layer[1-4]|fc)\."
-    r"|^base_resnet\.base\.(conv1|bn1|fc)\."
-    r"|\.num_batches_tracked$"
-)
-_MCM_IGNORED = re.compile(r"^map2\.|\.num_batches_tracked$")
-
-# Every key an embed_net state dict can hold (for checks without a model).
-_EMBED_KNOWN = re.compile(
-    rf"^{_STEMS}\.(conv1\.weight|bn1\.{_BN_LEAVES})$"
-    r"|^base_resnet\.base\.layer[1-4]\.\d+\.(conv[1-3]\.weight"
-    rf"|bn[1-3]\.{_BN_LEAVES}|downsample\.0\.weight"
-    rf"|downsample\.1\.{_BN_LEAVES})$"
-    r"|^NL_[1-4]\.\d+\.(g\.0|theta|phi|W\.0)\.(weight|bias)$"
-    rf"|^NL_[1-4]\.\d+\.W\.1\.{_BN_LEAVES}$"
-    rf"|^bottleneck\.{_BN_LEAVES}$|^classifier\.weight$"
-)
-_EMBED_REQUIRED = (
-    "visible_module.visible.conv1.weight",
-    "thermal_module.thermal.conv1.weight",
-    *(f"base_resnet.base.layer{k}.0.conv1.weight" for k in range(1, 5)),
-    "bottleneck.weight",
-    BNNECK_BIAS,
-    "classifier.weight",
-)
-
-
-# ------------------------------------------------------------ key mapping --
-
-
-def _leaf(collection: str, leaf: str) -> str | None:
-    return pretrained.LEAF_NAMES.get((collection, leaf))
-
-
-def _unmapped(path: tuple[str, ...], what: str) -> ValueError:
-    return ValueError(
-        f"{what} variable {'/'.join(path)!r} has no counterpart in the "
-        f"release's state dict; pass variables of the model as built by "
-        f"mclnet_jax (model.init(...))."
-    )
-
-
-def _embed_key(path: tuple[str, ...]) -> str:
-    """The release key of one flattened MCLNet variable path."""
-    mapped = pretrained.torch_key(path, "mclnet")
-    if mapped is not None:
-        key, stem = mapped
-        return (_STEM_PREFIXES[stem] if stem else _BASE_PREFIX) + key
-    collection, *modules, leaf = path
-    torch_leaf = _leaf(collection, leaf)
-    if torch_leaf is not None:
-        if (
-            len(modules) == 3
-            and re.fullmatch(r"layer[1-4]", modules[0])
-            and re.fullmatch(r"non_local\d+", modules[1])
-            and modules[2] in _NON_LOCAL_PARTS
-        ):
-            stage = modules[0][len("layer") :]
-            index = modules[1][len("non_local") :]
-            return (
-                f"NL_{stage}.{index}.{_NON_LOCAL_PARTS[modules[2]]}."
-                f"{torch_leaf}"
-            )
-        if modules == ["bnneck"] and leaf != "bias":
-            return f"bottleneck.{torch_leaf}"
-        if modules == ["classifier"] and leaf == "kernel":
-            return "classifier.weight"
-    raise _unmapped(path, "MCLNet")
-
-
-def _mcm_key(path: tuple[str, ...]) -> str:
-    """The release key of one flattened modality-classifier variable path."""
-    collection, *modules, leaf = path
-    torch_leaf = _leaf(collection, leaf)
-    if (
-        torch_leaf is None
-        or len(modules) != 1
-        or (modules[0] not in _MCM_LAYERS)
-    ):
-        raise _unmapped(path, "Modality classifier")
-    return f"{_MCM_LAYERS[modules[0]]}.{torch_leaf}"
 
 
 # -------------------------------------------------------------- reading --
@@ -196,34 +65,6 @@ def read(source: Source) -> dict[str, np.ndarray]:
     return safetensors_numpy.load_file(path)
 
 
-def _check_keys(
-    given: Iterable[str],
-    expected: Iterable[str],
-    *,
-    ignored: re.Pattern,
-    what: str,
-    hint: str,
-) -> None:
-    given, expected = set(given), set(expected)
-    missing = sorted(expected - given)
-    unknown = sorted(k for k in given - expected if not ignored.search(k))
-    problems = []
-    if missing:
-        problems.append(
-            f"lacks {len(missing)} key(s) the model needs: "
-            f"{pretrained.format_keys(missing)}"
-        )
-    if unknown:
-        problems.append(
-            f"has {len(unknown)} key(s) the model does not: "
-            f"{pretrained.format_keys(unknown)}"
-        )
-    if problems:
-        raise ValueError(
-            f"The {what} state dict " + "; it ".join(problems) + f". {hint}"
-        )
-
-
 def _load(
     variables: Variables,
     source: Source,
@@ -238,7 +79,7 @@ def _load(
     flat = pretrained.flat_variables(variables)
     keys = {path: key_of(path) for path in flat}
     state_dict = read(source)
-    _check_keys(
+    names.check_keys(
         state_dict,
         [*keys.values(), *extra],
         ignored=ignored,
@@ -296,16 +137,16 @@ def load_embed_net(variables: Variables, source: Source) -> dict:
       New variables, same structure and dtypes, every leaf from `source`.
 
     Raises:
-      ValueError: a key is missing, unknown (not one of the unused copies
-        listed in the module docstring), has the wrong shape, or
-        `bottleneck.bias` is not all zeros; the message names the keys.
+      ValueError: a key is missing, unknown (other than the release's unused
+        copies), has the wrong shape, or `bottleneck.bias` is not all zeros
+        (the release freezes it at 0); the message names the keys.
     """
     d = tuple(variables["params"]["bnneck"]["scale"].shape)
     loaded, state_dict = _load(
         variables,
         source,
-        key_of=_embed_key,
-        ignored=_EMBED_IGNORED,
+        key_of=names.embed_key,
+        ignored=names.EMBED_IGNORED,
         extra={BNNECK_BIAS: d},
         what="embed_net",
         hint=_EMBED_HINT,
@@ -345,24 +186,26 @@ def embed_net_state_dict(variables: Variables) -> dict[str, np.ndarray]:
 
     Returns:
       Release key -> numpy array in torch layout and the variables' dtype
-      (float32 or float64; `num_batches_tracked` int64 0). Includes the
-      unused copies (see the module docstring), so a module with the
-      release's structure loads it with `strict=True`.
+      (float32 or float64; `num_batches_tracked` int64 0). The release's
+      unused copies are filled (each stem's layer1..4 with the shared
+      layers, the base's conv1/bn1 with the visible stem, every ImageNet
+      `fc` with zeros), so its module loads it with `strict=True`.
     """
     flat = pretrained.flat_variables(variables)
-    state = {_embed_key(path): _torch_array(v) for path, v in flat.items()}
+    state = {names.embed_key(path): _torch_array(v) for path, v in flat.items()}
     scale = state["bottleneck.weight"]
     state[BNNECK_BIAS] = np.zeros_like(scale)
+    base, stems = names.BASE_PREFIX, names.STEM_PREFIXES
     for key in list(state):
         # Unused copies: shared layers into each stem's copy, the visible
         # stem into the base's conv1/bn1.
-        if key.startswith(_BASE_PREFIX):
-            for prefix in _STEM_PREFIXES.values():
-                state[prefix + key[len(_BASE_PREFIX) :]] = state[key].copy()
-        elif key.startswith(_STEM_PREFIXES["visible_stem"]):
-            rest = key[len(_STEM_PREFIXES["visible_stem"]) :]
-            state[_BASE_PREFIX + rest] = state[key].copy()
-    for prefix in (*_STEM_PREFIXES.values(), _BASE_PREFIX):
+        if key.startswith(base):
+            for prefix in stems.values():
+                state[prefix + key[len(base) :]] = state[key].copy()
+        elif key.startswith(stems["visible_stem"]):
+            rest = key[len(stems["visible_stem"]) :]
+            state[base + rest] = state[key].copy()
+    for prefix in (*stems.values(), base):
         state[prefix + "fc.weight"] = np.zeros(
             (IMAGENET_CLASSES, scale.shape[0]), scale.dtype
         )
@@ -406,8 +249,8 @@ def load_modality_classifier(mcm_variables: Variables, source: Source) -> dict:
     loaded, _ = _load(
         mcm_variables,
         source,
-        key_of=_mcm_key,
-        ignored=_MCM_IGNORED,
+        key_of=names.mcm_key,
+        ignored=names.MCM_IGNORED,
         extra={},
         what="modality classifier",
         hint=_MCM_HINT,
@@ -424,7 +267,7 @@ def modality_classifier_state_dict(
     bias, `bn.num_batches_tracked` as 0, so `strict=True` loading works.
     """
     flat = pretrained.flat_variables(mcm_variables)
-    state = {_mcm_key(path): _torch_array(v) for path, v in flat.items()}
+    state = {names.mcm_key(path): _torch_array(v) for path, v in flat.items()}
     hidden = state["map1.bias"].shape[0]
     dtype = state["map1.bias"].dtype
     state["map2.weight"] = np.eye(hidden, dtype=dtype)
@@ -456,9 +299,9 @@ def check_embed_net_keys(keys: Iterable[str]) -> None:
     unknown = sorted(
         k
         for k in keys
-        if not _EMBED_KNOWN.search(k) and not _EMBED_IGNORED.search(k)
+        if not names.EMBED_KNOWN.search(k) and not names.EMBED_IGNORED.search(k)
     )
-    missing = sorted(set(_EMBED_REQUIRED) - keys)
+    missing = sorted(set(names.EMBED_REQUIRED) - keys)
     if unknown or missing:
         problems = []
         if unknown:
@@ -477,14 +320,10 @@ def check_embed_net_keys(keys: Iterable[str]) -> None:
 def check_modality_classifier_keys(keys: Iterable[str]) -> None:
     """Raises ValueError unless `keys` are a release modality classifier's."""
     keys = set(keys)
-    required = {
-        f"{m}.{leaf}" for m in ("map1", "map3") for leaf in ("weight", "bias")
-    }
-    required |= {
-        f"bn.{leaf}"
-        for leaf in ("weight", "bias", "running_mean", "running_var")
-    }
-    unknown = sorted(k for k in keys - required if not _MCM_IGNORED.search(k))
+    required = names.MCM_REQUIRED
+    unknown = sorted(
+        k for k in keys - required if not names.MCM_IGNORED.search(k)
+    )
     missing = sorted(required - keys)
     if unknown or missing:
         raise ValueError(

@@ -1,26 +1,12 @@
 """ResNet-18/34/50/101 in Flax linen, NHWC, laid out like torchvision.
 
-The parameter tree mirrors torchvision's module tree so that ImageNet weights
-map one to one (see `pretrained.py`):
-
-  stem/{conv1, bn1}                          <- conv1, bn1
-  layer{1..4}/block{i}/{conv1, bn1, ...}     <- layer{1..4}.{i}.{conv1, ...}
-  layer{1..4}/block{i}/{downsample_conv,
-                        downsample_bn}       <- layer{1..4}.{i}.downsample.{0,1}
-
-Bottleneck blocks put the stride on the 3x3 convolution (torchvision's
-"ResNet v1.5"). The last stage's stride is configurable (re-id networks use 1).
-A width multiplier scales every channel count so tests can run tiny networks.
-
-Without pretrained weights the initialisation is torchvision's: convolution
-kernels Kaiming-normal with fan_out and ReLU gain, BatchNorm scale 1 and
-bias 0. BatchNorm follows PyTorch: epsilon 1e-5, running statistics updated
-with momentum 0.1 (PyTorch's convention, 0.9 in Flax's) and the running
-variance updated with the unbiased batch variance.
-
-The stem and the stages are separate modules (`ResNetStem`, `ResNetStage`) so
-that networks such as MCLNet can give each input modality its own stem and
-share the stages.
+Parameter names mirror torchvision's modules (`stem/{conv1, bn1}`,
+`layerK/block{i}/{conv1, bn1, ..., downsample_conv, downsample_bn}`) so
+ImageNet weights map one to one (`pretrained`). As in torchvision: the
+bottleneck's stride on its 3x3 convolution ("v1.5"), Kaiming-normal
+(fan_out) kernels, BatchNorm scale 1 and bias 0. Stem and stages are
+separate modules so that MCLNet can give each modality its own stem.
+README, "Model".
 """
 
 from collections.abc import Sequence

@@ -3,24 +3,11 @@ r"""Converts a checkpoint of the authors' PyTorch release to `.safetensors`.
   python -m mclnet_jax.tools.convert_release --input=sysu_best.t \
       --output=sysu_release.safetensors
 
-The input is what the release's training script saves, `{'net':
-embed_net.state_dict(), 'epoch': ..., 'mAP': ..., ...}`, or a bare
-`embed_net` state dict (a `module.` prefix left by DataParallel is
-stripped). The output holds the embed_net's tensors under the release's
-names, for `mclnet_jax.models.release.load_embed_net` or
-`--mode=evaluate --config.model.release_checkpoint=OUTPUT`; scalar entries
-next to the weights (epoch, mAP, ...) become the file's metadata. If the
-checkpoint also carries the modality classifier's state dict under some key,
-`--modality_classifier_key=KEY` writes it to `--modality_classifier_output`
-(default: OUTPUT with `.modality_classifier.safetensors`).
-
-This is the only place where a pickle-based file is read, and only with
-`torch.load(..., weights_only=True)`, PyTorch's restricted unpickler, which
-builds tensors and plain containers but no arbitrary objects. The one
-extension: numpy arrays and scalars (the release stores its CMC curve and mAP
-as numpy values next to the weights) are allowed by naming numpy's array and
-scalar reconstructors. Needs PyTorch (`pip install torch`, CPU is enough);
-exit code 2 on any error, with the reason.
+Writes the embed_net of a release `torch.save` file for
+`models.release.load_embed_net`, its scalar entries (epoch, mAP, ...) as
+metadata, and optionally the modality classifier. The one place a pickle is
+read, with `torch.load(weights_only=True)`. Needs PyTorch; exit code 2 with
+the reason on any error. README, "Converting a release checkpoint".
 """
 
 import importlib
@@ -67,7 +54,7 @@ class ConversionError(ValueError):
 
 def _import_torch():
     try:
-        import torch  # pylint: disable=g-import-not-at-top
+        import torch
     except ImportError as e:
         raise ConversionError(
             "Reading a release checkpoint needs PyTorch: pip install torch "
@@ -100,7 +87,12 @@ def _numpy_globals() -> list[Any]:
 
 
 def read_checkpoint(path: str) -> Any:
-    """The object in a torch.save file, via torch's weights-only loader."""
+    """The object in a torch.save file, via torch's weights-only loader.
+
+    Beyond tensors and containers only numpy arrays and scalars are rebuilt:
+    the release stores its CMC curve and mAP as numpy values next to the
+    weights.
+    """
     torch = _import_torch()
     if not os.path.isfile(path):
         raise ConversionError(f"--input {path!r} does not exist.")
@@ -110,7 +102,7 @@ def read_checkpoint(path: str) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
         with safe_globals(_numpy_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
         # torch raises UnpicklingError, RuntimeError, ... depending on the
         # file; all mean the same for the user.
         raise ConversionError(

@@ -1,4 +1,4 @@
-"""Tests for mclnet_jax.evaluate: gallery draws, extraction, protocols.
+"""Tests for mclnet_jax.evaluators: gallery draws, extraction, protocols.
 
 The SYSU draw is checked file for file against a re-implementation of the
 community procedure that walks a generated folder layout with os.listdir;
@@ -14,9 +14,28 @@ import random
 import numpy as np
 import pytest
 
-from mclnet_jax import evaluate, metrics, rerank
+from data_pipeline.records import SplitMetadata
+from mclnet_jax import metrics, rerank
+from mclnet_jax.evaluators import common as eval_common
+from mclnet_jax.evaluators import features, protocols, regdb, sysu
 
 H, W = 8, 4
+
+
+def metadata_of(records):
+    """SplitMetadata of feature dicts (identity, camera, modality, file_name);
+    labels are the identities' ranks, as the TFDS builders store them."""
+    column = {k: [r[k] for r in records] for k in records[0]}
+    identity = np.asarray(column["identity"], np.int64)
+    file_name = np.empty(len(records), dtype=object)
+    file_name[:] = column["file_name"]
+    return SplitMetadata(
+        label=np.unique(identity, return_inverse=True)[1].astype(np.int64),
+        identity=identity,
+        camera=np.asarray(column["camera"], np.int64),
+        modality=np.asarray(column["modality"], np.int64),
+        file_name=file_name,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -103,7 +122,7 @@ def sysu_meta(sysu_root):
                     )
                 )
     order = np.random.default_rng(1).permutation(len(records))
-    return evaluate.TestMetadata.from_records([records[i] for i in order])
+    return metadata_of([records[i] for i in order])
 
 
 @pytest.mark.parametrize("mode", ["all", "indoor"])
@@ -112,7 +131,7 @@ def test_sysu_gallery_draw_equals_community_file_for_file(
     sysu_root, sysu_meta, mode, num_shots
 ):
     for trial in range(6):
-        ours = evaluate.sysu_gallery_indices(
+        ours = protocols.sysu_gallery_indices(
             sysu_meta, mode=mode, trial=trial, num_shots=num_shots
         )
         want = community_gallery(
@@ -125,20 +144,20 @@ def test_sysu_draw_leaves_global_random_state_alone(sysu_meta):
     random.seed(123)
     expected = random.random()
     random.seed(123)
-    evaluate.sysu_gallery_indices(sysu_meta, trial=4)
+    protocols.sysu_gallery_indices(sysu_meta, trial=4)
     assert random.random() == expected
 
 
 def test_sysu_query_equals_community(sysu_root, sysu_meta):
-    ours = evaluate.sysu_query_indices(sysu_meta)
+    ours = protocols.sysu_query_indices(sysu_meta)
     assert [sysu_meta.file_name[i] for i in ours] == community_query(sysu_root)
 
 
 def test_sysu_bad_mode_and_shots(sysu_meta):
     with pytest.raises(ValueError, match="mode must be one of"):
-        evaluate.sysu_gallery_indices(sysu_meta, mode="outdoor")
+        protocols.sysu_gallery_indices(sysu_meta, mode="outdoor")
     with pytest.raises(ValueError, match="num_shots"):
-        evaluate.sysu_gallery_indices(sysu_meta, num_shots=0)
+        protocols.sysu_gallery_indices(sysu_meta, num_shots=0)
 
 
 # --------------------------------------------------------------------------
@@ -171,6 +190,11 @@ class FakeModel:
             "pool": x @ self.w[modality, 0],
             "bn": np.tanh(0.05 * (x @ self.w[modality, 1])),
         }
+
+    def predict(self, variables, images, modality):
+        """A predict function (variables unused)."""
+        del variables
+        return self(images, modality)
 
     def __call__(self, images, modality):
         images = np.asarray(images)
@@ -208,7 +232,7 @@ def test_extract_embeds_every_image_once_in_its_modality(batch_size):
     modality = np.random.default_rng(2).integers(0, 2, n)
     images = make_images(n, seed=3)
     model = FakeModel()
-    feats = evaluate.extract_features(
+    feats = features.extract_features(
         model, batches_fn=padded_batches(images, batch_size), modality=modality
     )
     seen = np.concatenate([ids for _, ids in model.calls])
@@ -238,7 +262,7 @@ def test_extract_rejects_missing_or_repeated_images():
 
     for bad in (drop_last, repeat_first):
         with pytest.raises(ValueError, match="exactly once"):
-            evaluate.extract_features(
+            features.extract_features(
                 FakeModel(), batches_fn=bad, modality=modality
             )
 
@@ -246,7 +270,7 @@ def test_extract_rejects_missing_or_repeated_images():
         return full(np.arange(n))
 
     with pytest.raises(ValueError, match="modality"):
-        evaluate.extract_features(
+        features.extract_features(
             FakeModel(), batches_fn=wrong_modality, modality=modality
         )
 
@@ -259,13 +283,12 @@ def test_sysu_protocol_equals_direct_computation(sysu_root, sysu_meta):
     n = len(sysu_meta)
     images = make_images(n, seed=5)
     model = FakeModel(seed=1)
-    results = evaluate.run_sysu(
-        model,
-        batches_fn=padded_batches(images, 8),
-        metadata=sysu_meta,
+    results = sysu.Evaluator(
+        model.predict,
+        features.EvalSplit(sysu_meta, padded_batches(images, 8)),
         trials=(0, 1, 2),
         max_rank=5,
-    )
+    ).run(None)
     # Features are extracted once: one pass over the split in total.
     assert sum(len(ids) for _, ids in model.calls) == n
     index_of = {name: i for i, name in enumerate(sysu_meta.file_name)}
@@ -317,7 +340,7 @@ def regdb_meta(seed, num_ids=5, per_id=3):
                     )
                 )
     order = rng.permutation(len(records))
-    return evaluate.TestMetadata.from_records([records[i] for i in order])
+    return metadata_of([records[i] for i in order])
 
 
 def test_regdb_protocol_equals_direct_computation_and_summary(tmp_path):
@@ -328,7 +351,15 @@ def test_regdb_protocol_equals_direct_computation_and_summary(tmp_path):
         images[t] = make_images(len(meta), seed=10 + t)
         trials[t] = (padded_batches(images[t], 4), meta)
     model = FakeModel(seed=2)
-    results = evaluate.run_regdb(model, trials=trials, max_rank=4)
+    results = None
+    for t, (batches_fn, meta) in trials.items():
+        one = regdb.Evaluator(
+            model.predict,
+            features.EvalSplit(meta, batches_fn),
+            trial=t,
+            max_rank=4,
+        ).run(None)
+        results = one if results is None else results.merge(one)
     for t, (_, meta) in trials.items():
         feats = np.stack(
             [
@@ -392,10 +423,10 @@ def test_sysu_rerank_equals_direct_computation(sysu_root, sysu_meta):
     )
     features = {"bn": feats.astype(np.float32)}
     params = rerank.RerankParams(k1=5, k2=3, lambda_value=0.3)
-    plain = evaluate.evaluate_sysu(
+    plain = sysu.evaluate_features(
         features, sysu_meta, trials=(0, 1), max_rank=5
     )
-    results = evaluate.evaluate_sysu(
+    results = sysu.evaluate_features(
         features, sysu_meta, trials=(0, 1), max_rank=5, rerank=params
     )
     assert results.rerank == params and plain.rerank is None
@@ -467,7 +498,7 @@ def test_regdb_rerank_both_directions_and_merge():
         + 0.6 * rng.standard_normal((len(meta), 6))
     )
     params = rerank.RerankParams(k1=4, k2=2, lambda_value=0.5)
-    results = evaluate.evaluate_regdb(
+    results = regdb.evaluate_features(
         {"pool": feats}, meta, trial=4, max_rank=4, rerank=params
     )
     unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
@@ -497,7 +528,7 @@ def test_regdb_rerank_both_directions_and_merge():
         assert got.mAP == pytest.approx(want.mAP, abs=1e-6)
         assert got.mINP == pytest.approx(want.mINP, abs=1e-6)
     # Trials merge; different parameters do not.
-    other = evaluate.evaluate_regdb(
+    other = regdb.evaluate_features(
         {"pool": feats}, meta, trial=5, max_rank=4, rerank=params
     )
     merged = results.merge(other)
@@ -505,7 +536,7 @@ def test_regdb_rerank_both_directions_and_merge():
     assert sorted(
         merged.per_trial["regdb_visible_to_infrared+rerank"]["pool"]
     ) == [4, 5]
-    changed = evaluate.evaluate_regdb(
+    changed = regdb.evaluate_features(
         {"pool": feats},
         meta,
         trial=5,
@@ -515,79 +546,102 @@ def test_regdb_rerank_both_directions_and_merge():
     with pytest.raises(ValueError, match="different parameters"):
         results.merge(changed)
     with pytest.raises(ValueError, match="rerank must be None or a"):
-        evaluate.evaluate_regdb({"pool": feats}, meta, trial=5, rerank=True)
+        regdb.evaluate_features({"pool": feats}, meta, trial=5, rerank=True)
 
 
 def test_rerank_params_from_config():
-    import ml_collections  # pylint: disable=g-import-not-at-top
-
-    from mclnet_jax import train_data  # pylint: disable=g-import-not-at-top
+    import ml_collections
 
     ec = ml_collections.ConfigDict(
         dict(rerank=False, rerank_k1=10, rerank_k2=3, rerank_lambda=0.5)
     )
-    assert train_data.rerank_params(ec) is None
+    assert eval_common.rerank_params(ec) is None
     ec.rerank = True
-    assert train_data.rerank_params(ec) == rerank.RerankParams(10, 3, 0.5)
+    assert eval_common.rerank_params(ec) == rerank.RerankParams(10, 3, 0.5)
     ec.rerank_k2 = 0
     with pytest.raises(ValueError, match="config.eval.rerank_.*k2"):
-        train_data.rerank_params(ec)
+        eval_common.rerank_params(ec)
 
 
-def test_read_test_metadata_from_serialized_records_and_dicts():
+def example(**features_):
+    """A serialized tf.train.Example of int / str / bytes features."""
     tf = pytest.importorskip("tensorflow")
-    rows = [(5, 3, 1, "cam3/0005/0001.jpg"), (2, 1, 0, "cam1/0002/0007.jpg")]
+    feature = {}
+    for key, value in features_.items():
+        if isinstance(value, (int, np.integer)):
+            feature[key] = tf.train.Feature(
+                int64_list=tf.train.Int64List(value=[int(value)])
+            )
+        else:
+            value = value.encode() if isinstance(value, str) else value
+            feature[key] = tf.train.Feature(
+                bytes_list=tf.train.BytesList(value=[value])
+            )
+    return tf.train.Example(
+        features=tf.train.Features(feature=feature)
+    ).SerializeToString()
 
-    def example(identity, camera, modality, name):
-        feature = {
-            "identity": tf.train.Feature(
-                int64_list=tf.train.Int64List(value=[identity])
-            ),
-            "camera": tf.train.Feature(
-                int64_list=tf.train.Int64List(value=[camera])
-            ),
-            "modality": tf.train.Feature(
-                int64_list=tf.train.Int64List(value=[modality])
-            ),
-            "file_name": tf.train.Feature(
-                bytes_list=tf.train.BytesList(value=[name.encode()])
-            ),
-        }
-        return tf.train.Example(
-            features=tf.train.Features(feature=feature)
-        ).SerializeToString()
 
-    serialized = [example(*r) for r in rows]
-    dicts = [
-        dict(identity=r[0], camera=r[1], modality=r[2], file_name=r[3].encode())
+def test_read_metadata_of_serialized_records():
+    from data_pipeline import records
+
+    rows = [
+        (1, 5, 3, 1, "cam3/0005/0001.jpg"),
+        (0, 2, 1, 0, "cam1/0002/0007.jpg"),
+    ]
+    source = [
+        example(
+            label=r[0],
+            identity=r[1],
+            camera=r[2],
+            modality=r[3],
+            file_name=r[4],
+        )
         for r in rows
     ]
-    for source in (serialized, dicts):
-        meta = evaluate.read_test_metadata(source, chunk_size=1)
-        assert meta.identity.tolist() == [5, 2]
-        assert meta.camera.tolist() == [3, 1]
-        assert meta.modality.tolist() == [1, 0]
-        assert list(meta.file_name) == [r[3] for r in rows]
+    meta = records.read_metadata(source, chunk_size=1)
+    assert meta.label.tolist() == [1, 0]
+    assert meta.identity.tolist() == [5, 2]
+    assert meta.camera.tolist() == [3, 1]
+    assert meta.modality.tolist() == [1, 0]
+    assert list(meta.file_name) == [r[4] for r in rows]
+    assert len(meta) == 2
+    with pytest.raises(ValueError, match="serialized tf.train.Example"):
+        records.read_metadata([{"identity": 5}])
+    with pytest.raises(ValueError, match="modality must be"):
+        records.read_metadata(
+            [example(label=0, identity=1, camera=1, modality=2, file_name="a")]
+        )
+    with pytest.raises(ValueError, match="all fields must align"):
+        SplitMetadata(
+            label=meta.label,
+            identity=meta.identity[:1],
+            camera=meta.camera,
+            modality=meta.modality,
+            file_name=meta.file_name,
+        )
 
 
 def test_make_batches_fn_with_the_input_pipeline():
     """extract_features over data_pipeline's padded eval batches."""
-    pytest.importorskip("data_pipeline.input_pipeline")
+    from data_pipeline import records
+
     tf = pytest.importorskip("tensorflow")
     n = 7
     rng = np.random.default_rng(6)
     pixels = rng.integers(0, 256, (n, 16, 8, 3), dtype=np.uint8)
     source = [
-        {
-            "image": tf.io.encode_jpeg(p).numpy(),
-            "identity": i,
-            "camera": 1 + i % 2,
-            "modality": i % 2,
-            "file_name": f"x/{i}.jpg",
-        }
+        example(
+            image=tf.io.encode_jpeg(p).numpy(),
+            label=i,
+            identity=i,
+            camera=1 + i % 2,
+            modality=i % 2,
+            file_name=f"x/{i}.jpg",
+        )
         for i, p in enumerate(pixels)
     ]
-    meta = evaluate.read_test_metadata(source)
+    meta = records.read_metadata(source)
     seen = []
 
     def embed_fn(images, modality):
@@ -596,10 +650,10 @@ def test_make_batches_fn_with_the_input_pipeline():
         flat = images.reshape(images.shape[0], -1)
         return {"pool": flat[:, :4], "bn": flat[:, 4:8]}
 
-    batches_fn = evaluate.make_batches_fn(
+    batches_fn = features.make_batches_fn(
         source, batch_size=3, image_size=(16, 8)
     )
-    feats = evaluate.extract_features(
+    feats = features.extract_features(
         embed_fn, batches_fn=batches_fn, modality=meta.modality
     )
     assert all(b == 3 for _, b in seen)  # fixed batch: one compile each
@@ -613,8 +667,32 @@ def test_make_batches_fn_with_the_input_pipeline():
     )
 
 
+def test_from_config_picks_the_protocol_and_its_arguments():
+    import ml_collections
+
+    config = ml_collections.ConfigDict(
+        dict(
+            eval=dict(protocol="market", num_trials=3, modes=("all",)),
+            data=dict(builder_config="trial_4"),
+        )
+    )
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        eval_common.from_config(config, None, None)
+    assert eval_common.protocol_module("sysu").config_kwargs(config) == dict(
+        modes=("all",), trials=(0, 1, 2)
+    )
+    assert regdb.config_kwargs(config) == dict(trial=4)
+    config.data.builder_config = None  # The builder's default, trial_1.
+    assert regdb.config_kwargs(config) == dict(trial=1)
+    config.data.builder_config = "trial_11"
+    with pytest.raises(ValueError, match="'trial_1' .. 'trial_10'"):
+        regdb.config_kwargs(config)
+    with pytest.raises(ValueError, match="SYSU mode must be one of"):
+        sysu.Evaluator(None, None, modes=("outdoor",))
+
+
 # --------------------------------------------------------------------------
-# A real linen module through make_model_embed_fn, on 1 and 2 devices.
+# A real linen module through make_predict_fn, on 1 and 2 devices.
 
 _TWO_STEM_MODEL = '''
 import flax.linen as nn
@@ -648,7 +726,7 @@ def _two_stem_features(num_devices):
     script = _TWO_STEM_MODEL + textwrap.dedent(
         """
         import jax, numpy as np
-        from mclnet_jax import evaluate
+        from mclnet_jax.evaluators import features
         model = TwoStem()
         images = np.random.default_rng(0).random((7, 8, 4, 3), np.float32)
         variables = model.init(jax.random.key(0), images[:1], images[:1],
@@ -662,9 +740,10 @@ def _two_stem_features(num_devices):
                            [images[idx], np.zeros((pad, 8, 4, 3), np.float32)]),
                        "mask": np.arange(4) < len(idx),
                        "index": np.concatenate([idx, -np.ones(pad, int)])}
-        embed_fn = evaluate.make_model_embed_fn(model, variables)
-        feats = evaluate.extract_features(embed_fn, batches_fn=batches_fn,
-                                          modality=modality)
+        predict_fn = features.make_predict_fn(model)
+        feats = features.extract_features(
+            lambda x, m: predict_fn(variables, x, m), batches_fn=batches_fn,
+            modality=modality)
         direct = np.stack([np.asarray(model.apply(
             variables, images[i:i + 1] if m == 0 else None,
             images[i:i + 1] if m == 1 else None, train=False)["bn"][0])
@@ -687,7 +766,7 @@ def _two_stem_features(num_devices):
     return float(out.stdout.split()[-1])
 
 
-def test_model_embed_fn_uses_the_modality_stem_on_one_and_two_devices():
+def test_predict_fn_uses_the_modality_stem_on_one_and_two_devices():
     # Each run checks its features against per-image model.apply with the
     # image in the visible or infrared slot; both device counts agree.
     assert _two_stem_features(1) == pytest.approx(
@@ -699,7 +778,7 @@ def test_draw_on_the_synthetic_generator_and_tfds_builder(tmp_path):
     """Our draw from the TFDS test split == community walk of the layout."""
     synthetic = pytest.importorskip("data_pipeline.synthetic")
     sysu_mm01 = pytest.importorskip("data_pipeline.sysu_mm01.sysu_mm01")
-    input_pipeline = pytest.importorskip("data_pipeline.input_pipeline")
+    records = pytest.importorskip("data_pipeline.records")
     root = str(tmp_path / "sysu")
     synthetic.generate_sysu(
         root,
@@ -713,15 +792,44 @@ def test_draw_on_the_synthetic_generator_and_tfds_builder(tmp_path):
     builder = sysu_mm01.prepare(
         manual_dir=root, data_dir=str(tmp_path / "tfds"), config="original"
     )
-    meta = evaluate.read_test_metadata(
-        input_pipeline.open_source(builder, "test")
-    )
+    source = records.open_source(builder, "test")
+    meta = records.read_metadata(source)
     for mode in ("all", "indoor"):
         for trial in range(3):
-            ours = evaluate.sysu_gallery_indices(meta, mode=mode, trial=trial)
+            ours = protocols.sysu_gallery_indices(meta, mode=mode, trial=trial)
             assert [meta.file_name[i] for i in ours] == community_gallery(
                 root, mode=mode, trial=trial, num_shots=1
             )
-    assert [meta.file_name[i] for i in evaluate.sysu_query_indices(meta)] == (
+    assert [meta.file_name[i] for i in protocols.sysu_query_indices(meta)] == (
         community_query(root)
     )
+
+    # The evaluator a config asks for, on raw pixels, over the same split.
+    import ml_collections
+
+    config = ml_collections.ConfigDict(
+        dict(
+            eval=dict(protocol="sysu", num_trials=2, modes=("all", "indoor")),
+            data=dict(eval_batch_size=8, image_size=(32, 16)),
+        )
+    )
+    evaluator = eval_common.from_config(
+        config,
+        features.raw_pixels,
+        source,
+        feature_names=features.RAW_PIXEL_FEATURES,
+    )
+    assert isinstance(evaluator, sysu.Evaluator) and evaluator.rerank is None
+    assert list(evaluator.metadata.file_name) == list(meta.file_name)
+    results = evaluator.run(None)
+    assert sorted(results.per_trial) == [
+        "sysu_all_single_shot",
+        "sysu_indoor_single_shot",
+    ]
+    pixels = evaluator.extract(None)["pixels"]
+    assert pixels.shape == (len(meta), 32 * 16 * 3)
+    again = sysu.evaluate_features({"pixels": pixels}, meta, trials=(0, 1))
+    for protocol, fs in again.per_trial.items():
+        for t, m in fs["pixels"].items():
+            got = results.per_trial[protocol]["pixels"][t]
+            assert got.to_dict() == m.to_dict()

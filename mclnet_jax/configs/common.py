@@ -1,80 +1,135 @@
-r"""Shared defaults: MCLNet on SYSU-MM01 as the authors' release trains it.
+r"""Shared defaults, the ablation variants and `--config=FILE:ARG` parsing.
 
-Every choice that changes the numbers follows the release as it runs; each
-departure (the paper's equations, stable WRT, trained centers, model
-selection on validation ids, ...) is a named switch, listed in the README's
-"Release, paper and our switches" table.
+`default_config()` is MCLNet on SYSU-MM01 as the authors' release trains it:
+every choice that changes the numbers follows the release as it runs, and
+each departure (the paper's equations, stable WRT, trained centers, model
+selection on validation ids, ...) is a named switch (README "Release, paper
+and our switches").
 
-Not run directly; `configs/sysu.py`, `configs/regdb.py` and
-`configs/synthetic.py` start from `get_config()` and change what differs.
-
-Ablation variants (the rows of the paper's Tables 1-3) are switches here,
-set together by `apply_variant(config, name)`:
-
-  variant        triplet  pooling  non-local  rand. erasing  MCM  ICA  CCA
-  base           hard     avg      no         no             -    -    -
-  base_mcm       hard     avg      no         no             x    -    -
-  base_ica_cca   hard     avg      no         no             -    x    x
-  agw            wrt      gem      yes        no             -    -    -
-  agw_mcm        wrt      gem      yes        no             x    -    -
-  agw_re         wrt      gem      yes        yes            -    -    -
-  agw_re_mcm     wrt      gem      yes        yes            x    -    -
-  agw_re_ica     wrt      gem      yes        yes            -    x    -
-  agw_re_cca     wrt      gem      yes        yes            -    -    x
-  agw_re_ica_cca wrt      gem      yes        yes            -    x    x
-  mclnet         wrt      gem      yes        yes            x    x    x
-
-("agw_re" is the paper's AGW*; "hard" is batch-hard triplet, margin 0.3.)
+`VARIANTS` are the rows of the paper's Tables 1-3 as named overrides (README
+"Configs and ablations"); "agw_re" is the paper's AGW*, "hard" is batch-hard
+triplet with margin 0.3.
 """
 
-import ml_collections
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
-# name -> (triplet, pooling, non_local, random_erasing, mcm, ica, cca)
-VARIANTS = {
-    "base": ("hard", "avg", False, False, False, False, False),
-    "base_mcm": ("hard", "avg", False, False, True, False, False),
-    "base_ica_cca": ("hard", "avg", False, False, False, True, True),
-    "agw": ("wrt", "gem", True, False, False, False, False),
-    "agw_mcm": ("wrt", "gem", True, False, True, False, False),
-    "agw_re": ("wrt", "gem", True, True, False, False, False),
-    "agw_re_mcm": ("wrt", "gem", True, True, True, False, False),
-    "agw_re_ica": ("wrt", "gem", True, True, False, True, False),
-    "agw_re_cca": ("wrt", "gem", True, True, False, False, True),
-    "agw_re_ica_cca": ("wrt", "gem", True, True, False, True, True),
-    "mclnet": ("wrt", "gem", True, True, True, True, True),
-}
+import ml_collections
 
 # AGW's non-local placement: 2 blocks in layer2, 3 in layer3.
 AGW_NON_LOCAL = (0, 2, 3, 0)
 # The release's random erasing probability.
 RANDOM_ERASING_P = 0.8
 
+_BASE = {
+    "loss.triplet": "hard",
+    "model.pooling": "avg",
+    "model.non_local_counts": (0, 0, 0, 0),
+    "data.random_erasing": 0.0,
+}
+_AGW = {
+    "loss.triplet": "wrt",
+    "model.pooling": "gem",
+    "model.non_local_counts": AGW_NON_LOCAL,
+    "data.random_erasing": 0.0,
+}
+# AGW*: AGW with random erasing.
+_AGW_RE = {**_AGW, "data.random_erasing": RANDOM_ERASING_P}
+
+
+def _modules(*, mcm: bool, ica: bool, cca: bool) -> dict[str, bool]:
+    return {"loss.mcm": mcm, "loss.ica": ica, "loss.cca": cca}
+
+
+_NONE = _modules(mcm=False, ica=False, cca=False)
+_MCM = _modules(mcm=True, ica=False, cca=False)
+
+# Name -> overrides (dotted field paths). Every variant sets the same fields.
+VARIANTS = {
+    "base": {**_BASE, **_NONE},
+    "base_mcm": {**_BASE, **_MCM},
+    "base_ica_cca": {**_BASE, **_modules(mcm=False, ica=True, cca=True)},
+    "agw": {**_AGW, **_NONE},
+    "agw_mcm": {**_AGW, **_MCM},
+    "agw_re": {**_AGW_RE, **_NONE},
+    "agw_re_mcm": {**_AGW_RE, **_MCM},
+    "agw_re_ica": {**_AGW_RE, **_modules(mcm=False, ica=True, cca=False)},
+    "agw_re_cca": {**_AGW_RE, **_modules(mcm=False, ica=False, cca=True)},
+    "agw_re_ica_cca": {**_AGW_RE, **_modules(mcm=False, ica=True, cca=True)},
+    "mclnet": {**_AGW_RE, **_modules(mcm=True, ica=True, cca=True)},
+}
+
+
+def override(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """Sets existing fields of `config` in place.
+
+    Args:
+      config: the config to change.
+      overrides: field path -> value; a path is dotted ("loss.triplet") and
+        a mapping value given for a ConfigDict field sets its fields in
+        turn ({"loss": {"triplet": "wrt"}}).
+
+    Returns:
+      `config`.
+
+    Raises:
+      ValueError: a path names no existing field.
+    """
+    for path, value in overrides.items():
+        keys = path.split(".")
+        node = config
+        for depth, key in enumerate(keys):
+            where = ".".join(["config", *keys[:depth]])
+            if not isinstance(node, ml_collections.ConfigDict):
+                raise ValueError(
+                    f"Unknown config field {path!r}: {where} has no fields."
+                )
+            if key not in node:
+                raise ValueError(
+                    f"Unknown config field {path!r}: {where} has no "
+                    f"{key!r}; its fields: {sorted(node.keys())}."
+                )
+            if depth < len(keys) - 1:
+                node = node[key]
+        if isinstance(value, Mapping) and isinstance(
+            node[keys[-1]], ml_collections.ConfigDict
+        ):
+            override(config, {f"{path}.{k}": v for k, v in value.items()})
+        else:
+            node[keys[-1]] = value
+    return config
+
 
 def apply_variant(
     config: ml_collections.ConfigDict, name: str
 ) -> ml_collections.ConfigDict:
-    """Sets the ablation switches of `name` (see the module docstring)."""
+    """Sets `config.variant` and the overrides of `VARIANTS[name]`."""
     if name not in VARIANTS:
         raise ValueError(
             f"Unknown variant {name!r}; choose one of {sorted(VARIANTS)}."
         )
-    triplet, pooling, non_local, erasing, mcm, ica, cca = VARIANTS[name]
     config.variant = name
-    config.loss.triplet = triplet
-    config.model.pooling = pooling
-    config.model.non_local_counts = AGW_NON_LOCAL if non_local else (0, 0, 0, 0)
-    config.data.random_erasing = RANDOM_ERASING_P if erasing else 0.0
-    config.loss.mcm = mcm
-    config.loss.ica = ica
-    config.loss.cca = cca
-    return config
+    return override(config, VARIANTS[name])
 
 
-def parse_arg(arg: str | None, defaults: dict) -> dict:
+def parse_arg(arg: str | None, defaults: Mapping[str, Any]) -> dict:
     """'mclnet' or 'variant=base,trial=3' -> dict over `defaults`' keys.
 
     A bare word is the variant. Values are converted to the type of the
     default (int, bool via 0/1/true/false, str).
+
+    Args:
+      arg: what follows the colon of `--config=FILE:ARG`, or None.
+      defaults: argument name -> default value.
+
+    Returns:
+      `defaults` updated with the arguments given.
+
+    Raises:
+      ValueError: an unknown argument name or a value of the wrong type.
     """
     out = dict(defaults)
     if not arg:
@@ -98,10 +153,35 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
                 raise ValueError(f"{key} must be true/false, got {value!r}.")
             out[key] = value.lower() in ("1", "true")
         elif isinstance(default, int):
-            out[key] = int(value)
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise ValueError(
+                    f"{key} must be an integer, got {value!r}."
+                ) from None
         else:
             out[key] = value
     return out
+
+
+def config_from_arg(
+    setting: Callable[..., ml_collections.ConfigDict], arg: str | None
+) -> ml_collections.ConfigDict:
+    """Calls `setting` with `arg` parsed against its keyword defaults.
+
+    Args:
+      setting: a function of `settings` (e.g. `settings.sysu`); its
+        parameters are the argument names, their defaults give the types.
+      arg: what follows the colon of `--config=FILE:ARG`, or None.
+
+    Returns:
+      The config.
+    """
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(setting).parameters.items()
+    }
+    return setting(**parse_arg(arg, defaults))
 
 
 def _sgd_config(*, schedule_kind: str) -> ml_collections.ConfigDict:
@@ -116,15 +196,16 @@ def _sgd_config(*, schedule_kind: str) -> ml_collections.ConfigDict:
     return opt
 
 
-def get_config() -> ml_collections.ConfigDict:
+def default_config() -> ml_collections.ConfigDict:
     """The paper's settings (SYSU-MM01, ResNet-50, ImageNet init)."""
+    placeholder = ml_collections.config_dict.placeholder
     config = ml_collections.ConfigDict()
     config.variant = "mclnet"
     config.seed = 0
     # The release's loop is `range(0, 201)`: epochs 0..200.
     config.num_epochs = 201
     # Stop early (e.g. smoke runs); None trains num_epochs.
-    config.max_steps = ml_collections.config_dict.placeholder(int)
+    config.max_steps = placeholder(int)
     config.log_every_steps = 50
     # Validation (model selection) every this many steps; 0 disables. Only
     # used when config.data.val_split is set.
@@ -132,15 +213,15 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "sysu_mm01"  # TFDS builder name.
-    config.data.builder_config = ml_collections.config_dict.placeholder(str)
+    config.data.builder_config = placeholder(str)
     # The raw dataset folder (TFDS manual_dir); None: ~/datasets/SYSU-MM01.
-    config.data.manual_dir = ml_collections.config_dict.placeholder(str)
+    config.data.manual_dir = placeholder(str)
     # Prepared TFDS data; None: TFDS default (~/tensorflow_datasets).
-    config.data.data_dir = ml_collections.config_dict.placeholder(str)
+    config.data.data_dir = placeholder(str)
     config.data.train_split = "train"
     # A split of other identities used only to pick the best checkpoint
     # (SYSU "val" with train_split "train_only"); never the test split.
-    config.data.val_split = ml_collections.config_dict.placeholder(str)
+    config.data.val_split = placeholder(str)
     config.data.test_split = "test"
     config.data.image_size = (288, 144)  # (height, width)
     config.data.pad = 10
@@ -148,14 +229,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Ours, not the paper's or the release's: probability that a training
     # image is replaced by its grey (luma) version (data_pipeline/augment.py,
     # "random grey"); infrared images are grey already. Off here; the
-    # synthetic demo turns it on (configs/synthetic.py).
+    # synthetic demo turns it on (settings.synthetic).
     config.data.random_grey = 0.0
     config.data.num_identities = 8  # P identities per batch.
     config.data.num_instances = 4  # K images per identity and modality.
     # None: the release's floor(max(N_vis, N_ir) / (P * K)) + 1.
-    config.data.steps_per_epoch = ml_collections.config_dict.placeholder(int)
+    config.data.steps_per_epoch = placeholder(int)
     config.data.eval_batch_size = 64
-    # Set by configs/synthetic.py: {"generator": kwargs of
+    # Set by settings.synthetic: {"generator": kwargs of
     # data_pipeline.synthetic.generate_sysu / generate_regdb}; the data is
     # generated into the workdir and used as manual_dir.
     config.data.synthetic = None
@@ -172,12 +253,10 @@ def get_config() -> ml_collections.ConfigDict:
     # torchvision-named ImageNet ResNet .safetensors file, or "random" for an
     # explicit random initialisation. Required for depth >= 50 (the release's
     # lr diverges from scratch); see README "Pretrained weights".
-    config.model.pretrained = ml_collections.config_dict.placeholder(str)
+    config.model.pretrained = placeholder(str)
     # A checkpoint of the authors' release (embed_net state_dict converted
     # with `python -m mclnet_jax.tools.convert_release`) for --mode=evaluate.
-    config.model.release_checkpoint = ml_collections.config_dict.placeholder(
-        str
-    )
+    config.model.release_checkpoint = placeholder(str)
 
     config.loss = ml_collections.ConfigDict()
     config.loss.triplet = "wrt"  # "wrt" (AGW) or "hard" (Base).
@@ -221,7 +300,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 1000
     config.checkpoint.keep = 2
     # Path into the validation results, e.g. "all/bn/mAP"; None: no best.
-    config.checkpoint.best_metric = ml_collections.config_dict.placeholder(str)
+    config.checkpoint.best_metric = placeholder(str)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.protocol = "sysu"  # "sysu" or "regdb".
@@ -239,15 +318,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.distributed = ml_collections.ConfigDict()
     config.distributed.enabled = False
-    config.distributed.coordinator_address = (
-        ml_collections.config_dict.placeholder(str)
-    )
-    config.distributed.num_processes = ml_collections.config_dict.placeholder(
-        int
-    )
-    config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+    config.distributed.coordinator_address = placeholder(str)
+    config.distributed.num_processes = placeholder(int)
+    config.distributed.process_id = placeholder(int)
     # e.g. "gloo" for multi-process CPU runs.
-    config.distributed.cpu_collectives = ml_collections.config_dict.placeholder(
-        str
-    )
+    config.distributed.cpu_collectives = placeholder(str)
     return config

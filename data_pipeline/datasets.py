@@ -1,0 +1,186 @@
+"""The dataset of a run, by config: its TFDS builder and training stream.
+
+`open_builder(config, workdir)` returns the prepared TFDS builder of
+`config.data` (generating the synthetic dataset under the workdir first when
+the config asks for it); `train_batches` is this host's training stream from
+any step. Missing or malformed dataset folders raise
+`DatasetUnavailableError`, whose message names the expected path, the layout
+and how to obtain the data (README "Datasets").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from data_pipeline import augment, records, train_pipeline
+
+# Where the real datasets are looked for when config.data.manual_dir is None.
+DEFAULT_MANUAL_DIRS = {
+    "sysu_mm01": os.path.join("~", "datasets", "SYSU-MM01"),
+    "regdb": os.path.join("~", "datasets", "RegDB"),
+}
+_COMPLETE_MARKER = ".generation_complete"
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The dataset folder is missing or malformed (message says what to do)."""
+
+
+def _builder_module(dataset: str):
+    # Imported lazily: each pulls in TFDS.
+    if dataset == "sysu_mm01":
+        from data_pipeline.sysu_mm01 import sysu_mm01
+
+        return sysu_mm01
+    if dataset == "regdb":
+        from data_pipeline.regdb import regdb
+
+        return regdb
+    raise ValueError(
+        f"config.data.dataset must be 'sysu_mm01' or 'regdb', got {dataset!r}."
+    )
+
+
+def generate_synthetic(
+    config: ml_collections.ConfigDict, workdir: str, *, process_index: int = 0
+) -> str:
+    """Generates the synthetic dataset under the workdir once; returns it.
+
+    Only process 0 writes; a marker file records a finished generation, so
+    a rerun (or a resumed run) reuses it.
+    """
+    from data_pipeline import synthetic
+
+    root = os.path.join(workdir, "synthetic_" + config.data.dataset)
+    if os.path.exists(os.path.join(root, _COMPLETE_MARKER)):
+        return root
+    kwargs = dict(config.data.synthetic.generator)
+    if process_index == 0:
+        logging.info(
+            "Generating the synthetic %s dataset in %s.",
+            config.data.dataset,
+            root,
+        )
+        if config.data.dataset == "sysu_mm01":
+            synthetic.generate_sysu(root, overwrite=True, **kwargs)
+        else:
+            synthetic.generate_regdb(root, overwrite=True, **kwargs)
+        with open(os.path.join(root, _COMPLETE_MARKER), "w") as f:
+            f.write("ok\n")
+    return root
+
+
+def open_builder(
+    config: ml_collections.ConfigDict, workdir: str, *, process_index: int = 0
+):
+    """The prepared TFDS builder of `config.data` (preparing it if needed).
+
+    Args:
+      config: the run's config (`config.data`).
+      workdir: the run's folder (holds the synthetic dataset and its TFDS
+        build when `config.data.synthetic` is set).
+      process_index: this host (only host 0 generates synthetic data).
+
+    Raises:
+      DatasetUnavailableError: with the expected path and instructions.
+    """
+    import tensorflow_datasets as tfds
+
+    from data_pipeline import layouts
+
+    # Progress bars interleave badly with the training log.
+    tfds.disable_progress_bar()
+    dc = config.data
+    module = _builder_module(dc.dataset)
+    data_dir = dc.data_dir
+    if dc.get("synthetic"):
+        manual_dir = generate_synthetic(
+            config, workdir, process_index=process_index
+        )
+        data_dir = data_dir or os.path.join(workdir, "tfds")
+    else:
+        manual_dir = os.path.expanduser(
+            dc.manual_dir or DEFAULT_MANUAL_DIRS[dc.dataset]
+        )
+    try:
+        return module.prepare(
+            manual_dir=manual_dir, data_dir=data_dir, config=dc.builder_config
+        )
+    except layouts.DatasetLayoutError as e:
+        # The layout error already names the path, the layout and the source.
+        raise DatasetUnavailableError(
+            f"{dc.dataset}: {e}\n(Point --config.data.manual_dir=PATH at "
+            "the dataset folder.)"
+        ) from None
+    except AssertionError:
+        # TFDS asserts when `manual_dir` is missing or empty and the records
+        # are not built yet; its message repeats the instructions verbosely.
+        raise DatasetUnavailableError(
+            f"{dc.dataset}: dataset folder not found at {manual_dir!r} (set "
+            f"--config.data.manual_dir=PATH).\n"
+            f"{module.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        ) from None
+
+
+def train_augment(
+    data_config: ml_collections.ConfigDict,
+) -> augment.TrainAugment:
+    """config.data -> the training augmentation.
+
+    `random_grey` is ours (not in the paper or the release); 0 by default.
+    """
+    return augment.TrainAugment(
+        padding=data_config.pad,
+        erasing_probability=data_config.random_erasing,
+        grey_probability=data_config.get("random_grey", 0.0),
+    )
+
+
+def train_batches(
+    config: ml_collections.ConfigDict,
+    source,
+    *,
+    metadata: records.SplitMetadata,
+    start_step: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This host's training batches from `start_step` on, by config.
+
+    Args:
+      config: the run's config (`config.seed`, `config.data`).
+      source: the training split (`records.open_source`).
+      metadata: `records.read_metadata(source)`.
+      start_step: the first global step (resume).
+      process_index, process_count: this host and the number of hosts.
+
+    Yields:
+      The batches of `train_pipeline.make_train_dataset`, without "step".
+
+    Raises:
+      RuntimeError: the stream is not at the step expected (the stream is a
+        pure function of (seed, step), so this means a resume bug).
+    """
+    dc = config.data
+    stream = train_pipeline.train_iterator(
+        source,
+        seed=config.seed,
+        num_identities=dc.num_identities,
+        num_instances=dc.num_instances,
+        image_size=tuple(dc.image_size),
+        start_step=start_step,
+        augmentation=train_augment(dc),
+        process_index=process_index,
+        process_count=process_count,
+        metadata=metadata,
+    )
+    for step, batch in enumerate(stream, start=start_step):
+        got = batch.pop("step")
+        if int(got) != step:
+            raise RuntimeError(f"Data stream at step {got}, expected {step}.")
+        yield batch

@@ -1,0 +1,145 @@
+"""Evaluation results: per-trial metrics, their mean and std, JSON, a table.
+
+`EvaluationResults.per_trial[protocol][feature][trial]` holds
+`metrics.RetrievalMetrics`; protocol names are "sysu_<mode>_single_shot",
+"sysu_<mode>_multi_shot" (10 shots; "sysu_<mode>_<n>_shot" otherwise),
+"regdb_visible_to_infrared" and "regdb_infrared_to_visible", each with
+`RERANK_SUFFIX` when computed from re-ranked distances.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mclnet_jax import metrics as metrics_lib
+from mclnet_jax import rerank as rerank_lib
+
+SUMMARY_RANKS = (1, 5, 10, 20)
+# Appended to the protocol name of re-ranked results.
+RERANK_SUFFIX = "+rerank"
+
+
+def _summary(
+    per_trial: Sequence[metrics_lib.RetrievalMetrics],
+) -> tuple[dict[str, float], dict[str, float]]:
+    table = {}
+    for k in SUMMARY_RANKS:
+        if k <= len(per_trial[0].cmc):
+            table[f"rank{k}"] = [m.rank(k) for m in per_trial]
+    table["mAP"] = [m.mAP for m in per_trial]
+    table["mINP"] = [m.mINP for m in per_trial]
+    mean = {k: float(np.mean(v)) for k, v in table.items()}
+    std = {k: float(np.std(v)) for k, v in table.items()}
+    return mean, std
+
+
+@dataclasses.dataclass
+class EvaluationResults:
+    """Per-trial metrics: `per_trial[protocol][feature][trial]`.
+
+    `rerank` holds the parameters of the `RERANK_SUFFIX` protocols. Means and
+    standard deviations (population, ddof=0) are over trials.
+    """
+
+    per_trial: dict[str, dict[str, dict[int, metrics_lib.RetrievalMetrics]]]
+    rerank: rerank_lib.RerankParams | None = None
+
+    def merge(self, other: EvaluationResults) -> EvaluationResults:
+        """Union of two results (e.g. RegDB trials evaluated one by one)."""
+        if self.rerank and other.rerank and self.rerank != other.rerank:
+            raise ValueError(
+                f"cannot merge results re-ranked with different parameters: "
+                f"{self.rerank.describe()} vs {other.rerank.describe()}."
+            )
+        merged = {
+            p: {f: dict(t) for f, t in fs.items()}
+            for p, fs in self.per_trial.items()
+        }
+        for p, fs in other.per_trial.items():
+            for f, trials in fs.items():
+                dest = merged.setdefault(p, {}).setdefault(f, {})
+                clash = set(dest) & set(trials)
+                if clash:
+                    raise ValueError(
+                        f"{p}/{f}: trials {sorted(clash)} are in both results."
+                    )
+                dest.update(trials)
+        return EvaluationResults(merged, rerank=self.rerank or other.rerank)
+
+    def summary(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+        """{protocol: {feature: {"mean": {...}, "std": {...}}}} fractions."""
+        out = {}
+        for p, fs in self.per_trial.items():
+            for f, trials in fs.items():
+                mean, std = _summary([trials[t] for t in sorted(trials)])
+                out.setdefault(p, {})[f] = {"mean": mean, "std": std}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: per-trial metrics, mean and std (fractions).
+
+        Entries of re-ranked protocols also hold "rerank": {"k1", "k2",
+        "lambda_value"}.
+        """
+        summary = self.summary()
+        out = {}
+        for p, fs in self.per_trial.items():
+            for f, trials in fs.items():
+                entry = out.setdefault(p, {})[f] = {
+                    "trials": {
+                        str(t): trials[t].to_dict() for t in sorted(trials)
+                    },
+                    "num_trials": len(trials),
+                    **summary[p][f],
+                }
+                if p.endswith(RERANK_SUFFIX) and self.rerank is not None:
+                    entry["rerank"] = self.rerank.to_dict()
+        return out
+
+    def write_json(self, path: str) -> None:
+        """Writes `to_dict()` to `path` (local, or a tf.io.gfile URL)."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if "://" in path:  # e.g. gs://: TensorFlow only where needed
+            import tensorflow as tf
+
+            with tf.io.gfile.GFile(path, "w") as f:
+                f.write(text)
+        else:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+
+    def table(self) -> str:
+        """Mean +- std over trials in percent, one row per protocol/feature."""
+        summary = self.summary()
+        columns = [f"rank{k}" for k in SUMMARY_RANKS] + ["mAP", "mINP"]
+        width = max([28] + [len(p) for p in summary])
+        header = (
+            f"{'protocol':<{width}} {'feature':<7} {'trials':>6}  "
+            + "  ".join(f"{c:>14}" for c in columns)
+        )
+        lines = [header, "-" * len(header)]
+        for p in sorted(summary):
+            for f in sorted(summary[p]):
+                mean, std = summary[p][f]["mean"], summary[p][f]["std"]
+                cells = [
+                    f"{100 * mean[c]:6.2f} +-{100 * std[c]:5.2f}"
+                    if c in mean
+                    else f"{'-':>14}"
+                    for c in columns
+                ]
+                lines.append(
+                    f"{p:<{width}} {f:<7} {len(self.per_trial[p][f]):>6}  "
+                    + "  ".join(cells)
+                )
+        if any(p.endswith(RERANK_SUFFIX) for p in summary):
+            params = f": {self.rerank.describe()}" if self.rerank else ""
+            lines.append(
+                f"{RERANK_SUFFIX}: k-reciprocal re-ranking (Zhong "
+                f"et al., CVPR 2017){params}"
+            )
+        return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""Tests of mclnet_jax.configs and the thin files under configs/."""
+
+import os
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from mclnet_jax.configs import common, settings
+
+# ml_collections loads config files with the deprecated load_module().
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:the load_module:DeprecationWarning"
+)
+
+_CONFIGS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"
+)
+
+AGW_NL = (0, 2, 3, 0)
+NO_NL = (0, 0, 0, 0)
+# The paper's ablation rows, written out: the settings each variant gives.
+# name: (triplet, pooling, non_local_counts, random_erasing, mcm, ica, cca)
+EXPECTED = {
+    "base": ("hard", "avg", NO_NL, 0.0, False, False, False),
+    "base_mcm": ("hard", "avg", NO_NL, 0.0, True, False, False),
+    "base_ica_cca": ("hard", "avg", NO_NL, 0.0, False, True, True),
+    "agw": ("wrt", "gem", AGW_NL, 0.0, False, False, False),
+    "agw_mcm": ("wrt", "gem", AGW_NL, 0.0, True, False, False),
+    "agw_re": ("wrt", "gem", AGW_NL, 0.8, False, False, False),
+    "agw_re_mcm": ("wrt", "gem", AGW_NL, 0.8, True, False, False),
+    "agw_re_ica": ("wrt", "gem", AGW_NL, 0.8, False, True, False),
+    "agw_re_cca": ("wrt", "gem", AGW_NL, 0.8, False, False, True),
+    "agw_re_ica_cca": ("wrt", "gem", AGW_NL, 0.8, False, True, True),
+    "mclnet": ("wrt", "gem", AGW_NL, 0.8, True, True, True),
+}
+
+
+def _switches(config):
+    return (
+        config.loss.triplet,
+        config.model.pooling,
+        tuple(config.model.non_local_counts),
+        config.data.random_erasing,
+        config.loss.mcm,
+        config.loss.ica,
+        config.loss.cca,
+    )
+
+
+def _load(spec: str) -> ml_collections.ConfigDict:
+    """`--config=configs/<spec>` as mclnet_jax.main parses it."""
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values)
+    flag_values(["main", f"--config={os.path.join(_CONFIGS, spec)}"])
+    return flag_values.config
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_variants_set_the_paper_rows(name):
+    assert set(common.VARIANTS) == set(EXPECTED)
+    config = common.apply_variant(common.default_config(), name)
+    assert config.variant == name
+    assert _switches(config) == EXPECTED[name]
+    # The same from every setting's config file.
+    sysu = _load(f"sysu.py:{name}")
+    assert sysu.variant == name and _switches(sysu) == EXPECTED[name]
+    # RegDB has one camera per modality: no CCA in any variant.
+    regdb = _load(f"regdb.py:variant={name}")
+    assert _switches(regdb) == (*EXPECTED[name][:6], False)
+    # The demo: at most one non-local block per stage, no random erasing.
+    demo = _load(f"synthetic.py:{name}")
+    triplet, pooling, non_local, _, mcm, ica, cca = EXPECTED[name]
+    assert _switches(demo) == (
+        triplet,
+        pooling,
+        tuple(min(c, 1) for c in non_local),
+        0.0,
+        mcm,
+        ica,
+        cca,
+    )
+
+
+def test_every_variant_sets_the_same_fields():
+    fields = {frozenset(v) for v in common.VARIANTS.values()}
+    assert len(fields) == 1
+    # Applying a variant to any config undoes the previous one.
+    config = common.apply_variant(common.default_config(), "base")
+    common.apply_variant(config, "mclnet")
+    assert config.to_dict() == common.default_config().to_dict()
+
+
+def test_unknown_variant_and_override_name_the_choices():
+    config = common.default_config()
+    with pytest.raises(ValueError, match="'nope'.*agw_re_ica_cca"):
+        common.apply_variant(config, "nope")
+    with pytest.raises(ValueError, match="'loss.tripplet'.*'triplet'"):
+        common.override(config, {"loss.tripplet": "wrt"})
+    with pytest.raises(ValueError, match="config has no 'los'.*'loss'"):
+        common.override(config, {"los": {"triplet": "wrt"}})
+    with pytest.raises(ValueError, match="config.loss has no 'x'.*'mcm'"):
+        common.override(config, {"loss": {"x": 1}})
+    with pytest.raises(ValueError, match="config.loss.triplet has no fields"):
+        common.override(config, {"loss.triplet.x": 1})
+    # The failed overrides changed nothing.
+    assert config.to_dict() == common.default_config().to_dict()
+
+
+def test_override_dotted_and_nested():
+    config = common.override(
+        common.default_config(),
+        {
+            "loss.triplet": "hard",
+            "model": {"pooling": "avg", "depth": 18},
+            "data.synthetic": {"generator": {"seed": 3}},
+        },
+    )
+    assert (config.loss.triplet, config.model.pooling) == ("hard", "avg")
+    assert config.model.depth == 18
+    assert config.data.synthetic.generator.seed == 3
+
+
+def test_parse_arg():
+    defaults = {"variant": "mclnet", "trial": 1, "val": False}
+    assert common.parse_arg(None, defaults) == defaults
+    assert common.parse_arg("", defaults) == defaults
+    assert common.parse_arg("agw", defaults)["variant"] == "agw"
+    assert common.parse_arg(" trial=3 , val=true,", defaults) == {
+        "variant": "mclnet",
+        "trial": 3,
+        "val": True,
+    }
+    assert common.parse_arg("val=0", defaults)["val"] is False
+    with pytest.raises(ValueError, match="'nope'.*'trial'"):
+        common.parse_arg("nope=1", defaults)
+    with pytest.raises(ValueError, match="val must be true/false"):
+        common.parse_arg("val=2", defaults)
+    with pytest.raises(ValueError, match="trial must be an integer"):
+        common.parse_arg("trial=x", defaults)
+
+
+def test_config_files_work_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Every argument form the README and the config files document.
+    assert _load("synthetic.py").to_dict() == settings.synthetic().to_dict()
+    for spec, expected in (
+        ("sysu.py", settings.sysu()),
+        ("sysu.py:", settings.sysu()),
+        ("sysu.py:mclnet", settings.sysu()),
+        ("sysu.py:agw_re", settings.sysu("agw_re")),
+        (
+            "sysu.py:variant=base,search=both",
+            settings.sysu("base", search="both"),
+        ),
+        ("sysu.py:variant=mclnet,val=1", settings.sysu(val=True)),
+        ("regdb.py:trial=1,variant=mclnet", settings.regdb(trial=1)),
+        ("regdb.py:trial=10", settings.regdb(trial=10)),
+        ("synthetic.py:base", settings.synthetic("base")),
+        ("synthetic.py:seed=1", settings.synthetic(seed=1)),
+        ("synthetic.py:tiny=1", settings.synthetic(tiny=True)),
+        ("synthetic.py:large=1", settings.synthetic(large=True)),
+    ):
+        assert _load(spec).to_dict() == expected.to_dict(), spec
+
+
+def test_sysu_settings():
+    config = settings.sysu()
+    assert (config.data.dataset, config.data.builder_config) == (
+        "sysu_mm01",
+        "288x144",
+    )
+    assert config.eval.protocol == "sysu"
+    assert config.eval.modes == ("all",)
+    assert settings.sysu(search="indoor").eval.modes == ("indoor",)
+    assert settings.sysu(search="both").eval.modes == ("all", "indoor")
+    assert config.data.val_split is None and config.val_every_steps == 0
+    val = settings.sysu(search="indoor", val=True)
+    assert (val.data.train_split, val.data.val_split) == ("train_only", "val")
+    assert val.val_every_steps == 2610
+    assert val.checkpoint.best_metric == "sysu_indoor_single_shot/bn/mean/mAP"
+    with pytest.raises(ValueError, match="search must be one of"):
+        settings.sysu(search="outdoor")
+
+
+def test_regdb_settings():
+    config = settings.regdb(trial=3)
+    assert (config.data.dataset, config.data.builder_config) == (
+        "regdb",
+        "trial_3",
+    )
+    assert config.eval.protocol == "regdb"
+    for trial in (0, 11):
+        with pytest.raises(ValueError, match="trial must be in 1..10"):
+            settings.regdb(trial=trial)
+
+
+def test_synthetic_settings():
+    demo = settings.synthetic(seed=2)
+    assert demo.seed == 2 and demo.data.synthetic.generator.seed == 2
+    assert demo.data.synthetic.generator.num_identities == 260
+    assert demo.data.image_size == (96, 48)
+    assert (demo.model.depth, demo.model.width_multiplier) == (18, 0.25)
+    # sigma and rho scaled by D / 2048, D = 512 * width.
+    assert (demo.loss.sigma, demo.loss.rho) == (0.5, 281.25)
+    assert demo.model.pretrained == "random"
+    assert demo.data.random_grey == 0.5 and demo.eval.raw_pixel_baseline
+    assert demo.optimizer.lr_mults == ((".*", 1.0),)
+    assert demo.num_epochs == 11
+    assert demo.optimizer.schedule.boundaries == (8,)
+    large = settings.synthetic(large=True)
+    assert large.data.image_size == (128, 64)
+    assert large.data.synthetic.generator.num_identities == 491
+    assert (large.loss.sigma, large.loss.rho) == (1.0, 562.5)
+    assert (large.num_epochs, large.optimizer.schedule.warmup_epochs) == (30, 3)
+    tiny = settings.synthetic(tiny=True)
+    assert tiny.data.image_size == (32, 16)
+    assert tiny.model.width_multiplier == 1 / 16
+    assert (tiny.loss.sigma, tiny.loss.rho) == (0.5, 281.25)
+    assert (tiny.num_epochs, tiny.eval.num_trials) == (3, 2)
+    assert not tiny.eval.raw_pixel_baseline
+    with pytest.raises(ValueError, match="tiny=1 and large=1"):
+        settings.synthetic(tiny=True, large=True)
+
+
+def test_bad_config_arguments_name_the_problem():
+    for spec, message in (
+        ("sysu.py:nope", "Unknown variant 'nope'"),
+        ("sysu.py:foo=1", "Unknown config argument 'foo'"),
+        ("regdb.py:trial=x", "trial must be an integer"),
+        ("synthetic.py:tiny=1,large=1", "exclude each other"),
+    ):
+        with pytest.raises(flags.IllegalFlagValueError, match=message):
+            _load(spec)
