@@ -31,7 +31,6 @@ from absl import app, flags, logging
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-import tensorflow as tf
 
 from data_pipeline import (
     augment,
@@ -42,6 +41,7 @@ from data_pipeline import (
     train_pipeline,
 )
 from data_pipeline.sysu_mm01 import sysu_mm01
+from data_pipeline.tf_setup import tf
 
 _DATA_DIR = flags.DEFINE_string(
     "data_dir",

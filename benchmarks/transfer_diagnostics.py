@@ -220,9 +220,9 @@ def train(
     """Trains on the train ids of `data`; returns (model, state, log)."""
     import jax
     import optax
-    import tensorflow as tf
 
     from data_pipeline import augment
+    from data_pipeline.tf_setup import tf
     from mclnet_jax import train_step as train_lib
 
     tf.config.set_visible_devices([], "GPU")
@@ -360,9 +360,8 @@ def embed(
     model, state, images: np.ndarray, modality: np.ndarray, batch: int = 128
 ) -> dict:
     """{"pool", "bn"} features of uint8 images (eval transform)."""
-    import tensorflow as tf
-
     from data_pipeline import image_ops
+    from data_pipeline.tf_setup import tf
 
     predict_fn = features_lib.make_predict_fn(model)
     variables = state.model_variables()

@@ -13,9 +13,8 @@ section "Input pipeline".
 
 import dataclasses
 
-import tensorflow as tf
-
 from data_pipeline import image_ops
+from data_pipeline.tf_setup import tf
 
 # Random erasing as the release. The fill values are CIFAR-10's channel
 # means, written as-is into the *normalised* image: a quirk of the release

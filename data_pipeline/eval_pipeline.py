@@ -9,9 +9,9 @@ README section "Input pipeline".
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from data_pipeline import image_ops, records, sampling
+from data_pipeline.tf_setup import tf
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)

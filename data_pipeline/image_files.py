@@ -83,7 +83,7 @@ class FileSource:
         return len(self._paths)
 
     def __getitem__(self, index: int) -> bytes:
-        import tensorflow as tf
+        from data_pipeline.tf_setup import tf
 
         with open(self._paths[int(index)], "rb") as f:
             image = tf.train.BytesList(value=[f.read()])
@@ -95,9 +95,8 @@ class FileSource:
 
 def unreadable_images(paths: Sequence[str]) -> list[tuple[str, str]]:
     """(path, reason) of each file that the evaluation decoder rejects."""
-    import tensorflow as tf
-
     from data_pipeline import image_ops
+    from data_pipeline.tf_setup import tf
 
     bad = []
     for path in paths:

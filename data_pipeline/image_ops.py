@@ -7,7 +7,7 @@ eagerly, in tf.data and under XLA. See the README section "Input pipeline".
 
 from collections.abc import Sequence
 
-import tensorflow as tf
+from data_pipeline.tf_setup import tf
 
 # ImageNet statistics used by the release's `transforms.Normalize`.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -13,9 +13,9 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from data_pipeline.constants import INFRARED, VISIBLE
+from data_pipeline.tf_setup import tf
 
 _INT_KEYS = ("label", "identity", "camera", "modality")
 

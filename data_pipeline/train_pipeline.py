@@ -15,10 +15,10 @@ import threading
 from collections.abc import Iterator
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from data_pipeline import augment, image_ops, records, sampling
+from data_pipeline.tf_setup import tf
 
 
 class _PlanCache:

@@ -184,8 +184,8 @@ def embed_images(
         (all named).
     """
     import jax
-    import tensorflow as tf
 
+    from data_pipeline.tf_setup import tf
     from mclnet_jax import sharding
     from mclnet_jax.evaluators import features as features_lib
 

@@ -93,8 +93,9 @@ def save_saved_model(
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
 ) -> None:
     """Writes the TensorFlow SavedModel (see the module docstring)."""
-    import tensorflow as tf
     from jax.experimental import jax2tf
+
+    from data_pipeline.tf_setup import tf
 
     h, w = loaded.image_size
     d = loaded.feature_dim
@@ -201,9 +202,8 @@ def metadata(
     calling_convention_version: int,
 ) -> dict[str, Any]:
     """The content of export.json."""
-    import tensorflow as tf
-
     from data_pipeline import image_ops
+    from data_pipeline.tf_setup import tf
 
     h, w = loaded.image_size
     d = loaded.feature_dim

@@ -49,6 +49,27 @@ class RunData:
     raw_pixel_baseline: Callable[[str], results_lib.EvaluationResults]
 
 
+def _open_builder_once(config: ml_collections.ConfigDict, workdir: str):
+    """Process 0 generates and builds the data; the others then open it.
+
+    Hosts building the same records at once would race on TFDS's final
+    rename, so the others wait at a barrier until process 0 is done.
+    """
+    if jax.process_count() == 1:
+        return datasets.open_builder(config, workdir, process_index=0)
+    from jax.experimental import multihost_utils
+
+    builder = None
+    if jax.process_index() == 0:
+        builder = datasets.open_builder(config, workdir, process_index=0)
+    multihost_utils.sync_global_devices("mclnet_jax: data prepared")
+    if builder is None:
+        builder = datasets.open_builder(
+            config, workdir, process_index=jax.process_index()
+        )
+    return builder
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
     """Builds the dataset and returns the run's data hooks.
 
@@ -57,9 +78,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
         malformed.
     """
     dc = config.data
-    builder = datasets.open_builder(
-        config, workdir, process_index=jax.process_index()
-    )
+    builder = _open_builder_once(config, workdir)
     train_source = records.open_source(builder, dc.train_split)
     metadata = records.read_metadata(train_source)
 

@@ -4,7 +4,7 @@ The drawing functions run on small synthetic arrays (PNG written, size,
 border colours read back from the pixels); the data they draw is checked
 against slow, obvious computations here. One end-to-end run trains a tiny
 workdir and draws every figure with `--mode=analyze` (subprocesses sharing
-an XLA compilation cache, as tests/test_main.py).
+the session's XLA compilation cache, as tests/test_main.py).
 """
 
 import json
@@ -521,7 +521,7 @@ def _main(workdir, *extra):
 
 
 def test_analyze_workdir_draws_every_figure(tmp_path):
-    env = test_main._env(tmp_path / "xla_cache", fast_compile=True)
+    env = test_main._env(fast_compile=True)
     workdir = tmp_path / "work"
     # A few steps at a small lr: the eval-mode features stay finite (at the
     # tiny config's lr 0.1 they overflow before the BatchNorm statistics

@@ -1,7 +1,8 @@
 """Tests of the SYSU-MM01 and RegDB TFDS builders on generated layouts.
 
-Expected values are read from the files on disk with plain os / PIL code,
-independently of `data_pipeline.layouts`.
+The layouts and builds are conftest.py's session fixtures. Expected values
+are read from the files on disk with plain os / PIL code, independently of
+`data_pipeline.layouts`.
 """
 
 import io
@@ -13,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_pipeline import layouts, synthetic
+from data_pipeline import layouts
 from data_pipeline.regdb import regdb
 from data_pipeline.sysu_mm01 import sysu_mm01
 
@@ -60,49 +61,6 @@ def _records(builder, split):
     return [source[i] for i in range(len(source))]
 
 
-@pytest.fixture(scope="module")
-def sysu(tmp_path_factory):
-    base = tmp_path_factory.mktemp("sysu")
-    root = str(base / "raw")
-    synthetic.generate_sysu(
-        root,
-        num_identities=6,
-        visible_images_per_camera=2,
-        infrared_images_per_camera=2,
-        height=32,
-        width=16,
-        seed=1,
-    )
-    builders = {
-        config: sysu_mm01.prepare(
-            manual_dir=root, data_dir=str(base / "tfds"), config=config
-        )
-        for config in ("original", "288x144")
-    }
-    return root, builders
-
-
-@pytest.fixture(scope="module")
-def regdb_data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("regdb")
-    root = str(base / "raw")
-    synthetic.generate_regdb(
-        root,
-        num_identities=6,
-        images_per_modality=2,
-        height=32,
-        width=16,
-        seed=1,
-    )
-    builders = {
-        t: regdb.prepare(
-            manual_dir=root, data_dir=str(base / "tfds"), config=f"trial_{t}"
-        )
-        for t in (1, 2)
-    }
-    return root, builders
-
-
 def _check_labels(records, names, expected, modality_of):
     """Identity, label (rank among the split's ids), camera and modality of
     each record agree with `expected[name] == (identity, camera)`."""
@@ -116,9 +74,9 @@ def _check_labels(records, names, expected, modality_of):
 
 
 @pytest.mark.parametrize("split", ["train", "train_only", "val", "test"])
-def test_sysu_examples_match_files_on_disk(sysu, split):
-    root, builders = sysu
-    builder = builders["original"]
+def test_sysu_examples_match_files_on_disk(sysu_raw, sysu_builder, split):
+    root = sysu_raw.root
+    builder = sysu_builder("original")
     assert builder.info.file_format.value == "array_record"
     expected = _sysu_expected(root, split)
     records = _records(builder, split)
@@ -135,24 +93,26 @@ def test_sysu_examples_match_files_on_disk(sysu, split):
         )
 
 
-def test_sysu_split_membership(sysu):
-    root, builders = sysu
+def test_sysu_split_membership(sysu_raw, sysu_builder):
+    builder = sysu_builder("original")
     ids = {
-        s: {int(r["identity"]) for r in _records(builders["original"], s)}
+        s: {int(r["identity"]) for r in _records(builder, s)}
         for s in ("train", "train_only", "val", "test")
     }
     assert ids["train"] == ids["train_only"] | ids["val"]
     assert not ids["train_only"] & ids["val"]
     assert not ids["train"] & ids["test"]
-    assert ids["train"] | ids["test"] == set(range(1, 7))
-    test = _records(builders["original"], "test")
+    num_ids = sysu_raw.params["num_identities"]
+    assert ids["train"] | ids["test"] == set(range(1, num_ids + 1))
+    test = _records(builder, "test")
     assert {int(r["camera"]) for r in test} == set(range(1, 7))
 
 
-def test_sysu_resized_config(sysu):
-    root, builders = sysu
-    records = _records(builders["288x144"], "test")
-    assert len(records) == builders["original"].info.splits["test"].num_examples
+def test_sysu_resized_config(sysu_raw, sysu_builder):
+    root = sysu_raw.root
+    records = _records(sysu_builder("288x144"), "test")
+    original = sysu_builder("original")
+    assert len(records) == original.info.splits["test"].num_examples
     for r in records[:6]:
         assert r["image"].shape == (288, 144, 3)
         with Image.open(os.path.join(root, r["file_name"].decode())) as img:
@@ -163,11 +123,10 @@ def test_sysu_resized_config(sysu):
         assert _psnr(r["image"], want) > 32.0
 
 
-def test_tfrecord_format_stays_possible(regdb_data, tmp_path):
+def test_tfrecord_format_stays_possible(regdb_raw, regdb_builder, tmp_path):
     """ArrayRecord lacks `as_dataset`; a tfrecord build streams with tf.data."""
-    root, builders = regdb_data
     builder = regdb.prepare(
-        manual_dir=root,
+        manual_dir=regdb_raw.root,
         data_dir=str(tmp_path / "tfds"),
         config="trial_1",
         file_format="tfrecord",
@@ -184,7 +143,7 @@ def test_tfrecord_format_stays_possible(regdb_data, tmp_path):
         )
         for r in builder.as_dataset("test", decoders=skip)
     }
-    source = builders[1].as_data_source("test", decoders=skip)
+    source = regdb_builder(1).as_data_source("test", decoders=skip)
     assert len(streamed) == len(source)
     for i in range(len(source)):
         r = source[i]
@@ -193,9 +152,9 @@ def test_tfrecord_format_stays_possible(regdb_data, tmp_path):
 
 
 @pytest.mark.parametrize("trial", [1, 2])
-def test_regdb_examples_match_index_files(regdb_data, trial):
-    root, builders = regdb_data
-    builder = builders[trial]
+def test_regdb_examples_match_index_files(regdb_raw, regdb_builder, trial):
+    root = regdb_raw.root
+    builder = regdb_builder(trial)
     assert builder.info.file_format.value == "array_record"
     all_names = set()
     for split in ("train", "test"):
@@ -216,14 +175,16 @@ def test_regdb_examples_match_index_files(regdb_data, trial):
             assert r["image"].shape == want.shape
             assert _psnr(r["image"], want) > 32.0
         all_names |= set(names)
-    assert len(all_names) == 6 * 2 * 2
+    params = regdb_raw.params
+    assert len(all_names) == (
+        params["num_identities"] * 2 * params["images_per_modality"]
+    )
 
 
-def test_regdb_trials_differ(regdb_data):
-    _, builders = regdb_data
+def test_regdb_trials_differ(regdb_builder):
     train = {
-        t: {r["file_name"] for r in _records(b, "train")}
-        for t, b in builders.items()
+        t: {r["file_name"] for r in _records(regdb_builder(t), "train")}
+        for t in (1, 2)
     }
     assert train[1] != train[2]
 
@@ -231,19 +192,20 @@ def test_regdb_trials_differ(regdb_data):
 # --- Error paths. ---------------------------------------------------------
 
 
+# The tests below damage a layout: each works on its own copy.
+
+
 @pytest.fixture
-def sysu_copy(sysu, tmp_path):
-    root, _ = sysu
+def sysu_copy(sysu_raw, tmp_path):
     copy = str(tmp_path / "sysu")
-    shutil.copytree(root, copy)
+    shutil.copytree(sysu_raw.root, copy)
     return copy
 
 
 @pytest.fixture
-def regdb_copy(regdb_data, tmp_path):
-    root, _ = regdb_data
+def regdb_copy(regdb_raw, tmp_path):
     copy = str(tmp_path / "regdb")
-    shutil.copytree(root, copy)
+    shutil.copytree(regdb_raw.root, copy)
     return copy
 
 
@@ -336,10 +298,15 @@ def test_regdb_missing_folder(regdb_copy, tmp_path):
     assert "lacks Thermal" in str(e.value) and "Nguyen" in str(e.value)
 
 
-def test_regdb_missing_split_file(regdb_copy, tmp_path):
+def test_regdb_missing_split_file(regdb_raw, regdb_copy, tmp_path):
     os.remove(os.path.join(regdb_copy, "idx", "test_thermal_3.txt"))
-    # Other trials are unaffected.
-    assert len(layouts.read_regdb(regdb_copy, trial=2)["test"]) == 12
+    # Other trials are unaffected: every test image of trial 2 is listed.
+    num_ids = regdb_raw.params["num_identities"]
+    num_test_ids = num_ids - num_ids // 2  # The larger half when odd.
+    per_id = 2 * regdb_raw.params["images_per_modality"]
+    assert len(layouts.read_regdb(regdb_copy, trial=2)["test"]) == (
+        num_test_ids * per_id
+    )
     with pytest.raises(layouts.DatasetLayoutError, match="test_thermal_3.txt"):
         regdb.prepare(
             manual_dir=regdb_copy,
@@ -354,7 +321,8 @@ def test_regdb_malformed_index_and_missing_image(regdb_copy):
         lines = f.read().splitlines()
     with open(path, "w") as f:
         f.write("\n".join(lines + ["Visible/1/x.bmp"]) + "\n")
-    with pytest.raises(layouts.DatasetLayoutError, match="line 7"):
+    bad_line = f"line {len(lines) + 1}"
+    with pytest.raises(layouts.DatasetLayoutError, match=bad_line):
         layouts.read_regdb(regdb_copy, trial=1)
     with open(path, "w") as f:
         f.write("\n".join(lines + ["Visible/1/x.bmp 0"]) + "\n")

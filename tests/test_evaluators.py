@@ -774,25 +774,14 @@ def test_predict_fn_uses_the_modality_stem_on_one_and_two_devices():
     )
 
 
-def test_draw_on_the_synthetic_generator_and_tfds_builder(tmp_path):
+def test_draw_on_the_synthetic_generator_and_tfds_builder(
+    sysu_raw, sysu_builder
+):
     """Our draw from the TFDS test split == community walk of the layout."""
-    synthetic = pytest.importorskip("data_pipeline.synthetic")
-    sysu_mm01 = pytest.importorskip("data_pipeline.sysu_mm01.sysu_mm01")
     records = pytest.importorskip("data_pipeline.records")
-    root = str(tmp_path / "sysu")
-    synthetic.generate_sysu(
-        root,
-        num_identities=12,
-        visible_images_per_camera=3,
-        infrared_images_per_camera=2,
-        height=32,
-        width=16,
-        seed=0,
-    )
-    builder = sysu_mm01.prepare(
-        manual_dir=root, data_dir=str(tmp_path / "tfds"), config="original"
-    )
-    source = records.open_source(builder, "test")
+    root = sysu_raw.root
+    size = (sysu_raw.params["height"], sysu_raw.params["width"])
+    source = records.open_source(sysu_builder("original"), "test")
     meta = records.read_metadata(source)
     for mode in ("all", "indoor"):
         for trial in range(3):
@@ -810,7 +799,7 @@ def test_draw_on_the_synthetic_generator_and_tfds_builder(tmp_path):
     config = ml_collections.ConfigDict(
         dict(
             eval=dict(protocol="sysu", num_trials=2, modes=("all", "indoor")),
-            data=dict(eval_batch_size=8, image_size=(32, 16)),
+            data=dict(eval_batch_size=8, image_size=size),
         )
     )
     evaluator = eval_common.from_config(
@@ -827,7 +816,7 @@ def test_draw_on_the_synthetic_generator_and_tfds_builder(tmp_path):
         "sysu_indoor_single_shot",
     ]
     pixels = evaluator.extract(None)["pixels"]
-    assert pixels.shape == (len(meta), 32 * 16 * 3)
+    assert pixels.shape == (len(meta), size[0] * size[1] * 3)
     again = sysu.evaluate_features({"pixels": pixels}, meta, trials=(0, 1))
     for protocol, fs in again.per_trial.items():
         for t, m in fs["pixels"].items():

@@ -1,7 +1,8 @@
 """End-to-end tests of the records, training and evaluation pipelines.
 
-A tiny synthetic SYSU-MM01 (32x16 images) is generated and built with the
-TFDS builder once per module. References: the split read through TFDS's own
+The tiny synthetic SYSU-MM01 of conftest.py (32x16 images, "original"
+config: the images kept at their size) is generated and built once per
+session. References: the split read through TFDS's own
 feature decoding (labels, cameras), the JPEG bytes decoded with
 `tf.io.decode_jpeg` (PIL's decoder differs from libjpeg's by up to 5 grey
 levels, which would hide small errors), and plain numpy augmentation.
@@ -18,10 +19,8 @@ from data_pipeline import (
     eval_pipeline,
     image_ops,
     records,
-    synthetic,
     train_pipeline,
 )
-from data_pipeline.sysu_mm01 import sysu_mm01
 from mclnet_jax.configs import settings
 
 H, W = 32, 16
@@ -31,15 +30,11 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def builder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sysu")
-    raw = str(root / "raw")
-    synthetic.generate_sysu(raw, seed=0, **synthetic.SYSU_PRESETS["tiny"])
-    # "original": images kept at their 32x16 (the default config stores
-    # 288x144).
-    return sysu_mm01.prepare(
-        manual_dir=raw, data_dir=str(root / "tfds"), config="original"
-    )
+def builder(sysu_raw, sysu_builder):
+    # The references below crop and pad the records themselves: the
+    # pipeline's image size must be the stored one.
+    assert (sysu_raw.params["height"], sysu_raw.params["width"]) == (H, W)
+    return sysu_builder("original")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +104,7 @@ def test_stream_contract(stream, metadata):
     spe = train_pipeline.train_steps_per_epoch(
         metadata, num_identities=P, num_instances=K
     )
-    # 48 visible / 24 infrared training images, P * K = 4.
+    # One epoch covers the larger modality once, P * K images a step.
     assert (
         spe
         == max(metadata.visible_indices.size, metadata.infrared_indices.size)
@@ -147,10 +142,16 @@ def test_stream_contract(stream, metadata):
         assert set(batch["infrared_cameras"]) <= {3, 6}
 
 
-@pytest.mark.parametrize("step", [0, 14])
+@pytest.mark.parametrize("epoch", [0, 1])
 def test_stream_images_are_the_augmented_planned_records(
-    stream, metadata, reference, step
+    stream, metadata, reference, epoch
 ):
+    # Step 0, and the second step of the second epoch.
+    spe = train_pipeline.train_steps_per_epoch(
+        metadata, num_identities=P, num_instances=K
+    )
+    step = epoch * (spe + 1)
+    assert step < len(stream)
     batch = stream[step]
     visible, infrared = train_pipeline.step_indices(
         metadata, seed=SEED, step=step, num_identities=P, num_instances=K
@@ -288,7 +289,7 @@ def test_eval_covers_every_image_once(builder, hosts):
     source = records.open_source(builder, "test")
     reference = _reference(builder, "test")
     n = len(source)
-    batch_size = 16
+    batch_size = 12  # Even (two hosts); the test split has 16 per identity.
     assert n % batch_size  # The last batch is padded.
     parts = [
         list(

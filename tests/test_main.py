@@ -7,7 +7,8 @@
   restarted again, ends with exactly the results and final training metrics
   of an uninterrupted run.
 
-Runs share a persistent XLA compilation cache so only the first compiles.
+Runs share the session's XLA compilation cache (tests/conftest.py), so
+only the first compiles.
 """
 
 import json
@@ -16,8 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-
-import pytest
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TINY = "configs/synthetic.py:tiny=1"
@@ -29,14 +28,11 @@ _OVERRIDES = (
 )
 
 
-def _env(cache_dir, *, fast_compile=False):
-    """The environment of a CLI subprocess: a shared compilation cache; with
-    `fast_compile` XLA optimisations off (for runs whose numbers are not
-    checked)."""
+def _env(*, fast_compile=False):
+    """The environment of a CLI subprocess (it inherits the session's
+    compilation cache); with `fast_compile` XLA optimisations off (for runs
+    whose numbers are not checked)."""
     env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     if fast_compile:
         env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -89,12 +85,7 @@ def _final(workdir):
     return results["step"], results["summary"], results["train_metrics"]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("xla_cache")
-
-
-def test_resnet50_without_weights_stops_before_the_data(tmp_path, cache_dir):
+def test_resnet50_without_weights_stops_before_the_data(tmp_path):
     missing = tmp_path / "no_such_SYSU-MM01"
     proc = subprocess.run(
         _command(
@@ -105,7 +96,7 @@ def test_resnet50_without_weights_stops_before_the_data(tmp_path, cache_dir):
                 f"--config.data.data_dir={tmp_path / 'tfds'}",
             ),
         ),
-        env=_env(cache_dir),
+        env=_env(),
         cwd=_REPO,
         capture_output=True,
         text=True,
@@ -122,7 +113,7 @@ def test_resnet50_without_weights_stops_before_the_data(tmp_path, cache_dir):
     assert not (tmp_path / "tfds").exists()
 
 
-def test_missing_dataset_gives_path_and_instructions(tmp_path, cache_dir):
+def test_missing_dataset_gives_path_and_instructions(tmp_path):
     # An explicit random initialisation passes the weights check (the run
     # starts) and then stops at the missing dataset.
     missing = tmp_path / "no_such_SYSU-MM01"
@@ -136,7 +127,7 @@ def test_missing_dataset_gives_path_and_instructions(tmp_path, cache_dir):
                 "--config.model.pretrained=random",
             ),
         ),
-        env=_env(cache_dir),
+        env=_env(),
         cwd=_REPO,
         capture_output=True,
         text=True,
@@ -148,10 +139,8 @@ def test_missing_dataset_gives_path_and_instructions(tmp_path, cache_dir):
     assert "Traceback" not in proc.stderr
 
 
-def test_sigkill_then_sigterm_then_resume_equals_uninterrupted(
-    tmp_path, cache_dir
-):
-    env = _env(cache_dir)
+def test_sigkill_then_sigterm_then_resume_equals_uninterrupted(tmp_path):
+    env = _env()
     reference = str(tmp_path / "uninterrupted")
     proc = subprocess.run(
         _command(reference),
@@ -221,13 +210,11 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted(
     assert metrics == want_metrics
 
 
-def test_non_finite_loss_stops_with_message_and_no_checkpoint(
-    tmp_path, cache_dir
-):
+def test_non_finite_loss_stops_with_message_and_no_checkpoint(tmp_path):
     workdir = tmp_path / "diverged"
     proc = subprocess.run(
         _command(workdir, extra=("--config.optimizer.lr=1e12",)),
-        env=_env(cache_dir),
+        env=_env(),
         cwd=_REPO,
         capture_output=True,
         text=True,

@@ -2,7 +2,10 @@
 
 Numerics are checked against plain numpy written here; parameter counts
 against torchvision's published totals; full-size models only via
-`jax.eval_shape` (no real initialisation).
+`jax.eval_shape` (no real initialisation). XLA's optimisations are off for
+this module (its programs compile several times faster); the optimised path
+is checked against PyTorch in tests/test_pretrained.py and
+tests/test_release*.py.
 """
 
 import math
@@ -18,6 +21,14 @@ from mclnet_jax.models import layers, mclnet, non_local, resnet
 NUM_CLASSES = 7
 WIDTH = 1 / 16  # ResNet-50 with 4..128 channels per stage
 IMAGE = (32, 16)  # H, W
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def _count(tree) -> int:

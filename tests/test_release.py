@@ -59,9 +59,9 @@ def _torch():
 
 def _torch_release():
     _torch()
-    import torch_release
+    from benchmarks.torch_release import network
 
-    return torch_release
+    return network
 
 
 def _model(depth):

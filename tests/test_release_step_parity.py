@@ -59,8 +59,9 @@ torch = pytest.importorskip(
 
 # After the skip: these modules import torch.
 import test_train  # noqa: E402
-import torch_release  # noqa: E402
-import torch_release_step  # noqa: E402
+
+from benchmarks.torch_release import network as torch_release  # noqa: E402
+from benchmarks.torch_release import step as torch_release_step  # noqa: E402
 
 NUM_CLASSES = 6
 NUM_CAMERAS = 6

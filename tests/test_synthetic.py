@@ -1,4 +1,8 @@
-"""Tests of the synthetic SYSU-MM01 / RegDB generator."""
+"""Tests of the synthetic SYSU-MM01 / RegDB generator.
+
+The layout tests check conftest.py's session folders (`sysu_raw`,
+`regdb_raw`) against the arguments that made them.
+"""
 
 import filecmp
 import importlib
@@ -26,53 +30,36 @@ def _files(root):
     return sorted(out)
 
 
-@pytest.fixture(scope="module")
-def sysu_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("sysu") / "data")
-    summary = synthetic.generate_sysu(
-        root,
-        visible_images_per_camera=3,
-        infrared_images_per_camera=2,
-        seed=7,
-        **TINY,
-    )
-    return root, summary
-
-
-@pytest.fixture(scope="module")
-def regdb_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("regdb") / "data")
-    summary = synthetic.generate_regdb(
-        root, images_per_modality=3, seed=7, **TINY
-    )
-    return root, summary
-
-
-def test_sysu_layout_matches_arguments(sysu_root):
-    root, summary = sysu_root
+def test_sysu_layout_matches_arguments(sysu_raw):
+    root, summary, params = sysu_raw.root, sysu_raw.summary, sysu_raw.params
+    num_ids = params["num_identities"]
+    visible = params["visible_images_per_camera"]
+    infrared = params["infrared_images_per_camera"]
+    assert visible != infrared  # So that swapped counts would show.
     files = _files(root)
     images = [f for f in files if f.startswith("cam")]
     expected = []
     for cam in range(1, 7):
-        per_id = 2 if cam in (3, 6) else 3
-        for pid in range(1, 9):
+        per_id = infrared if cam in (3, 6) else visible
+        for pid in range(1, num_ids + 1):
             expected += [
                 f"cam{cam}/{pid:04d}/{k:04d}.jpg" for k in range(1, per_id + 1)
             ]
     assert images == sorted(expected)
-    assert summary.num_visible == 8 * 4 * 3
-    assert summary.num_infrared == 8 * 2 * 2
+    assert summary.num_visible == num_ids * 4 * visible
+    assert summary.num_infrared == num_ids * 2 * infrared
     assert sorted(f for f in files if not f.startswith("cam")) == [
         "exp/test_id.txt",
         "exp/train_id.txt",
         "exp/val_id.txt",
     ]
     with Image.open(os.path.join(root, images[0])) as img:
-        assert img.size == (16, 32) and img.mode == "RGB"
+        size = (params["width"], params["height"])
+        assert img.size == size and img.mode == "RGB"
 
 
-def test_sysu_split_files_partition_the_ids(sysu_root):
-    root, summary = sysu_root
+def test_sysu_split_files_partition_the_ids(sysu_raw):
+    root, summary = sysu_raw.root, sysu_raw.summary
     lists = {}
     for name in ("train", "val", "test"):
         with open(os.path.join(root, "exp", f"{name}_id.txt")) as f:
@@ -81,7 +68,8 @@ def test_sysu_split_files_partition_the_ids(sysu_root):
         lists[name] = [int(t) for t in text.strip().split(",")]
         assert lists[name] == list(summary.splits[name])
     all_ids = lists["train"] + lists["val"] + lists["test"]
-    assert sorted(all_ids) == list(range(1, 9))
+    num_ids = sysu_raw.params["num_identities"]
+    assert sorted(all_ids) == list(range(1, num_ids + 1))
     assert all(len(v) >= 1 for v in lists.values())
 
 
@@ -97,16 +85,10 @@ def test_sysu_split_proportions_at_full_size():
     assert [len(half[k]) for k in ("train", "val", "test")] == [148, 50, 48]
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(sysu_root, tmp_path):
-    root, _ = sysu_root
+def test_same_seed_same_bytes_other_seed_other_bytes(sysu_raw, tmp_path):
+    root, params = sysu_raw.root, dict(sysu_raw.params)
     again = str(tmp_path / "again")
-    synthetic.generate_sysu(
-        again,
-        visible_images_per_camera=3,
-        infrared_images_per_camera=2,
-        seed=7,
-        **TINY,
-    )
+    synthetic.generate_sysu(again, **params)
     files = _files(root)
     assert _files(again) == files
     match, mismatch, errors = filecmp.cmpfiles(
@@ -114,13 +96,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(sysu_root, tmp_path):
     )
     assert mismatch == [] and errors == [] and len(match) == len(files)
     other = str(tmp_path / "other")
-    synthetic.generate_sysu(
-        other,
-        visible_images_per_camera=3,
-        infrared_images_per_camera=2,
-        seed=8,
-        **TINY,
-    )
+    synthetic.generate_sysu(other, **{**params, "seed": params["seed"] + 1})
     images = [f for f in files if f.startswith("cam")]
     _, mismatch, _ = filecmp.cmpfiles(root, other, images, shallow=False)
     assert len(mismatch) == len(images)
@@ -238,15 +214,17 @@ def test_raw_pixel_modality_gap():
     assert same > 0.2
 
 
-def test_regdb_layout_and_index_files(regdb_root):
-    root, summary = regdb_root
+def test_regdb_layout_and_index_files(regdb_raw):
+    root, summary = regdb_raw.root, regdb_raw.summary
+    num_ids = regdb_raw.params["num_identities"]
+    per_id = regdb_raw.params["images_per_modality"]
     files = _files(root)
     for folder, prefix in (("Visible", "visible"), ("Thermal", "thermal")):
         got = [f for f in files if f.startswith(folder + "/")]
         assert got == sorted(
             f"{folder}/{pid}/{prefix}_{pid:04d}_{k:02d}.bmp"
-            for pid in range(1, 9)
-            for k in range(1, 4)
+            for pid in range(1, num_ids + 1)
+            for k in range(1, per_id + 1)
         )
     splits = {}
     for t in range(1, 11):
@@ -263,7 +241,7 @@ def test_regdb_layout_and_index_files(regdb_root):
                 assert all(
                     p.startswith(modality.capitalize() + "/") for p in paths
                 )
-                assert len(lines) == 3 * len(set(pids))
+                assert len(lines) == per_id * len(set(pids))
                 # One label per person, equal labels for equal persons.
                 assert len(set(zip(pids, labels, strict=True))) == len(
                     set(pids)
@@ -273,13 +251,14 @@ def test_regdb_layout_and_index_files(regdb_root):
                     train_ids = set(pids)
                 else:
                     assert not set(pids) & train_ids
-                    assert set(pids) | train_ids == set(range(1, 9))
+                    assert set(pids) | train_ids == set(range(1, num_ids + 1))
                     assert min(labels) == len(train_ids)
                 splits[(t, split, modality)] = sorted(set(pids))
         assert (
             splits[(t, "train", "visible")] == splits[(t, "train", "thermal")]
         )
-        assert len(splits[(t, "train", "visible")]) == 4
+        # Train gets the smaller half when odd.
+        assert len(splits[(t, "train", "visible")]) == num_ids // 2
     assert tuple(splits[(1, "train", "visible")]) == summary.splits["train_1"]
     trains = {tuple(splits[(t, "train", "visible")]) for t in range(1, 11)}
     assert len(trains) > 1  # trials are different random splits

@@ -12,7 +12,11 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from data_pipeline import constants, layouts
+from data_pipeline import (
+    constants,
+    layouts,
+    tf_setup,  # noqa: F401 (hides accelerators from TF)
+)
 from data_pipeline.sysu_mm01 import sysu_mm01
 
 DEFAULT_FILE_FORMAT = sysu_mm01.DEFAULT_FILE_FORMAT

@@ -18,7 +18,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_pipeline import layouts
+from data_pipeline import (
+    layouts,
+    tf_setup,  # noqa: F401 (hides accelerators from TF)
+)
 
 DEFAULT_FILE_FORMAT = "array_record"
 

@@ -105,7 +105,7 @@ class EvaluationResults:
         """Writes `to_dict()` to `path` (local, or a tf.io.gfile URL)."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if "://" in path:  # e.g. gs://: TensorFlow only where needed
-            import tensorflow as tf
+            from data_pipeline.tf_setup import tf
 
             with tf.io.gfile.GFile(path, "w") as f:
                 f.write(text)

@@ -2,14 +2,18 @@
 
 Written from the paper and from what the release is documented to do, not
 from our JAX code, so that `tests/test_release_step_parity.py` can compare
-`mclnet_jax.train_step.make_train_step` with it. One step (`train_step`):
+`mclnet_jax.train_step.make_train_step` with it, and the benchmarks can time
+the release's step (`benchmarks.torch_release.make_step`). One step
+(`train_step`):
 
 1. the embedding network's forward pass once, in train mode, on
    concat([visible, infrared]) -> pool (pre-BNNeck), bn, logits;
 2. one SGD step of the modality classifier (MCM) on L_m, softmax
    cross-entropy against the true modality (0 visible, 1 infrared), with the
-   features detached (the release back-propagated L_m into the backbone and
-   threw those gradients away: the MCM's gradients are the same);
+   features detached; or, with `mcm_through_backbone=True`, as the release
+   runs it: L_m back-propagated through the whole backbone, whose gradients
+   are then thrown away (two backward passes per step; the MCM's gradients
+   are the same either way);
 3. the extractor's loss ID + WRT + L_e + lambda (ICA + CCA), with L_e (soft
    cross-entropy against [0.5, 0.5]) through the freshly UPDATED MCM, which
    stays fixed (paper Eq. 3); its BatchNorm normalises with the batch's
@@ -30,11 +34,12 @@ both mean the same, and the expansion's rounding (which lifts the clamped
 diagonal of the distance matrix above the 1e-12 clamp in float32) is float
 noise rather than a property of the release worth reproducing.
 
-Test helper only; needs torch.
+Needs torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -206,7 +211,7 @@ def center_aggregation_release(
     """
     n = features.shape[0]
     d = _squared_to_centers(features, centers)  # [N, K]
-    own = d[torch.arange(n), labels]
+    own = d[torch.arange(n, device=d.device), labels]
     center_term = own.mean()
     nearest_sum = features.new_zeros(())
     for k in torch.unique(labels).tolist():
@@ -223,7 +228,9 @@ def center_aggregation_release(
     between = _squared_to_centers(centers, centers)  # [K, K]
     k = centers.shape[0]
     between = between + torch.diag(
-        torch.full((k,), float("inf"), dtype=between.dtype)
+        torch.full(
+            (k,), float("inf"), dtype=between.dtype, device=between.device
+        )
     )
     separation = between.min(dim=1)[0][labels]
     push = torch.clamp(rho - separation.mean(), min=0.0)
@@ -282,6 +289,9 @@ def train_step(
     center_weight: float,
     wrt_variant: str,
     lr: float,
+    mcm_through_backbone: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    diagnostics: bool = True,
 ) -> dict[str, float]:
     """One training step of the release (see the module docstring).
 
@@ -298,34 +308,100 @@ def train_step(
       center_weight: lambda of Eq. 8.
       wrt_variant: "release" or "stable".
       lr: this step's base (heads) learning rate.
+      mcm_through_backbone: back-propagate L_m through the backbone too, and
+        discard those gradients, as the release does (same result, one more
+        backward pass).
+      autocast_dtype: run the forward passes and losses under
+        `torch.autocast` with this dtype (e.g. torch.bfloat16); None: off.
+      diagnostics: also compute the diagnostics below (cheap; off for
+        timing).
 
     Returns:
       The loss terms as Python floats, plus diagnostics: "ica_pull_argument"
       and "cca_pull_argument" (the pull hinges' arguments),
       "loss_triplet_release" / "loss_triplet_stable" (both WRT variants on
-      this step's features) and "wrt_negative_weight_sum_min".
+      this step's features) and "wrt_negative_weight_sum_min" (only with
+      `diagnostics`).
     """
+    if autocast_dtype is None:
+        autocast = contextlib.nullcontext()
+    else:
+        autocast = torch.autocast(visible.device.type, dtype=autocast_dtype)
     net.train()
     mcm.train()
     set_lr(net_opt, lr)
     b_vis, b_ir = visible.shape[0], infrared.shape[0]
     modality = torch.cat(
         [
-            torch.zeros(b_vis, dtype=torch.long),
-            torch.ones(b_ir, dtype=torch.long),
+            torch.zeros(b_vis, dtype=torch.long, device=visible.device),
+            torch.ones(b_ir, dtype=torch.long, device=visible.device),
         ]
     )
 
-    out = net(visible, infrared)
-    pool, bn, logits = out["pool"], out["bn"], out["logits"]
-
-    # The MCM's step on L_m (its running statistics move here, once).
+    with autocast:
+        out = net(visible, infrared)
+        pool, bn, logits = out["pool"], out["bn"], out["logits"]
+        # The MCM's step on L_m (its running statistics move here, once).
+        m_input = pool if mcm_through_backbone else pool.detach()
+        l_m = F.cross_entropy(mcm(m_input), modality)
     mcm_opt.zero_grad(set_to_none=True)
-    l_m = F.cross_entropy(mcm(pool.detach()), modality)
-    l_m.backward()
+    l_m.backward(retain_graph=mcm_through_backbone)
     mcm_opt.step()
+    # The release's backbone gradients of L_m are discarded here.
+    net_opt.zero_grad(set_to_none=True)
 
-    # The extractor's loss.
+    with autocast:
+        total, l_id, l_wrt, wrt_acc, l_e, ica, cca = _extractor_loss(
+            mcm,
+            pool,
+            bn,
+            logits,
+            labels=labels,
+            cameras=cameras,
+            centers=centers,
+            sigma=sigma,
+            rho=rho,
+            center_weight=center_weight,
+            wrt_variant=wrt_variant,
+        )
+    total.backward()
+    net_opt.step()
+
+    def value(t):
+        return float(t.detach())
+
+    terms = {
+        "loss": value(total),
+        "loss_id": value(l_id),
+        "loss_triplet": value(l_wrt),
+        "triplet_accuracy": value(wrt_acc),
+        "loss_confusion": value(l_e),
+        "loss_mcm": value(l_m),
+        "loss_ica": value(ica["loss"]),
+        "loss_cca": value(cca["loss"]),
+        "ica_pull_argument": float(ica["pull_argument"]),
+        "cca_pull_argument": float(cca["pull_argument"]),
+    }
+    if diagnostics:
+        terms.update(_diagnostics(pool.detach().float(), labels))
+    return terms
+
+
+def _extractor_loss(
+    mcm,
+    pool,
+    bn,
+    logits,
+    *,
+    labels,
+    cameras,
+    centers,
+    sigma,
+    rho,
+    center_weight,
+    wrt_variant,
+):
+    """ID + WRT + L_e + lambda (ICA + CCA), and its terms."""
     l_id = F.cross_entropy(logits, labels)
     l_wrt, wrt_acc = wrt_loss(pool, labels, variant=wrt_variant)
     m_logits = _modality_forward_fixed(mcm, pool)
@@ -347,38 +423,21 @@ def train_step(
         samples_per_class=None,
     )
     total = l_id + l_wrt + l_e + center_weight * (ica["loss"] + cca["loss"])
+    return total, l_id, l_wrt, wrt_acc, l_e, ica, cca
 
-    net_opt.zero_grad(set_to_none=True)
-    total.backward()
-    net_opt.step()
 
-    with torch.no_grad():
-        # Diagnostics on this step's features: both WRT variants, and the
-        # smallest sum of the release's negative weights (1 where the
-        # variants agree).
-        wrt_both = {
-            v: float(wrt_loss(pool, labels, variant=v)[0]) for v in WRT_VARIANTS
-        }
-        dist = euclidean_distances(pool)
-        neg = (labels[:, None] != labels[None, :]).to(dist.dtype)
-        neg_weights = _softmax_weights_release(-dist * neg, neg)
-        neg_sum_min = neg_weights.sum(dim=1).min()
-
-    def value(t):
-        return float(t.detach())
-
+@torch.no_grad()
+def _diagnostics(pool, labels):
+    """Both WRT variants on `pool`, and the smallest sum of the release's
+    negative weights (1 where the variants agree)."""
+    wrt_both = {
+        v: float(wrt_loss(pool, labels, variant=v)[0]) for v in WRT_VARIANTS
+    }
+    dist = euclidean_distances(pool)
+    neg = (labels[:, None] != labels[None, :]).to(dist.dtype)
+    neg_weights = _softmax_weights_release(-dist * neg, neg)
     return {
-        "loss": value(total),
-        "loss_id": value(l_id),
-        "loss_triplet": value(l_wrt),
-        "triplet_accuracy": value(wrt_acc),
-        "loss_confusion": value(l_e),
-        "loss_mcm": value(l_m),
-        "loss_ica": value(ica["loss"]),
-        "loss_cca": value(cca["loss"]),
-        "ica_pull_argument": float(ica["pull_argument"]),
-        "cca_pull_argument": float(cca["pull_argument"]),
-        "wrt_negative_weight_sum_min": float(neg_sum_min),
+        "wrt_negative_weight_sum_min": float(neg_weights.sum(dim=1).min()),
         "loss_triplet_release": wrt_both["release"],
         "loss_triplet_stable": wrt_both["stable"],
     }

@@ -1,10 +1,10 @@
 """PyTorch modules with the structure and state-dict names of the release.
 
-A test helper (needs torch): an independent PyTorch rendering of the
-authors' `embed_net` (two-stream AGW ResNet) and of their
-`Discriminator_ModalityClassifier`, written from the published architecture
-rather than from our Flax code, so that the tests can check the
-release-format mapping and (elsewhere) whole training steps against it.
+An independent PyTorch rendering of the authors' `embed_net` (two-stream
+AGW ResNet) and of their `Discriminator_ModalityClassifier`, written from
+the published architecture rather than from our Flax code. The tests check
+the release-format mapping and whole training steps against it; the
+benchmarks time it (`benchmarks.torch_release`).
 
 Names are the release's: `visible_module.visible.*` and
 `thermal_module.thermal.*` are full torchvision-layout ResNets of which only
@@ -14,9 +14,8 @@ layer1..layer4 run; `NL_1..NL_4` hold the non-local blocks; `bottleneck`
 bias) are the heads. Tiny networks: `width_multiplier` scales every channel
 count like `mclnet_jax.models.resnet.scaled_width`.
 
-Import from tests as `import torch_release` (pytest puts tests/ on the path);
-importing it raises ImportError when torch is missing, so tests guard it with
-`pytest.importorskip("torch")` first.
+Needs torch: importing it raises ImportError when torch is missing (tests
+call `pytest.importorskip("torch")` first).
 """
 
 import math

@@ -1,0 +1,173 @@
+"""Two processes of the CLI, one of them preempted (README "Scaling out").
+
+Two local processes (one CPU device each, gloo collectives) train the tiny
+synthetic config in one shared workdir, as the hosts of a slice would.
+SIGTERM reaches only one of them mid-run: both must save the same step and
+exit 0, and rerunning both must end with exactly the results and final
+training metrics of an uninterrupted two-process run.
+
+The runs share the session's XLA compilation cache (tests/conftest.py): the
+uninterrupted run starts once the interrupted one has compiled the step.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = "configs/synthetic.py:tiny=1"
+# 1 epoch x 13 steps: a SIGTERM after the first checkpoint lands mid-run.
+# A small lr keeps the eval-mode features of so short a run finite.
+_OVERRIDES = (
+    "--config.num_epochs=1",
+    "--config.checkpoint.every_steps=4",
+    "--config.optimizer.lr=0.01",
+    "--config.mcm_optimizer.lr=0.01",
+    "--config.eval.figures=False",
+)
+_TOTAL_STEPS = 13
+_TIMEOUT_S = 500
+
+
+def _env():
+    """A CLI subprocess's environment: the session's compilation cache, one
+    CPU device per process, XLA optimisations off (every run compared here
+    compiles the same programs)."""
+    env = dict(os.environ)
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _command(workdir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "mclnet_jax.main",
+        f"--config={_CONFIG}",
+        f"--workdir={workdir}",
+        *_OVERRIDES,
+        *extra,
+    ]
+
+
+@pytest.fixture
+def start_pair():
+    """`start_pair(workdir)` starts processes 0 and 1 of a run on `workdir`
+    (process 0 prepares the data, the other waits for it); any still running
+    at the end of the test are killed."""
+    started = []
+
+    def start(workdir):
+        port = _free_port()
+        procs = []
+        for index in range(2):
+            with open(f"{workdir}_process{index}.txt", "ab") as log:
+                procs.append(
+                    subprocess.Popen(
+                        _command(
+                            workdir,
+                            f"--log_dir={workdir}_logs{index}",
+                            "--config.distributed.enabled=True",
+                            "--config.distributed.coordinator_address="
+                            f"127.0.0.1:{port}",
+                            "--config.distributed.num_processes=2",
+                            f"--config.distributed.process_id={index}",
+                            "--config.distributed.cpu_collectives=gloo",
+                        ),
+                        env=_env(),
+                        cwd=_REPO,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        started.extend(procs)
+        return procs
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _wait(procs):
+    return [proc.wait(timeout=_TIMEOUT_S) for proc in procs]
+
+
+def _output(workdir, index):
+    with open(f"{workdir}_process{index}.txt", errors="replace") as f:
+        return f.read()
+
+
+def _tail(workdir):
+    """The end of process 0's output and of process 1's (failure messages)."""
+    return "\n".join(_output(workdir, i)[-3000:] for i in range(2))
+
+
+def _steps(workdir):
+    folder = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+
+
+def _final(workdir):
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    return results["step"], results["summary"], results["train_metrics"]
+
+
+def test_sigterm_to_one_process_stops_both_and_resume_is_exact(
+    tmp_path, start_pair
+):
+    workdir = str(tmp_path / "interrupted")
+    procs = start_pair(workdir)
+    deadline = time.monotonic() + _TIMEOUT_S
+    while not _steps(workdir) and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), _tail(workdir)
+        time.sleep(0.05)
+    # The preemption notice reaches process 1 only.
+    procs[1].send_signal(signal.SIGTERM)
+    # Meanwhile, the uninterrupted run (its programs are compiled by now).
+    reference = str(tmp_path / "uninterrupted")
+    reference_procs = start_pair(reference)
+
+    assert _wait(procs) == [0, 0], _tail(workdir)
+    logs = [_output(workdir, i) for i in range(2)]
+    assert "Signal 15: saving a checkpoint" in logs[1]
+    assert "Signal 15" not in logs[0]
+    stopped = [
+        [int(s) for s in re.findall(r"Stopped at step (\d+) on SIGTERM", log)]
+        for log in logs
+    ]
+    assert stopped[0] == stopped[1] and len(stopped[0]) == 1, stopped
+    stopped_at = stopped[0][0]
+    assert 0 < stopped_at < _TOTAL_STEPS
+    assert max(_steps(workdir)) == stopped_at
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+    # The same two commands again: both resume at the saved step.
+    assert _wait(start_pair(workdir)) == [0, 0], _tail(workdir)
+    assert f"Resuming at step {stopped_at} " in _output(workdir, 1)
+    assert _wait(reference_procs) == [0, 0], _tail(reference)
+    total, want_summary, want_metrics = _final(reference)
+    assert total == _TOTAL_STEPS and want_metrics["step"] == _TOTAL_STEPS
+    step, summary, metrics = _final(workdir)
+    assert step == total
+    assert summary == want_summary
+    assert metrics == want_metrics
