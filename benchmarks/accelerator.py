@@ -145,10 +145,11 @@ def print_table(report) -> None:
     if report["torch"]:
         t = report["torch"]
         _table(
-            f"PyTorch release step on {t['device']} (ours / torch):",
+            f"PyTorch release step on {t['device']}, bfloat16 as autocast "
+            "(ours / torch):",
             ("batch", "dtype", "torch ms", "ours ms", "speed-up"),
             [
-                (batch(*t["batch"]), r["torch_dtype"], f"{r['median_ms']:.1f}")
+                (batch(*t["batch"]), r["dtype"], f"{r['median_ms']:.1f}")
                 + (_fmt(r["ours_median_ms"], ".1f"), _fmt(r["speedup"], ".2f"))
                 for r in t["rows"]
             ],

@@ -1,23 +1,39 @@
-r"""Eval-mode forward throughput of the ResNet-50 MCLNet.
+r"""Eval-mode forward throughput of the ResNet-50 MCLNet, ours and torch.
 
 Prints images/s (median over repeats) and the achieved GFLOP/s, with the
 FLOP count of the compiled forward from XLA's cost analysis, on the current
-JAX backend. Importing `mclnet_jax` applies the package's XLA:CPU defaults
-(see `mclnet_jax/platform.py`); set XLA_FLAGS yourself to compare others.
+JAX backend. With `--torch` it also times the authors' release's forward in
+PyTorch (`benchmarks.torch_release`) at the same size in the same run, and
+prints the ratio of images/s. Each side runs in a fresh subprocess (its
+peak RSS is its own), with every core this process may use (XLA:CPU's
+default thread pool; torch.set_num_threads). Importing `mclnet_jax` applies
+the package's XLA:CPU defaults (see `mclnet_jax/platform.py`); set
+XLA_FLAGS yourself to compare others. The torch side runs with glibc's
+malloc tuned for it (`--torch_malloc`, `torch_release.TORCH_GLIBC_TUNABLES`).
 
-  python benchmarks/model_forward.py                       # 288x144, batch 64
+  python benchmarks/model_forward.py --torch            # 288x144, batch 64
   python benchmarks/model_forward.py --dtype=bfloat16 --batch=32
-  XLA_FLAGS=--xla_cpu_use_xnnpack=false python benchmarks/model_forward.py
+  python benchmarks/model_forward.py --kernels=xla
 """
 
+import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+if not __package__:  # Run as `python benchmarks/<this file>.py`.
+    sys.path.insert(
+        0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
+# The imports below need the repository on the path (hence E402).
+from benchmarks import torch_release  # noqa: E402
 from mclnet_jax import platform
 from mclnet_jax.models import mclnet
 
@@ -27,10 +43,36 @@ _WIDTH = flags.DEFINE_integer("width", 144, "Image width.")
 _DEPTH = flags.DEFINE_integer("depth", 50, "ResNet depth.")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 395, "Identities.")
 _DTYPE = flags.DEFINE_enum(
-    "dtype", "float32", ["float32", "bfloat16"], "Compute dtype."
+    "dtype",
+    "float32",
+    ["float32", "bfloat16"],
+    "Ours: the compute dtype. torch: float32, or autocast to bfloat16.",
+)
+_KERNELS = flags.DEFINE_enum(
+    "kernels", "auto", list(mclnet.KERNELS), "MCLNet.kernels."
 )
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls (median taken).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed calls after compiling.")
+_TORCH = flags.DEFINE_bool(
+    "torch", False, "Also time the release's forward in PyTorch."
+)
+_TORCH_MALLOC = flags.DEFINE_enum(
+    "torch_malloc",
+    "tuned",
+    ["tuned", "default"],
+    "glibc malloc of the torch side: 'tuned' sets GLIBC_TUNABLES to "
+    "torch_release.TORCH_GLIBC_TUNABLES (unless already set), 'default' "
+    "leaves glibc's defaults.",
+)
+_SIDE = flags.DEFINE_enum(
+    "side",
+    None,
+    ["jax", "torch"],
+    "Internal: time one side in this process and print its result.",
+)
+
+RESULT_PREFIX = "RESULT_JSON "
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _flops(compiled) -> float:
@@ -41,15 +83,31 @@ def _flops(compiled) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def main(argv):
-    del argv
+def _time(fn):
+    """Wall and process-CPU seconds of the warm-up, then timed, calls."""
+    for _ in range(_WARMUP.value):
+        fn()
+    walls, cpus = [], []
+    for _ in range(_REPEATS.value):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return dict(walls=walls, cpus=cpus)
+
+
+def _shape():
+    return (_BATCH.value, _HEIGHT.value, _WIDTH.value, 3)
+
+
+def _jax_side():
     model = mclnet.MCLNet(
         num_classes=_NUM_CLASSES.value,
         depth=_DEPTH.value,
         dtype=jnp.dtype(_DTYPE.value),
+        kernels=_KERNELS.value,
     )
-    shape = (_BATCH.value, _HEIGHT.value, _WIDTH.value, 3)
-    images = jax.random.normal(jax.random.key(1), shape, jnp.float32)
+    images = jax.random.normal(jax.random.key(1), _shape(), jnp.float32)
     variables = jax.jit(lambda k: model.init(k, images[:1], train=False))(
         jax.random.key(0)
     )
@@ -60,52 +118,124 @@ def main(argv):
     t0 = time.perf_counter()
     compiled = jax.jit(forward).lower(variables, images).compile()
     compile_s = time.perf_counter() - t0
-    flops = _flops(compiled)
+    result = _time(lambda: jax.block_until_ready(compiled(variables, images)))
+    cores = len(os.sched_getaffinity(0))
+    return dict(
+        result,
+        compile_s=compile_s,
+        gflop=_flops(compiled) / 1e9,
+        threads=f"XLA:CPU default pool ({cores} cores)",
+    )
 
-    for _ in range(_WARMUP.value):
-        jax.block_until_ready(compiled(variables, images))
-    times, cpu_times = [], []
-    for _ in range(_REPEATS.value):
-        t0, c0 = time.perf_counter(), time.process_time()
-        jax.block_until_ready(compiled(variables, images))
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-    median = statistics.median(times)
-    # On a shared machine wall time includes waiting for other processes;
-    # process CPU time spread over the cores estimates the unshared speed.
-    cores = os.cpu_count() or 1
-    cpu_bound = statistics.median(cpu_times) / cores
 
+def _torch_side():
+    import torch
+
+    threads = torch_release.set_threads()
+    forward = torch_release.make_forward(
+        depth=_DEPTH.value,
+        num_classes=_NUM_CLASSES.value,
+        image_size=(_HEIGHT.value, _WIDTH.value),
+        batch=_BATCH.value,
+        dtype="float32" if _DTYPE.value == "float32" else "autocast_bf16",
+    )
+    return dict(
+        _time(forward),
+        threads=f"torch {torch.__version__}, {threads} intra-op threads",
+    )
+
+
+def _run_child(side):
+    """Runs one side in a fresh process; returns its result."""
+    args = [sys.executable, os.path.abspath(__file__), f"--side={side}"]
+    for flag in (
+        _BATCH,
+        _HEIGHT,
+        _WIDTH,
+        _DEPTH,
+        _NUM_CLASSES,
+        _DTYPE,
+        _KERNELS,
+        _REPEATS,
+        _WARMUP,
+    ):
+        args.append(f"--{flag.name}={flag.value}")
+    env = torch_release.child_env(
+        side, _REPO, tuned_malloc=_TORCH_MALLOC.value == "tuned"
+    )
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    raise RuntimeError(
+        f"The {side} side failed (exit {proc.returncode}):\n"
+        f"{(proc.stdout + proc.stderr)[-4000:]}"
+    )
+
+
+def _describe(name, r):
+    batch = _BATCH.value
+    med = statistics.median(r["walls"])
+    cpu = statistics.median(r["cpus"])
+    cores = len(os.sched_getaffinity(0))
+    line = (
+        f"{name}: {batch / med:.1f} images/s (median of {len(r['walls'])} "
+        f"batches: {med * 1e3:.0f} ms; min {min(r['walls']) * 1e3:.0f}, max "
+        f"{max(r['walls']) * 1e3:.0f}); CPU {cpu:.1f} s per batch "
+        f"({batch * cores / cpu:.1f} images/s if all {cores} cores were its "
+        f"own); peak RSS {r['peak_rss_gib']:.2f} GiB"
+    )
+    if "compile_s" in r:
+        line += f"; compile {r['compile_s']:.1f} s"
+        if r["gflop"]:
+            line += (
+                f"; XLA cost analysis {r['gflop'] / batch:.2f} GFLOP per "
+                f"image, {r['gflop'] / med:.0f} GFLOP/s"
+            )
+    glibc = r["glibc_tunables"] or "unset"
+    return line + f"; {r['threads']}; GLIBC_TUNABLES {glibc}"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _SIDE.value is not None:
+        result = _jax_side() if _SIDE.value == "jax" else _torch_side()
+        # ru_maxrss is in KiB on Linux.
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        glibc = os.environ.get("GLIBC_TUNABLES", "")
+        print(
+            RESULT_PREFIX
+            + json.dumps(dict(result, peak_rss_gib=rss, glibc_tunables=glibc))
+        )
+        return 0
     print(
         f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}),"
-        f" {os.cpu_count()} CPUs"
+        f" {len(os.sched_getaffinity(0))} cores"
     )
     print(
         f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r} "
-        f"(package defaults applied: {platform.applied_flags()})"
+        f"(package defaults applied: {platform.applied_flags()}); "
+        f"GLIBC_TUNABLES: {os.environ.get('GLIBC_TUNABLES', '')!r}"
     )
     print(
         f"model: ResNet-{_DEPTH.value} MCLNet, {_NUM_CLASSES.value} ids, "
-        f"{_DTYPE.value}, input {shape}"
+        f"{_DTYPE.value}, kernels {_KERNELS.value}, input {_shape()}; each "
+        "side in its own process, one after the other"
     )
-    print(f"compile: {compile_s:.1f} s")
-    print(
-        f"per batch: median {median * 1e3:.0f} ms over {len(times)} "
-        f"(min {min(times) * 1e3:.0f}, max {max(times) * 1e3:.0f})"
-    )
-    print(f"throughput: {_BATCH.value / median:.1f} images/s")
-    print(
-        f"CPU time per batch: median {statistics.median(cpu_times):.1f} s; "
-        f"if all {cores} cores were ours: "
-        f"{_BATCH.value / cpu_bound:.1f} images/s"
-    )
-    if flops:
-        print(
-            f"XLA cost analysis: {flops / 1e9 / _BATCH.value:.2f} GFLOP per "
-            f"image; achieved {flops / median / 1e9:.1f} GFLOP/s"
+    ours = _run_child("jax")
+    print(_describe("ours", ours), flush=True)
+    if _TORCH.value:
+        theirs = _run_child("torch")
+        print(_describe("torch release", theirs), flush=True)
+        wall = statistics.median(theirs["walls"]) / statistics.median(
+            ours["walls"]
         )
-    else:
-        print("XLA cost analysis: no FLOP count on this backend")
+        cpu = statistics.median(theirs["cpus"]) / statistics.median(
+            ours["cpus"]
+        )
+        print(f"ours / torch speed: {wall:.2f}x (wall), {cpu:.2f}x (CPU time)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,30 +1,45 @@
-r"""Seconds per training step and images/s of MCLNet (ResNet-50, 288x144).
+r"""Seconds per training step of MCLNet (ResNet-50, 288x144), ours and torch.
 
 Times the full jitted step of mclnet_jax.train_step (one backbone forward,
 the MCM update, one backbone backward, both optimiser updates) on the
 current JAX backend, for 32+32 and 8+8 images (P x K per modality: 8 x 4
 and 2 x 4), with the paper's model (non-local blocks, GeM, BNNeck, 395
-classes) and all losses on. Reports the median over repeats after one
-warm-up (compile) step, the compile time and the process's peak RSS.
+classes) and all losses on. With `--torch` it also times the authors'
+release's step in PyTorch (`benchmarks.torch_release`: two backward passes)
+at the same sizes in the same run, and prints the ratio of images/s.
 
-  python benchmarks/train_step.py                 # both batch sizes
-  python benchmarks/train_step.py --batches=32 --repeats=5 --dtype=bfloat16
+Each (side, batch) runs in a fresh subprocess, so that peak RSS is that
+side's alone; both use every core this process may use (XLA:CPU's default
+thread pool; torch.set_num_threads). Per side: one untimed step (JAX: after
+compiling), then the median of `--repeats` timed steps, and the process CPU
+time per step. Both children inherit this process's environment (XLA_FLAGS,
+GLIBC_TUNABLES, ...); unless GLIBC_TUNABLES is set, the torch side runs
+with glibc's malloc tuned for it (`--torch_malloc`).
 
-Reference (the authors' PyTorch release on this machine type: torch 2.13
-CPU, 2 threads, tuned allocator): 12.4 s per 32+32 step (5.1 images/s) and
-3.3 s per 8+8 step (4.9 images/s); it back-propagates twice per step.
+  python benchmarks/train_step.py --torch --batches=32
+  python benchmarks/train_step.py --batches=32,8 --repeats=5 --kernels=xla
+  python benchmarks/train_step.py --torch --dtype=bfloat16 --remat=blocks
 """
 
+import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from mclnet_jax import train_step
+if not __package__:  # Run as `python benchmarks/<this file>.py`.
+    sys.path.insert(
+        0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
+# The imports below need the repository on the path (hence E402).
+from benchmarks import torch_release  # noqa: E402
+from mclnet_jax import platform, train_step
 from mclnet_jax.configs import settings
 
 _BATCHES = flags.DEFINE_list(
@@ -36,8 +51,44 @@ _REPEATS = flags.DEFINE_integer(
     "repeats", 3, "Timed steps (median taken).", lower_bound=1
 )
 _DTYPE = flags.DEFINE_enum(
-    "dtype", "float32", ["float32", "bfloat16"], "The model's dtype."
+    "dtype",
+    "float32",
+    ["float32", "bfloat16"],
+    "Ours: config.model.dtype. torch: float32, or autocast to bfloat16.",
 )
+_KERNELS = flags.DEFINE_enum(
+    "kernels",
+    None,
+    ["auto", "xla", "cpu"],
+    "config.model.kernels (None: the config's default).",
+)
+_REMAT = flags.DEFINE_enum(
+    "remat",
+    None,
+    ["none", "blocks", "stages"],
+    "config.model.remat (None: the config's default).",
+)
+_TORCH = flags.DEFINE_bool(
+    "torch", False, "Also time the release's step in PyTorch."
+)
+_TORCH_MALLOC = flags.DEFINE_enum(
+    "torch_malloc",
+    "tuned",
+    ["tuned", "default"],
+    "glibc malloc of the torch side: 'tuned' sets GLIBC_TUNABLES to "
+    "torch_release.TORCH_GLIBC_TUNABLES (unless already set), 'default' "
+    "leaves glibc's defaults.",
+)
+_SIDE = flags.DEFINE_enum(
+    "side",
+    None,
+    ["jax", "torch"],
+    "Internal: time one side in this process and print its result.",
+)
+
+NUM_CLASSES = 395
+RESULT_PREFIX = "RESULT_JSON "
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _multiples_of_four(batches) -> bool:
@@ -50,14 +101,16 @@ flags.register_validator(
     message="--batches: positive multiples of 4 (P x K images, K = 4).",
 )
 
-RELEASE_SECONDS = {32: 12.4, 8: 3.3}
 
-
-def _config(per_modality, dtype):
+def _config(per_modality, dtype, kernels, remat):
     config = settings.sysu("mclnet")
     config.data.num_identities = per_modality // 4
     config.data.num_instances = 4
     config.model.dtype = dtype
+    if kernels is not None:
+        config.model.kernels = kernels
+    if remat is not None:
+        config.model.remat = remat
     return config
 
 
@@ -76,21 +129,39 @@ def _batch(config, num_classes, seed=0):
     }
 
 
-def peak_rss_gib():
+def _peak_rss_gib():
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def bench(per_modality, *, repeats, dtype, num_classes=395):
-    config = _config(per_modality, dtype)
-    model = train_step.make_model(config, num_classes=num_classes)
+def _time(fn, repeats):
+    """Wall and process-CPU seconds of `repeats` calls of `fn`."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return walls, cpus
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def _jax_side(n, *, repeats, dtype, kernels, remat):
+    config = _config(n, dtype, kernels, remat)
+    model = train_step.make_model(config, num_classes=NUM_CLASSES)
     tx, schedule, mcm_tx = train_step.make_optimizers(
         config, steps_per_epoch=696
     )
     state = train_step.init_state(
         config,
         model=model,
-        num_classes=num_classes,
+        num_classes=NUM_CLASSES,
         num_cameras=6,
         tx=tx,
         mcm_tx=mcm_tx,
@@ -101,49 +172,159 @@ def bench(per_modality, *, repeats, dtype, num_classes=395):
         ),
         donate_argnums=0,
     )
-    batch = jax.device_put(_batch(config, num_classes))
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state, metrics = step(state, batch)
+    batch = jax.device_put(_batch(config, NUM_CLASSES))
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    rss_compiled = _peak_rss_gib()
+    platform.release_host_memory()  # As the training loop does.
+    memory = compiled.memory_analysis()
+    temp_gib = getattr(memory, "temp_size_in_bytes", 0) / 2**30
+    holder = [state]
+
+    def run():
+        holder[0], metrics = compiled(holder[0], batch)
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    return compile_s, times
+        return metrics
+
+    first_s = _time(run, 1)[0][0]
+    walls, cpus = _time(run, repeats)
+    loss = float(run()["loss"])
+    return dict(
+        compile_s=compile_s,
+        first_s=first_s,
+        walls=walls,
+        cpus=cpus,
+        gflop=_flops(compiled) / 1e9,
+        rss_compiled_gib=rss_compiled,
+        temp_gib=temp_gib,
+        loss=loss,
+        kernels=config.model.kernels,
+        remat=config.model.remat,
+        threads=f"XLA:CPU default pool ({len(os.sched_getaffinity(0))} cores)",
+    )
+
+
+def _torch_side(n, *, repeats, dtype):
+
+    threads = torch_release.set_threads()
+    step = torch_release.make_step(
+        num_classes=NUM_CLASSES,
+        batch=(n, n),
+        dtype="float32" if dtype == "float32" else "autocast_bf16",
+    )
+    first_s = _time(step, 1)[0][0]
+    walls, cpus = _time(step, repeats)
+    import torch
+
+    return dict(
+        first_s=first_s,
+        walls=walls,
+        cpus=cpus,
+        loss=step()["loss"],
+        threads=f"torch {torch.__version__}, {threads} intra-op threads",
+    )
+
+
+def _run_child(side, n):
+    """Runs one (side, batch) in a fresh process; returns its result."""
+    args = [
+        sys.executable,
+        os.path.abspath(__file__),
+        f"--side={side}",
+        f"--batches={n}",
+        f"--repeats={_REPEATS.value}",
+        f"--dtype={_DTYPE.value}",
+    ]
+    for flag in (_KERNELS, _REMAT):
+        if flag.value is not None:
+            args.append(f"--{flag.name}={flag.value}")
+    env = torch_release.child_env(
+        side, _REPO, tuned_malloc=_TORCH_MALLOC.value == "tuned"
+    )
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    raise RuntimeError(
+        f"The {side} side at {n}+{n} failed (exit {proc.returncode}):\n"
+        f"{(proc.stdout + proc.stderr)[-4000:]}"
+    )
+
+
+def _describe(name, n, r):
+    med = statistics.median(r["walls"])
+    cores = len(os.sched_getaffinity(0))
+    cpu = statistics.median(r["cpus"])
+    line = (
+        f"  {name}: {med:.2f} s/step (median of {len(r['walls'])}; min "
+        f"{min(r['walls']):.2f}, max {max(r['walls']):.2f}), "
+        f"{2 * n / med:.2f} images/s; CPU {cpu:.1f} s/step "
+        f"({2 * n * cores / cpu:.2f} images/s if all {cores} cores were "
+        f"its own); peak RSS {r['peak_rss_gib']:.2f} GiB; "
+        f"first step {r['first_s']:.1f} s"
+    )
+    if "compile_s" in r:
+        line += (
+            f" after {r['compile_s']:.1f} s compiling; XLA cost analysis "
+            f"{r['gflop'] / (2 * n):.1f} GFLOP per image; XLA temp buffer "
+            f"{r['temp_gib']:.2f} GiB, peak RSS after compiling "
+            f"{r['rss_compiled_gib']:.2f} GiB; kernels "
+            f"{r['kernels']}, remat {r['remat']}"
+        )
+    return line + (
+        f"; {r['threads']}; GLIBC_TUNABLES "
+        f"{r['glibc_tunables'] or 'unset'}; loss {r['loss']:.3f}"
+    )
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _SIDE.value is not None:
+        (n,) = (int(b) for b in _BATCHES.value)
+        kwargs = dict(repeats=_REPEATS.value, dtype=_DTYPE.value)
+        if _SIDE.value == "jax":
+            result = _jax_side(
+                n, kernels=_KERNELS.value, remat=_REMAT.value, **kwargs
+            )
+        else:
+            result = _torch_side(n, **kwargs)
+        result["peak_rss_gib"] = _peak_rss_gib()
+        result["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
     print(
         f"backend: {jax.default_backend()}, devices: {jax.devices()}, "
-        f"dtype: {_DTYPE.value}, cpu count: {os.cpu_count()}"
+        f"dtype: {_DTYPE.value}, cores: {len(os.sched_getaffinity(0))}, "
+        f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}, "
+        f"GLIBC_TUNABLES: {os.environ.get('GLIBC_TUNABLES', '')!r}"
     )
     print(
-        "note: if the machine is shared, figures are noisy; medians of "
-        f"{_REPEATS.value} timed steps after a warm-up step."
+        "each side in its own process, one after the other; on a shared "
+        "machine wall times are noisy (the CPU-time figure estimates the "
+        "unshared speed)."
     )
     for n in (int(b) for b in _BATCHES.value):
-        compile_s, times = bench(n, repeats=_REPEATS.value, dtype=_DTYPE.value)
-        med = statistics.median(times)
-        rate = 2 * n / med
-        line = (
-            f"{n}+{n} images: {med:.2f} s/step (median; min "
-            f"{min(times):.2f}, max {max(times):.2f}), {rate:.2f} "
-            f"images/s, first step incl. compile {compile_s:.1f} s, "
-            f"peak RSS {peak_rss_gib():.2f} GiB"
+        print(f"{n}+{n} images:", flush=True)
+        ours = _run_child("jax", n)
+        print(_describe("ours", n, ours), flush=True)
+        if not _TORCH.value:
+            continue
+        theirs = _run_child("torch", n)
+        print(_describe("torch release", n, theirs), flush=True)
+        wall = statistics.median(theirs["walls"]) / statistics.median(
+            ours["walls"]
         )
-        if n in RELEASE_SECONDS and jax.default_backend() == "cpu":
-            release_rate = 2 * n / RELEASE_SECONDS[n]
-            line += (
-                f"; release {RELEASE_SECONDS[n]} s/step "
-                f"({release_rate:.1f} images/s): "
-                f"{rate / release_rate:.2f}x"
-            )
-        print(line, flush=True)
+        cpu = statistics.median(theirs["cpus"]) / statistics.median(
+            ours["cpus"]
+        )
+        rss = ours["peak_rss_gib"] / theirs["peak_rss_gib"]
+        print(
+            f"  ours / torch speed: {wall:.2f}x (wall), {cpu:.2f}x (CPU "
+            f"time); peak RSS ours / torch: {rss:.2f}",
+            flush=True,
+        )
     return 0
 
 

@@ -286,45 +286,54 @@ def write_features(path: str, features: Mapping[str, Any]) -> None:
         raise
 
 
-def _define_flags() -> None:
-    """The command line's flags (only when run as a program: `main.py`
-    imports this module through `export`, and flag names must not clash)."""
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The command line's flags (defined on the global flags only when run
+    as a program: `main.py` imports this module through `export`, and flag
+    names must not clash)."""
+    fv = {"flag_values": flag_values}
     flags.DEFINE_string(
         "workdir",
         None,
         "The training run's workdir (config.json, checkpoints).",
+        **fv,
     )
     flags.DEFINE_enum(
         "checkpoint",
         "latest",
         ["latest", "best"],
         "The latest checkpoint, or the best on validation.",
+        **fv,
     )
     flags.DEFINE_enum(
         "modality",
         None,
         list(MODALITIES),
         "Which stem the images go through: visible (RGB camera) or infrared.",
+        **fv,
     )
     flags.DEFINE_string(
         "images",
         None,
         "A directory (every image file below it) or a quoted glob, e.g. "
         "'photos/*.jpg'.",
+        **fv,
     )
-    flags.DEFINE_string("out", None, "The .npz file to write.")
+    flags.DEFINE_string("out", None, "The .npz file to write.", **fv)
     flags.DEFINE_integer(
         "batch_size",
         None,
         "Images per forward pass; default config.data.eval_batch_size.",
+        **fv,
     )
-    flags.mark_flags_as_required(["workdir", "modality", "images", "out"])
+    flags.mark_flags_as_required(
+        ["workdir", "modality", "images", "out"], flag_values=flag_values
+    )
 
 
-def main(argv) -> int:
+def main(argv, flag_values: flags.FlagValues = flags.FLAGS) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    fl = flags.FLAGS
+    fl = flag_values
     # Nothing but --out is written: no log file (--log_dir to get one).
     console.configure(None)
     try:
@@ -351,5 +360,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    _define_flags()
+    define_flags()
     app.run(main)

@@ -47,7 +47,6 @@ _CHECKPOINT = flags.DEFINE_enum(
     "--mode=evaluate/analyze/export: the latest checkpoint or the best on "
     "validation.",
 )
-flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
@@ -93,4 +92,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Required of the command line only: importing this module (tests run
+    # `main` in their process) must not make every parse of the global
+    # flags ask for --workdir.
+    flags.mark_flags_as_required(["workdir"])
     app.run(main)

@@ -26,7 +26,13 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import traverse_util
 
-from mclnet_jax import checkpointing, run_setup, sharding, train_step
+from mclnet_jax import (
+    checkpointing,
+    platform,
+    run_setup,
+    sharding,
+    train_step,
+)
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -185,6 +191,11 @@ def train_and_evaluate(
         with _Preemption() as preemption, contextlib.closing(train_iter):
             for step in range(start_step, total_steps):
                 batch = sharding.global_batch(next(train_iter), run.mesh)
+                if step == start_step:
+                    # Compile first, then give what the compiler freed back
+                    # to the OS before the step needs its own memory.
+                    step_fn = step_fn.lower(state, batch).compile()
+                    platform.release_host_memory()
                 state, metrics = step_fn(state, batch)
                 done = step + 1
                 if done % config.log_every_steps == 0 or done == total_steps:

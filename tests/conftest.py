@@ -1,4 +1,5 @@
-"""Shared pytest setup: quiet TensorFlow, one XLA compilation cache per run.
+"""Shared pytest setup: quiet TensorFlow, one XLA compilation cache per run,
+the slowest files first, a `fast_compile` fixture and the generated datasets.
 
 The cache directory is made once by the controlling pytest process and
 reaches the xdist workers and every CLI subprocess the tests start through
@@ -35,6 +36,50 @@ def pytest_unconfigure(config):
     del config
     if _OWN_CACHE is not None:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# The files that take longest, longest first. xdist hands whole files to its
+# workers in collection order (setup.cfg: --dist loadfile
+# --no-loadscope-reorder), so these start first and the run does not end
+# with one of them alone on one worker.
+SLOWEST_FILES = (
+    "test_multiprocess.py",
+    "test_cpu_kernels.py",
+    "test_train.py",
+    "test_main.py",
+    "test_models.py",
+    "test_release_step_parity.py",
+    "test_accelerator.py",
+    "test_torch_release.py",
+    "test_analysis.py",
+    "test_ablation.py",
+    "test_export.py",
+    "test_release.py",
+    "test_losses.py",
+    "test_embed.py",
+    "test_pretrained.py",
+    "test_bfloat16.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    del config
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    # A stable sort: each file's tests keep their order.
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+    """XLA's optimisations off while a module runs (its programs compile
+    several times faster); for modules whose checks do not depend on them:
+    `pytestmark = pytest.mark.usefixtures("fast_compile")`."""
+    import jax
+
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 # --------------------------------------------------------------------------

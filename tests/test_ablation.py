@@ -2,10 +2,13 @@
 
 import json
 import os
+import subprocess
+import types
 
 import numpy as np
 import pytest
 from absl import flags
+from absl import logging as absl_logging
 
 from benchmarks import ablation
 
@@ -88,10 +91,42 @@ def test_bad_arguments(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_tiny_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
+def _worker_in_this_process(cmd, *, cwd, check):
+    """`subprocess.run` for `ablation.run`'s worker command (`python -m
+    benchmarks.ablation --worker ...`): its flags, parsed and run here."""
+    assert cmd[1:3] == ["-m", "benchmarks.ablation"] and not check, cmd
+    assert cwd and os.path.isdir(cwd)
+    verbosity = absl_logging.get_verbosity()  # The worker lowers it.
+    try:
+        code = _main(cmd[3:])
+    finally:
+        absl_logging.set_verbosity(verbosity)
+    return subprocess.CompletedProcess(cmd, code)
+
+
+def test_tiny_end_to_end_and_resume(
+    tmp_path, capsys, monkeypatch, fast_compile
+):
     # The table's bookkeeping is under test, not the numbers: the training
-    # subprocesses compile without XLA's optimisations (much faster).
-    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    # runs go through the worker's command line in this process (no new
+    # imports), without XLA's optimisations (much faster compiles).
+    del fast_compile
+    monkeypatch.setattr(
+        ablation,
+        "subprocess",
+        types.SimpleNamespace(run=_worker_in_this_process),
+    )
+    # And a few steps of the tiny setting are enough for that (at a small lr:
+    # the eval-mode features stay finite, as in tests/test_analysis.py).
+    tiny_config = ablation.load_config
+
+    def few_steps(variant, *, seed, setting):
+        config = tiny_config(variant, seed=seed, setting=setting)
+        config.max_steps = 4
+        config.optimizer.lr = config.mcm_optimizer.lr = 0.01
+        return config
+
+    monkeypatch.setattr(ablation, "load_config", few_steps)
     workdir = str(tmp_path / "ab")
     args = [
         f"--workdir={workdir}",

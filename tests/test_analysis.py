@@ -3,26 +3,23 @@
 The drawing functions run on small synthetic arrays (PNG written, size,
 border colours read back from the pixels); the data they draw is checked
 against slow, obvious computations here. One end-to-end run trains a tiny
-workdir and draws every figure with `--mode=analyze` (subprocesses sharing
-the session's XLA compilation cache, as tests/test_main.py).
+workdir (in this process) and draws every figure with `--mode=analyze` (a
+child process; tests/cli_runs.py).
 """
 
 import json
 import os
 import subprocess
-import sys
 
+import cli_runs
 import numpy as np
 import pytest
-import test_main
 from PIL import Image
 
 from data_pipeline.records import SplitMetadata
 from mclnet_jax.analysis import canvas, plots, ranking
 from mclnet_jax.evaluators import common as eval_common
 from mclnet_jax.evaluators import regdb
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _png(path):
@@ -509,44 +506,28 @@ def test_pair_distances_and_histogram_against_slow_pairs(tmp_path):
 # End to end: a tiny trained workdir, then --mode=analyze.
 
 
-def _main(workdir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "mclnet_jax.main",
-        "--config=configs/synthetic.py:tiny=1",
-        f"--workdir={workdir}",
-        *extra,
-    ]
-
-
-def test_analyze_workdir_draws_every_figure(tmp_path):
-    env = test_main._env(fast_compile=True)
+def test_analyze_workdir_draws_every_figure(tmp_path, fast_compile):
+    del fast_compile
     workdir = tmp_path / "work"
-    # A few steps at a small lr: the eval-mode features stay finite (at the
-    # tiny config's lr 0.1 they overflow before the BatchNorm statistics
-    # settle).
-    subprocess.run(
-        _main(
-            workdir,
-            "--config.max_steps=4",
-            "--config.optimizer.lr=0.01",
-            "--config.mcm_optimizer.lr=0.01",
-            "--config.eval.raw_pixel_baseline=True",
-            "--config.eval.figures=False",
-        ),
-        env=env,
-        cwd=_REPO,
-        check=True,
-        capture_output=True,
-        timeout=600,
+    # A few steps at a small lr (in this process): the eval-mode features
+    # stay finite (at the tiny config's lr 0.1 they overflow before the
+    # BatchNorm statistics settle).
+    code = cli_runs.run_main(
+        workdir,
+        "--config.max_steps=4",
+        "--config.optimizer.lr=0.01",
+        "--config.mcm_optimizer.lr=0.01",
+        "--config.eval.raw_pixel_baseline=True",
+        "--config.eval.figures=False",
     )
+    assert code == 0
     assert (workdir / "results_raw_pixels.json").exists()
 
+    # The analyze mode's smoke test: the command line in a child process.
     proc = subprocess.run(
-        _main(workdir, "--mode=analyze"),
-        env=env,
-        cwd=_REPO,
+        cli_runs.command(workdir, "--mode=analyze"),
+        env=cli_runs.env(fast_compile=True),
+        cwd=cli_runs.REPO,
         capture_output=True,
         text=True,
         timeout=600,

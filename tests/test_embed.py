@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
+from absl import logging as absl_logging
 from PIL import Image
 
 from data_pipeline import image_files
@@ -251,7 +253,23 @@ def test_write_features_is_atomic(workdir, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "out")) == ["f.npz"]
 
 
-def test_unreadable_image_is_named_and_nothing_is_written(workdir, tmp_path):
+def _embed_main(*args):
+    """`python -m mclnet_jax.embed ARGS` in this process; its exit status."""
+    flag_values = flags.FlagValues()
+    embed.define_flags(flag_values)
+    flag_values(["embed.py", *args])
+    # The console filter the program installs is removed afterwards.
+    handler = absl_logging.get_absl_handler()
+    filters = list(handler.filters)
+    try:
+        return embed.main(["embed.py"], flag_values)
+    finally:
+        handler.filters[:] = filters
+
+
+def test_unreadable_image_is_named_and_nothing_is_written(
+    workdir, tmp_path, capsys
+):
     path, _, _, images = workdir
     folder = tmp_path / "mixed"
     shutil.copytree(images, folder)
@@ -261,26 +279,20 @@ def test_unreadable_image_is_named_and_nothing_is_written(workdir, tmp_path):
             path, str(folder), modality="visible", batch_size=BATCH
         )
 
+    # The command line's error path, in this process (its smoke test below
+    # starts the program).
     out = tmp_path / "features.npz"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mclnet_jax.embed",
-            f"--workdir={path}",
-            "--modality=infrared",
-            f"--images={folder}",
-            f"--out={out}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=_REPO,
-        check=False,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capsys.readouterr()
+    code = _embed_main(
+        f"--workdir={path}",
+        "--modality=infrared",
+        f"--images={folder}",
+        f"--out={out}",
     )
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "broken.jpg" in result.stderr
-    assert "a.png" not in result.stderr.split("ERROR:")[-1]
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr[-2000:]
+    assert "broken.jpg" in stderr
+    assert "a.png" not in stderr.split("ERROR:")[-1]
     assert not out.exists()
     assert [p for p in os.listdir(tmp_path) if p != "mixed"] == []
 

@@ -22,6 +22,10 @@ import pytest
 
 from mclnet_jax import losses
 
+# The checks are against float64 numpy references with tolerances that do
+# not depend on XLA's optimisations (off: much faster compiles).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 SIGMA = 2.0
 RHO = 12.0
 NUM_CLASSES = 9

@@ -54,6 +54,16 @@ def tiny():
     return model, variables, apply_eval
 
 
+def _jit_train(model):
+    """`model.apply` in training mode (batch statistics updated), jitted:
+    compiling the whole network once is faster than running it op by op."""
+    return jax.jit(
+        lambda variables, visible, infrared: model.apply(
+            variables, visible, infrared, train=True, mutable=["batch_stats"]
+        )
+    )
+
+
 # ----------------------------------------------------------------- counts ---
 
 
@@ -182,12 +192,10 @@ def test_stems_are_distinct_parameters(tiny):
 
 
 def test_train_and_eval_have_same_keys_and_shapes(tiny):
-    model, variables, _ = tiny
+    model, variables, apply_eval = tiny
     v, i = _images(1, 3), _images(2, 2)
-    out_eval = model.apply(variables, v, i, train=False)
-    out_train, updates = model.apply(
-        variables, v, i, train=True, mutable=["batch_stats"]
-    )
+    out_eval = apply_eval(variables, v, i)
+    out_train, updates = _jit_train(model)(variables, v, i)
     assert set(out_eval) == set(out_train) == {"pool", "bn", "logits"}
     for out in (out_eval, out_train):
         assert out["pool"].shape == out["bn"].shape == (5, model.feature_dim)
@@ -241,12 +249,9 @@ def test_train_mode_bn_statistics_are_shared_across_modalities(tiny):
     # modality's features depend on the other modality's images.
     model, variables, _ = tiny
     v = _images(6, 2)
-    alone, _ = model.apply(
-        variables, v, None, train=True, mutable=["batch_stats"]
-    )
-    with_ir, _ = model.apply(
-        variables, v, _images(7, 2), train=True, mutable=["batch_stats"]
-    )
+    apply_train = _jit_train(model)
+    alone, _ = apply_train(variables, v, None)
+    with_ir, _ = apply_train(variables, v, _images(7, 2))
     assert not np.allclose(alone["pool"], with_ir["pool"][:2], rtol=1e-3)
 
 
@@ -254,7 +259,9 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs(tiny):
     model, variables, apply_eval = tiny
     model16 = model.clone(dtype=jnp.bfloat16)
     x = _images(8, 2)
-    out16 = model16.apply(variables, x, x, train=False)
+    out16 = jax.jit(lambda v, a, b: model16.apply(v, a, b, train=False))(
+        variables, x, x
+    )
     out32 = apply_eval(variables, x, x)
     for key in ("pool", "bn", "logits"):
         assert out16[key].dtype == jnp.float32
@@ -269,9 +276,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs(tiny):
     assert {x.dtype for x in jax.tree.leaves(params16)} == {
         jnp.dtype(jnp.float32)
     }
-    _, updates = model16.apply(
-        variables, x, x, train=True, mutable=["batch_stats"]
-    )
+    _, updates = _jit_train(model16)(variables, x, x)
     assert {x.dtype for x in jax.tree.leaves(updates)} == {
         jnp.dtype(jnp.float32)
     }
@@ -285,15 +290,19 @@ def test_avg_pooling_and_no_non_local_base_variant():
         pooling="avg",
     )
     x = _images(9, 2)
-    variables = model.init(jax.random.key(0), x, train=False)
-    assert not any("non_local" in k for k in variables["params"]["layer2"])
-    out, state = model.apply(
-        variables,
-        x,
-        train=False,
-        capture_intermediates=True,
-        mutable=["intermediates"],
+    variables = jax.jit(lambda k: model.init(k, x, train=False))(
+        jax.random.key(0)
     )
+    assert not any("non_local" in k for k in variables["params"]["layer2"])
+    out, state = jax.jit(
+        lambda v: model.apply(
+            v,
+            x,
+            train=False,
+            capture_intermediates=True,
+            mutable=["intermediates"],
+        )
+    )(variables)
     fmap = np.asarray(state["intermediates"]["layer4"]["__call__"][0])
     np.testing.assert_allclose(
         out["pool"], fmap.mean(axis=(1, 2)), rtol=1e-5, atol=1e-7

@@ -10,19 +10,16 @@ The runs share the session's XLA compilation cache (tests/conftest.py): the
 uninterrupted run starts once the interrupted one has compiled the step.
 """
 
-import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
+import cli_runs
 import pytest
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = "configs/synthetic.py:tiny=1"
 # 1 epoch x 13 steps: a SIGTERM after the first checkpoint lands mid-run.
 # A small lr keeps the eval-mode features of so short a run finite.
 _OVERRIDES = (
@@ -31,38 +28,17 @@ _OVERRIDES = (
     "--config.optimizer.lr=0.01",
     "--config.mcm_optimizer.lr=0.01",
     "--config.eval.figures=False",
+    # Only the model's results are compared.
+    "--config.eval.raw_pixel_baseline=False",
 )
 _TOTAL_STEPS = 13
 _TIMEOUT_S = 500
-
-
-def _env():
-    """A CLI subprocess's environment: the session's compilation cache, one
-    CPU device per process, XLA optimisations off (every run compared here
-    compiles the same programs)."""
-    env = dict(os.environ)
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env.pop("XLA_FLAGS", None)
-    return env
 
 
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _command(workdir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "mclnet_jax.main",
-        f"--config={_CONFIG}",
-        f"--workdir={workdir}",
-        *_OVERRIDES,
-        *extra,
-    ]
 
 
 @pytest.fixture
@@ -79,8 +55,9 @@ def start_pair():
             with open(f"{workdir}_process{index}.txt", "ab") as log:
                 procs.append(
                     subprocess.Popen(
-                        _command(
+                        cli_runs.command(
                             workdir,
+                            *_OVERRIDES,
                             f"--log_dir={workdir}_logs{index}",
                             "--config.distributed.enabled=True",
                             "--config.distributed.coordinator_address="
@@ -89,8 +66,11 @@ def start_pair():
                             f"--config.distributed.process_id={index}",
                             "--config.distributed.cpu_collectives=gloo",
                         ),
-                        env=_env(),
-                        cwd=_REPO,
+                        # One CPU device per process, XLA's optimisations
+                        # off (every run compared here compiles the same
+                        # programs).
+                        env=cli_runs.env(fast_compile=True),
+                        cwd=cli_runs.REPO,
                         stdout=log,
                         stderr=subprocess.STDOUT,
                     )
@@ -119,26 +99,15 @@ def _tail(workdir):
     return "\n".join(_output(workdir, i)[-3000:] for i in range(2))
 
 
-def _steps(workdir):
-    folder = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(folder):
-        return []
-    return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
-
-
-def _final(workdir):
-    with open(os.path.join(workdir, "results.json")) as f:
-        results = json.load(f)
-    return results["step"], results["summary"], results["train_metrics"]
-
-
 def test_sigterm_to_one_process_stops_both_and_resume_is_exact(
     tmp_path, start_pair
 ):
     workdir = str(tmp_path / "interrupted")
     procs = start_pair(workdir)
     deadline = time.monotonic() + _TIMEOUT_S
-    while not _steps(workdir) and time.monotonic() < deadline:
+    while (
+        not cli_runs.checkpoint_steps(workdir) and time.monotonic() < deadline
+    ):
         assert all(p.poll() is None for p in procs), _tail(workdir)
         time.sleep(0.05)
     # The preemption notice reaches process 1 only.
@@ -158,16 +127,16 @@ def test_sigterm_to_one_process_stops_both_and_resume_is_exact(
     assert stopped[0] == stopped[1] and len(stopped[0]) == 1, stopped
     stopped_at = stopped[0][0]
     assert 0 < stopped_at < _TOTAL_STEPS
-    assert max(_steps(workdir)) == stopped_at
+    assert max(cli_runs.checkpoint_steps(workdir)) == stopped_at
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
     # The same two commands again: both resume at the saved step.
     assert _wait(start_pair(workdir)) == [0, 0], _tail(workdir)
     assert f"Resuming at step {stopped_at} " in _output(workdir, 1)
     assert _wait(reference_procs) == [0, 0], _tail(reference)
-    total, want_summary, want_metrics = _final(reference)
+    total, want_summary, want_metrics = cli_runs.final_results(reference)
     assert total == _TOTAL_STEPS and want_metrics["step"] == _TOTAL_STEPS
-    step, summary, metrics = _final(workdir)
+    step, summary, metrics = cli_runs.final_results(workdir)
     assert step == total
     assert summary == want_summary
     assert metrics == want_metrics

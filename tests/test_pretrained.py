@@ -119,13 +119,24 @@ def _backbone_leaves(variables):
 
 @pytest.fixture(scope="module")
 def tiny_pair():
-    """Two differently initialised tiny ResNet-50 MCLNets' variables."""
+    """Two tiny ResNet-50 MCLNets' variables: the model's variable tree
+    (shapes only, no real initialisation) filled with random values, other
+    ones in each (every leaf differs between the two), batch statistics
+    included.
+    """
     model = mclnet.MCLNet(num_classes=5, width_multiplier=TINY)
     x = jnp.zeros((1, 32, 16, 3))
-    init = jax.jit(lambda k: model.init(k, x, train=False))
-    a, b = init(jax.random.key(0)), init(jax.random.key(1))
-    # Non-default batch statistics so that they are checked too.
-    a = jax.tree.map(lambda v: v + 0.25, a)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), x, train=False)
+    )
+
+    def draw(seed):
+        rng = np.random.default_rng(seed)
+        return jax.tree.map(
+            lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes
+        )
+
+    a, b = draw(0), draw(1)
     return model, a, b
 
 
@@ -211,7 +222,12 @@ def test_plain_resnet_round_trip_with_fc(depth, width, tmp_path):
     state["bn1.num_batches_tracked"] = np.array(7, np.int64)
     path = tmp_path / "r.safetensors"
     safetensors_numpy.save_file(state, str(path))
-    variables = model.init(jax.random.key(0), x)
+    # Shapes only (no real init): every value comes from the file, and one
+    # it did not fill would stay zero and fail the comparison below.
+    variables = jax.tree.map(
+        lambda s: np.zeros(s.shape, s.dtype),
+        jax.eval_shape(lambda: model.init(jax.random.key(0), x)),
+    )
     loaded = pretrained.load_resnet(variables, path)
     np.testing.assert_array_equal(
         loaded["params"]["fc"]["kernel"], state["fc.weight"].T

@@ -250,6 +250,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.non_local_inter = 1
     config.model.pooling = "gem"
     config.model.dtype = "float32"
+    # How convolutions are computed: "auto" (XLA:CPU-friendly forms on the
+    # CPU backend, XLA's elsewhere), "xla" or "cpu"; see MCLNet.kernels.
+    config.model.kernels = "auto"
+    # "none", "blocks" or "stages": recompute blocks (stages, then blocks)
+    # in the backward pass to save memory (MCLNet.remat).
+    config.model.remat = "none"
     # torchvision-named ImageNet ResNet .safetensors file, or "random" for an
     # explicit random initialisation. Required for depth >= 50 (the release's
     # lr diverges from scratch); see README "Pretrained weights".

@@ -1,4 +1,4 @@
-"""Layers shared by the models: PyTorch-style BatchNorm, 1x1 conv, inits."""
+"""Layers shared by the models: PyTorch-style BatchNorm, convolutions, inits."""
 
 import math
 from typing import Any
@@ -6,6 +6,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from mclnet_jax.models import conv_ops
 
 # PyTorch's BatchNorm epsilon; its momentum 0.1 is Flax's decay 0.9.
 BN_EPSILON = 1e-5
@@ -124,6 +127,8 @@ class Conv1x1(nn.Module):
       use_bias: add a learnable bias.
       kernel_init, bias_init: initialisers.
       dtype: compute dtype; parameters are float32 (float64 for float64).
+      cpu_kernels: in a low-precision dtype, the product and its gradients
+        as `conv_ops.matmul` (float32 accumulation, fast on XLA:CPU).
     """
 
     features: int
@@ -132,6 +137,7 @@ class Conv1x1(nn.Module):
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros
     dtype: Any = jnp.float32
+    cpu_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -148,10 +154,11 @@ class Conv1x1(nn.Module):
         # As a 2-D [N*H*W, C_in] x [C_in, features] product: the weight
         # gradient is then one dot contracting rows. From the 4-D form,
         # XLA:CPU first transposes the output gradient to [features, N*H*W].
-        y = jnp.dot(
-            x.reshape(-1, in_features).astype(self.dtype),
-            kernel[0, 0].astype(self.dtype),
-        )
+        x2 = x.reshape(-1, in_features).astype(self.dtype)
+        if self.cpu_kernels and jnp.finfo(self.dtype).bits < 32:
+            y = conv_ops.matmul(x2, kernel[0, 0]).astype(self.dtype)
+        else:
+            y = jnp.dot(x2, kernel[0, 0].astype(self.dtype))
         y = y.reshape(x.shape[:-1] + (self.features,))
         if self.use_bias:
             bias = self.param(
@@ -162,3 +169,47 @@ class Conv1x1(nn.Module):
             )
             y = y + bias.astype(self.dtype)
         return y
+
+
+class Conv3x3(nn.Module):
+    """Bias-free 3x3 convolution with padding 1, NHWC.
+
+    The parameter of `nn.Conv(features, (3, 3), use_bias=False)` ("kernel"
+    [3, 3, C_in, features]) and its result up to float rounding. With
+    `winograd`, a stride-1 convolution runs as
+    `conv_ops.winograd_conv3x3` (faster on XLA:CPU from about 128
+    channels); otherwise as `lax.conv_general_dilated`, as `nn.Conv` does.
+
+    Attributes:
+      features: output channels.
+      strides: spatial stride (both axes).
+      kernel_init: initialiser.
+      dtype: compute dtype; the kernel is float32 (float64 for float64).
+      winograd: Winograd F(2x2, 3x3) when the stride is 1.
+    """
+
+    features: int
+    strides: int = 1
+    kernel_init: Any = nn.initializers.lecun_normal()
+    dtype: Any = jnp.float32
+    winograd: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [N, H, W, C_in] -> [N, ceil(H / s), ceil(W / s), features]."""
+        kernel = self.param(
+            "kernel",
+            self.kernel_init,
+            (3, 3, x.shape[-1], self.features),
+            param_dtype(self.dtype),
+        )
+        x = x.astype(self.dtype)
+        if self.winograd and self.strides == 1:
+            return conv_ops.winograd_conv3x3(x, kernel)
+        return lax.conv_general_dilated(
+            x,
+            kernel.astype(self.dtype),
+            (self.strides, self.strides),
+            ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )

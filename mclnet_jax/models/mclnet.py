@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from mclnet_jax.models import layers, resnet
+from mclnet_jax.models import remat as remat_lib
 
 POOLINGS = ("gem", "avg")
+KERNELS = ("auto", "xla", "cpu")
 GEM_P = 3.0
 GEM_EPS = 1e-12
 
@@ -75,6 +77,18 @@ class MCLNet(nn.Module):
       dtype: compute dtype of the backbone: float32, bfloat16 (float32
         parameters, features and logits) or float64 (everything float64: the
         exact-parity mode; needs `jax_enable_x64`).
+      kernels: how the backbone's operations are computed. "xla": XLA's
+        convolutions, products and max-pool. "cpu": the forms of `conv_ops`
+        that are faster on XLA:CPU (Winograd for the wide stride-1 3x3
+        convolutions, a max-pool backward without index arrays, and in
+        bfloat16 products whose gradients stay bfloat16 products); the same
+        parameters and results up to float rounding. "auto": "cpu" when
+        JAX's default backend is the CPU, else "xla".
+      remat: "none", "blocks" or "stages": recompute each residual (and
+        non-local) block in the backward pass instead of keeping its
+        intermediates (`remat_lib.checkpointed_call`), or with "stages" each
+        stage and, inside its recomputation, each block: the same results,
+        one (two) more forward computations, less memory.
     """
 
     num_classes: int
@@ -85,6 +99,8 @@ class MCLNet(nn.Module):
     non_local_inter: int | None = 1
     pooling: str = "gem"
     dtype: Any = jnp.float32
+    kernels: str = "auto"
+    remat: str = "none"
 
     @property
     def feature_dim(self) -> int:
@@ -105,6 +121,14 @@ class MCLNet(nn.Module):
                 f"Unknown pooling {self.pooling!r}; use one of {POOLINGS}."
             )
         _check_dtype(self.dtype)
+        if self.kernels not in KERNELS:
+            raise ValueError(
+                f"kernels must be one of {KERNELS}, got {self.kernels!r}."
+            )
+        if self.remat not in remat_lib.REMATS:
+            raise ValueError(
+                f"remat must be one of {remat_lib.REMATS}, got {self.remat!r}."
+            )
         counts = tuple(self.non_local_counts)
         blocks = resnet.BLOCKS_PER_STAGE[self.depth]
         if len(counts) != 4 or any(
@@ -162,13 +186,19 @@ class MCLNet(nn.Module):
         stem_width = resnet.scaled_width(
             resnet.STEM_WIDTH, self.width_multiplier
         )
+        cpu_kernels = self.kernels == "cpu" or (
+            self.kernels == "auto" and jax.default_backend() == "cpu"
+        )
         # Both stems always exist (created even when one input is absent) so
         # the parameter tree does not depend on the call.
-        visible_stem = resnet.ResNetStem(
-            stem_width, dtype=self.dtype, name="visible_stem"
-        )
-        infrared_stem = resnet.ResNetStem(
-            stem_width, dtype=self.dtype, name="infrared_stem"
+        visible_stem, infrared_stem = (
+            resnet.ResNetStem(
+                stem_width,
+                dtype=self.dtype,
+                cpu_kernels=cpu_kernels,
+                name=name,
+            )
+            for name in ("visible_stem", "infrared_stem")
         )
         if self.is_initializing():
             dummy = visible if visible is not None else infrared
@@ -176,11 +206,16 @@ class MCLNet(nn.Module):
                 visible_stem(dummy[:1], train=False)
             if infrared is None:
                 infrared_stem(dummy[:1], train=False)
+        call = (
+            remat_lib.checkpointed_call
+            if self.remat == "stages"
+            else remat_lib.plain_call
+        )
         parts = []
         if visible is not None:
-            parts.append(visible_stem(visible, train=train))
+            parts.append(call(visible_stem, visible, train))
         if infrared is not None:
-            parts.append(infrared_stem(infrared, train=train))
+            parts.append(call(infrared_stem, infrared, train))
         x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
 
         for stage in resnet.resnet_stages(
@@ -190,8 +225,10 @@ class MCLNet(nn.Module):
             non_local_counts=tuple(self.non_local_counts),
             non_local_inter=self.non_local_inter,
             dtype=self.dtype,
+            cpu_kernels=cpu_kernels,
+            remat=self.remat,
         ):
-            x = stage(x, train=train)
+            x = call(stage, x, train)
 
         head_dtype = layers.param_dtype(self.dtype)
         if self.pooling == "gem":

@@ -16,6 +16,7 @@ channel (an integer-division quirk), so the default is 1; the AGW paper's
 intended C // 2 is `inter=None`.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -26,7 +27,7 @@ from mclnet_jax.models import layers
 
 
 def _conv1x1(
-    features: int, fan_in: int, *, dtype: Any, name: str
+    features: int, fan_in: int, *, dtype: Any, cpu_kernels: bool, name: str
 ) -> layers.Conv1x1:
     """1x1 conv with bias and PyTorch's default init."""
     return layers.Conv1x1(
@@ -35,6 +36,7 @@ def _conv1x1(
         kernel_init=layers.torch_default_kernel_init(),
         bias_init=layers.torch_default_bias_init(fan_in),
         dtype=dtype,
+        cpu_kernels=cpu_kernels,
         name=name,
     )
 
@@ -48,13 +50,15 @@ class NonLocalBlock(nn.Module):
     Attributes:
       inter: inner channels; None means C // 2 (at least 1).
       dtype: compute dtype.
+      cpu_kernels: XLA:CPU-friendly 1x1 convolutions (`layers.Conv1x1`).
     """
 
     inter: int | None = 1
     dtype: Any = jnp.float32
+    cpu_kernels: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """x: [N, H, W, C] -> [N, H, W, C] in `dtype`."""
         n, h, w, c = x.shape
         inter = max(1, c // 2) if self.inter is None else self.inter
@@ -65,9 +69,12 @@ class NonLocalBlock(nn.Module):
             )
         x = x.astype(self.dtype)
         p = h * w
-        theta = _conv1x1(inter, c, dtype=self.dtype, name="theta")(x)
-        phi = _conv1x1(inter, c, dtype=self.dtype, name="phi")(x)
-        g = _conv1x1(inter, c, dtype=self.dtype, name="g")(x)
+        conv = functools.partial(
+            _conv1x1, dtype=self.dtype, cpu_kernels=self.cpu_kernels
+        )
+        theta = conv(inter, c, name="theta")(x)
+        phi = conv(inter, c, name="phi")(x)
+        g = conv(inter, c, name="g")(x)
         theta = theta.reshape(n, p, inter)
         phi = phi.reshape(n, p, inter)
         g = g.reshape(n, p, inter)
@@ -82,7 +89,7 @@ class NonLocalBlock(nn.Module):
             affinity = jnp.einsum("npi,nqi->npq", theta, phi) / p
             y = jnp.einsum("npq,nqj->npj", affinity, g)
         y = y.reshape(n, h, w, inter)
-        y = _conv1x1(c, inter, dtype=self.dtype, name="W")(y)
+        y = conv(c, inter, name="W")(y)
         y = layers.BatchNorm(
             scale_init=nn.initializers.zeros,
             bias_init=nn.initializers.zeros,

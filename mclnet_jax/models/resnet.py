@@ -9,6 +9,7 @@ separate modules so that MCLNet can give each modality its own stem.
 README, "Model".
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,8 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mclnet_jax.models import layers
+from mclnet_jax.models import conv_ops, layers
 from mclnet_jax.models import non_local as non_local_lib
+from mclnet_jax.models import remat as remat_lib
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), i.e. a
 # (non-truncated) normal with variance 2 / (out_channels * kh * kw).
@@ -31,6 +33,11 @@ BLOCKS_PER_STAGE = {
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
 STEM_WIDTH = 64
+# With cpu_kernels, stride-1 3x3 convolutions this wide run as Winograd
+# F(2x2, 3x3): in eval from 64 channels, in training from 128 (narrower ones
+# are no faster there and keep more memory for the backward pass).
+WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_CHANNELS_EVAL = 64
 
 
 def check_depth(depth: int) -> None:
@@ -68,15 +75,35 @@ def _bn(name: str, dtype: Any) -> layers.BatchNorm:
 
 
 def _conv(
-    features: int, kernel: int, strides: int, *, dtype: Any, name: str
+    features: int,
+    kernel: int,
+    strides: int,
+    *,
+    dtype: Any,
+    name: str,
+    cpu_kernels: bool = False,
+    train: bool = True,
 ) -> nn.Module:
-    """Bias-free conv with PyTorch's symmetric padding (kernel // 2)."""
+    """Bias-free conv with PyTorch's symmetric padding (kernel // 2); with
+    `cpu_kernels`, in the forms faster on XLA:CPU (same parameters)."""
     if kernel == 1:
         return layers.Conv1x1(
             features,
             strides=strides,
             kernel_init=conv_kernel_init,
             dtype=dtype,
+            cpu_kernels=cpu_kernels,
+            name=name,
+        )
+    wide = features >= (
+        WINOGRAD_MIN_CHANNELS if train else WINOGRAD_MIN_CHANNELS_EVAL
+    )
+    if cpu_kernels and kernel == 3 and strides == 1 and wide:
+        return layers.Conv3x3(
+            features,
+            kernel_init=conv_kernel_init,
+            dtype=dtype,
+            winograd=True,
             name=name,
         )
     pad = kernel // 2
@@ -100,25 +127,26 @@ class BasicBlock(nn.Module):
       width: channels of both convolutions (= output channels).
       strides: stride of the first convolution and of the shortcut.
       dtype: compute dtype.
+      cpu_kernels: XLA:CPU-friendly convolutions (see `_conv`).
     """
 
     width: int
     strides: int = 1
     dtype: Any = jnp.float32
+    cpu_kernels: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """x: [N, H, W, C_in] -> [N, H / strides, W / strides, width]."""
+        conv = functools.partial(
+            _conv, dtype=self.dtype, cpu_kernels=self.cpu_kernels, train=train
+        )
         out_channels = self.width
-        y = _conv(self.width, 3, self.strides, dtype=self.dtype, name="conv1")(
-            x
-        )
+        y = conv(self.width, 3, self.strides, name="conv1")(x)
         y = nn.relu(_bn("bn1", self.dtype)(y, train=train))
-        y = _conv(self.width, 3, 1, dtype=self.dtype, name="conv2")(y)
+        y = conv(self.width, 3, 1, name="conv2")(y)
         y = _bn("bn2", self.dtype)(y, train=train)
-        shortcut = _shortcut(
-            x, out_channels, self.strides, dtype=self.dtype, train=train
-        )
+        shortcut = _shortcut(x, out_channels, self.strides, conv, train=train)
         return nn.relu(y + shortcut)
 
 
@@ -129,42 +157,44 @@ class Bottleneck(nn.Module):
       width: channels of the 1x1 and 3x3 convolutions; output is 4 * width.
       strides: stride of the 3x3 convolution and of the shortcut.
       dtype: compute dtype.
+      cpu_kernels: XLA:CPU-friendly convolutions (see `_conv`).
     """
 
     width: int
     strides: int = 1
     dtype: Any = jnp.float32
+    cpu_kernels: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """x: [N, H, W, C_in] -> [N, H / strides, W / strides, 4 * width]."""
+        conv = functools.partial(
+            _conv, dtype=self.dtype, cpu_kernels=self.cpu_kernels, train=train
+        )
         out_channels = 4 * self.width
-        y = _conv(self.width, 1, 1, dtype=self.dtype, name="conv1")(x)
+        y = conv(self.width, 1, 1, name="conv1")(x)
         y = nn.relu(_bn("bn1", self.dtype)(y, train=train))
-        y = _conv(self.width, 3, self.strides, dtype=self.dtype, name="conv2")(
-            y
-        )
+        y = conv(self.width, 3, self.strides, name="conv2")(y)
         y = nn.relu(_bn("bn2", self.dtype)(y, train=train))
-        y = _conv(out_channels, 1, 1, dtype=self.dtype, name="conv3")(y)
+        y = conv(out_channels, 1, 1, name="conv3")(y)
         y = _bn("bn3", self.dtype)(y, train=train)
-        shortcut = _shortcut(
-            x, out_channels, self.strides, dtype=self.dtype, train=train
-        )
+        shortcut = _shortcut(x, out_channels, self.strides, conv, train=train)
         return nn.relu(y + shortcut)
 
 
 def _shortcut(
-    x: jax.Array, out_channels: int, strides: int, *, dtype: Any, train: bool
+    x: jax.Array, out_channels: int, strides: int, conv, *, train: bool
 ) -> jax.Array:
     """Identity, or torchvision's 1x1 conv + BN when the shape changes.
 
-    Called inside a block's compact `__call__`, so the submodules it creates
-    ("downsample_conv", "downsample_bn") belong to that block.
+    Called inside a block's compact `__call__` (with its `_conv`), so the
+    submodules it creates ("downsample_conv", "downsample_bn") belong to
+    that block.
     """
     if strides == 1 and x.shape[-1] == out_channels:
         return x
-    y = _conv(out_channels, 1, strides, dtype=dtype, name="downsample_conv")(x)
-    return _bn("downsample_bn", dtype)(y, train=train)
+    y = conv(out_channels, 1, strides, name="downsample_conv")(x)
+    return _bn("downsample_bn", y.dtype)(y, train=train)
 
 
 class ResNetStem(nn.Module):
@@ -173,17 +203,28 @@ class ResNetStem(nn.Module):
     Attributes:
       width: output channels (64 * width multiplier).
       dtype: compute dtype; the input is cast to it.
+      cpu_kernels: XLA:CPU-friendly convolutions (see `_conv`).
     """
 
     width: int = STEM_WIDTH
     dtype: Any = jnp.float32
+    cpu_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """x: [N, H, W, 3] float -> [N, ceil(H / 4), ceil(W / 4), width]."""
         x = x.astype(self.dtype)
-        x = _conv(self.width, 7, 2, dtype=self.dtype, name="conv1")(x)
+        x = _conv(
+            self.width,
+            7,
+            2,
+            dtype=self.dtype,
+            cpu_kernels=self.cpu_kernels,
+            name="conv1",
+        )(x)
         x = nn.relu(_bn("bn1", self.dtype)(x, train=train))
+        if self.cpu_kernels:
+            return conv_ops.max_pool_3x3_s2(x)
         # Padding with -inf, like PyTorch's max_pool2d(padding=1).
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
@@ -203,6 +244,9 @@ class ResNetStage(nn.Module):
       num_non_local: non-local blocks after the last blocks of the stage.
       non_local_inter: inner width of the non-local blocks (None: C // 2).
       dtype: compute dtype.
+      cpu_kernels: XLA:CPU-friendly convolutions (see `_conv`).
+      remat_blocks: rematerialise each block (and non-local block) in the
+        backward pass instead of keeping its intermediates.
     """
 
     depth: int
@@ -212,9 +256,11 @@ class ResNetStage(nn.Module):
     num_non_local: int = 0
     non_local_inter: int | None = 1
     dtype: Any = jnp.float32
+    cpu_kernels: bool = False
+    remat_blocks: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """x: [N, H, W, C_in] -> [N, H / strides, W / strides, C_out]."""
         if not 0 <= self.num_non_local <= self.num_blocks:
             raise ValueError(
@@ -222,20 +268,29 @@ class ResNetStage(nn.Module):
                 f"[0, {self.num_blocks}] (the blocks of this stage)."
             )
         block_cls = Bottleneck if expansion(self.depth) == 4 else BasicBlock
+        call = (
+            remat_lib.checkpointed_call
+            if self.remat_blocks
+            else remat_lib.plain_call
+        )
         first_non_local = self.num_blocks - self.num_non_local
         for i in range(self.num_blocks):
-            x = block_cls(
+            block = block_cls(
                 self.width,
                 strides=self.strides if i == 0 else 1,
                 dtype=self.dtype,
+                cpu_kernels=self.cpu_kernels,
                 name=f"block{i}",
-            )(x, train=train)
+            )
+            x = call(block, x, train)
             if i >= first_non_local:
-                x = non_local_lib.NonLocalBlock(
+                non_local = non_local_lib.NonLocalBlock(
                     inter=self.non_local_inter,
                     dtype=self.dtype,
+                    cpu_kernels=self.cpu_kernels,
                     name=f"non_local{i - first_non_local}",
-                )(x, train=train)
+                )
+                x = call(non_local, x, train)
         return x
 
 
@@ -299,17 +354,27 @@ def resnet_stages(
     non_local_counts: Sequence[int] = (0, 0, 0, 0),
     non_local_inter: int | None = 1,
     dtype: Any = jnp.float32,
+    cpu_kernels: bool = False,
+    remat: str = "none",
 ) -> list[ResNetStage]:
     """Unbound layer1..layer4 modules, named "layer1".."layer4".
 
     Use inside a parent's `setup` or compact `__call__` so they become its
-    submodules.
+    submodules; call them as `stage(x, train)`. `remat="blocks"` and
+    `"stages"` rematerialise each block in the backward pass
+    (`remat_lib.checkpointed_call`): less memory, one more forward
+    computation; with `"stages"` the caller also wraps each stage's call
+    in `remat_lib.checkpointed_call`.
     """
     check_depth(depth)
     if len(non_local_counts) != 4:
         raise ValueError(
             f"non_local_counts must have 4 entries (one per stage), got "
             f"{tuple(non_local_counts)!r}."
+        )
+    if remat not in remat_lib.REMATS:
+        raise ValueError(
+            f"remat must be one of {remat_lib.REMATS}, got {remat!r}."
         )
     return [
         ResNetStage(
@@ -320,6 +385,8 @@ def resnet_stages(
             num_non_local=nl,
             non_local_inter=non_local_inter,
             dtype=dtype,
+            cpu_kernels=cpu_kernels,
+            remat_blocks=remat in ("blocks", "stages"),
             name=f"layer{k + 1}",
         )
         for k, (n, w, s, nl) in enumerate(
