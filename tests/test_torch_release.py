@@ -151,6 +151,8 @@ def test_model_forward_benchmark_prints_both_sides_and_the_ratio():
             "--warmup=0",
         ],
         cwd=_REPO,
+        # The caller's GLIBC_TUNABLES would reach both sides.
+        env={k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"},
         capture_output=True,
         text=True,
         timeout=600,

@@ -33,6 +33,17 @@ def _width(channels, width_multiplier):
     return jax_resnet.scaled_width(channels, width_multiplier)
 
 
+def _downsample(in_channels, out, stride):
+    """torchvision's shortcut projection (1x1 conv + BN), or None when the
+    block keeps its input's shape."""
+    if stride == 1 and in_channels == out:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out, 1, stride, bias=False),
+        nn.BatchNorm2d(out),
+    )
+
+
 class BasicBlock(nn.Module):
     """torchvision's ResNet-18/34 block."""
 
@@ -45,12 +56,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
-        self.downsample = None
-        if stride != 1 or in_channels != out:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out, 1, stride, bias=False),
-                nn.BatchNorm2d(out),
-            )
+        self.downsample = _downsample(in_channels, out, stride)
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -73,12 +79,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
-        self.downsample = None
-        if stride != 1 or in_channels != out:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out, 1, stride, bias=False),
-                nn.BatchNorm2d(out),
-            )
+        self.downsample = _downsample(in_channels, out, stride)
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
