@@ -26,11 +26,11 @@ Usage::
 Settings: "demo" (default) is configs/synthetic.py as is, so every row
 shares the demo's departures: random erasing is off in every row (AGW* here
 is AGW without erasing, which slows learning from scratch at this budget)
-and our random grey (config.data.random_grey = 0.5) is on in every row; the
-rows differ only in what the variants switch (triplet, pooling, non-local,
-MCM, ICA, CCA). "large" (for a GPU) has more identities and images, bigger
-images, a wider network and a longer schedule; "tiny" is a seconds-long
-smoke run (the tests).
+and our random grey and random remapping (config.data.random_grey = 0.5,
+random_remap = 0.3) are on in every row; the rows differ only in what the
+variants switch (triplet, pooling, non-local, MCM, ICA, CCA). "large" (for
+a GPU) has more identities and images, bigger images, a wider network and a
+longer schedule; "tiny" is a seconds-long smoke run (the tests).
 """
 
 import json

@@ -28,6 +28,9 @@ Every sweep knob is a flag; results are one JSON line on stdout (and
     python benchmarks/transfer_diagnostics.py --steps=300
     python benchmarks/transfer_diagnostics.py --ids=400 --per_camera=4 \
         --size=64x32 --steps=600 --grey=0.5 --gen=pattern_scale=0.5
+    # the same measurements on a finished demo (its checkpoint, its
+    # generator's identities rendered afresh; no training):
+    python benchmarks/transfer_diagnostics.py --from_workdir=/tmp/demo_0
 
 The network, losses, optimiser, sampler and augmentation are the
 repository's own (mclnet_jax.train_step, data_pipeline.augment/sampling); only
@@ -91,6 +94,12 @@ _FLAGS = (
         "diagnostics", True, "Also same-modality, probe and cue results."
     ),
     flags.DEFINE_string("out", None, "Append the JSON line to this file."),
+    flags.DEFINE_string(
+        "from_workdir",
+        None,
+        "Measure the trained network of this demo workdir instead of "
+        "training one (its generator's identities, freshly rendered).",
+    ),
 )
 # Identity attributes that are *not* shared by the modalities.
 _PALETTES = ("visible_palette", "infrared_palette")
@@ -549,27 +558,59 @@ def cue_sensitivity(model, state, data: dict, *, pairs: int = 64) -> dict:
     return out
 
 
-def run(args) -> dict:
-    size = _parse_size(args.size)
-    t0 = time.process_time()
+def _from_workdir(workdir: str, jpeg: int):
+    """(model, state, data) of a finished demo run: no training."""
+    from mclnet_jax import embed as embed_lib
+
+    config = embed_lib.read_workdir_config(workdir)
+    synthetic_data = config.data.get("synthetic")
+    if synthetic_data is None:
+        # A run of benchmarks/ablation.py: the rows of a seed share data
+        # generated with the demo's generator at that seed.
+        synthetic_data = settings.synthetic(seed=config.seed).data.synthetic
+    gen = dict(synthetic_data["generator"])
+    if gen["visible_images_per_camera"] != gen["infrared_images_per_camera"]:
+        raise ValueError(
+            f"{workdir}: --from_workdir needs as many images per visible as "
+            "per infrared camera."
+        )
     data = make_data(
-        ids=args.ids,
-        per_camera=args.per_camera,
-        size=size,
-        seed=args.data_seed,
-        jpeg=args.jpeg,
-        gen=_parse_gen(args.gen),
+        ids=gen["num_identities"],
+        per_camera=gen["visible_images_per_camera"],
+        size=(gen["height"], gen["width"]),
+        seed=gen["seed"],
+        jpeg=jpeg,
+        gen={"pattern_scale": gen.get("pattern_scale", 1.0)},
     )
-    gen_cpu = time.process_time() - t0
-    config = make_config(args)
-    model, state, log = train(
-        config,
-        data,
-        steps=args.steps,
-        decay_at=args.decay_at,
-        grey=args.grey,
-        grey_mode=args.grey_mode,
-    )
+    loaded = embed_lib.load_model(workdir)
+    state = types.SimpleNamespace(model_variables=lambda: loaded.variables)
+    return loaded.model, state, data
+
+
+def run(args) -> dict:
+    t0 = time.process_time()
+    if args.from_workdir:
+        model, state, data = _from_workdir(args.from_workdir, args.jpeg)
+        gen_cpu = time.process_time() - t0
+        log = [{"loss_id": None, "cpu_s": 0.0}]
+    else:
+        data = make_data(
+            ids=args.ids,
+            per_camera=args.per_camera,
+            size=_parse_size(args.size),
+            seed=args.data_seed,
+            jpeg=args.jpeg,
+            gen=_parse_gen(args.gen),
+        )
+        gen_cpu = time.process_time() - t0
+        model, state, log = train(
+            make_config(args),
+            data,
+            steps=args.steps,
+            decay_at=args.decay_at,
+            grey=args.grey,
+            grey_mode=args.grey_mode,
+        )
     test = np.isin(data["identity"], data["splits"]["test"])
     meta = _metadata(
         data["identity"][test], data["camera"][test], data["modality"][test]

@@ -6,9 +6,10 @@ the normalised image. Samplers (`sample_*`) draw a batch's parameters from one
 stateless seed ([2] int, Philox); the `image_ops` apply them. The pipeline
 draws `sample_train_params(step_seed(seed, step))` for the global batch, runs
 `crop_and_flip` per image and `jit_normalize_and_erase` per batch, so an
-image's augmentation depends only on (seed, step, row). Random grey
-(`TrainAugment.grey_probability`, off by default) is ours. See the README
-section "Input pipeline".
+image's augmentation depends only on (seed, step, row). Random grey and
+random intensity remapping (`TrainAugment.grey_probability`,
+`remap_probability`, off by default) are ours. See the README section
+"Input pipeline".
 """
 
 import dataclasses
@@ -48,6 +49,13 @@ class TrainAugment:
         that an image is replaced by its luma in all three channels, so that
         colour stops being an identity cue (infrared images are grey
         already); 0 disables it.
+      remap_probability: ours (not in the paper or the release): probability
+        that an image's pixel values go through a random piecewise-linear
+        curve (`remap_knots` knots, values uniform in [0, 1], not
+        necessarily monotonic), so that absolute brightness, which the two
+        modalities do not share, stops being an identity cue while edges
+        keep their place; 0 disables it.
+      remap_knots: knots of the random curve (>= 2).
     """
 
     padding: int = 10
@@ -60,11 +68,19 @@ class TrainAugment:
     mean: tuple[float, ...] = image_ops.IMAGENET_MEAN
     std: tuple[float, ...] = image_ops.IMAGENET_STD
     grey_probability: float = 0.0
+    remap_probability: float = 0.0
+    remap_knots: int = 4
 
     def __post_init__(self):
         image_ops.check_padding(self.padding)
         _check_probability(self.flip_probability, "flip_probability")
         _check_probability(self.grey_probability, "grey_probability")
+        _check_probability(self.remap_probability, "remap_probability")
+        if int(self.remap_knots) != self.remap_knots or self.remap_knots < 2:
+            raise ValueError(
+                "remap_knots must be an integer >= 2, got "
+                f"{self.remap_knots!r}."
+            )
         _check_erasing(
             self.erasing_probability,
             self.erasing_area_range,
@@ -271,6 +287,23 @@ def sample_grey(seed, *, num: int, probability: float) -> tf.Tensor:
     return tf.random.stateless_uniform([num], seed, alg=_RNG_ALG) < probability
 
 
+def sample_remap(
+    seed, *, num: int, probability: float, knots: int
+) -> dict[str, tf.Tensor]:
+    """The random-remap option: "remap" [num] bool, "curves" [num, knots]."""
+    seed = _check_seed(seed)
+    _check_num(num)
+    _check_probability(probability, "remap probability")
+    s_apply, s_curve = tf.unstack(split_seed(seed, 2))
+    return {
+        "remap": tf.random.stateless_uniform([num], s_apply, alg=_RNG_ALG)
+        < probability,
+        "curves": tf.random.stateless_uniform(
+            [num, knots], s_curve, alg=_RNG_ALG
+        ),
+    }
+
+
 # ----------------------------------------------------------- whole chains
 
 
@@ -286,8 +319,10 @@ def sample_train_params(
 
     Returns:
       dict: "offsets" [num, 2] int32, "flips" [num] bool, the erasing
-      boxes ("erase", "top", "left", "height", "width" [num]) and "grey"
-      [num] bool (the random-grey option; all False when it is off).
+      boxes ("erase", "top", "left", "height", "width" [num]), "grey"
+      [num] bool (the random-grey option; all False when it is off),
+      "remap" [num] bool and "curves" [num, remap_knots] (the random-remap
+      option).
     """
     s_crop, s_flip, s_erase = tf.unstack(split_seed(seed, 3))
     # A seed of its own, folded in, so that the draws above are the same
@@ -316,6 +351,17 @@ def sample_train_params(
     params["grey"] = sample_grey(
         s_grey, num=num, probability=config.grey_probability
     )
+    s_remap = tf.random.experimental.stateless_fold_in(
+        _check_seed(seed), 4, alg=_RNG_ALG
+    )
+    params.update(
+        sample_remap(
+            s_remap,
+            num=num,
+            probability=config.remap_probability,
+            knots=config.remap_knots,
+        )
+    )
     return params
 
 
@@ -343,9 +389,13 @@ def normalize_and_erase(
     config: TrainAugment = TrainAugment(),
     dtype=tf.float32,
 ) -> tf.Tensor:
-    """Grey (if on), normalise, erase (given boxes), cast: [N, H, W, C]."""
+    """Grey, remap (if on), normalise, erase (given boxes), cast."""
     if config.grey_probability > 0:
         images = image_ops.to_grey(images, params["grey"])
+    if config.remap_probability > 0:
+        images = image_ops.remap_intensity(
+            images, params["remap"], params["curves"]
+        )
     images = image_ops.normalize(
         images, mean=tuple(config.mean), std=tuple(config.std)
     )

@@ -132,12 +132,14 @@ def train_augment(
 ) -> augment.TrainAugment:
     """config.data -> the training augmentation.
 
-    `random_grey` is ours (not in the paper or the release); 0 by default.
+    `random_grey` and `random_remap` are ours (not in the paper or the
+    release); 0 by default.
     """
     return augment.TrainAugment(
         padding=data_config.pad,
         erasing_probability=data_config.random_erasing,
         grey_probability=data_config.get("random_grey", 0.0),
+        remap_probability=data_config.get("random_remap", 0.0),
     )
 
 

@@ -1,8 +1,9 @@
 """Deterministic pixel ops of the tf.data pipelines (no randomness here).
 
-Decode, resize, pad + crop, flip, grey, normalise and erase, each applying
-parameters it is given; `augment` draws them. The ops give the same images
-eagerly, in tf.data and under XLA. See the README section "Input pipeline".
+Decode, resize, pad + crop, flip, grey, remap, normalise and erase, each
+applying parameters it is given; `augment` draws them. The ops give the same
+images eagerly, in tf.data and under XLA. See the README section "Input
+pipeline".
 """
 
 from collections.abc import Sequence
@@ -202,6 +203,40 @@ def to_grey(images, grey) -> tf.Tensor:
     )
     grey = tf.reshape(tf.cast(grey, tf.bool), [-1, 1, 1, 1])
     return tf.where(grey, tf.broadcast_to(luma, tf.shape(images)), images)
+
+
+def remap_intensity(images, remap, curves) -> tf.Tensor:
+    """Passes the selected images' pixels through a piecewise-linear curve.
+
+    Args:
+      images: [N, H, W, C] pixels in [0, 255] (any real or integer dtype).
+      remap: [N] bool, which images to remap.
+      curves: [N, K] float, K >= 2: image n's curve takes the value
+        255 * curves[n, k] at the pixel value 255 * k / (K - 1), linear in
+        between; the same curve for every channel.
+
+    Returns:
+      [N, H, W, C] float32: the selected images remapped, the others
+      unchanged.
+    """
+    images = tf.cast(_check_images(images, "remap_intensity"), tf.float32)
+    curves = tf.convert_to_tensor(curves, tf.float32)
+    if curves.shape.rank != 2 or (curves.shape[1] or 2) < 2:
+        raise ValueError(
+            f"remap_intensity expects curves [N, K] with K >= 2, got shape "
+            f"{curves.shape}."
+        )
+    segments = tf.cast(tf.shape(curves)[1] - 1, tf.float32)
+    flat = tf.reshape(images, [tf.shape(images)[0], -1])
+    x = tf.clip_by_value(flat / 255.0, 0.0, 1.0) * segments
+    left = tf.minimum(tf.floor(x), segments - 1.0)
+    index = tf.cast(left, tf.int32)
+    low = tf.gather(curves, index, batch_dims=1)
+    high = tf.gather(curves, index + 1, batch_dims=1)
+    mapped = 255.0 * (low + (x - left) * (high - low))
+    mapped = tf.reshape(mapped, tf.shape(images))
+    remap = tf.reshape(tf.cast(remap, tf.bool), [-1, 1, 1, 1])
+    return tf.where(remap, mapped, images)
 
 
 def normalize(

@@ -8,6 +8,7 @@ and inside tf.data.
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from data_pipeline import augment, image_ops
@@ -117,3 +118,22 @@ def train_augment(
         params = {k: tf.gather(v, positions) for k, v in params.items()}
     apply = _jit_apply if jit_compile else apply_train_params
     return apply(images, params, config=config, dtype=dtype)
+
+
+def numpy_colour_chain(images, *, grey, config, remap=None, curves=None):
+    """Grey, remap and normalise in numpy (no crop, flip or erasing).
+
+    The independent computation the chain tests compare with: luma with
+    PIL's weights, `np.interp` through each image's curve, then
+    (x / 255 - mean) / std. Returns [N, H, W, 3] float64.
+    """
+    out = []
+    for n, image in enumerate(np.asarray(images, np.float64)):
+        if grey[n]:
+            luma = image @ np.array([0.299, 0.587, 0.114])
+            image = np.repeat(luma[..., None], 3, axis=-1)
+        if remap is not None and remap[n]:
+            knots = np.linspace(0.0, 1.0, len(curves[n]))
+            image = 255.0 * np.interp(image / 255.0, knots, curves[n])
+        out.append((image / 255.0 - np.array(config.mean)) / config.std)
+    return np.stack(out)

@@ -231,6 +231,11 @@ def default_config() -> ml_collections.ConfigDict:
     # "random grey"); infrared images are grey already. Off here; the
     # synthetic demo turns it on (settings.synthetic).
     config.data.random_grey = 0.0
+    # Ours too: probability that a training image's pixel values go through
+    # a random piecewise-linear curve (data_pipeline/augment.py, "random
+    # remap"), so that absolute brightness stops being an identity cue. Off
+    # here; the synthetic demo turns it on.
+    config.data.random_remap = 0.0
     config.data.num_identities = 8  # P identities per batch.
     config.data.num_instances = 4  # K images per identity and modality.
     # None: the release's floor(max(N_vis, N_ir) / (P * K)) + 1.

@@ -155,10 +155,12 @@ def synthetic(
     pretrained weights to protect), 11 epochs with a 2-epoch warm-up and one
     decay at epoch 8, no random erasing in any variant, sigma / rho of
     ICA/CCA scaled by D / 2048 so the margins keep their meaning for the
-    narrow feature dimension D = 128, and our random grey of visible images
-    (config.data.random_grey = 0.5; not in the paper), which takes colour
-    away as an identity cue half of the time. Everything else (losses, MCM,
-    sampler, protocol) is the paper's.
+    narrow feature dimension D = 128, and two augmentations of ours (not in
+    the paper): random grey of visible images (config.data.random_grey =
+    0.5), which takes colour away as an identity cue half of the time, and
+    random intensity remapping of any image (config.data.random_remap =
+    0.3), which takes absolute brightness away (the modalities do not share
+    it). Everything else (losses, MCM, sampler, protocol) is the paper's.
 
     Args:
       variant: a name of `common.VARIANTS`.
@@ -203,10 +205,11 @@ def synthetic(
     )
 
     # Random erasing (p = 0.8 in AGW*) slows learning from scratch on these
-    # small images; the demo's budget has no room for it. Random grey (ours)
-    # removes the colour shortcut.
+    # small images; the demo's budget has no room for it. Random grey and
+    # random remapping (ours) remove the colour and brightness shortcuts.
     config.data.random_erasing = 0.0
     config.data.random_grey = 0.5
+    config.data.random_remap = 0.3
 
     # Linear warm-up over 2 epochs (the release warms up over 10 of 201):
     # without it, whether a run from scratch settles on the shared or on the
@@ -249,10 +252,11 @@ def synthetic(
             seed=seed,
             pattern_scale=1.0,
         )
-        # sigma / rho stay those of D = 128, no random grey, no warm-up: the
-        # smoke run stays what other tests compare against.
+        # sigma / rho stay those of D = 128, no random grey or remap, no
+        # warm-up: the smoke run stays what other tests compare against.
         config.model.width_multiplier = 1 / 16
         config.data.random_grey = 0.0
+        config.data.random_remap = 0.0
         config.optimizer.schedule.warmup_epochs = 0
         config.num_epochs = 3
         config.log_every_steps = 2
