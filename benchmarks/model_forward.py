@@ -35,12 +35,15 @@ if not __package__:  # Run as `python benchmarks/<this file>.py`.
 # The imports below need the repository on the path (hence E402).
 from benchmarks import torch_release  # noqa: E402
 from mclnet_jax import platform
-from mclnet_jax.models import mclnet
+from mclnet_jax.models import mclnet, resnet
 
 _BATCH = flags.DEFINE_integer("batch", 64, "Images per forward call.")
 _HEIGHT = flags.DEFINE_integer("height", 288, "Image height.")
 _WIDTH = flags.DEFINE_integer("width", 144, "Image width.")
 _DEPTH = flags.DEFINE_integer("depth", 50, "ResNet depth.")
+_WIDTH_MULTIPLIER = flags.DEFINE_float(
+    "width_multiplier", 1.0, "Channels relative to the ResNet's (tests)."
+)
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 395, "Identities.")
 _DTYPE = flags.DEFINE_enum(
     "dtype",
@@ -72,6 +75,8 @@ _SIDE = flags.DEFINE_enum(
 )
 
 RESULT_PREFIX = "RESULT_JSON "
+# The release's (AGW's) non-local blocks per stage, as configs use them.
+_AGW_NON_LOCAL = (0, 2, 3, 0)
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -100,10 +105,24 @@ def _shape():
     return (_BATCH.value, _HEIGHT.value, _WIDTH.value, 3)
 
 
+def non_local_counts(depth: int) -> tuple[int, ...]:
+    """AGW's non-local blocks per stage (0, 2, 3, 0), each clipped to the
+    blocks of its stage (ResNet-18 has 2 per stage: (0, 2, 2, 0))."""
+    resnet.check_depth(depth)
+    return tuple(
+        min(count, blocks)
+        for count, blocks in zip(
+            _AGW_NON_LOCAL, resnet.BLOCKS_PER_STAGE[depth], strict=True
+        )
+    )
+
+
 def _jax_side():
     model = mclnet.MCLNet(
         num_classes=_NUM_CLASSES.value,
         depth=_DEPTH.value,
+        width_multiplier=_WIDTH_MULTIPLIER.value,
+        non_local_counts=non_local_counts(_DEPTH.value),
         dtype=jnp.dtype(_DTYPE.value),
         kernels=_KERNELS.value,
     )
@@ -134,10 +153,12 @@ def _torch_side():
     threads = torch_release.set_threads()
     forward = torch_release.make_forward(
         depth=_DEPTH.value,
+        width_multiplier=_WIDTH_MULTIPLIER.value,
         num_classes=_NUM_CLASSES.value,
         image_size=(_HEIGHT.value, _WIDTH.value),
         batch=_BATCH.value,
         dtype="float32" if _DTYPE.value == "float32" else "autocast_bf16",
+        non_local_counts=non_local_counts(_DEPTH.value),
     )
     return dict(
         _time(forward),
@@ -153,6 +174,7 @@ def _run_child(side):
         _HEIGHT,
         _WIDTH,
         _DEPTH,
+        _WIDTH_MULTIPLIER,
         _NUM_CLASSES,
         _DTYPE,
         _KERNELS,
@@ -218,8 +240,12 @@ def main(argv):
         f"(package defaults applied: {platform.applied_flags()}); "
         f"GLIBC_TUNABLES: {os.environ.get('GLIBC_TUNABLES', '')!r}"
     )
+    width = _WIDTH_MULTIPLIER.value
     print(
-        f"model: ResNet-{_DEPTH.value} MCLNet, {_NUM_CLASSES.value} ids, "
+        f"model: ResNet-{_DEPTH.value}"
+        + (f" x{width:g}" if width != 1.0 else "")
+        + f" MCLNet (non-local {non_local_counts(_DEPTH.value)}), "
+        f"{_NUM_CLASSES.value} ids, "
         f"{_DTYPE.value}, kernels {_KERNELS.value}, input {_shape()}; each "
         "side in its own process, one after the other"
     )

@@ -1,5 +1,6 @@
 """Shared pytest setup: quiet TensorFlow, one XLA compilation cache per run,
-the slowest files first, a `fast_compile` fixture and the generated datasets.
+the slowest files first, PyTorch on one thread, a `fast_compile` fixture and
+the generated datasets.
 
 The cache directory is made once by the controlling pytest process and
 reaches the xdist workers and every CLI subprocess the tests start through
@@ -11,6 +12,7 @@ import dataclasses
 import functools
 import os
 import shutil
+import sys
 import tempfile
 import types
 from collections.abc import Callable, Mapping
@@ -67,6 +69,18 @@ def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
     # A stable sort: each file's tests keep their order.
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """PyTorch (where a test has imported it) on one thread. JAX's CPU
+    client keeps threads of its own in this process; PyTorch's intra-op
+    threads waiting on the same two cores make its ops many times slower.
+    Results agree to float rounding whatever the count (the parity tests'
+    tolerances hold either way); a benchmark sets its own count."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,9 @@ from jax import lax
 from mclnet_jax.models import conv_ops, mclnet, remat, resnet
 
 F32 = jnp.float32
+# XLA's optimisations off while this module runs (its programs compile
+# several times faster); every check here compares two forms compiled alike.
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _rel(a, b):
@@ -37,6 +40,18 @@ def _lax_conv3x3(x, kernel):
     )
 
 
+def _value_and_vjp(fn, g, *args):
+    """fn(*args) and its vjp applied to the cotangent g, in one compiled
+    program (op by op, each small operation would compile on its own)."""
+
+    @jax.jit
+    def both(g, *args):
+        out, vjp = jax.vjp(fn, *args)
+        return out, vjp(g)
+
+    return both(g, *args)
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 6, 5, 7), (3, 7, 5, 4, 3)])
 def test_winograd_equals_lax_conv_with_gradients(shape):
     n, h, w, c, co = shape  # Odd sizes: partial tiles at the edges.
@@ -44,11 +59,11 @@ def test_winograd_equals_lax_conv_with_gradients(shape):
     x = jax.random.normal(kx, (n, h, w, c), F32)
     kernel = jax.random.normal(kk, (3, 3, c, co), F32)
     g = jax.random.normal(kg, (n, h, w, co), F32)
-    want, want_vjp = jax.vjp(_lax_conv3x3, x, kernel)
-    got, got_vjp = jax.vjp(conv_ops.winograd_conv3x3, x, kernel)
+    want, want_grads = _value_and_vjp(_lax_conv3x3, g, x, kernel)
+    got, got_grads = _value_and_vjp(conv_ops.winograd_conv3x3, g, x, kernel)
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    for got_grad, want_grad in zip(got_vjp(g), want_vjp(g), strict=True):
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
         np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5)
 
 
@@ -56,7 +71,7 @@ def test_winograd_in_bfloat16_is_close_and_keeps_the_dtype():
     kx, kk = jax.random.split(jax.random.key(1))
     x = jax.random.normal(kx, (2, 6, 6, 8), F32).astype(jnp.bfloat16)
     kernel = jax.random.normal(kk, (3, 3, 8, 8), F32)
-    got = conv_ops.winograd_conv3x3(x, kernel)
+    got = jax.jit(conv_ops.winograd_conv3x3)(x, kernel)
     assert got.dtype == jnp.bfloat16
     want = _lax_conv3x3(x.astype(F32), kernel)
     assert _rel(got, want) < 1e-2
@@ -79,11 +94,10 @@ def test_matmul_equals_a_float32_product_and_its_gradients():
         # The same bfloat16 inputs, multiplied and accumulated in float32.
         return x.astype(F32) @ w.astype(jnp.bfloat16).astype(F32)
 
-    got, got_vjp = jax.vjp(conv_ops.matmul, x, w)
-    want, want_vjp = jax.vjp(reference, x, w)
+    got, (gx, gw) = _value_and_vjp(conv_ops.matmul, g, x, w)
+    want, (wx, ww) = _value_and_vjp(reference, g, x, w)
     assert got.dtype == F32
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    (gx, gw), (wx, ww) = got_vjp(g), want_vjp(g)
     assert gx.dtype == jnp.bfloat16 and gw.dtype == F32
     # The backward products take the cotangent in bfloat16 (rounded once)
     # and accumulate in float32; dx is rounded to bfloat16 once.
@@ -106,11 +120,12 @@ def test_max_pool_equals_flax_max_pool_with_gradients(shape, ties):
     def reference(x):
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
-    want, want_vjp = jax.vjp(reference, x)
-    got, got_vjp = jax.vjp(conv_ops.max_pool_3x3_s2, x)
+    out_shape = jax.eval_shape(reference, x).shape
+    g = jax.random.normal(jax.random.key(4), out_shape, F32)
+    want, (want_grad,) = _value_and_vjp(reference, g, x)
+    got, (got_grad,) = _value_and_vjp(conv_ops.max_pool_3x3_s2, g, x)
     np.testing.assert_array_equal(got, want)
-    g = jax.random.normal(jax.random.key(4), want.shape, F32)
-    np.testing.assert_allclose(got_vjp(g)[0], want_vjp(g)[0], atol=1e-6)
+    np.testing.assert_allclose(got_grad, want_grad, atol=1e-6)
 
 
 def _outputs_and_grads(model, variables, images):
@@ -133,27 +148,42 @@ def _outputs_and_grads(model, variables, images):
     return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
 
 
+_TINY = dict(
+    num_classes=5, depth=18, width_multiplier=1 / 16,
+    non_local_counts=(0, 1, 1, 0),
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_net(fast_compile):
+    """(variables, images) of the tiny float32 MCLNet, initialised once."""
+    del fast_compile
+    images = jax.random.normal(jax.random.key(5), (4, 32, 16, 3), F32)
+    xla = mclnet.MCLNet(kernels="xla", **_TINY)
+    init = jax.jit(lambda key: xla.init(key, images, images, train=False))
+    return init(jax.random.key(6)), images
+
+
 def _models(monkeypatch, dtype):
     # Winograd from 8 channels, so that the tiny network uses it.
     monkeypatch.setattr(resnet, "WINOGRAD_MIN_CHANNELS", 8)
     monkeypatch.setattr(resnet, "WINOGRAD_MIN_CHANNELS_EVAL", 8)
-    kwargs = dict(
-        num_classes=5,
-        depth=18,
-        width_multiplier=1 / 16,
-        non_local_counts=(0, 1, 1, 0),
-        dtype=jnp.dtype(dtype),
+    kwargs = dict(_TINY, dtype=jnp.dtype(dtype))
+    return (
+        mclnet.MCLNet(kernels="cpu", **kwargs),
+        mclnet.MCLNet(kernels="xla", **kwargs),
     )
-    images = jax.random.normal(jax.random.key(5), (4, 32, 16, 3), F32)
-    xla = mclnet.MCLNet(kernels="xla", **kwargs)
-    init = jax.jit(lambda key: xla.init(key, images, images, train=False))
-    variables = init(jax.random.key(6))
-    return mclnet.MCLNet(kernels="cpu", **kwargs), xla, variables, images
 
 
-def test_cpu_kernels_equal_xla_kernels(monkeypatch, fast_compile):
-    del fast_compile
-    cpu, xla, variables, images = _models(monkeypatch, "float32")
+def _eval(model, variables, images):
+    return jax.jit(lambda v, x: model.apply(v, x, x, train=False))(
+        variables, images
+    )
+
+
+def test_cpu_kernels_equal_xla_kernels(monkeypatch, tiny_net):
+    variables, images = tiny_net
+    cpu, xla = _models(monkeypatch, "float32")
     assert jax.tree.structure(
         jax.eval_shape(
             lambda: cpu.init(jax.random.key(6), images, images, train=False)
@@ -179,17 +209,16 @@ def test_cpu_kernels_equal_xla_kernels(monkeypatch, fast_compile):
         assert err <= bound, (jax.tree_util.keystr(path), err, bound)
 
 
-def test_cpu_kernels_in_bfloat16_are_as_close_as_xla_bfloat16(monkeypatch):
+def test_cpu_kernels_in_bfloat16_are_as_close_as_xla_bfloat16(
+    monkeypatch, tiny_net
+):
     # Eval mode: in train mode this tiny deep network turns bfloat16
     # rounding into O(1) differences whatever the kernels.
-    _, _, variables, images = _models(monkeypatch, "float32")
-    want = mclnet.MCLNet(
-        num_classes=5, depth=18, width_multiplier=1 / 16,
-        non_local_counts=(0, 1, 1, 0), kernels="xla",
-    ).apply(variables, images, images, train=False)  # fmt: skip
-    cpu, xla, _, _ = _models(monkeypatch, "bfloat16")
-    got = cpu.apply(variables, images, images, train=False)
-    plain = xla.apply(variables, images, images, train=False)
+    variables, images = tiny_net
+    want = _eval(mclnet.MCLNet(kernels="xla", **_TINY), variables, images)
+    cpu, xla = _models(monkeypatch, "bfloat16")
+    got = _eval(cpu, variables, images)
+    plain = _eval(xla, variables, images)
     for name in ("pool", "bn", "logits"):
         assert _rel(got[name], want[name]) < 2e-2, name
         assert _rel(got[name], want[name]) < 2 * _rel(plain[name], want[name])

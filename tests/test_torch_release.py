@@ -138,12 +138,22 @@ def test_imports_without_torch_and_says_how_to_get_it():
 
 
 def test_model_forward_benchmark_prints_both_sides_and_the_ratio():
+    from benchmarks import model_forward
+
+    # AGW's non-local counts, clipped to the blocks of each stage.
+    assert model_forward.non_local_counts(50) == (0, 2, 3, 0)
+    assert model_forward.non_local_counts(18) == (0, 2, 2, 0)
+    with pytest.raises(ValueError, match="depth"):
+        model_forward.non_local_counts(42)
+    # ResNet-18 (2 blocks per stage) runs on both sides.
     proc = subprocess.run(
         [
             sys.executable,
             os.path.join(_REPO, "benchmarks", "model_forward.py"),
             "--torch",
-            "--depth=50",
+            "--depth=18",
+            "--width_multiplier=0.0625",
+            "--num_classes=4",
             "--height=32",
             "--width=16",
             "--batch=2",
@@ -151,14 +161,19 @@ def test_model_forward_benchmark_prints_both_sides_and_the_ratio():
             "--warmup=0",
         ],
         cwd=_REPO,
-        # The caller's GLIBC_TUNABLES would reach both sides.
-        env={k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"},
+        # The caller's GLIBC_TUNABLES would reach both sides. XLA's
+        # optimisations off: only the printed lines are checked here.
+        env={
+            **{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"},
+            "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+        },
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
+    assert "ResNet-18 x0.0625 MCLNet (non-local (0, 2, 2, 0))" in out, out
     assert "ours:" in out and "torch release:" in out
     assert "ours / torch speed:" in out and "peak RSS" in out
     # Only the torch side runs with the tuned malloc.

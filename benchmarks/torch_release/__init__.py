@@ -216,6 +216,7 @@ def make_forward(
     batch: int = 64,
     device: str = "cpu",
     dtype: Any = "float32",
+    non_local_counts: Sequence[int] = (0, 2, 3, 0),
 ) -> Callable[[], None]:
     """The release's eval-mode forward of `batch` visible images.
 
@@ -231,7 +232,10 @@ def make_forward(
     device = torch.device(device)
     torch.manual_seed(0)
     net = network.make_embed_net(
-        num_classes=num_classes, depth=depth, width_multiplier=width_multiplier
+        num_classes=num_classes,
+        depth=depth,
+        width_multiplier=width_multiplier,
+        non_local_counts=tuple(non_local_counts),
     ).to(device)
     net.eval()
     gen = torch.Generator().manual_seed(1)
