@@ -567,7 +567,17 @@ def _from_workdir(workdir: str, jpeg: int):
     if synthetic_data is None:
         # A run of benchmarks/ablation.py: the rows of a seed share data
         # generated with the demo's generator at that seed.
-        synthetic_data = settings.synthetic(seed=config.seed).data.synthetic
+        demo = settings.synthetic(seed=config.seed)
+        if config.data.dataset != demo.data.dataset or tuple(
+            config.data.image_size
+        ) != tuple(demo.data.image_size):
+            raise ValueError(
+                f"{workdir} is not a run on the synthetic demo's data "
+                f"({config.data.dataset}, {tuple(config.data.image_size)}): "
+                "--from_workdir measures configs/synthetic.py and "
+                "benchmarks/ablation.py runs only."
+            )
+        synthetic_data = demo.data.synthetic
     gen = dict(synthetic_data["generator"])
     if gen["visible_images_per_camera"] != gen["infrared_images_per_camera"]:
         raise ValueError(
