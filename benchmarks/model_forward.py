@@ -16,11 +16,8 @@ malloc tuned for it (`--torch_malloc`, `torch_release.TORCH_GLIBC_TUNABLES`).
   python benchmarks/model_forward.py --kernels=xla
 """
 
-import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -33,7 +30,7 @@ if not __package__:  # Run as `python benchmarks/<this file>.py`.
         0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     )
 # The imports below need the repository on the path (hence E402).
-from benchmarks import torch_release  # noqa: E402
+from benchmarks import sides, torch_release  # noqa: E402
 from mclnet_jax import platform
 from mclnet_jax.models import mclnet, resnet
 
@@ -56,48 +53,14 @@ _KERNELS = flags.DEFINE_enum(
 )
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls (median taken).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed calls after compiling.")
-_TORCH = flags.DEFINE_bool(
-    "torch", False, "Also time the release's forward in PyTorch."
-)
-_TORCH_MALLOC = flags.DEFINE_enum(
-    "torch_malloc",
-    "tuned",
-    ["tuned", "default"],
-    "glibc malloc of the torch side: 'tuned' sets GLIBC_TUNABLES to "
-    "torch_release.TORCH_GLIBC_TUNABLES (unless already set), 'default' "
-    "leaves glibc's defaults.",
-)
-_SIDE = flags.DEFINE_enum(
-    "side",
-    None,
-    ["jax", "torch"],
-    "Internal: time one side in this process and print its result.",
-)
+_SIDES = sides.define_flags("forward")
 
-RESULT_PREFIX = "RESULT_JSON "
 # The release's (AGW's) non-local blocks per stage, as configs use them.
 _AGW_NON_LOCAL = (0, 2, 3, 0)
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _flops(compiled) -> float:
-    """FLOPs of one call from XLA's cost analysis (0 if unavailable)."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
 
 
 def _time(fn):
-    """Wall and process-CPU seconds of the warm-up, then timed, calls."""
-    for _ in range(_WARMUP.value):
-        fn()
-    walls, cpus = [], []
-    for _ in range(_REPEATS.value):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
+    walls, cpus = sides.time_calls(fn, _REPEATS.value, warmup=_WARMUP.value)
     return dict(walls=walls, cpus=cpus)
 
 
@@ -142,7 +105,7 @@ def _jax_side():
     return dict(
         result,
         compile_s=compile_s,
-        gflop=_flops(compiled) / 1e9,
+        gflop=sides.flops(compiled) / 1e9,
         threads=f"XLA:CPU default pool ({cores} cores)",
     )
 
@@ -168,30 +131,27 @@ def _torch_side():
 
 def _run_child(side):
     """Runs one side in a fresh process; returns its result."""
-    args = [sys.executable, os.path.abspath(__file__), f"--side={side}"]
-    for flag in (
-        _BATCH,
-        _HEIGHT,
-        _WIDTH,
-        _DEPTH,
-        _WIDTH_MULTIPLIER,
-        _NUM_CLASSES,
-        _DTYPE,
-        _KERNELS,
-        _REPEATS,
-        _WARMUP,
-    ):
-        args.append(f"--{flag.name}={flag.value}")
-    env = torch_release.child_env(
-        side, _REPO, tuned_malloc=_TORCH_MALLOC.value == "tuned"
-    )
-    proc = subprocess.run(args, env=env, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
-    raise RuntimeError(
-        f"The {side} side failed (exit {proc.returncode}):\n"
-        f"{(proc.stdout + proc.stderr)[-4000:]}"
+    args = [
+        f"--{flag.name}={flag.value}"
+        for flag in (
+            _BATCH,
+            _HEIGHT,
+            _WIDTH,
+            _DEPTH,
+            _WIDTH_MULTIPLIER,
+            _NUM_CLASSES,
+            _DTYPE,
+            _KERNELS,
+            _REPEATS,
+            _WARMUP,
+        )
+    ]
+    return sides.run_child(
+        __file__,
+        side,
+        args,
+        torch_malloc=_SIDES.torch_malloc.value,
+        label=f"{side} side",
     )
 
 
@@ -221,15 +181,9 @@ def _describe(name, r):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _SIDE.value is not None:
-        result = _jax_side() if _SIDE.value == "jax" else _torch_side()
-        # ru_maxrss is in KiB on Linux.
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        glibc = os.environ.get("GLIBC_TUNABLES", "")
-        print(
-            RESULT_PREFIX
-            + json.dumps(dict(result, peak_rss_gib=rss, glibc_tunables=glibc))
-        )
+    if _SIDES.side.value is not None:
+        side = _SIDES.side.value
+        sides.print_result(_jax_side() if side == "jax" else _torch_side())
         return 0
     print(
         f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}),"
@@ -251,15 +205,10 @@ def main(argv):
     )
     ours = _run_child("jax")
     print(_describe("ours", ours), flush=True)
-    if _TORCH.value:
+    if _SIDES.torch.value:
         theirs = _run_child("torch")
         print(_describe("torch release", theirs), flush=True)
-        wall = statistics.median(theirs["walls"]) / statistics.median(
-            ours["walls"]
-        )
-        cpu = statistics.median(theirs["cpus"]) / statistics.median(
-            ours["cpus"]
-        )
+        wall, cpu = sides.speed_ratios(ours, theirs)
         print(f"ours / torch speed: {wall:.2f}x (wall), {cpu:.2f}x (CPU time)")
     return 0
 

@@ -21,11 +21,8 @@ with glibc's malloc tuned for it (`--torch_malloc`).
   python benchmarks/train_step.py --torch --dtype=bfloat16 --remat=blocks
 """
 
-import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -38,7 +35,7 @@ if not __package__:  # Run as `python benchmarks/<this file>.py`.
         0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     )
 # The imports below need the repository on the path (hence E402).
-from benchmarks import torch_release  # noqa: E402
+from benchmarks import sides, torch_release  # noqa: E402
 from mclnet_jax import platform, train_step
 from mclnet_jax.configs import settings
 
@@ -68,27 +65,9 @@ _REMAT = flags.DEFINE_enum(
     ["none", "blocks", "stages"],
     "config.model.remat (None: the config's default).",
 )
-_TORCH = flags.DEFINE_bool(
-    "torch", False, "Also time the release's step in PyTorch."
-)
-_TORCH_MALLOC = flags.DEFINE_enum(
-    "torch_malloc",
-    "tuned",
-    ["tuned", "default"],
-    "glibc malloc of the torch side: 'tuned' sets GLIBC_TUNABLES to "
-    "torch_release.TORCH_GLIBC_TUNABLES (unless already set), 'default' "
-    "leaves glibc's defaults.",
-)
-_SIDE = flags.DEFINE_enum(
-    "side",
-    None,
-    ["jax", "torch"],
-    "Internal: time one side in this process and print its result.",
-)
+_SIDES = sides.define_flags("step")
 
 NUM_CLASSES = 395
-RESULT_PREFIX = "RESULT_JSON "
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _multiples_of_four(batches) -> bool:
@@ -129,29 +108,6 @@ def _batch(config, num_classes, seed=0):
     }
 
 
-def _peak_rss_gib():
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def _time(fn, repeats):
-    """Wall and process-CPU seconds of `repeats` calls of `fn`."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    return walls, cpus
-
-
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
-
-
 def _jax_side(n, *, repeats, dtype, kernels, remat):
     config = _config(n, dtype, kernels, remat)
     model = train_step.make_model(config, num_classes=NUM_CLASSES)
@@ -176,7 +132,7 @@ def _jax_side(n, *, repeats, dtype, kernels, remat):
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    rss_compiled = _peak_rss_gib()
+    rss_compiled = sides.peak_rss_gib()
     platform.release_host_memory()  # As the training loop does.
     memory = compiled.memory_analysis()
     temp_gib = getattr(memory, "temp_size_in_bytes", 0) / 2**30
@@ -187,15 +143,15 @@ def _jax_side(n, *, repeats, dtype, kernels, remat):
         jax.block_until_ready(metrics)
         return metrics
 
-    first_s = _time(run, 1)[0][0]
-    walls, cpus = _time(run, repeats)
+    first_s = sides.time_calls(run, 1)[0][0]
+    walls, cpus = sides.time_calls(run, repeats)
     loss = float(run()["loss"])
     return dict(
         compile_s=compile_s,
         first_s=first_s,
         walls=walls,
         cpus=cpus,
-        gflop=_flops(compiled) / 1e9,
+        gflop=sides.flops(compiled) / 1e9,
         rss_compiled_gib=rss_compiled,
         temp_gib=temp_gib,
         loss=loss,
@@ -213,8 +169,8 @@ def _torch_side(n, *, repeats, dtype):
         batch=(n, n),
         dtype="float32" if dtype == "float32" else "autocast_bf16",
     )
-    first_s = _time(step, 1)[0][0]
-    walls, cpus = _time(step, repeats)
+    first_s = sides.time_calls(step, 1)[0][0]
+    walls, cpus = sides.time_calls(step, repeats)
     import torch
 
     return dict(
@@ -229,9 +185,6 @@ def _torch_side(n, *, repeats, dtype):
 def _run_child(side, n):
     """Runs one (side, batch) in a fresh process; returns its result."""
     args = [
-        sys.executable,
-        os.path.abspath(__file__),
-        f"--side={side}",
         f"--batches={n}",
         f"--repeats={_REPEATS.value}",
         f"--dtype={_DTYPE.value}",
@@ -239,16 +192,12 @@ def _run_child(side, n):
     for flag in (_KERNELS, _REMAT):
         if flag.value is not None:
             args.append(f"--{flag.name}={flag.value}")
-    env = torch_release.child_env(
-        side, _REPO, tuned_malloc=_TORCH_MALLOC.value == "tuned"
-    )
-    proc = subprocess.run(args, env=env, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
-    raise RuntimeError(
-        f"The {side} side at {n}+{n} failed (exit {proc.returncode}):\n"
-        f"{(proc.stdout + proc.stderr)[-4000:]}"
+    return sides.run_child(
+        __file__,
+        side,
+        args,
+        torch_malloc=_SIDES.torch_malloc.value,
+        label=f"{side} side at {n}+{n}",
     )
 
 
@@ -281,18 +230,16 @@ def _describe(name, n, r):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _SIDE.value is not None:
+    if _SIDES.side.value is not None:
         (n,) = (int(b) for b in _BATCHES.value)
         kwargs = dict(repeats=_REPEATS.value, dtype=_DTYPE.value)
-        if _SIDE.value == "jax":
+        if _SIDES.side.value == "jax":
             result = _jax_side(
                 n, kernels=_KERNELS.value, remat=_REMAT.value, **kwargs
             )
         else:
             result = _torch_side(n, **kwargs)
-        result["peak_rss_gib"] = _peak_rss_gib()
-        result["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        sides.print_result(result)
         return 0
     print(
         f"backend: {jax.default_backend()}, devices: {jax.devices()}, "
@@ -309,16 +256,11 @@ def main(argv):
         print(f"{n}+{n} images:", flush=True)
         ours = _run_child("jax", n)
         print(_describe("ours", n, ours), flush=True)
-        if not _TORCH.value:
+        if not _SIDES.torch.value:
             continue
         theirs = _run_child("torch", n)
         print(_describe("torch release", n, theirs), flush=True)
-        wall = statistics.median(theirs["walls"]) / statistics.median(
-            ours["walls"]
-        )
-        cpu = statistics.median(theirs["cpus"]) / statistics.median(
-            ours["cpus"]
-        )
+        wall, cpu = sides.speed_ratios(ours, theirs)
         rss = ours["peak_rss_gib"] / theirs["peak_rss_gib"]
         print(
             f"  ours / torch speed: {wall:.2f}x (wall), {cpu:.2f}x (CPU "

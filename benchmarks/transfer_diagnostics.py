@@ -366,14 +366,13 @@ def _grey_augment(tf, x, seed, probability, mode, num_visible):
 
 
 def embed(
-    model, state, images: np.ndarray, modality: np.ndarray, batch: int = 128
+    model, variables, images: np.ndarray, modality: np.ndarray, batch: int = 128
 ) -> dict:
     """{"pool", "bn"} features of uint8 images (eval transform)."""
     from data_pipeline import image_ops
     from data_pipeline.tf_setup import tf
 
     predict_fn = features_lib.make_predict_fn(model)
-    variables = state.model_variables()
     out = {"pool": [], "bn": []}
     order = np.argsort(modality, kind="stable")
     for mod in (0, 1):
@@ -493,7 +492,7 @@ def modality_probe(
     }
 
 
-def cue_sensitivity(model, state, data: dict, *, pairs: int = 64) -> dict:
+def cue_sensitivity(model, variables, data: dict, *, pairs: int = 64) -> dict:
     """Feature distance to hybrids / distance to the donor identity.
 
     For each test identity A (up to `pairs`) and a donor B, renders A's
@@ -531,7 +530,7 @@ def cue_sensitivity(model, state, data: dict, *, pairs: int = 64) -> dict:
         shared = dict(gb, **{k: ga[k] for k in _PALETTES})
         mod = int(cam in SYSU_INFRARED_CAMERAS)
         ims = np.concatenate([render(x) for x in (ga, gb, specific, shared)])
-        f = embed(model, state, ims, np.full(ims.shape[0], mod))
+        f = embed(model, variables, ims, np.full(ims.shape[0], mod))
         n = a_ids.size
         res = {}
         for name in ("pool", "bn"):
@@ -559,7 +558,7 @@ def cue_sensitivity(model, state, data: dict, *, pairs: int = 64) -> dict:
 
 
 def _from_workdir(workdir: str, jpeg: int):
-    """(model, state, data) of a finished demo run: no training."""
+    """(model, variables, data) of a finished demo run: no training."""
     from mclnet_jax import embed as embed_lib
 
     config = embed_lib.read_workdir_config(workdir)
@@ -593,16 +592,15 @@ def _from_workdir(workdir: str, jpeg: int):
         gen={"pattern_scale": gen.get("pattern_scale", 1.0)},
     )
     loaded = embed_lib.load_model(workdir)
-    state = types.SimpleNamespace(model_variables=lambda: loaded.variables)
-    return loaded.model, state, data
+    return loaded.model, loaded.variables, data
 
 
 def run(args) -> dict:
     t0 = time.process_time()
+    training = {}  # Only when this run trains.
     if args.from_workdir:
-        model, state, data = _from_workdir(args.from_workdir, args.jpeg)
+        model, variables, data = _from_workdir(args.from_workdir, args.jpeg)
         gen_cpu = time.process_time() - t0
-        log = [{"loss_id": None, "cpu_s": 0.0}]
     else:
         data = make_data(
             ids=args.ids,
@@ -621,19 +619,23 @@ def run(args) -> dict:
             grey=args.grey,
             grey_mode=args.grey_mode,
         )
+        variables = state.model_variables()
+        training = {
+            "final_loss_id": log[-1]["loss_id"],
+            "train_cpu_s": round(log[-1]["cpu_s"], 1),
+        }
     test = np.isin(data["identity"], data["splits"]["test"])
     meta = _metadata(
         data["identity"][test], data["camera"][test], data["modality"][test]
     )
-    feats = embed(model, state, data["images"][test], meta.modality)
+    feats = embed(model, variables, data["images"][test], meta.modality)
     x = data["images"][test].reshape(int(test.sum()), -1).astype(np.float32)
     result = {
         "args": vars(args),
         "test_ids": len(data["splits"]["test"]),
         "train_ids": len(data["splits"]["train"]),
         "chance_r1": round(100.0 / len(data["splits"]["test"]), 2),
-        "final_loss_id": log[-1]["loss_id"],
-        "train_cpu_s": round(log[-1]["cpu_s"], 1),
+        **training,
         "gen_cpu_s": round(gen_cpu, 1),
         "cross": sysu_all(feats, meta),
         "raw_pixels": sysu_all({"pixels": x / 255.0}, meta)["pixels"],
@@ -647,7 +649,7 @@ def run(args) -> dict:
         result["probe"]["pixels"] = modality_probe(
             x, meta.identity, meta.modality
         )
-        result["cues"] = cue_sensitivity(model, state, data)
+        result["cues"] = cue_sensitivity(model, variables, data)
     return result
 
 

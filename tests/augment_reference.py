@@ -137,3 +137,28 @@ def numpy_colour_chain(images, *, grey, config, remap=None, curves=None):
             image = 255.0 * np.interp(image / 255.0, knots, curves[n])
         out.append((image / 255.0 - np.array(config.mean)) / config.std)
     return np.stack(out)
+
+
+def option_draws(seed, *, without, with_option, key, num, height, width):
+    """The draws of `with_option`, after checking that an option has a seed
+    of its own: every draw but `key` is the same as `without`'s, and
+    `without` selects no row for `key`."""
+    p_without, p_with = (
+        augment.sample_train_params(
+            seed, num=num, height=height, width=width, config=config
+        )
+        for config in (without, with_option)
+    )
+    for name in p_without:
+        if name != key:
+            np.testing.assert_array_equal(p_without[name], p_with[name])
+    assert not p_without[key].numpy().any()
+    return {k: v.numpy() for k, v in p_with.items()}
+
+
+def chain_eager_and_jit(images, *, seed, config):
+    """`train_augment` of the batch eagerly and as one XLA computation."""
+    return tuple(
+        train_augment(images, seed=seed, config=config, jit_compile=jit).numpy()
+        for jit in (False, True)
+    )

@@ -451,23 +451,14 @@ def test_random_grey_in_the_chain_and_other_draws_unchanged(images):
         padding=0, flip_probability=0.0, erasing_probability=0.0
     )
     on = dataclasses.replace(off, grey_probability=0.5)
-    p_off = augment.sample_train_params(
-        seed, num=6, height=H, width=W, config=off
-    )
-    p_on = augment.sample_train_params(
-        seed, num=6, height=H, width=W, config=on
-    )
     # The option has its own seed: crop, flip and erasing draws are the
     # same with and without it.
-    for key in p_off:
-        if key != "grey":
-            np.testing.assert_array_equal(p_off[key], p_on[key])
-    assert not p_off["grey"].numpy().any()
-    grey = p_on["grey"].numpy()
-    out = augment_reference.train_augment(images, seed=seed, config=on).numpy()
-    jit = augment_reference.train_augment(
-        images, seed=seed, config=on, jit_compile=True
-    ).numpy()
+    grey = augment_reference.option_draws(
+        seed, without=off, with_option=on, key="grey", num=6, height=H, width=W
+    )["grey"]
+    out, jit = augment_reference.chain_eager_and_jit(
+        images, seed=seed, config=on
+    )
     want = augment_reference.numpy_colour_chain(images, grey=grey, config=on)
     np.testing.assert_allclose(out, want, atol=1e-5)
     np.testing.assert_allclose(jit, want, atol=1e-5)

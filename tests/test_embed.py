@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny_steps
 from absl import flags
 from absl import logging as absl_logging
 from PIL import Image
 
 from data_pipeline import image_files
-from mclnet_jax import checkpointing, embed, train_step
+from mclnet_jax import checkpointing, embed
 from mclnet_jax.configs import settings
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,16 +68,8 @@ def perturbed(state, seed):
 def make_workdir(path):
     """A tiny trained-looking workdir; returns (model, state)."""
     config = tiny_config()
-    model = train_step.make_model(config, num_classes=NUM_CLASSES)
-    tx, _, mcm_tx = train_step.make_optimizers(config, steps_per_epoch=3)
-    state = train_step.init_state(
-        config,
-        model=model,
-        num_classes=NUM_CLASSES,
-        num_cameras=6,
-        tx=tx,
-        mcm_tx=mcm_tx,
-        load_pretrained=False,
+    model, _, _, _, state = tiny_steps.initial_state(
+        config, num_classes=NUM_CLASSES, load_pretrained=False
     )
     state = perturbed(state, seed=1)
     ckpt = checkpointing.Checkpointer(str(path), keep=1)

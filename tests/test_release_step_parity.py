@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tiny_steps
 
 from mclnet_jax import optim, train_step
 from mclnet_jax.models import release
@@ -239,15 +240,11 @@ def initial_state():
     """
     with jax.enable_x64(True):
         config = _config(dtype="float64", wrt_variant="release")
-        model = train_step.make_model(config, num_classes=NUM_CLASSES)
-        tx, _, mcm_tx = train_step.make_optimizers(config, steps_per_epoch=1)
-        state = train_step.init_state(
+        *_, state = tiny_steps.initial_state(
             config,
-            model=model,
             num_classes=NUM_CLASSES,
             num_cameras=NUM_CAMERAS,
-            tx=tx,
-            mcm_tx=mcm_tx,
+            steps_per_epoch=1,
             load_pretrained=False,
         )
         assert "centers" not in state.params  # Frozen, as released.

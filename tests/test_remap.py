@@ -73,24 +73,21 @@ def test_remap_draws_have_their_own_seed_and_the_chain_applies_them(images):
     )
     on = dataclasses.replace(off, grey_probability=0.5, remap_probability=0.5)
     grey_only = dataclasses.replace(off, grey_probability=0.5)
-    p_grey = augment.sample_train_params(
-        seed, num=6, height=H, width=W, config=grey_only
+    params = augment_reference.option_draws(
+        seed,
+        without=grey_only,
+        with_option=on,
+        key="remap",
+        num=6,
+        height=H,
+        width=W,
     )
-    p_on = augment.sample_train_params(
-        seed, num=6, height=H, width=W, config=on
-    )
-    for key in p_grey:
-        if key != "remap":
-            np.testing.assert_array_equal(p_grey[key], p_on[key])
-    assert not p_grey["remap"].numpy().any()
-    remap, curves = p_on["remap"].numpy(), p_on["curves"].numpy()
-    grey = p_on["grey"].numpy()
+    remap, curves, grey = params["remap"], params["curves"], params["grey"]
     assert remap.any() and not remap.all()
     assert curves.shape == (6, on.remap_knots)
-    out = augment_reference.train_augment(images, seed=seed, config=on).numpy()
-    jit = augment_reference.train_augment(
-        images, seed=seed, config=on, jit_compile=True
-    ).numpy()
+    out, jit = augment_reference.chain_eager_and_jit(
+        images, seed=seed, config=on
+    )
     want = augment_reference.numpy_colour_chain(
         images, grey=grey, config=on, remap=remap, curves=curves
     )
@@ -112,6 +109,7 @@ def test_remap_rate_and_curve_distribution():
 
 def test_remap_follows_the_config():
     demo = settings.synthetic()
+    assert demo.data.random_remap == 0.3  # The demo's setting.
     assert datasets.train_augment(demo.data).remap_probability == (
         demo.data.random_remap
     )

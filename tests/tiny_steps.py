@@ -69,17 +69,33 @@ def tiny_batches(
     return out
 
 
-def setup(config):
-    model = train_step.make_model(config, num_classes=NUM_CLASSES)
-    tx, schedule, mcm_tx = train_step.make_optimizers(config, steps_per_epoch=3)
+def initial_state(
+    config,
+    *,
+    num_classes=NUM_CLASSES,
+    num_cameras=6,
+    steps_per_epoch=3,
+    load_pretrained=True,
+):
+    """(model, tx, schedule, mcm_tx, state) as a training run makes them."""
+    model = train_step.make_model(config, num_classes=num_classes)
+    tx, schedule, mcm_tx = train_step.make_optimizers(
+        config, steps_per_epoch=steps_per_epoch
+    )
     state = train_step.init_state(
         config,
         model=model,
-        num_classes=NUM_CLASSES,
-        num_cameras=6,
+        num_classes=num_classes,
+        num_cameras=num_cameras,
         tx=tx,
         mcm_tx=mcm_tx,
+        load_pretrained=load_pretrained,
     )
+    return model, tx, schedule, mcm_tx, state
+
+
+def setup(config):
+    model, tx, schedule, mcm_tx, state = initial_state(config)
     step = train_step.make_train_step(
         config, model=model, tx=tx, schedule=schedule, mcm_tx=mcm_tx
     )
