@@ -406,7 +406,7 @@ def normalize_and_erase(
     return tf.cast(images, dtype)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def jit_normalize_and_erase(images, params, *, config, dtype):
     """`normalize_and_erase` as one fused XLA computation."""
     return normalize_and_erase(images, params, config=config, dtype=dtype)

@@ -14,7 +14,7 @@ from data_pipeline import image_ops, records, sampling
 from data_pipeline.tf_setup import tf
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _normalize_masked(images, mask, *, mean, std, dtype):
     """Normalised images, zero where mask is False (one fused XLA pass)."""
     out = image_ops.normalize(images, mean=mean, std=std)
@@ -141,12 +141,14 @@ def make_eval_dataset(
             "index": batch["index"],
         }
 
+    # Plain graph functions (no AutoGraph), as in the training stream.
+    plain = tf.autograph.experimental.do_not_convert
     ds = tf.data.Dataset.from_tensor_slices(local)
-    ds = ds.map(fetch_in_graph, num_parallel_calls=2, deterministic=True)
+    ds = ds.map(plain(fetch_in_graph), num_parallel_calls=2, deterministic=True)
     ds = ds.unbatch()
     ds = ds.map(
-        decode, num_parallel_calls=num_parallel_calls, deterministic=True
+        plain(decode), num_parallel_calls=num_parallel_calls, deterministic=True
     )
     ds = ds.batch(local_rows, drop_remainder=True)
-    ds = ds.map(normalize, num_parallel_calls=2, deterministic=True)
+    ds = ds.map(plain(normalize), num_parallel_calls=2, deterministic=True)
     return ds.prefetch(prefetch)

@@ -286,14 +286,18 @@ def make_train_dataset(
         stop = np.iinfo(np.int64).max
     else:
         stop = start_step + num_steps
+    # Plain graph functions: their Python control flow depends only on
+    # static shapes and the config, so AutoGraph's conversion (seconds of
+    # CPU at every start) would change nothing.
+    plain = tf.autograph.experimental.do_not_convert
     ds = tf.data.Dataset.range(int(start_step), int(stop))
-    ds = ds.map(fetch_in_graph, num_parallel_calls=2, deterministic=True)
+    ds = ds.map(plain(fetch_in_graph), num_parallel_calls=2, deterministic=True)
     ds = ds.unbatch()
     ds = ds.map(
-        decode, num_parallel_calls=num_parallel_calls, deterministic=True
+        plain(decode), num_parallel_calls=num_parallel_calls, deterministic=True
     )
     ds = ds.batch(2 * local_rows, drop_remainder=True)
-    ds = ds.map(augment_step, num_parallel_calls=2, deterministic=True)
+    ds = ds.map(plain(augment_step), num_parallel_calls=2, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     ds = ds.with_options(options)

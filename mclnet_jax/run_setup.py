@@ -77,6 +77,7 @@ class Run:
     schedule: optim.Schedule
     mcm_tx: optax.GradientTransformation
     steps_per_epoch: int
+    abstract_state: Any  # The state's shapes and dtypes (`abstract_state`).
     state_sharding: Any
     checkpointer: checkpointing.Checkpointer
 
@@ -88,20 +89,27 @@ class Run:
         init: bool = True,
     ) -> train_step.TrainState | None:
         """The checkpointed state (`which`), else a fresh one (or None)."""
-        make = functools.partial(_init_state, config, self)
-        # Shapes only: restoring needs no initialisation compute.
-        abstract = jax.eval_shape(
-            functools.partial(make, load_pretrained=False)
-        )
         restore = (
             self.checkpointer.restore_best
             if which == "best"
             else self.checkpointer.restore_latest
         )
-        state = restore(abstract, self.state_sharding)
+        # Shapes only: restoring needs no initialisation compute.
+        state = restore(self.abstract_state, self.state_sharding)
         if state is None and init:
-            state = jax.device_put(make(), self.state_sharding)
+            state = jax.device_put(
+                _init_state(config, self), self.state_sharding
+            )
         return state
+
+
+def abstract_state(
+    config: ml_collections.ConfigDict, run: Run
+) -> train_step.TrainState:
+    """The shapes and dtypes of `run`'s state (traced, nothing computed)."""
+    return jax.eval_shape(
+        functools.partial(_init_state, config, run, load_pretrained=False)
+    )
 
 
 def _init_state(
@@ -150,6 +158,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         schedule=schedule,
         mcm_tx=mcm_tx,
         steps_per_epoch=steps_per_epoch,
+        abstract_state=None,
         state_sharding=None,
         checkpointer=checkpointing.Checkpointer(
             workdir,
@@ -157,11 +166,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
             best_metric=config.checkpoint.get("best_metric"),
         ),
     )
-    abstract = jax.eval_shape(
-        functools.partial(_init_state, config, run, load_pretrained=False)
-    )
+    # Traced once: the shardings, restoring and the release path share it.
+    run.abstract_state = abstract_state(config, run)
     replicated = sharding.replicated(mesh)
-    run.state_sharding = jax.tree.map(lambda _: replicated, abstract)
+    run.state_sharding = jax.tree.map(lambda _: replicated, run.abstract_state)
     return run
 
 
@@ -190,9 +198,7 @@ def release_state(
             f"config.model.release_checkpoint: {e}"
         ) from e
     _check_release_model(config, run, path, found)
-    abstract = jax.eval_shape(
-        functools.partial(_init_state, config, run, load_pretrained=False)
-    )
+    abstract = run.abstract_state
     try:
         variables = release.load_embed_net(
             abstract.model_variables(), state_dict

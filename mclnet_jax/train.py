@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax import traverse_util
 
 from mclnet_jax import (
@@ -168,6 +167,10 @@ def train_and_evaluate(
         mesh=run.mesh,
         state_sharding=run.state_sharding,
     )
+    # Imported here: clu's writers import Keras (seconds), which the other
+    # modes never need.
+    from clu import metric_writers, periodic_actions
+
     # Only the lead process writes TensorBoard events; all log.
     writer = metric_writers.create_default_writer(
         os.path.join(workdir, TENSORBOARD_DIR),

@@ -151,6 +151,16 @@ def _load_pretrained(config: ml_collections.ConfigDict, variables: PyTree):
     return pretrained.load_mclnet_backbone(variables, os.path.expanduser(path))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init_variables(
+    module: flax.linen.Module, rng: jax.Array, *inputs
+) -> PyTree:
+    # One jitted function for every module (modules compare by their
+    # fields): the trace of a `jax.eval_shape(init_state)` serves the real
+    # initialisation that follows it.
+    return module.init(rng, *inputs, train=False)
+
+
 def init_state(
     config: ml_collections.ConfigDict,
     *,
@@ -172,16 +182,16 @@ def init_state(
     model_rng, mcm_rng, ica_rng, cca_rng, step_rng = jax.random.split(rng, 5)
     h, w = config.data.image_size
     dummy = jnp.zeros((1, h, w, 3), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))(
-        model_rng, dummy, dummy
-    )
+    variables = _init_variables(model, model_rng, dummy, dummy)
     if load_pretrained:
         variables = _load_pretrained(config, variables)
     d = model.feature_dim
     param_dtype = layers.param_dtype(model.dtype)
-    mcm_vars = jax.jit(
-        functools.partial(make_modality_classifier(config).init, train=False)
-    )(mcm_rng, jnp.zeros((2, d), param_dtype))
+    mcm_vars = _init_variables(
+        make_modality_classifier(config),
+        mcm_rng,
+        jnp.zeros((2, d), param_dtype),
+    )
 
     sizes = {"ica": num_classes, "cca": num_cameras}
     centers = {

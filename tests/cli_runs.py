@@ -17,16 +17,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "synthetic.py") + ":tiny=1"
 
 
-def env(*, fast_compile: bool = False) -> dict[str, str]:
-    """A child's environment (it inherits the session's compilation cache);
-    with `fast_compile` XLA's optimisations are off, as the `fast_compile`
+def env(*, fast_compile: bool = False, host_devices: int = 1) -> dict[str, str]:
+    """A child's environment, with `host_devices` CPU devices.
+
+    It inherits the session's compilation cache and XLA_FLAGS; with
+    `fast_compile` XLA's optimisations are off, as the `fast_compile`
     fixture (tests/conftest.py) turns them off in this process (runs
     compared with each other must agree on it)."""
     out = dict(os.environ)
     if fast_compile:
         out["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     out["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    out.pop("XLA_FLAGS", None)
+    if host_devices != 1:
+        out["XLA_FLAGS"] = (
+            f"{out.get('XLA_FLAGS', '')} "
+            f"--xla_force_host_platform_device_count={host_devices}"
+        )
     return out
 
 

@@ -754,7 +754,11 @@ def _two_stem_features(num_devices):
     """
     ).replace("NUM_DEVICES", str(num_devices))
     flag = f"--xla_force_host_platform_device_count={num_devices}"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flag)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}",
+    )
     out = subprocess.run(
         [sys.executable, "-c", script],
         env=env,

@@ -4,10 +4,11 @@ Two local processes (one CPU device each, gloo collectives) train the tiny
 synthetic config in one shared workdir, as the hosts of a slice would.
 SIGTERM reaches only one of them mid-run: both must save the same step and
 exit 0, and rerunning both must end with exactly the results and final
-training metrics of an uninterrupted two-process run.
+training metrics of an uninterrupted run of one process over two devices.
+That run compiles the same global programs: how many hosts hold the devices
+must not change a single number.
 
-The runs share the session's XLA compilation cache (tests/conftest.py): the
-uninterrupted run starts once the interrupted one has compiled the step.
+The runs share the session's XLA compilation cache (tests/conftest.py).
 """
 
 import os
@@ -42,11 +43,20 @@ def _free_port():
 
 
 @pytest.fixture
-def start_pair():
+def children():
+    """The test's child processes: any still running at its end are killed."""
+    procs = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def start_pair(children):
     """`start_pair(workdir)` starts processes 0 and 1 of a run on `workdir`
-    (process 0 prepares the data, the other waits for it); any still running
-    at the end of the test are killed."""
-    started = []
+    (process 0 prepares the data, the other waits for it)."""
 
     def start(workdir):
         port = _free_port()
@@ -75,14 +85,10 @@ def start_pair():
                         stderr=subprocess.STDOUT,
                     )
                 )
-        started.extend(procs)
+        children.extend(procs)
         return procs
 
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return start
 
 
 def _wait(procs):
@@ -100,7 +106,7 @@ def _tail(workdir):
 
 
 def test_sigterm_to_one_process_stops_both_and_resume_is_exact(
-    tmp_path, start_pair
+    tmp_path, start_pair, children
 ):
     workdir = str(tmp_path / "interrupted")
     procs = start_pair(workdir)
@@ -112,9 +118,17 @@ def test_sigterm_to_one_process_stops_both_and_resume_is_exact(
         time.sleep(0.05)
     # The preemption notice reaches process 1 only.
     procs[1].send_signal(signal.SIGTERM)
-    # Meanwhile, the uninterrupted run (its programs are compiled by now).
+    # Meanwhile, the uninterrupted run: one process, two devices.
     reference = str(tmp_path / "uninterrupted")
-    reference_procs = start_pair(reference)
+    with open(f"{reference}_process0.txt", "ab") as log:
+        reference_proc = subprocess.Popen(
+            cli_runs.command(reference, *_OVERRIDES),
+            env=cli_runs.env(fast_compile=True, host_devices=2),
+            cwd=cli_runs.REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    children.append(reference_proc)
 
     assert _wait(procs) == [0, 0], _tail(workdir)
     logs = [_output(workdir, i) for i in range(2)]
@@ -133,7 +147,9 @@ def test_sigterm_to_one_process_stops_both_and_resume_is_exact(
     # The same two commands again: both resume at the saved step.
     assert _wait(start_pair(workdir)) == [0, 0], _tail(workdir)
     assert f"Resuming at step {stopped_at} " in _output(workdir, 1)
-    assert _wait(reference_procs) == [0, 0], _tail(reference)
+    assert reference_proc.wait(timeout=_TIMEOUT_S) == 0, _output(reference, 0)[
+        -3000:
+    ]
     total, want_summary, want_metrics = cli_runs.final_results(reference)
     assert total == _TOTAL_STEPS and want_metrics["step"] == _TOTAL_STEPS
     step, summary, metrics = cli_runs.final_results(workdir)

@@ -516,7 +516,6 @@ def test_describe_embed_net():
 def _env():
     env = dict(os.environ)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env.pop("XLA_FLAGS", None)
     return env
 
 
@@ -740,6 +739,7 @@ def test_release_state(tmp_path):
         mcm_tx=mcm_tx,
         state_sharding=None,
     )
+    run.abstract_state = run_setup.abstract_state(config, run)
     release_state = run_setup.release_state
     with pytest.raises(train_step.ConfigurationError, match="convert_release"):
         release_state(config, run)

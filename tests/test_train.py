@@ -393,7 +393,6 @@ def test_two_processes_equal_one_process(one_vs_eight, tmp_path):
     out = str(tmp_path / "two.npz")
     port = _free_port()
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
     procs = [
         subprocess.Popen(
             [
