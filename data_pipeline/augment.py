@@ -325,10 +325,13 @@ def sample_train_params(
       option).
     """
     s_crop, s_flip, s_erase = tf.unstack(split_seed(seed, 3))
-    # A seed of its own, folded in, so that the draws above are the same
-    # whether or not the random-grey option exists.
-    s_grey = tf.random.experimental.stateless_fold_in(
-        _check_seed(seed), 3, alg=_RNG_ALG
+    # Our options (grey 3, remap 4) each fold a seed of their own in, so
+    # that the release's draws above are the same whether or not they exist.
+    s_grey, s_remap = (
+        tf.random.experimental.stateless_fold_in(
+            _check_seed(seed), index, alg=_RNG_ALG
+        )
+        for index in (3, 4)
     )
     params = {
         "offsets": sample_crop_offsets(s_crop, num=num, padding=config.padding),
@@ -350,9 +353,6 @@ def sample_train_params(
     )
     params["grey"] = sample_grey(
         s_grey, num=num, probability=config.grey_probability
-    )
-    s_remap = tf.random.experimental.stateless_fold_in(
-        _check_seed(seed), 4, alg=_RNG_ALG
     )
     params.update(
         sample_remap(

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import test_train
+import tiny_steps
 
 from data_pipeline.constants import INFRARED, VISIBLE
 from mclnet_jax import optim
@@ -42,13 +43,6 @@ def _float_leaves(tree):
         optim.path_str(path): jnp.dtype(leaf.dtype)
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
         if jnp.issubdtype(leaf.dtype, jnp.floating)
-    }
-
-
-def _flat(tree):
-    return {
-        optim.path_str(path): np.asarray(leaf)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
 
 
@@ -121,8 +115,8 @@ def test_parameters_train_and_stay_finite(trained):
         for a, b in zip(before, after, strict=True):
             assert not np.array_equal(a, b), part
     # The extractor's update reaches the backbone's first convolutions.
-    old = _flat(states[0].params)
-    new = _flat(states[-1].params)
+    old = tiny_steps.flat_tree(states[0].params)
+    new = tiny_steps.flat_tree(states[-1].params)
     stems = [k for k in old if k.endswith("conv1/kernel")]
     assert stems
     for k in stems:

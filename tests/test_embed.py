@@ -165,15 +165,13 @@ def deviation(got, want):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
+def workdir(tmp_path_factory, fast_compile):
+    del fast_compile
     path = tmp_path_factory.mktemp("workdir")
     model, state = make_workdir(path)
     images = tmp_path_factory.mktemp("images")
     write_images(str(images))
-    yield str(path), model, state, str(images)
-    jax.config.update("jax_disable_most_optimizations", previous)
+    return str(path), model, state, str(images)
 
 
 def test_directory_matches_independent_reference(workdir):

@@ -52,9 +52,8 @@ def assert_close(got, want, what):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
+def exported(tmp_path_factory, fast_compile):
+    del fast_compile
     workdir = tmp_path_factory.mktemp("workdir")
     model, state = test_embed.make_workdir(workdir)
     info = export.export_workdir(None, str(workdir), which="latest")
@@ -67,8 +66,7 @@ def exported(tmp_path_factory):
     for b in BATCH_SIZES:
         for modality, out in live_features(model, state, inputs[b]).items():
             want[modality, b] = out
-    yield str(workdir), info, inputs, want
-    jax.config.update("jax_disable_most_optimizations", previous)
+    return str(workdir), info, inputs, want
 
 
 def test_files_and_metadata(exported):

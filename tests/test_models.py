@@ -23,12 +23,7 @@ WIDTH = 1 / 16  # ResNet-50 with 4..128 channels per stage
 IMAGE = (32, 16)  # H, W
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _count(tree) -> int:

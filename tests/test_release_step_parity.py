@@ -512,13 +512,11 @@ def _check_lr(result, *, rtol: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def start():
+def start(fast_compile):
     # XLA optimisations off while this module compiles: ~3x faster compiles
     # on 2 cores; the arithmetic is the same.
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield initial_state()
-    jax.config.update("jax_disable_most_optimizations", previous)
+    del fast_compile
+    return initial_state()
 
 
 @pytest.mark.parametrize("wrt_variant", WRT_VARIANTS)

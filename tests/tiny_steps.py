@@ -127,14 +127,21 @@ def run_steps(num_steps, *, devices=None, process_slice=None):
     return jax.device_get(state), jax.device_get(metrics)
 
 
-def flat_state(state):
-    tree = {
-        "params": state.params,
-        "batch_stats": state.batch_stats,
-        "mcm_params": state.mcm_params,
-        "mcm_batch_stats": state.mcm_batch_stats,
-    }
+def flat_tree(tree):
+    """{"a/b/c": numpy leaf} of a pytree."""
     return {
         optim.path_str(p): np.asarray(v)
         for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
+
+
+def flat_state(state):
+    """`flat_tree` of the state's parameters and BatchNorm statistics."""
+    return flat_tree(
+        {
+            "params": state.params,
+            "batch_stats": state.batch_stats,
+            "mcm_params": state.mcm_params,
+            "mcm_batch_stats": state.mcm_batch_stats,
+        }
+    )

@@ -6,7 +6,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from mclnet_jax.models import conv_ops
 
@@ -171,45 +170,30 @@ class Conv1x1(nn.Module):
         return y
 
 
-class Conv3x3(nn.Module):
-    """Bias-free 3x3 convolution with padding 1, NHWC.
+class WinogradConv3x3(nn.Module):
+    """Bias-free stride-1 3x3 convolution with padding 1, NHWC, computed by
+    `conv_ops.winograd_conv3x3` (faster on XLA:CPU from about 128 channels).
 
     The parameter of `nn.Conv(features, (3, 3), use_bias=False)` ("kernel"
-    [3, 3, C_in, features]) and its result up to float rounding. With
-    `winograd`, a stride-1 convolution runs as
-    `conv_ops.winograd_conv3x3` (faster on XLA:CPU from about 128
-    channels); otherwise as `lax.conv_general_dilated`, as `nn.Conv` does.
+    [3, 3, C_in, features]) and its result up to float rounding.
 
     Attributes:
       features: output channels.
-      strides: spatial stride (both axes).
       kernel_init: initialiser.
       dtype: compute dtype; the kernel is float32 (float64 for float64).
-      winograd: Winograd F(2x2, 3x3) when the stride is 1.
     """
 
     features: int
-    strides: int = 1
     kernel_init: Any = nn.initializers.lecun_normal()
     dtype: Any = jnp.float32
-    winograd: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [N, H, W, C_in] -> [N, ceil(H / s), ceil(W / s), features]."""
+        """x: [N, H, W, C_in] -> [N, H, W, features]."""
         kernel = self.param(
             "kernel",
             self.kernel_init,
             (3, 3, x.shape[-1], self.features),
             param_dtype(self.dtype),
         )
-        x = x.astype(self.dtype)
-        if self.winograd and self.strides == 1:
-            return conv_ops.winograd_conv3x3(x, kernel)
-        return lax.conv_general_dilated(
-            x,
-            kernel.astype(self.dtype),
-            (self.strides, self.strides),
-            ((1, 1), (1, 1)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        return conv_ops.winograd_conv3x3(x.astype(self.dtype), kernel)

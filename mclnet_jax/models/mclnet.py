@@ -125,10 +125,7 @@ class MCLNet(nn.Module):
             raise ValueError(
                 f"kernels must be one of {KERNELS}, got {self.kernels!r}."
             )
-        if self.remat not in remat_lib.REMATS:
-            raise ValueError(
-                f"remat must be one of {remat_lib.REMATS}, got {self.remat!r}."
-            )
+        remat_lib.check_remat(self.remat)
         counts = tuple(self.non_local_counts)
         blocks = resnet.BLOCKS_PER_STAGE[self.depth]
         if len(counts) != 4 or any(

@@ -11,6 +11,12 @@ import jax
 REMATS = ("none", "blocks", "stages")
 
 
+def check_remat(remat: str) -> None:
+    """Raises ValueError unless `remat` is one of `REMATS`."""
+    if remat not in REMATS:
+        raise ValueError(f"remat must be one of {REMATS}, got {remat!r}.")
+
+
 def plain_call(module: nn.Module, x: jax.Array, train: bool) -> jax.Array:
     return module(x, train=train)
 

@@ -99,11 +99,10 @@ def _conv(
         WINOGRAD_MIN_CHANNELS if train else WINOGRAD_MIN_CHANNELS_EVAL
     )
     if cpu_kernels and kernel == 3 and strides == 1 and wide:
-        return layers.Conv3x3(
+        return layers.WinogradConv3x3(
             features,
             kernel_init=conv_kernel_init,
             dtype=dtype,
-            winograd=True,
             name=name,
         )
     pad = kernel // 2
@@ -372,10 +371,7 @@ def resnet_stages(
             f"non_local_counts must have 4 entries (one per stage), got "
             f"{tuple(non_local_counts)!r}."
         )
-    if remat not in remat_lib.REMATS:
-        raise ValueError(
-            f"remat must be one of {remat_lib.REMATS}, got {remat!r}."
-        )
+    remat_lib.check_remat(remat)
     return [
         ResNetStage(
             depth,
