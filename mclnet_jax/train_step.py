@@ -327,7 +327,7 @@ def make_train_step(
             mcm_params = optax.apply_updates(mcm_params, updates)
             metrics["loss_mcm"] = l_m
             metrics["mcm_accuracy"] = jnp.mean(
-                (jnp.argmax(m_logits, -1) == modality).astype(jnp.float32)
+                (jnp.argmax(m_logits, -1) == modality).astype(m_logits.dtype)
             )
 
         # 3. The extractor's loss (Eq. 8) on the forward's outputs.

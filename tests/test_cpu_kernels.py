@@ -77,6 +77,23 @@ def test_winograd_in_bfloat16_is_close_and_keeps_the_dtype():
     assert _rel(got, want) < 1e-2
 
 
+def test_winograd_in_float64_is_exact_to_float64_rounding():
+    # The float64 parity mode: transforms, products and gradients in
+    # float64 (a float32 step anywhere would leave errors of ~1e-7).
+    with jax.enable_x64(True):
+        f64 = jnp.float64
+        kx, kk, kg = jax.random.split(jax.random.key(5), 3)
+        x = jax.random.normal(kx, (2, 7, 5, 6), f64)
+        kernel = jax.random.normal(kk, (3, 3, 6, 4), f64)
+        g = jax.random.normal(kg, (2, 7, 5, 4), f64)
+        want, want_grads = _value_and_vjp(_lax_conv3x3, g, x, kernel)
+        got, got_grads = _value_and_vjp(conv_ops.winograd_conv3x3, g, x, kernel)
+        assert got.dtype == f64
+        assert all(a.dtype == f64 for a in got_grads)
+        for a, b in zip((got, *got_grads), (want, *want_grads), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_winograd_refuses_other_kernel_sizes():
     with pytest.raises(ValueError, match="3x3"):
         conv_ops.winograd_conv3x3(

@@ -209,6 +209,18 @@ def test_round_trip_modality_classifier(tmp_path):
     np.testing.assert_array_equal(state["map2.weight"], np.eye(128))
 
 
+def test_bfloat16_variables_export_as_float32():
+    # torch state dicts of ours hold float32 or float64; other float types
+    # (bfloat16 variables) are widened to float32, exactly.
+    ours = _random_variables(18, 0, jnp.bfloat16)
+    state = release.embed_net_state_dict(ours)
+    assert state["classifier.weight"].dtype == np.float32
+    np.testing.assert_array_equal(
+        state["classifier.weight"],
+        np.asarray(ours["params"]["classifier"]["kernel"], np.float32).T,
+    )
+
+
 def test_load_keeps_float64():
     with jax.enable_x64(True):
         ours = _random_variables(18, 0, np.float64)

@@ -86,7 +86,7 @@ def _combine(matrix: np.ndarray, terms: Sequence[jax.Array]) -> list:
             if coef == -1:
                 term = -term
             elif coef != 1:
-                term = term * coef
+                term = term * float(coef)  # Weakly typed: keeps the dtype.
             acc = term if acc is None else acc + term
         out.append(acc)
     return out
@@ -107,8 +107,11 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
         raise ValueError(f"Needs a 3x3 kernel, got {kernel.shape}.")
     dtype = x.dtype
     low_precision = jnp.finfo(dtype).bits < 32
-    if low_precision:  # Transforms in float32, products in `dtype`.
-        x = x.astype(F32)
+    # The tile and kernel transforms run in float32 for a low-precision
+    # dtype (products in `dtype`), else in `dtype` itself: float64 stays
+    # float64 throughout.
+    transform_dtype = F32 if low_precision else dtype
+    x = x.astype(transform_dtype)
     n, h, w, c = x.shape
     co = kernel.shape[-1]
     th, tw = -(-h // 2), -(-w // 2)  # 2x2 output tiles.
@@ -122,7 +125,7 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     v = [_combine(_BT, [cols[b][a] for b in range(4)]) for a in range(4)]
     # u[a][b] = (G g G^T)[a, b], [C, Co]: sums of kernel taps (an einsum
     # here would run as slow batched products).
-    k = kernel.astype(F32)
+    k = kernel.astype(transform_dtype)
     g_rows = [_combine(_G, [k[i, j] for i in range(3)]) for j in range(3)]
     u = [_combine(_G, [g_rows[j][a] for j in range(3)]) for a in range(4)]
     p = n * th * tw

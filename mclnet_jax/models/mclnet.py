@@ -208,11 +208,15 @@ class MCLNet(nn.Module):
             if self.remat == "stages"
             else remat_lib.plain_call
         )
+        # Images in the compute dtype before any (rematerialised) stem, so
+        # that no value of a float64 step is float32.
         parts = []
         if visible is not None:
-            parts.append(call(visible_stem, visible, train))
+            parts.append(call(visible_stem, visible.astype(self.dtype), train))
         if infrared is not None:
-            parts.append(call(infrared_stem, infrared, train))
+            parts.append(
+                call(infrared_stem, infrared.astype(self.dtype), train)
+            )
         x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
 
         for stage in resnet.resnet_stages(
