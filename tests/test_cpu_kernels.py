@@ -9,6 +9,8 @@ training step with rematerialised blocks or stages against the plain one;
 `remat.checkpointed_call` must also keep less memory.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,7 @@ import test_train
 from flax import linen as nn
 from jax import lax
 
-from mclnet_jax.models import conv_ops, mclnet, remat, resnet
+from mclnet_jax.models import conv_ops, kernels, mclnet, remat
 
 F32 = jnp.float32
 # XLA's optimisations off while this module runs (its programs compile
@@ -181,13 +183,17 @@ def tiny_net(fast_compile):
     return init(jax.random.key(6)), images
 
 
-def _models(monkeypatch, dtype):
-    # Winograd from 8 channels, so that the tiny network uses it.
-    monkeypatch.setattr(resnet, "WINOGRAD_MIN_CHANNELS", 8)
-    monkeypatch.setattr(resnet, "WINOGRAD_MIN_CHANNELS_EVAL", 8)
+# The CPU kernels with Winograd from 8 channels, so that the tiny network
+# uses it (tests/test_float64_paths.py takes the real thresholds).
+_TINY_CPU = dataclasses.replace(
+    kernels.CPU, winograd_min_channels=8, winograd_min_channels_eval=8
+)
+
+
+def _models(dtype):
     kwargs = dict(_TINY, dtype=jnp.dtype(dtype))
     return (
-        mclnet.MCLNet(kernels="cpu", **kwargs),
+        mclnet.MCLNet(kernels=_TINY_CPU, **kwargs),
         mclnet.MCLNet(kernels="xla", **kwargs),
     )
 
@@ -198,9 +204,9 @@ def _eval(model, variables, images):
     )
 
 
-def test_cpu_kernels_equal_xla_kernels(monkeypatch, tiny_net):
+def test_cpu_kernels_equal_xla_kernels(tiny_net):
     variables, images = tiny_net
-    cpu, xla = _models(monkeypatch, "float32")
+    cpu, xla = _models("float32")
     assert jax.tree.structure(
         jax.eval_shape(
             lambda: cpu.init(jax.random.key(6), images, images, train=False)
@@ -226,14 +232,12 @@ def test_cpu_kernels_equal_xla_kernels(monkeypatch, tiny_net):
         assert err <= bound, (jax.tree_util.keystr(path), err, bound)
 
 
-def test_cpu_kernels_in_bfloat16_are_as_close_as_xla_bfloat16(
-    monkeypatch, tiny_net
-):
+def test_cpu_kernels_in_bfloat16_are_as_close_as_xla_bfloat16(tiny_net):
     # Eval mode: in train mode this tiny deep network turns bfloat16
     # rounding into O(1) differences whatever the kernels.
     variables, images = tiny_net
     want = _eval(mclnet.MCLNet(kernels="xla", **_TINY), variables, images)
-    cpu, xla = _models(monkeypatch, "bfloat16")
+    cpu, xla = _models("bfloat16")
     got = _eval(cpu, variables, images)
     plain = _eval(xla, variables, images)
     for name in ("pool", "bn", "logits"):

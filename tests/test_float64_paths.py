@@ -30,7 +30,8 @@ from flax import linen as nn
 from jax._src import source_info_util
 
 from mclnet_jax import train_step
-from mclnet_jax.models import layers, mclnet, resnet
+from mclnet_jax.models import kernels as kernels_lib
+from mclnet_jax.models import layers, mclnet
 
 HEIGHT, WIDTH = 32, 16
 
@@ -206,8 +207,8 @@ _EXPECTED_1X1 = {("conv1x1", 1, 1): 16 * 2 + 2 + 5 * 4, ("conv1x1", 1, 2): 2}
 
 @pytest.mark.parametrize(("kernels", "train"), list(_EXPECTED_3X3))
 def test_each_side_of_the_winograd_thresholds(kernels, train):
-    assert resnet.WINOGRAD_MIN_CHANNELS == 128
-    assert resnet.WINOGRAD_MIN_CHANNELS_EVAL == 64
+    assert kernels_lib.CPU.winograd_min_channels == 128
+    assert kernels_lib.CPU.winograd_min_channels_eval == 64
     model = mclnet.MCLNet(
         num_classes=3,
         depth=50,

@@ -60,7 +60,7 @@ import test_train  # noqa: E402
 from benchmarks.torch_release import parity  # noqa: E402
 
 # ResNet-18 layout, layer widths 16, 32, 64, 128 (D = 128): layer4's
-# stride-1 3x3 convolutions reach `resnet.WINOGRAD_MIN_CHANNELS`, so with
+# stride-1 3x3 convolutions reach `kernels.CPU.winograd_min_channels`, so with
 # the default kernels on the CPU backend the step runs Winograd there
 # (asserted below), as ResNet-50 does from layer2 on.
 SETTING = parity.Setting()

@@ -1,7 +1,8 @@
 """Forms of the ResNet's operations that are faster on XLA:CPU.
 
-MCLNet uses them with `kernels="cpu"` (the default on the CPU backend);
-each computes what the plain form computes, up to float rounding:
+`kernels.CPU` hands them to the backbone (MCLNet's default on the CPU
+backend); each computes what the plain form computes, up to float rounding,
+in the input's dtype (float64 stays float64):
 
 * `winograd_conv3x3`: a stride-1 3x3 convolution by Winograd's F(2x2, 3x3),
   16 products of transformed tiles, 2.25 times fewer multiplies than the

@@ -1,6 +1,7 @@
 """Layers shared by the models: PyTorch-style BatchNorm, convolutions, inits."""
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -126,8 +127,9 @@ class Conv1x1(nn.Module):
       use_bias: add a learnable bias.
       kernel_init, bias_init: initialisers.
       dtype: compute dtype; parameters are float32 (float64 for float64).
-      cpu_kernels: in a low-precision dtype, the product and its gradients
-        as `conv_ops.matmul` (float32 accumulation, fast on XLA:CPU).
+      low_precision_product: in a dtype below 32 bits, `product(x, w)`
+        (float32 result) instead of `jnp.dot`, e.g. `conv_ops.matmul`
+        (float32 accumulation, fast on XLA:CPU); see `kernels.Kernels`.
     """
 
     features: int
@@ -136,7 +138,7 @@ class Conv1x1(nn.Module):
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros
     dtype: Any = jnp.float32
-    cpu_kernels: bool = False
+    low_precision_product: Callable | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -154,8 +156,9 @@ class Conv1x1(nn.Module):
         # gradient is then one dot contracting rows. From the 4-D form,
         # XLA:CPU first transposes the output gradient to [features, N*H*W].
         x2 = x.reshape(-1, in_features).astype(self.dtype)
-        if self.cpu_kernels and jnp.finfo(self.dtype).bits < 32:
-            y = conv_ops.matmul(x2, kernel[0, 0]).astype(self.dtype)
+        product = self.low_precision_product
+        if product is not None and jnp.finfo(self.dtype).bits < 32:
+            y = product(x2, kernel[0, 0]).astype(self.dtype)
         else:
             y = jnp.dot(x2, kernel[0, 0].astype(self.dtype))
         y = y.reshape(x.shape[:-1] + (self.features,))

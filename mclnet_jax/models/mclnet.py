@@ -15,11 +15,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mclnet_jax.models import kernels as kernels_lib
 from mclnet_jax.models import layers, resnet
 from mclnet_jax.models import remat as remat_lib
 
 POOLINGS = ("gem", "avg")
-KERNELS = ("auto", "xla", "cpu")
+KERNELS = kernels_lib.NAMES
 GEM_P = 3.0
 GEM_EPS = 1e-12
 
@@ -77,13 +78,15 @@ class MCLNet(nn.Module):
       dtype: compute dtype of the backbone: float32, bfloat16 (float32
         parameters, features and logits) or float64 (everything float64: the
         exact-parity mode; needs `jax_enable_x64`).
-      kernels: how the backbone's operations are computed. "xla": XLA's
-        convolutions, products and max-pool. "cpu": the forms of `conv_ops`
+      kernels: how the backbone's operations are computed
+        (`kernels_lib.Kernels`, chosen once and handed to every block):
+        "xla": XLA's convolutions, products and max-pool; "cpu": the forms
         that are faster on XLA:CPU (Winograd for the wide stride-1 3x3
         convolutions, a max-pool backward without index arrays, and in
-        bfloat16 products whose gradients stay bfloat16 products); the same
-        parameters and results up to float rounding. "auto": "cpu" when
-        JAX's default backend is the CPU, else "xla".
+        bfloat16 products whose gradients stay bfloat16 products); "auto":
+        "cpu" when JAX's default backend is the CPU, else "xla"; or a
+        `Kernels` of your own. The same parameters and results up to float
+        rounding.
       remat: "none", "blocks" or "stages": recompute each residual (and
         non-local) block in the backward pass instead of keeping its
         intermediates (`remat_lib.checkpointed_call`), or with "stages" each
@@ -99,7 +102,7 @@ class MCLNet(nn.Module):
     non_local_inter: int | None = 1
     pooling: str = "gem"
     dtype: Any = jnp.float32
-    kernels: str = "auto"
+    kernels: str | kernels_lib.Kernels = "auto"
     remat: str = "none"
 
     @property
@@ -121,10 +124,7 @@ class MCLNet(nn.Module):
                 f"Unknown pooling {self.pooling!r}; use one of {POOLINGS}."
             )
         _check_dtype(self.dtype)
-        if self.kernels not in KERNELS:
-            raise ValueError(
-                f"kernels must be one of {KERNELS}, got {self.kernels!r}."
-            )
+        kernels_lib.resolve(self.kernels)  # Raises for an unknown name.
         remat_lib.check_remat(self.remat)
         counts = tuple(self.non_local_counts)
         blocks = resnet.BLOCKS_PER_STAGE[self.depth]
@@ -183,16 +183,14 @@ class MCLNet(nn.Module):
         stem_width = resnet.scaled_width(
             resnet.STEM_WIDTH, self.width_multiplier
         )
-        cpu_kernels = self.kernels == "cpu" or (
-            self.kernels == "auto" and jax.default_backend() == "cpu"
-        )
+        kernels = kernels_lib.resolve(self.kernels)
         # Both stems always exist (created even when one input is absent) so
         # the parameter tree does not depend on the call.
         visible_stem, infrared_stem = (
             resnet.ResNetStem(
                 stem_width,
                 dtype=self.dtype,
-                cpu_kernels=cpu_kernels,
+                kernels=kernels,
                 name=name,
             )
             for name in ("visible_stem", "infrared_stem")
@@ -226,7 +224,7 @@ class MCLNet(nn.Module):
             non_local_counts=tuple(self.non_local_counts),
             non_local_inter=self.non_local_inter,
             dtype=self.dtype,
-            cpu_kernels=cpu_kernels,
+            kernels=kernels,
             remat=self.remat,
         ):
             x = call(stage, x, train)

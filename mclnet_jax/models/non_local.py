@@ -16,29 +16,14 @@ channel (an integer-division quirk), so the default is 1; the AGW paper's
 intended C // 2 is `inter=None`.
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mclnet_jax.models import kernels as kernels_lib
 from mclnet_jax.models import layers
-
-
-def _conv1x1(
-    features: int, fan_in: int, *, dtype: Any, cpu_kernels: bool, name: str
-) -> layers.Conv1x1:
-    """1x1 conv with bias and PyTorch's default init."""
-    return layers.Conv1x1(
-        features,
-        use_bias=True,
-        kernel_init=layers.torch_default_kernel_init(),
-        bias_init=layers.torch_default_bias_init(fan_in),
-        dtype=dtype,
-        cpu_kernels=cpu_kernels,
-        name=name,
-    )
 
 
 class NonLocalBlock(nn.Module):
@@ -50,12 +35,12 @@ class NonLocalBlock(nn.Module):
     Attributes:
       inter: inner channels; None means C // 2 (at least 1).
       dtype: compute dtype.
-      cpu_kernels: XLA:CPU-friendly 1x1 convolutions (`layers.Conv1x1`).
+      kernels: the implementations of the 1x1 convolutions.
     """
 
     inter: int | None = 1
     dtype: Any = jnp.float32
-    cpu_kernels: bool = False
+    kernels: kernels_lib.Kernels = kernels_lib.XLA
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -69,9 +54,21 @@ class NonLocalBlock(nn.Module):
             )
         x = x.astype(self.dtype)
         p = h * w
-        conv = functools.partial(
-            _conv1x1, dtype=self.dtype, cpu_kernels=self.cpu_kernels
-        )
+
+        def conv(features: int, fan_in: int, name: str) -> nn.Module:
+            # 1x1 with bias and PyTorch's default init.
+            return self.kernels.conv(
+                features,
+                1,
+                1,
+                dtype=self.dtype,
+                train=train,
+                name=name,
+                kernel_init=layers.torch_default_kernel_init(),
+                use_bias=True,
+                bias_init=layers.torch_default_bias_init(fan_in),
+            )
+
         theta = conv(inter, c, name="theta")(x)
         phi = conv(inter, c, name="phi")(x)
         g = conv(inter, c, name="g")(x)

@@ -17,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mclnet_jax.models import conv_ops, layers
+from mclnet_jax.models import kernels as kernels_lib
+from mclnet_jax.models import layers
 from mclnet_jax.models import non_local as non_local_lib
 from mclnet_jax.models import remat as remat_lib
 
@@ -33,11 +34,6 @@ BLOCKS_PER_STAGE = {
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
 STEM_WIDTH = 64
-# With cpu_kernels, stride-1 3x3 convolutions this wide run as Winograd
-# F(2x2, 3x3): in eval from 64 channels, in training from 128 (narrower ones
-# are no faster there and keep more memory for the backward pass).
-WINOGRAD_MIN_CHANNELS = 128
-WINOGRAD_MIN_CHANNELS_EVAL = 64
 
 
 def check_depth(depth: int) -> None:
@@ -74,48 +70,10 @@ def _bn(name: str, dtype: Any) -> layers.BatchNorm:
     return layers.BatchNorm(dtype=dtype, name=name)
 
 
-def _conv(
-    features: int,
-    kernel: int,
-    strides: int,
-    *,
-    dtype: Any,
-    name: str,
-    cpu_kernels: bool = False,
-    train: bool = True,
-) -> nn.Module:
-    """Bias-free conv with PyTorch's symmetric padding (kernel // 2); with
-    `cpu_kernels`, in the forms faster on XLA:CPU (same parameters)."""
-    if kernel == 1:
-        return layers.Conv1x1(
-            features,
-            strides=strides,
-            kernel_init=conv_kernel_init,
-            dtype=dtype,
-            cpu_kernels=cpu_kernels,
-            name=name,
-        )
-    wide = features >= (
-        WINOGRAD_MIN_CHANNELS if train else WINOGRAD_MIN_CHANNELS_EVAL
-    )
-    if cpu_kernels and kernel == 3 and strides == 1 and wide:
-        return layers.WinogradConv3x3(
-            features,
-            kernel_init=conv_kernel_init,
-            dtype=dtype,
-            name=name,
-        )
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(strides, strides),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        kernel_init=conv_kernel_init,
-        dtype=dtype,
-        param_dtype=layers.param_dtype(dtype),
-        name=name,
+def _conv(kernels: kernels_lib.Kernels, *, dtype: Any, train: bool):
+    """`kernels.conv` with ResNet's bias-free Kaiming-normal kernels."""
+    return functools.partial(
+        kernels.conv, dtype=dtype, train=train, kernel_init=conv_kernel_init
     )
 
 
@@ -126,20 +84,18 @@ class BasicBlock(nn.Module):
       width: channels of both convolutions (= output channels).
       strides: stride of the first convolution and of the shortcut.
       dtype: compute dtype.
-      cpu_kernels: XLA:CPU-friendly convolutions (see `_conv`).
+      kernels: the implementations of the convolutions (and max-pool).
     """
 
     width: int
     strides: int = 1
     dtype: Any = jnp.float32
-    cpu_kernels: bool = False
+    kernels: kernels_lib.Kernels = kernels_lib.XLA
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """x: [N, H, W, C_in] -> [N, H / strides, W / strides, width]."""
-        conv = functools.partial(
-            _conv, dtype=self.dtype, cpu_kernels=self.cpu_kernels, train=train
-        )
+        conv = _conv(self.kernels, dtype=self.dtype, train=train)
         out_channels = self.width
         y = conv(self.width, 3, self.strides, name="conv1")(x)
         y = nn.relu(_bn("bn1", self.dtype)(y, train=train))
@@ -156,20 +112,18 @@ class Bottleneck(nn.Module):
       width: channels of the 1x1 and 3x3 convolutions; output is 4 * width.
       strides: stride of the 3x3 convolution and of the shortcut.
       dtype: compute dtype.
-      cpu_kernels: XLA:CPU-friendly convolutions (see `_conv`).
+      kernels: the implementations of the convolutions (and max-pool).
     """
 
     width: int
     strides: int = 1
     dtype: Any = jnp.float32
-    cpu_kernels: bool = False
+    kernels: kernels_lib.Kernels = kernels_lib.XLA
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """x: [N, H, W, C_in] -> [N, H / strides, W / strides, 4 * width]."""
-        conv = functools.partial(
-            _conv, dtype=self.dtype, cpu_kernels=self.cpu_kernels, train=train
-        )
+        conv = _conv(self.kernels, dtype=self.dtype, train=train)
         out_channels = 4 * self.width
         y = conv(self.width, 1, 1, name="conv1")(x)
         y = nn.relu(_bn("bn1", self.dtype)(y, train=train))
@@ -202,30 +156,21 @@ class ResNetStem(nn.Module):
     Attributes:
       width: output channels (64 * width multiplier).
       dtype: compute dtype; the input is cast to it.
-      cpu_kernels: XLA:CPU-friendly convolutions (see `_conv`).
+      kernels: the implementations of the convolutions (and max-pool).
     """
 
     width: int = STEM_WIDTH
     dtype: Any = jnp.float32
-    cpu_kernels: bool = False
+    kernels: kernels_lib.Kernels = kernels_lib.XLA
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """x: [N, H, W, 3] float -> [N, ceil(H / 4), ceil(W / 4), width]."""
         x = x.astype(self.dtype)
-        x = _conv(
-            self.width,
-            7,
-            2,
-            dtype=self.dtype,
-            cpu_kernels=self.cpu_kernels,
-            name="conv1",
-        )(x)
+        conv = _conv(self.kernels, dtype=self.dtype, train=train)
+        x = conv(self.width, 7, 2, name="conv1")(x)
         x = nn.relu(_bn("bn1", self.dtype)(x, train=train))
-        if self.cpu_kernels:
-            return conv_ops.max_pool_3x3_s2(x)
-        # Padding with -inf, like PyTorch's max_pool2d(padding=1).
-        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        return self.kernels.max_pool(x)
 
 
 class ResNetStage(nn.Module):
@@ -243,7 +188,7 @@ class ResNetStage(nn.Module):
       num_non_local: non-local blocks after the last blocks of the stage.
       non_local_inter: inner width of the non-local blocks (None: C // 2).
       dtype: compute dtype.
-      cpu_kernels: XLA:CPU-friendly convolutions (see `_conv`).
+      kernels: the implementations of the convolutions (and max-pool).
       remat_blocks: rematerialise each block (and non-local block) in the
         backward pass instead of keeping its intermediates.
     """
@@ -255,7 +200,7 @@ class ResNetStage(nn.Module):
     num_non_local: int = 0
     non_local_inter: int | None = 1
     dtype: Any = jnp.float32
-    cpu_kernels: bool = False
+    kernels: kernels_lib.Kernels = kernels_lib.XLA
     remat_blocks: bool = False
 
     @nn.compact
@@ -278,7 +223,7 @@ class ResNetStage(nn.Module):
                 self.width,
                 strides=self.strides if i == 0 else 1,
                 dtype=self.dtype,
-                cpu_kernels=self.cpu_kernels,
+                kernels=self.kernels,
                 name=f"block{i}",
             )
             x = call(block, x, train)
@@ -286,7 +231,7 @@ class ResNetStage(nn.Module):
                 non_local = non_local_lib.NonLocalBlock(
                     inter=self.non_local_inter,
                     dtype=self.dtype,
-                    cpu_kernels=self.cpu_kernels,
+                    kernels=self.kernels,
                     name=f"non_local{i - first_non_local}",
                 )
                 x = call(non_local, x, train)
@@ -353,7 +298,7 @@ def resnet_stages(
     non_local_counts: Sequence[int] = (0, 0, 0, 0),
     non_local_inter: int | None = 1,
     dtype: Any = jnp.float32,
-    cpu_kernels: bool = False,
+    kernels: kernels_lib.Kernels = kernels_lib.XLA,
     remat: str = "none",
 ) -> list[ResNetStage]:
     """Unbound layer1..layer4 modules, named "layer1".."layer4".
@@ -381,7 +326,7 @@ def resnet_stages(
             num_non_local=nl,
             non_local_inter=non_local_inter,
             dtype=dtype,
-            cpu_kernels=cpu_kernels,
+            kernels=kernels,
             remat_blocks=remat in ("blocks", "stages"),
             name=f"layer{k + 1}",
         )
