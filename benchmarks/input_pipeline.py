@@ -2,11 +2,11 @@ r"""Training input pipeline throughput and memory on a SYSU-sized dataset.
 
 Streams `data_pipeline.train_pipeline.make_train_dataset` (8 ids x 4 images
 per modality, 288x144, the release's augmentation) over a prepared SYSU-MM01
-TFDS dataset and prints images/s (median over windows, process CPU time per
-image) and the peak resident memory of the process (ru_maxrss) while
-streaming. With --profile it then times prefixes of the pipeline (read,
-decode, normalise, crop + flip, erasing; and op-by-op TF instead of XLA) to
-show what limits the rate.
+TFDS dataset and prints the size of its records on disk, images/s (median
+over windows, process CPU time per image) and the peak resident memory of
+the process (ru_maxrss) while streaming. With --profile it then times
+prefixes of the pipeline (read, decode, normalise, crop + flip, erasing; and
+op-by-op TF instead of XLA) to show what limits the rate.
 
 A SYSU-sized synthetic set (491 ids, 27.5k visible + 14.7k infrared images at
 288x144; the "train" split has about 22k + 12k like the real one) is
@@ -15,6 +15,9 @@ generated and built on first use (about 10 + 10 minutes on 2 cores):
   python benchmarks/input_pipeline.py --data_dir=/tmp/sysu_tfds \
       --manual_dir=/tmp/sysu_raw --generate --profile
   python benchmarks/input_pipeline.py --data_dir=/tmp/sysu_tfds  # afterwards
+  # the same images stored as PNG (lossless) or JPEG (lossy) instead of raw:
+  python benchmarks/input_pipeline.py --data_dir=/tmp/sysu_tfds \
+      --manual_dir=/tmp/sysu_raw --image_format=png
 
 The figures depend on the machine and on what else runs on it: compare
 runs made back to back.
@@ -58,6 +61,12 @@ _GENERATE = flags.DEFINE_bool(
     "Write a SYSU-sized synthetic set into --manual_dir first if it is empty.",
 )
 _CONFIG = flags.DEFINE_string("config", "288x144", "sysu_mm01 builder config.")
+_IMAGE_FORMAT = flags.DEFINE_enum(
+    "image_format",
+    None,
+    sysu_mm01.IMAGE_FORMATS,
+    "How the records store pixels (None: the config's, raw by default).",
+)
 _SPLIT = flags.DEFINE_string("split", "train", "Split to stream.")
 _HEIGHT = flags.DEFINE_integer("height", 288, "Output image height.")
 _WIDTH = flags.DEFINE_integer("width", 144, "Output image width.")
@@ -109,12 +118,15 @@ def _time(dataset, *, images_per_element, steps, window, warmup):
 
 
 def _builder():
-    builder = sysu_mm01.SysuMm01(data_dir=_DATA_DIR.value, config=_CONFIG.value)
+    config = sysu_mm01.resolve_config(
+        _CONFIG.value, _IMAGE_FORMAT.value, default="288x144"
+    )
+    builder = sysu_mm01.SysuMm01(data_dir=_DATA_DIR.value, config=config)
     if builder.info.splits:
         return builder
     if not _MANUAL_DIR.value:
         raise app.UsageError(
-            f"sysu_mm01/{_CONFIG.value} is not prepared under "
+            f"sysu_mm01/{config} is not prepared under "
             f"{_DATA_DIR.value}; pass --manual_dir (and --generate for a "
             "synthetic set)."
         )
@@ -127,12 +139,27 @@ def _builder():
         synthetic.generate_sysu(
             _MANUAL_DIR.value, seed=0, **synthetic.SYSU_PRESETS["sysu_sized"]
         )
-    logging.info("Building sysu_mm01 into %s ...", _DATA_DIR.value)
-    return sysu_mm01.prepare(
-        manual_dir=_MANUAL_DIR.value,
-        data_dir=_DATA_DIR.value,
-        config=_CONFIG.value,
+    logging.info("Building sysu_mm01/%s into %s ...", config, _DATA_DIR.value)
+    start = time.perf_counter()
+    builder = sysu_mm01.prepare(
+        manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value, config=config
     )
+    print(f"built in {time.perf_counter() - start:.0f} s")
+    return builder
+
+
+def _record_sizes(builder, split: str) -> tuple[float, float, float]:
+    """(MiB of all the config's record files, MiB of `split`'s, KiB per
+    image of `split`) on disk."""
+    total = split_bytes = 0
+    for path in builder.data_path.iterdir():
+        size = tf.io.gfile.stat(os.fspath(path)).length
+        if ".array_record-" in path.name or ".tfrecord-" in path.name:
+            total += size
+            if f"-{split}." in path.name:
+                split_bytes += size
+    n = builder.info.splits[split].num_examples
+    return total / 2**20, split_bytes / 2**20, split_bytes / 2**10 / n
 
 
 def _options():
@@ -171,13 +198,17 @@ def _prefixes(source, metadata):
         )
         return records.read_records(source, index)
 
+    storage = records.image_storage(source)
+
     def read(step):
         serialized = tf.numpy_function(fetch, [step], tf.string, stateful=False)
-        return records.parse_image_bytes(tf.ensure_shape(serialized, [rows]))
+        return records.parse_images(
+            tf.ensure_shape(serialized, [rows]), storage=storage
+        )
 
-    def decode(encoded):
-        return image_ops.resize(
-            image_ops.decode_image(encoded), height=size[0], width=size[1]
+    def decode(stored):
+        return image_ops.decode_and_resize(
+            stored, height=size[0], width=size[1]
         )
 
     encoded = steps.map(read, num_parallel_calls=2, deterministic=True)
@@ -185,7 +216,7 @@ def _prefixes(source, metadata):
         decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     yield "read + parse records (per step)", encoded, 1
-    yield "+ decode JPEG, batch (uint8)", per_image.batch(rows), 1
+    yield f"+ decode ({storage}), batch (uint8)", per_image.batch(rows), 1
 
     def train(**kwargs):
         return train_pipeline.make_train_dataset(
@@ -221,6 +252,12 @@ def main(argv):
     del argv
     load_start = os.getloadavg()
     builder = _builder()
+    total_mib, split_mib, kib = _record_sizes(builder, _SPLIT.value)
+    print(
+        f"records sysu_mm01/{builder.builder_config.name} "
+        f"{builder.version}: {total_mib:.0f} MiB on disk (all splits), "
+        f"split {_SPLIT.value} {split_mib:.0f} MiB = {kib:.1f} KiB/image"
+    )
     source = records.open_source(builder, _SPLIT.value)
     rss_before = _current_rss_mb()
     start = time.perf_counter()

@@ -3,21 +3,23 @@
 `open_builder(config, workdir)` returns the prepared TFDS builder of
 `config.data` (generating the synthetic dataset under the workdir first when
 the config asks for it); `train_batches` is this host's training stream from
-any step. Missing or malformed dataset folders raise
-`DatasetUnavailableError`, whose message names the expected path, the layout
-and how to obtain the data (README "Datasets").
+any step; `iter_images(config.data, split)` yields a split's images as the
+network sees them, before augmentation. Missing or malformed dataset folders
+raise `DatasetUnavailableError`, whose message names the expected path, the
+layout and how to obtain the data (README "Datasets").
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import ml_collections
 import numpy as np
 from absl import logging
 
-from data_pipeline import augment, records, train_pipeline
+from data_pipeline import augment, image_ops, records, train_pipeline
 
 # Where the real datasets are looked for when config.data.manual_dir is None.
 DEFAULT_MANUAL_DIRS = {
@@ -87,6 +89,34 @@ def open_builder(
       process_index: this host (only host 0 generates synthetic data).
 
     Raises:
+      DatasetUnavailableError: with the expected path and instructions
+        (`OutdatedRecordsError` when only an older builder version is
+        prepared).
+    """
+    dc = config.data
+    if dc.get("synthetic"):
+        manual_dir = generate_synthetic(
+            config, workdir, process_index=process_index
+        )
+        data_dir = dc.data_dir or os.path.join(workdir, "tfds")
+        return prepare_builder(dc, manual_dir=manual_dir, data_dir=data_dir)
+    return prepare_builder(dc)
+
+
+def prepare_builder(
+    data_config: ml_collections.ConfigDict,
+    *,
+    manual_dir: str | None = None,
+    data_dir: str | None = None,
+):
+    """The prepared TFDS builder of a config's `data` field.
+
+    Args:
+      data_config: `config.data` (dataset, builder_config, image_format,
+        manual_dir, data_dir).
+      manual_dir, data_dir: override the config's.
+
+    Raises:
       DatasetUnavailableError: with the expected path and instructions.
     """
     import tensorflow_datasets as tfds
@@ -95,21 +125,18 @@ def open_builder(
 
     # Progress bars interleave badly with the training log.
     tfds.disable_progress_bar()
-    dc = config.data
+    dc = data_config
     module = _builder_module(dc.dataset)
-    data_dir = dc.data_dir
-    if dc.get("synthetic"):
-        manual_dir = generate_synthetic(
-            config, workdir, process_index=process_index
-        )
-        data_dir = data_dir or os.path.join(workdir, "tfds")
-    else:
-        manual_dir = os.path.expanduser(
-            dc.manual_dir or DEFAULT_MANUAL_DIRS[dc.dataset]
-        )
+    data_dir = data_dir or dc.get("data_dir")
+    manual_dir = os.path.expanduser(
+        manual_dir or dc.get("manual_dir") or DEFAULT_MANUAL_DIRS[dc.dataset]
+    )
     try:
         return module.prepare(
-            manual_dir=manual_dir, data_dir=data_dir, config=dc.builder_config
+            manual_dir=manual_dir,
+            data_dir=data_dir,
+            config=dc.get("builder_config"),
+            image_format=dc.get("image_format"),
         )
     except layouts.DatasetLayoutError as e:
         # The layout error already names the path, the layout and the source.
@@ -125,6 +152,82 @@ def open_builder(
             f"--config.data.manual_dir=PATH).\n"
             f"{module.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         ) from None
+
+
+def iter_images(
+    data_config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    chunk_size: int = 256,
+) -> Iterator[dict[str, Any]]:
+    """The images of a split as the network sees them, before augmentation.
+
+    Builds the records first if needed (from `data_config.manual_dir`), then
+    reads every example of the split in record order, decodes it and resizes
+    it to `data_config.image_size` exactly as the training and evaluation
+    pipelines do (no resize when the stored size is that size, as for the
+    builders' 288x144 images). Figures and checks against the authors'
+    preprocessing use it.
+
+    Args:
+      data_config: a config's `data` field (dataset, builder_config,
+        image_format, image_size, manual_dir, data_dir), e.g.
+        `settings.sysu().data` with `manual_dir` and `data_dir` set.
+      split: a split of the builder: SYSU-MM01 "train", "train_only",
+        "val", "test"; RegDB "train", "test".
+      chunk_size: records decoded per batch (memory ~ chunk_size images).
+
+    Yields:
+      Dicts: "file_name" str (relative to the dataset folder, as stored,
+      e.g. "cam1/0001/0001.jpg"); "image" uint8 [H, W, 3]; "identity",
+      "camera", "modality" int (`constants.VISIBLE` / `INFRARED`).
+
+    Raises:
+      DatasetUnavailableError: the dataset folder is missing or malformed,
+        or only outdated records are prepared.
+      ValueError: an unknown split.
+    """
+    from data_pipeline.tf_setup import tf
+
+    builder = prepare_builder(data_config)
+    if split not in builder.info.splits:
+        raise ValueError(
+            f"{builder.name}/{builder.builder_config.name} has no split "
+            f"{split!r}; its splits: {sorted(builder.info.splits)}."
+        )
+    height, width = image_ops.check_image_size(data_config.image_size)
+    source = records.open_source(builder, split)
+    metadata = records.read_metadata(source)
+    storage = records.image_storage(source)
+    n = len(source)
+
+    def fetch(start):
+        stop = min(n, int(start) + chunk_size)
+        return records.read_records(source, range(int(start), stop))
+
+    def parse(start):
+        serialized = tf.numpy_function(fetch, [start], tf.string)
+        return records.parse_images(
+            tf.ensure_shape(serialized, [None]), storage=storage
+        )
+
+    def decode(stored):
+        return image_ops.decode_and_resize(stored, height=height, width=width)
+
+    plain = tf.autograph.experimental.do_not_convert
+    ds = tf.data.Dataset.range(0, n, chunk_size)
+    ds = ds.map(plain(parse)).unbatch()
+    ds = ds.map(
+        plain(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    for i, image in enumerate(ds.prefetch(2).as_numpy_iterator()):
+        yield {
+            "file_name": str(metadata.file_name[i]),
+            "image": image,
+            "identity": int(metadata.identity[i]),
+            "camera": int(metadata.camera[i]),
+            "modality": int(metadata.modality[i]),
+        }
 
 
 def train_augment(

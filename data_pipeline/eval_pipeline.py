@@ -1,9 +1,10 @@
 """The tf.data evaluation batches of a split (or a subset of it).
 
-Decode, resize, normalise; a fixed global batch size; the last batch is
-padded with zero images whose "mask" is False, so every image counts exactly
-once; "index" is the image's position in the split (-1 on padding). See the
-README section "Input pipeline".
+Decode (none for raw pixels), resize (only to another size than stored),
+normalise; a fixed global batch size; the last batch is padded with zero
+images whose "mask" is False, so every image counts exactly once; "index"
+is the image's position in the split (-1 on padding). See the README
+section "Input pipeline".
 """
 
 from collections.abc import Sequence
@@ -90,6 +91,7 @@ def make_eval_dataset(
     padded[: selection.size] = selection
     local = padded.reshape(num_batches, batch_size)[:, rows]
     records.check_source(source)
+    storage = records.image_storage(source)
     local_rows = rows.stop - rows.start
 
     def fetch(index):
@@ -105,20 +107,29 @@ def make_eval_dataset(
         )
         serialized = tf.ensure_shape(serialized, [local_rows])
         mask = index >= 0
-        # Parse only real records; padding stays an empty string.
-        parsed = records.parse_image_bytes(tf.boolean_mask(serialized, mask))
-        encoded = tf.tensor_scatter_nd_update(
-            serialized, tf.where(mask), parsed
+        # Parse only real records; padding rows stay empty (never decoded).
+        parsed = records.parse_images(
+            tf.boolean_mask(serialized, mask), storage=storage
         )
-        return {"encoded": encoded, "mask": mask, "index": index}
+        where = tf.where(mask)
+        stored = {
+            key: tf.tensor_scatter_nd_update(
+                tf.zeros(
+                    tf.concat([[local_rows], tf.shape(value)[1:]], 0),
+                    value.dtype,
+                ),
+                where,
+                value,
+            )
+            for key, value in parsed.items()
+        }
+        return {"stored": stored, "mask": mask, "index": index}
 
     def decode(example):
         image = tf.cond(
             example["mask"],
-            lambda: image_ops.resize(
-                image_ops.decode_image(example["encoded"]),
-                height=height,
-                width=width,
+            lambda: image_ops.decode_and_resize(
+                example["stored"], height=height, width=width
             ),
             lambda: tf.zeros((height, width, 3), tf.uint8),
         )

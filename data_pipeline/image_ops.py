@@ -86,16 +86,58 @@ def _check_image_or_batch(images, name: str) -> tf.Tensor:
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """Decodes JPEG/PNG bytes (scalar string) into `[h, w, 3]` uint8."""
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    """Decodes JPEG/PNG/BMP/GIF bytes (scalar string) into `[h, w, 3]` uint8.
+
+    JPEGs are decoded with libjpeg's accurate integer inverse DCT, as PIL
+    decodes them (TensorFlow's default, the fast one, is up to a few grey
+    levels off); other formats are lossless and decode the same anywhere.
+    """
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    return tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(
+            encoded, channels=3, dct_method="INTEGER_ACCURATE"
+        ),
+        lambda: tf.io.decode_image(
+            encoded, channels=3, expand_animations=False
+        ),
+    )
+
+
+def decode_raw(raw: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+    """Raw pixel bytes (scalar string) and their [3] shape -> uint8 image."""
+    image = tf.reshape(
+        tf.io.decode_raw(raw, tf.uint8), tf.cast(shape, tf.int32)
+    )
+    return tf.ensure_shape(image, (None, None, 3))
+
+
+def decode_stored(fields: dict[str, tf.Tensor]) -> tf.Tensor:
+    """One row of `records.parse_images` -> uint8 `[h, w, 3]`, as stored."""
+    if "raw" in fields:
+        return decode_raw(fields["raw"], fields["shape"])
+    return decode_image(fields["encoded"])
+
+
+def decode_and_resize(
+    fields: dict[str, tf.Tensor], *, height: int, width: int
+) -> tf.Tensor:
+    """One stored image as the network sees it before augmentation.
+
+    `decode_stored`, then `resize` to (height, width), which leaves an
+    image that already has that size (the builders' 288x144) untouched.
+    """
+    return resize(decode_stored(fields), height=height, width=width)
 
 
 def resize(image: tf.Tensor, *, height: int, width: int) -> tf.Tensor:
     """Resizes one `[h, w, C]` uint8 image to `[height, width, C]` uint8.
 
-    Bilinear with antialiasing, rounded back to uint8 like the release, which
-    shrank its images once (PIL) and kept uint8 arrays. An image that already
-    has the target size (as the builders store them) is returned as is.
+    Only for images stored at another size than the network's (the
+    builders' ``original`` configs, your own images, another
+    `image_size`): bilinear with antialiasing, rounded back to uint8. An
+    image that already has the target size (as the builders store it: the
+    release's Lanczos-resized pixels) is returned as is, bit for bit.
     """
     image = tf.convert_to_tensor(image)
     if image.shape.rank is not None and image.shape.rank != 3:

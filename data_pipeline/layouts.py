@@ -252,6 +252,7 @@ def read_sysu(root: str) -> SysuLayout:
                 f"images under cam1 .. cam6/{pid:04d}/",
             )
         images[pid] = tuple(records)
+    _check_sysu_modalities(root, split_ids, images)
     logging.info(
         "SYSU-MM01 at %s: %s ids, %d images.",
         root,
@@ -259,6 +260,95 @@ def read_sysu(root: str) -> SysuLayout:
         sum(len(v) for v in images.values()),
     )
     return SysuLayout(root=root, split_ids=split_ids, images=images)
+
+
+def _cameras(cameras) -> str:
+    return "/".join(f"cam{c}" for c in cameras)
+
+
+def _ids(ids) -> str:
+    """At most 20 ids, then how many more: an error stays a few lines."""
+    ids = sorted(ids)
+    more = f" and {len(ids) - 20} more" if len(ids) > 20 else ""
+    return ", ".join(str(i) for i in ids[:20]) + more
+
+
+def _check_sysu_modalities(
+    root: str,
+    split_ids: dict[str, tuple[int, ...]],
+    images: dict[int, tuple[ImageRecord, ...]],
+) -> None:
+    """Every split's rule, by SYSU-MM01 id, before any record is written.
+
+    Training (train and val ids): images of both modalities, since every
+    batch pairs visible and infrared images of each identity (val ids are
+    also evaluated as query / gallery). Test: an id with infrared (query)
+    images has a visible image in an all-search gallery camera, or its
+    queries could never be matched. Indoor search needs no such rule: the
+    official protocol skips the queries of ids never seen indoors (its
+    indoor search covers a subset of the test ids); the results table
+    counts them.
+
+    Raises:
+      DatasetLayoutError: naming each id that breaks its split's rule.
+    """
+    visible_cameras = constants.SYSU_GALLERY_CAMERAS["all"]
+    problems = []
+    for split in ("train", "val"):
+        no_visible, no_infrared = [], []
+        for pid in split_ids[split]:
+            modalities = {r.modality for r in images[pid]}
+            if constants.VISIBLE not in modalities:
+                no_visible.append(pid)
+            if constants.INFRARED not in modalities:
+                no_infrared.append(pid)
+        if no_visible:
+            problems.append(
+                f"{split} ids without a visible image (in "
+                f"{_cameras(visible_cameras)}): {_ids(no_visible)}"
+            )
+        if no_infrared:
+            problems.append(
+                f"{split} ids without an infrared image (in "
+                f"{_cameras(constants.SYSU_INFRARED_CAMERAS)}): "
+                f"{_ids(no_infrared)}"
+            )
+    no_gallery = {}
+    for pid in split_ids["test"]:
+        records = images[pid]
+        queries = sum(r.modality == constants.INFRARED for r in records)
+        if queries and not any(r.camera in visible_cameras for r in records):
+            no_gallery[pid] = queries
+    if no_gallery:
+        problems.append(
+            f"test ids with infrared query images but no visible gallery "
+            f"image (in {_cameras(visible_cameras)}), so their "
+            f"{sum(no_gallery.values())} queries could never be matched: "
+            f"{_ids(no_gallery)}"
+        )
+    if problems:
+        raise _sysu_error(
+            root,
+            "SYSU-MM01 ids break their split's rule: " + "; ".join(problems),
+            "every train and val id in both modalities, every test id with "
+            "infrared images also in a visible camera; restore the missing "
+            "images or move the ids to the right exp/*_id.txt list",
+        )
+    indoor = constants.SYSU_GALLERY_CAMERAS["indoor"]
+    not_indoor = [
+        pid
+        for pid in split_ids["test"]
+        if not any(r.camera in indoor for r in images[pid])
+    ]
+    if not_indoor:
+        logging.info(
+            "SYSU-MM01 indoor search: %d of %d test ids have no image in "
+            "%s; their queries are skipped there, as in the official "
+            "protocol.",
+            len(not_indoor),
+            len(split_ids["test"]),
+            _cameras(indoor),
+        )
 
 
 def _regdb_error(root: str, what: str, expected: str) -> DatasetLayoutError:
@@ -385,6 +475,7 @@ def read_regdb(root: str, *, trial: int) -> dict[str, list[ImageRecord]]:
                 modality=modality,
             )
         out[split] = sorted(records, key=lambda r: r.file_name)
+    _check_regdb_modalities(root, trial, out)
     names = {r.file_name for r in out["train"]} & {
         r.file_name for r in out["test"]
     }
@@ -396,3 +487,48 @@ def read_regdb(root: str, *, trial: int) -> dict[str, list[ImageRecord]]:
             "disjoint train and test files",
         )
     return out
+
+
+def _check_regdb_modalities(
+    root: str, trial: int, splits: dict[str, list[ImageRecord]]
+) -> None:
+    """Every identity of each split in both modalities, named by its label.
+
+    Training pairs visible and thermal images of each identity; the test
+    protocol queries in both directions, so each query identity needs a
+    gallery image in the other modality either way.
+
+    Raises:
+      DatasetLayoutError: naming each label (and one of its files) seen in
+        one modality only.
+    """
+    problems = []
+    for split, records in splits.items():
+        by_modality = {constants.VISIBLE: {}, constants.INFRARED: {}}
+        for r in records:
+            by_modality[r.modality].setdefault(r.identity, r.file_name)
+        visible = by_modality[constants.VISIBLE]
+        thermal = by_modality[constants.INFRARED]
+        for name, here, other in (
+            ("visible", visible, thermal),
+            ("thermal", thermal, visible),
+        ):
+            only = sorted(set(here) - set(other))
+            if only:
+                examples = ", ".join(
+                    f"{label} (e.g. {here[label]})" for label in only[:5]
+                )
+                more = f" and {len(only) - 5} more" if len(only) > 5 else ""
+                problems.append(
+                    f"{split}_{name}_{trial}.txt has labels that "
+                    f"{split}_{'thermal' if name == 'visible' else 'visible'}"
+                    f"_{trial}.txt lacks: {examples}{more}"
+                )
+    if problems:
+        raise _regdb_error(
+            root,
+            f"RegDB trial {trial}: identities in one modality only: "
+            + "; ".join(problems),
+            "every label of a split in both its visible and its thermal "
+            "idx file (training pairs them; the test queries both ways)",
+        )

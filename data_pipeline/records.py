@@ -2,10 +2,13 @@
 
 A split is a random-access sequence of serialized `tf.train.Example` records:
 `open_source(builder, split)` (a TFDS split's `as_data_source` with raw
-bytes), or any list of such records. The image bytes are parsed out in the
-graph (`parse_image_bytes`); `read_metadata` is the one reader of the other
-features (labels, cameras, modalities, file names). See the README section
-"Input pipeline".
+bytes), or any list of such records. A record holds its image either as raw
+pixels ("image/value" bytes and "image/shape", the builders' default) or as
+an encoded file ("image": PNG, JPEG, ...; also `image_files.FileSource`):
+`image_storage` tells which, `parse_images` parses them out in the graph and
+`image_ops.decode_stored` turns them into pixels. `read_metadata` is the
+one reader of the other features (labels, cameras, modalities, file names).
+See the README section "Input pipeline".
 """
 
 import dataclasses
@@ -68,10 +71,57 @@ def check_source(source) -> None:
     read_records(source, [0])
 
 
-def parse_image_bytes(records: tf.Tensor) -> tf.Tensor:
-    """[n] serialized records -> [n] encoded "image" bytes (in the graph)."""
-    spec = {"image": tf.io.FixedLenFeature([], tf.string)}
-    return tf.io.parse_example(records, spec)["image"]
+# How a record stores its image (`image_storage`).
+RAW = "raw"
+ENCODED = "encoded"
+
+
+def image_storage(source) -> str:
+    """`RAW` or `ENCODED`: how the records of `source` store their image.
+
+    Read from the first record (a split is written with one feature spec).
+
+    Raises:
+      ValueError: the records hold no image feature.
+    """
+    example = tf.train.Example.FromString(read_records(source, [0])[0])
+    keys = set(example.features.feature)
+    if {"image/value", "image/shape"} <= keys:
+        return RAW
+    if "image" in keys:
+        return ENCODED
+    raise ValueError(
+        f"the records hold no image: features {sorted(keys)}, expected "
+        "'image' (encoded) or 'image/value' and 'image/shape' (raw pixels). "
+        "Open a split of the sysu_mm01 or regdb builders."
+    )
+
+
+def parse_images(records: tf.Tensor, *, storage: str) -> dict[str, tf.Tensor]:
+    """[n] serialized records -> their images' fields (in the graph).
+
+    Args:
+      records: [n] string, serialized `tf.train.Example`s.
+      storage: `image_storage(source)`.
+
+    Returns:
+      `RAW`: {"raw": [n] string (H * W * 3 bytes), "shape": [n, 3] int64};
+      `ENCODED`: {"encoded": [n] string}. Row i of each is record i's,
+      `image_ops.decode_stored` decodes one row.
+    """
+    if storage == RAW:
+        spec = {
+            "image/value": tf.io.FixedLenFeature([], tf.string),
+            "image/shape": tf.io.FixedLenFeature([3], tf.int64),
+        }
+        parsed = tf.io.parse_example(records, spec)
+        return {"raw": parsed["image/value"], "shape": parsed["image/shape"]}
+    if storage == ENCODED:
+        spec = {"image": tf.io.FixedLenFeature([], tf.string)}
+        return {"encoded": tf.io.parse_example(records, spec)["image"]}
+    raise ValueError(
+        f"storage must be {RAW!r} or {ENCODED!r}, got {storage!r}."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,10 +191,11 @@ def _check_records(items: list) -> None:
         )
 
 
-def read_metadata(source, *, chunk_size: int = 2048) -> SplitMetadata:
+def read_metadata(source, *, chunk_size: int = 256) -> SplitMetadata:
     """Reads every feature but the image of every example of a split.
 
-    Streams the records in chunks (memory ~ chunk_size records).
+    Streams the records in chunks (memory ~ chunk_size records: 256 raw
+    288x144 images are 32 MB).
 
     Args:
       source: the split's records (see the module docstring).

@@ -3,8 +3,9 @@
 Per step: the identity-balanced plan (`sampling`, numpy, per epoch) names the
 records, read by index from the split in one Python call; every random choice
 is drawn from (seed, step) for the rows of the global batch and this host's
-rows kept (`augment.sample_train_params`); decoding, resizing, pad + crop and
-flip run per image in parallel (uint8); grey, normalisation and erasing run
+rows kept (`augment.sample_train_params`); decoding (none for raw pixels),
+resizing (only to another size than stored), pad + crop and flip run per
+image in parallel (uint8); grey, normalisation and erasing run
 per batch as one XLA computation. So `make_train_dataset(start_step=s)`
 yields exactly what an uninterrupted run yields from step s on, whatever the
 number of hosts, and only the records of the steps in flight are in memory.
@@ -180,6 +181,7 @@ def make_train_dataset(
     if num_steps is not None and num_steps < 0:
         raise ValueError(f"num_steps must be >= 0 or None, got {num_steps!r}.")
     records.check_source(source)
+    storage = records.image_storage(source)
     if augmentation is None:
         augmentation = augment.TrainAugment()
     if not isinstance(augmentation, augment.TrainAugment):
@@ -242,8 +244,8 @@ def make_train_dataset(
         )
         params = {k: tf.gather(v, positions) for k, v in params.items()}
         return {
-            "encoded": records.parse_image_bytes(
-                tf.ensure_shape(serialized, [size])
+            "stored": records.parse_images(
+                tf.ensure_shape(serialized, [size]), storage=storage
             ),
             "label": tf.ensure_shape(labels, [size]),
             "camera": tf.ensure_shape(cameras, [size]),
@@ -252,10 +254,8 @@ def make_train_dataset(
         }
 
     def decode(example):
-        image = image_ops.resize(
-            image_ops.decode_image(example.pop("encoded")),
-            height=height,
-            width=width,
+        image = image_ops.decode_and_resize(
+            example.pop("stored"), height=height, width=width
         )
         example["image"] = augment.crop_and_flip(
             image, example["params"], config=augmentation

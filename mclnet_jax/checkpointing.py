@@ -14,6 +14,17 @@ would break resume. A checkpoint is only ever written for a finite state (the
 caller checks; see `train.py`), and orbax commits a step
 atomically, so a run killed mid-save resumes from the previous complete one.
 
+Each step this process saves gets a manifest (`mclnet_manifest.json` in the
+step's folder: every file's size and CRC-32) once orbax has committed it. On
+restore, a step whose files no longer match (missing, truncated, corrupted),
+or that cannot be read, is reported in one warning and skipped: the newest
+intact step is restored. A resumed run moves the damaged steps to
+`checkpoints_damaged/` (kept for inspection; they would otherwise collide
+with the steps it saves again). When no step is intact,
+`NoIntactCheckpointError` (exit 3). A step without a manifest (saved by an
+older version, or a run killed between the commit and the manifest) is
+trusted if it restores.
+
 `restore_model_variables` reads just the network of a workdir's checkpoint
 (for feature extraction and export): no dataset, no optimiser state.
 """
@@ -22,7 +33,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import shutil
+import zlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -30,8 +43,154 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mclnet_jax import console, errors
+
 LATEST_DIR = "checkpoints"
 BEST_DIR = "checkpoints_best"
+DAMAGED_DIR = "checkpoints_damaged"
+MANIFEST_FILE = "mclnet_manifest.json"
+_CHUNK = 1 << 22
+
+
+def _crc32(path: str) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def _files(step_dir: str) -> list[str]:
+    """The files of a step folder, relative to it (not the manifest)."""
+    out = []
+    for root, _, names in os.walk(step_dir):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), step_dir)
+            if rel != MANIFEST_FILE:
+                out.append(rel)
+    return sorted(out)
+
+
+def write_manifest(step_dir: str) -> None:
+    """Records every file's size and CRC-32 of a committed step folder."""
+    manifest = {
+        rel: {
+            "size": os.path.getsize(os.path.join(step_dir, rel)),
+            "crc32": _crc32(os.path.join(step_dir, rel)),
+        }
+        for rel in _files(step_dir)
+    }
+    tmp = os.path.join(step_dir, f".{MANIFEST_FILE}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(step_dir, MANIFEST_FILE))
+
+
+def damage(step_dir: str) -> str | None:
+    """What is wrong with a step folder by its manifest; None if intact.
+
+    Raises:
+      FileNotFoundError: the step has no manifest (cannot be verified).
+    """
+    path = os.path.join(step_dir, MANIFEST_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        return f"its manifest {MANIFEST_FILE} cannot be read ({e})"
+    for rel, want in sorted(manifest.items()):
+        full = os.path.join(step_dir, rel)
+        if not os.path.isfile(full):
+            return f"{rel} is missing"
+        size = os.path.getsize(full)
+        if size != want["size"]:
+            return (
+                f"{rel} has {size} bytes, {want['size']} when saved "
+                "(truncated or overwritten)"
+            )
+        if _crc32(full) != want["crc32"]:
+            return (
+                f"{rel} is corrupted (its checksum differs from when it "
+                "was saved)"
+            )
+    return None
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else ""
+    line = f"{type(error).__name__}: {line}"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def newest_intact(
+    manager: ocp.CheckpointManager,
+    directory: str,
+    restore_one: Callable[[int], Any],
+) -> tuple[Any, int, list[int]] | None:
+    """Restores the newest step of `manager` that is intact (module doc).
+
+    Args:
+      manager: the orbax manager of `directory`.
+      directory: its folder (for the messages and the manifests).
+      restore_one: step -> the restored tree.
+
+    Returns:
+      (restored tree, its step, the newer steps found damaged), or None when
+      the folder holds no step.
+
+    Raises:
+      NoIntactCheckpointError: steps exist, none is intact.
+      ConfigurationError: a verified (intact) step does not fit the
+        requested tree: the config is not the one it was trained with.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        return None
+    damaged = []
+    for step in steps:
+        step_dir = os.path.join(directory, str(step))
+        try:
+            problem = damage(step_dir)
+            verified = problem is None
+        except FileNotFoundError:
+            problem, verified = None, False
+        if problem is None:
+            try:
+                return restore_one(step), step, damaged
+            except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types.
+                console.log_file_only(
+                    "Restoring step %d of %s failed:",
+                    step,
+                    directory,
+                    exc_info=True,
+                )
+                if verified:
+                    raise errors.ConfigurationError(
+                        f"The checkpoint of step {step} in {directory} is "
+                        f"intact but does not fit this config "
+                        f"({_first_line(e)}). Resume with the config it was "
+                        "trained with (WORKDIR/config.json), or train in a new "
+                        "--workdir."
+                    ) from e
+                problem = f"it cannot be read ({_first_line(e)})"
+        logging.warning(
+            "Checkpoint step %d in %s is damaged: %s. Skipping it.",
+            step,
+            directory,
+            problem,
+        )
+        damaged.append(step)
+    raise errors.NoIntactCheckpointError(
+        f"No intact checkpoint in {directory}: step"
+        f"{'s' * (len(damaged) > 1)} {', '.join(map(str, damaged))} "
+        f"{'are' if len(damaged) > 1 else 'is'} damaged (see the warnings "
+        "above; details in the workdir's log.txt). To train from scratch in "
+        f"this workdir, move {directory} away (e.g. to {directory}.damaged) "
+        "and rerun; to continue from them, restore the folder from a backup."
+    )
 
 
 def _lookup(tree: Mapping[str, Any], path: str) -> float:
@@ -62,6 +221,10 @@ class Checkpointer:
             self.directory("latest"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
+        # Steps saved by this process whose manifest is not written yet.
+        self._unlisted = {"latest": [], "best": []}
+        # The newest step known intact on disk (for the disk-full message).
+        self._intact_step = self._latest.latest_step()
         self._best = None
         self._best_value = None
         if best_metric:
@@ -83,14 +246,95 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._latest.latest_step()
 
+    def _disk_full(
+        self, error: BaseException, step: int
+    ) -> errors.DiskFullError:
+        saved = (
+            f"the checkpoint of step {self._intact_step}"
+            if self._intact_step is not None
+            else "the workdir's data (no checkpoint had been saved yet)"
+        )
+        console.log_file_only(
+            "Saving step %d failed:",
+            step,
+            exc_info=(type(error), error, error.__traceback__),
+        )
+        return errors.DiskFullError(
+            errors.disk_full_message(self.directory("latest"), saved=saved)
+            + f" (Step {step} was not saved.)"
+        )
+
+    def _finish(self, which: str, manager: ocp.CheckpointManager) -> None:
+        """Waits for `manager`'s save; writes the saved steps' manifests."""
+        try:
+            manager.wait_until_finished()
+        except Exception as e:
+            step = self._unlisted[which][-1] if self._unlisted[which] else -1
+            self._unlisted[which].clear()
+            if errors.no_space_error(e) is not None:
+                raise self._disk_full(e, step) from e
+            raise
+        steps = self._unlisted[which]
+        self._unlisted[which] = []
+        for step in steps:
+            step_dir = os.path.join(self.directory(which), str(step))
+            if which == "latest":
+                self._intact_step = step
+            if jax.process_index() != 0 or not os.path.isdir(step_dir):
+                continue  # Not the lead process, or already removed (keep).
+            try:
+                write_manifest(step_dir)
+            except OSError as e:
+                if errors.no_space_error(e) is not None:
+                    raise self._disk_full(e, step) from e
+                logging.warning(
+                    "Cannot write the manifest of %s (%s): this step will be "
+                    "trusted without verification.",
+                    step_dir,
+                    e,
+                )
+
+    def _save(self, which: str, manager, step: int, state, **kwargs) -> None:
+        self._finish(which, manager)
+        try:
+            manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
+        except Exception as e:
+            if errors.no_space_error(e) is not None:
+                raise self._disk_full(e, step) from e
+            raise
+        self._unlisted[which].append(step)
+
     def save(self, step: int, state) -> None:
         """Saves `state` as step `step` (asynchronously; see `wait`)."""
-        self._latest.save(step, args=ocp.args.StandardSave(state))
+        self._save("latest", self._latest, step, state)
 
     def wait(self) -> None:
-        self._latest.wait_until_finished()
+        """Waits for the saves in flight; each saved step gets its manifest."""
+        self._finish("latest", self._latest)
         if self._best is not None:
-            self._best.wait_until_finished()
+            self._finish("best", self._best)
+
+    def close(self) -> None:
+        """Finishes or abandons the saves in flight and stops orbax's threads.
+
+        Never raises: called on the way out of a failed run too, where the
+        save's own error (already reported) would come back from here.
+        """
+        for which, manager in (("latest", self._latest), ("best", self._best)):
+            if manager is None:
+                continue
+            try:
+                self._finish(which, manager)
+            except Exception:  # noqa: BLE001 - reported by the caller.
+                console.log_file_only(
+                    "Closing %s:", self.directory(which), exc_info=True
+                )
+            try:
+                manager.close()
+            except Exception:  # noqa: BLE001
+                console.log_file_only(
+                    "Closing %s:", self.directory(which), exc_info=True
+                )
 
     def _restore(self, manager, step, target, shardings):
         abstract = jax.tree.map(
@@ -100,13 +344,73 @@ class Checkpointer:
         )
         return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
-    def restore_latest(self, target, shardings):
-        """The newest saved state laid out like `target`, or None."""
-        step = self._latest.latest_step()
-        if step is None:
+    def _restore_newest_intact(
+        self, which, manager, target, shardings, *, set_aside: bool
+    ):
+        directory = self.directory(which)
+        found = newest_intact(
+            manager,
+            directory,
+            lambda step: self._restore(manager, step, target, shardings),
+        )
+        if found is None:
             return None
-        logging.info("Restoring %s step %d.", self.directory("latest"), step)
-        return self._restore(self._latest, step, target, shardings)
+        state, step, damaged = found
+        if damaged:
+            logging.warning(
+                "Restored step %d, the newest intact checkpoint in %s.",
+                step,
+                directory,
+            )
+            if set_aside:
+                self._set_aside(manager, directory, damaged)
+        else:
+            logging.info("Restored %s step %d.", directory, step)
+        if which == "latest":
+            self._intact_step = step
+        return state
+
+    def _set_aside(self, manager, directory: str, steps: list[int]) -> None:
+        """Moves damaged steps out of orbax's folder, into DAMAGED_DIR."""
+        target = os.path.join(self._workdir, DAMAGED_DIR)
+        if jax.process_index() == 0:
+            os.makedirs(target, exist_ok=True)
+            for step in steps:
+                dest = os.path.join(target, str(step))
+                n = 1
+                while os.path.exists(dest):
+                    dest = os.path.join(target, f"{step}.{n}")
+                    n += 1
+                shutil.move(os.path.join(directory, str(step)), dest)
+                logging.warning(
+                    "Moved the damaged step %d to %s (kept for inspection; "
+                    "delete it when done).",
+                    step,
+                    dest,
+                )
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(
+                "mclnet_jax: damaged steps moved"
+            )
+        manager.reload()
+
+    def restore_latest(self, target, shardings, *, set_aside: bool = False):
+        """The newest intact saved state laid out like `target`, or None.
+
+        Args:
+          target: the state's shapes and dtypes.
+          shardings: the state's shardings.
+          set_aside: move damaged newer steps to DAMAGED_DIR (a resumed run
+            saves those steps again).
+
+        Raises:
+          NoIntactCheckpointError: every saved step is damaged.
+        """
+        return self._restore_newest_intact(
+            "latest", self._latest, target, shardings, set_aside=set_aside
+        )
 
     def restore_best(self, target, shardings):
         """The best state by the validation metric, or None."""
@@ -114,10 +418,13 @@ class Checkpointer:
             self.directory("best"),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
         )
-        step = manager.latest_step()
-        if step is None:
-            return None
-        return self._restore(manager, step, target, shardings)
+        try:
+            return self._restore_newest_intact(
+                "best", manager, target, shardings, set_aside=False
+            )
+        finally:
+            if manager is not self._best:
+                manager.close()
 
     def save_best(
         self, step: int, state, val_results: Mapping[str, Any]
@@ -135,8 +442,8 @@ class Checkpointer:
         value = _lookup(val_results, self._best_metric)
         if self._best_value is not None and value <= self._best_value:
             return False
-        self._best.save(step, args=ocp.args.StandardSave(state), force=True)
-        self._best.wait_until_finished()
+        self._save("best", self._best, step, state, force=True)
+        self._finish("best", self._best)
         self._best_value = value
         if jax.process_index() == 0:
             with open(
@@ -210,44 +517,59 @@ def restore_model_variables(
         options=ocp.CheckpointManagerOptions(create=False),
     )
     try:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(
-                f"No {which} checkpoint in {directory}; {hint}."
-            )
-        metadata = manager.item_metadata(step)
-        tree = getattr(metadata, "tree", metadata)
-        try:
-            wanted = {
-                "params": {"model": tree["params"]["model"]},
-                "batch_stats": tree["batch_stats"],
-            }
-        except (KeyError, TypeError) as e:
-            raise ValueError(
-                f"{directory}/{step} is not an mclnet_jax training "
-                "checkpoint (no params/model and batch_stats)."
-            ) from e
-        abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted
-        )
-        # Host numpy arrays: the saved device layout (e.g. 8 GPUs) need not
-        # exist where the model is used.
-        restore_args = jax.tree.map(
-            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted
-        )
-        logging.info("Restoring the network of %s step %d.", directory, step)
-        restored = manager.restore(
-            step,
-            args=ocp.args.PyTreeRestore(
-                item=abstract, restore_args=restore_args, partial_restore=True
-            ),
+        found = newest_intact(
+            manager,
+            directory,
+            lambda step: _restore_network(manager, directory, step),
         )
     finally:
         manager.close()
+    if found is None:
+        raise FileNotFoundError(
+            f"No {which} checkpoint in {directory}; {hint}."
+        )
+    restored, step, damaged = found
+    if damaged:
+        logging.warning(
+            "Restored step %d, the newest intact checkpoint in %s.",
+            step,
+            directory,
+        )
     return (
         {
             "params": restored["params"]["model"],
             "batch_stats": restored["batch_stats"],
         },
         int(step),
+    )
+
+
+def _restore_network(manager, directory: str, step: int):
+    """params/model and batch_stats of `step`, as host numpy arrays."""
+    metadata = manager.item_metadata(step)
+    tree = getattr(metadata, "tree", metadata)
+    try:
+        wanted = {
+            "params": {"model": tree["params"]["model"]},
+            "batch_stats": tree["batch_stats"],
+        }
+    except (KeyError, TypeError) as e:
+        raise ValueError(
+            f"{directory}/{step} is not an mclnet_jax training "
+            "checkpoint (no params/model and batch_stats)."
+        ) from e
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted
+    )
+    # Host numpy arrays: the saved device layout (e.g. 8 GPUs) need not
+    # exist where the model is used.
+    restore_args = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted
+    )
+    logging.info("Restoring the network of %s step %d.", directory, step)
+    return manager.restore(
+        step,
+        args=ocp.args.PyTreeRestore(
+            item=abstract, restore_args=restore_args, partial_restore=True
+        ),
     )

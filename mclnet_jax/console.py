@@ -36,14 +36,32 @@ _OURS = _folders()
 LOG_FILE = "log.txt"
 
 
+# A record with this attribute set goes to the log file only.
+_FILE_ONLY = "mclnet_log_file_only"
+
+
 class _OursOrWarnings(std_logging.Filter):
-    """Keeps warnings and errors from anywhere, INFO from `_OURS` only."""
+    """Keeps warnings and errors from anywhere, INFO from `_OURS` only.
+
+    Tracebacks that libraries log (orbax logs each failure of its
+    background threads, several times over) and records marked by
+    `log_file_only` stay in the log file: the CLI prints one message for a
+    foreseen error, and an unforeseen one still ends with its traceback.
+    """
 
     def filter(self, record):
-        return (
-            record.levelno >= std_logging.WARNING
-            or record.pathname.startswith(_OURS)
-        )
+        if getattr(record, _FILE_ONLY, False):
+            return False
+        ours = record.pathname.startswith(_OURS)
+        if record.exc_info and not ours:
+            return False
+        return record.levelno >= std_logging.WARNING or ours
+
+
+def log_file_only(msg: str, *args, exc_info=None) -> None:
+    """Logs `msg` (and a traceback) to the log file, not the console."""
+    # WARNING: recorded whatever the verbosity.
+    logging.warning(msg, *args, exc_info=exc_info, extra={_FILE_ONLY: True})
 
 
 def configure(log_dir: str | None) -> str | None:
@@ -72,7 +90,23 @@ def configure(log_dir: str | None) -> str | None:
     to_file.setFormatter(logging.PythonFormatter())
     to_file.setLevel(std_logging.DEBUG)
     std_logging.getLogger().addHandler(to_file)
+    sys.unraisablehook = _unraisable_to_log_file
     return path
+
+
+def _unraisable_to_log_file(unraisable) -> None:
+    """Exceptions Python cannot raise (e.g. asyncio's "Event loop is closed"
+    from a callback of orbax's writes that fires after a failed save has
+    closed its loop) go to the log file, not the console."""
+    log_file_only(
+        "Exception ignored in %r:",
+        unraisable.object,
+        exc_info=(
+            unraisable.exc_type,
+            unraisable.exc_value,
+            unraisable.exc_traceback,
+        ),
+    )
 
 
 @contextlib.contextmanager

@@ -16,7 +16,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from mclnet_jax import console
+from mclnet_jax import config_checks, console, errors
+from mclnet_jax import workdir as workdir_lib
 
 _DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -49,45 +50,53 @@ _CHECKPOINT = flags.DEFINE_enum(
 )
 
 
+def _fail(code: int, message: str) -> int:
+    print(f"\nERROR: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     workdir = os.path.expanduser(_WORKDIR.value)
+    config = _CONFIG.value
+    # Found before anything is created or read (README "Exit codes").
+    try:
+        config_checks.check(config, mode=_MODE.value)
+        workdir_lib.check(workdir)
+    except errors.ConfigurationError as e:
+        return _fail(errors.USER_ERROR, str(e))
     # The console gets progress, results and warnings; the rest goes to
     # WORKDIR/log.txt (before TensorFlow is imported).
     log_file = console.configure(workdir)
     # Imported after flag parsing: importing JAX/TensorFlow is slow and
     # `--help` should not wait for it.
     with console.native_stderr_to(log_file):
-        from data_pipeline import datasets
-        from mclnet_jax import train, train_step
+        from data_pipeline import datasets  # noqa: F401 - see errors.py.
+        from mclnet_jax import train
 
     try:
         if _MODE.value == "train":
-            train.train_and_evaluate(_CONFIG.value, workdir)
+            train.train_and_evaluate(config, workdir)
         elif _MODE.value == "evaluate":
-            train.evaluate_only(_CONFIG.value, workdir, which=_CHECKPOINT.value)
+            train.evaluate_only(config, workdir, which=_CHECKPOINT.value)
         elif _MODE.value == "analyze":
             from mclnet_jax import analysis
 
-            analysis.analyze_workdir(
-                _CONFIG.value, workdir, which=_CHECKPOINT.value
-            )
+            analysis.analyze_workdir(config, workdir, which=_CHECKPOINT.value)
         else:
             from mclnet_jax import export
 
-            export.export_workdir(
-                _CONFIG.value, workdir, which=_CHECKPOINT.value
-            )
-    except (
-        datasets.DatasetUnavailableError,
-        train_step.ConfigurationError,
-    ) as e:
-        print(f"\nERROR: {e}", file=sys.stderr)
-        return 2
-    except (train_step.NonFiniteLossError, FileNotFoundError) as e:
-        print(f"\nERROR: {e}", file=sys.stderr)
-        return 3
+            export.export_workdir(config, workdir, which=_CHECKPOINT.value)
+    except Exception as e:
+        foreseen = errors.classify(e, workdir=workdir)
+        if foreseen is None:
+            raise
+        # The console gets one message; the log file the whole story.
+        console.log_file_only(
+            "Stopped with exit %d:", foreseen[0], exc_info=True
+        )
+        return _fail(*foreseen)
     return 0
 
 

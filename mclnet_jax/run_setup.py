@@ -21,11 +21,14 @@ import numpy as np
 import optax
 from absl import logging
 
-from mclnet_jax import checkpointing, optim, sharding, train_step
+from mclnet_jax import (
+    checkpointing,
+    config_checks,
+    optim,
+    sharding,
+    train_step,
+)
 from mclnet_jax.models import mclnet as mclnet_model
-
-# The release's learning rate diverges from random initialisation for these.
-_PRETRAINED_REQUIRED_DEPTH = 50
 
 
 def configure_precision(config: ml_collections.ConfigDict) -> None:
@@ -48,22 +51,15 @@ def check_initialisation(config: ml_collections.ConfigDict) -> None:
     Raises:
       ConfigurationError: depth >= 50 and `config.model.pretrained` unset.
     """
-    m = config.model
-    if m.depth < _PRETRAINED_REQUIRED_DEPTH or m.get("pretrained"):
-        return
-    raise train_step.ConfigurationError(
-        f"config.model.pretrained is not set for a ResNet-{m.depth}. The "
-        "release trains from ImageNet weights, and its learning rate "
-        "diverges from random initialisation within a few steps. Save "
-        "torchvision's ResNet-50 as safetensors once (needs torch and "
-        "torchvision):\n"
-        '  python -c "import torchvision, safetensors.torch as st; '
-        "st.save_file(torchvision.models.resnet50(weights='IMAGENET1K_V1')"
-        ".state_dict(), 'resnet50.safetensors')\"\n"
-        "then pass --config.model.pretrained=/path/to/resnet50.safetensors. "
-        f"To train from scratch anyway, pass "
-        f"--config.model.pretrained={train_step.RANDOM_INIT}."
-    )
+    problem = config_checks.initialisation_problem(config)
+    if problem:
+        raise train_step.ConfigurationError(problem)
+
+
+def start_distributed(config: ml_collections.ConfigDict) -> None:
+    """`jax.distributed.initialize` once, when `config.distributed` asks."""
+    if not jax.distributed.is_initialized():
+        sharding.maybe_initialize_distributed(config)
 
 
 @dataclasses.dataclass
@@ -88,14 +84,24 @@ class Run:
         which: str = "latest",
         init: bool = True,
     ) -> train_step.TrainState | None:
-        """The checkpointed state (`which`), else a fresh one (or None)."""
-        restore = (
-            self.checkpointer.restore_best
-            if which == "best"
-            else self.checkpointer.restore_latest
-        )
+        """The newest intact checkpointed state (`which`), else a fresh one
+        (or None).
+
+        A run that trains on (`init`) sets damaged newer steps aside
+        (`checkpointing.Checkpointer.restore_latest`).
+
+        Raises:
+          NoIntactCheckpointError: checkpoints exist, none is intact.
+        """
         # Shapes only: restoring needs no initialisation compute.
-        state = restore(self.abstract_state, self.state_sharding)
+        if which == "best":
+            state = self.checkpointer.restore_best(
+                self.abstract_state, self.state_sharding
+            )
+        else:
+            state = self.checkpointer.restore_latest(
+                self.abstract_state, self.state_sharding, set_aside=init
+            )
         if state is None and init:
             state = jax.device_put(
                 _init_state(config, self), self.state_sharding
@@ -137,7 +143,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     from mclnet_jax import train_data
 
     configure_precision(config)
-    sharding.maybe_initialize_distributed(config)
+    start_distributed(config)
     os.makedirs(workdir, exist_ok=True)
     data = train_data.prepare(config, workdir)
     mesh = sharding.make_mesh()

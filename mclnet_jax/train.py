@@ -27,11 +27,13 @@ from flax import traverse_util
 
 from mclnet_jax import (
     checkpointing,
+    config_checks,
     platform,
     run_setup,
     sharding,
     train_step,
 )
+from mclnet_jax import workdir as workdir_lib
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -137,10 +139,30 @@ def train_and_evaluate(
       NonFiniteLossError: a loss or parameter became NaN/inf.
       datasets.DatasetUnavailableError: the dataset folder is missing.
       ConfigurationError: e.g. a ResNet-50 without `model.pretrained`
-        (checked before any data is built).
+        (checked before any data is built); ConfigChangedError: resuming
+        with a changed config; WorkdirError: another run holds the workdir.
+      NoIntactCheckpointError: every checkpoint of the workdir is damaged.
+      DiskFullError: no space left for a checkpoint.
     """
     run_setup.check_initialisation(config)
-    run = run_setup.setup(config, workdir)
+    run_setup.start_distributed(config)
+    # One run per workdir (process 0 holds it for all); a resumed run's
+    # config is checked before anything is written.
+    with workdir_lib.hold(workdir, lead=jax.process_index() == 0):
+        config_checks.check_resume(config, workdir)
+        run = run_setup.setup(config, workdir)
+        try:
+            return _train(config, workdir, run)
+        finally:
+            # Stops orbax's threads on every way out: a failed save must
+            # not leave them to fail again at interpreter exit.
+            run.checkpointer.close()
+
+
+def _train(
+    config: ml_collections.ConfigDict, workdir: str, run: run_setup.Run
+) -> dict[str, Any]:
+    """`train_and_evaluate` once the workdir is held and `run` set up."""
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -298,7 +320,10 @@ def evaluate_only(
         )
         return write_results(workdir, results, step=0, name="results_release")
     run = run_setup.setup(config, workdir)
-    state = run.restore_or_init(config, which=which, init=False)
+    try:
+        state = run.restore_or_init(config, which=which, init=False)
+    finally:
+        run.checkpointer.close()  # Only reads; nothing is saved here.
     if state is None:
         raise FileNotFoundError(
             f"No {which} checkpoint under {run.checkpointer.directory(which)}"

@@ -10,6 +10,7 @@ on the mesh of every device.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from data_pipeline import constants, datasets, records, train_pipeline
 from mclnet_jax import sharding
+from mclnet_jax.evaluators import batch_stats as batch_stats_lib
 from mclnet_jax.evaluators import common as eval_common
 from mclnet_jax.evaluators import features as features_lib
 from mclnet_jax.evaluators import results as results_lib
@@ -93,12 +95,20 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> RunData:
         )
 
     def evaluate(model, state: Any, *, split: str):
-        predict_fn = features_lib.make_predict_fn(
-            model, mesh=sharding.make_mesh()
+        mesh = sharding.make_mesh()
+        variables = batch_stats_lib.evaluation_variables(
+            config, model, state, builder=builder, mesh=mesh
         )
+        predict_fn = features_lib.make_predict_fn(model, mesh=mesh)
         source = records.open_source(builder, split)
         evaluator = eval_common.from_config(config, predict_fn, source)
-        return evaluator.run(state.model_variables())
+        return evaluator.run(
+            variables,
+            model=(
+                f"the model of step {int(state.step)} (checkpoints under "
+                f"{os.path.join(workdir, 'checkpoints')})"
+            ),
+        )
 
     def raw_pixel_baseline(split: str):
         source = records.open_source(builder, split)

@@ -24,7 +24,7 @@ import ml_collections
 import optax
 from absl import logging
 
-from mclnet_jax import losses, optim, sharding
+from mclnet_jax import errors, losses, optim, sharding
 from mclnet_jax.models import layers
 from mclnet_jax.models import mclnet as mclnet_model
 
@@ -33,12 +33,10 @@ Batch = Mapping[str, jax.Array]
 StepFn = Callable[[Any, Batch], tuple[Any, dict[str, jax.Array]]]
 
 
-class ConfigurationError(ValueError):
-    """A config that cannot run as asked (the CLI exits with code 2)."""
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when training produced a NaN/inf loss or parameter."""
+# The CLI's error types live in `errors` with their exit codes; these names
+# stay for the modules and tests that know them from here.
+ConfigurationError = errors.ConfigurationError
+NonFiniteLossError = errors.NonFiniteLossError
 
 
 @flax.struct.dataclass

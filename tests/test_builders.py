@@ -8,15 +8,20 @@ are read from the files on disk with plain os / PIL code, independently of
 import io
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_pipeline import layouts
+from data_pipeline import datasets, layouts
 from data_pipeline.regdb import regdb
 from data_pipeline.sysu_mm01 import sysu_mm01
+from mclnet_jax.configs import settings
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 VISIBLE_CAMS = (1, 2, 4, 5)
 
@@ -87,7 +92,7 @@ def test_sysu_examples_match_files_on_disk(sysu_raw, sysu_builder, split):
         records, names, expected, lambda cam: 0 if cam in VISIBLE_CAMS else 1
     )
     for r, name in zip(records, names, strict=True):
-        # JPEGs of the right kind are passed through: identical pixels.
+        # Stored as PIL decodes the files (raw pixels): identical.
         np.testing.assert_array_equal(
             r["image"], _pixels(os.path.join(root, name))
         )
@@ -113,14 +118,16 @@ def test_sysu_resized_config(sysu_raw, sysu_builder):
     records = _records(sysu_builder("288x144"), "test")
     original = sysu_builder("original")
     assert len(records) == original.info.splits["test"].num_examples
-    for r in records[:6]:
+    for r in records:
         assert r["image"].shape == (288, 144, 3)
         with Image.open(os.path.join(root, r["file_name"].decode())) as img:
             want = np.asarray(
                 img.convert("RGB").resize((144, 288), Image.LANCZOS)
             )
-        # Re-encoded as JPEG (quality 95): close, not equal.
+        # Since 2.0.0 stored losslessly: the release's pixels exactly
+        # (1.0.0 re-encoded them as JPEG, PSNR > 32 dB).
         assert _psnr(r["image"], want) > 32.0
+        np.testing.assert_array_equal(r["image"], want)
 
 
 def test_tfrecord_format_stays_possible(regdb_raw, regdb_builder, tmp_path):
@@ -139,7 +146,8 @@ def test_tfrecord_format_stays_possible(regdb_raw, regdb_builder, tmp_path):
     streamed = {
         r["file_name"].numpy().decode(): (
             r["label"].numpy(),
-            r["image"].numpy(),
+            r["image"]["value"].numpy(),
+            tuple(r["image"]["shape"].numpy()),
         )
         for r in builder.as_dataset("test", decoders=skip)
     }
@@ -147,8 +155,13 @@ def test_tfrecord_format_stays_possible(regdb_raw, regdb_builder, tmp_path):
     assert len(streamed) == len(source)
     for i in range(len(source)):
         r = source[i]
-        assert isinstance(r["image"], bytes)
-        assert streamed[r["file_name"].decode()] == (r["label"], r["image"])
+        # Raw pixels: their bytes and shape, undecoded.
+        assert isinstance(r["image"]["value"], bytes)
+        assert streamed[r["file_name"].decode()] == (
+            r["label"],
+            r["image"]["value"],
+            tuple(r["image"]["shape"]),
+        )
 
 
 @pytest.mark.parametrize("trial", [1, 2])
@@ -170,10 +183,16 @@ def test_regdb_examples_match_index_files(regdb_raw, regdb_builder, trial):
         assert sorted(names) == sorted(expected)
         _check_labels(records, names, expected, lambda cam: cam - 1)
         for r, name in zip(records, names, strict=True):
-            # BMP re-encoded as JPEG quality 95: close, not equal.
-            want = _pixels(os.path.join(root, name))
-            assert r["image"].shape == want.shape
+            # Since 2.0.0 resized at build time (Lanczos, as the release's
+            # loader) and stored losslessly; 1.0.0 kept the size and
+            # re-encoded the BMPs as JPEG (PSNR > 32 dB).
+            with Image.open(os.path.join(root, name)) as img:
+                want = np.asarray(
+                    img.convert("RGB").resize((144, 288), Image.LANCZOS)
+                )
+            assert r["image"].shape == want.shape == (288, 144, 3)
             assert _psnr(r["image"], want) > 32.0
+            np.testing.assert_array_equal(r["image"], want)
         all_names |= set(names)
     params = regdb_raw.params
     assert len(all_names) == (
@@ -232,7 +251,7 @@ def test_sysu_missing_camera_folder(sysu_copy, tmp_path):
         _prepare_sysu(sysu_copy, tmp_path)
     # Nothing half-built is left to be mistaken for a dataset.
     assert not os.path.exists(
-        tmp_path / "tfds" / "sysu_mm01" / "original" / "1.0.0"
+        tmp_path / "tfds" / "sysu_mm01" / "original" / str(sysu_mm01.VERSION)
     )
 
 
@@ -341,3 +360,114 @@ def test_regdb_corrupt_image_names_the_file(regdb_copy, tmp_path):
     with pytest.raises(sysu_mm01.CorruptImageError) as e:
         regdb.prepare(manual_dir=regdb_copy, data_dir=str(tmp_path / "tfds"))
     assert bad in str(e.value)
+
+
+# --- Versions and storage formats. ----------------------------------------
+
+
+def _as_version_1(prepared, data_dir):
+    """Copies a prepared builder's records into `data_dir` as the version
+    1.0.0 of the same config (what a build of the previous code left)."""
+    config_dir = os.path.join(
+        data_dir, prepared.name, prepared.builder_config.name
+    )
+    old = os.path.join(config_dir, "1.0.0")
+    shutil.copytree(os.fspath(prepared.data_path), old)
+    info = os.path.join(old, "dataset_info.json")
+    with open(info) as f:
+        text = f.read()
+    with open(info, "w") as f:
+        f.write(text.replace(f'"{prepared.version}"', '"1.0.0"'))
+    return old
+
+
+def test_records_of_the_previous_version_name_the_rebuild(
+    sysu_raw, sysu_builder, tmp_path
+):
+    data_dir = str(tmp_path / "tfds")
+    old = _as_version_1(sysu_builder("original"), data_dir)
+    for make in (
+        lambda: sysu_mm01.SysuMm01(data_dir=data_dir, config="original"),
+        lambda: tfds.builder("sysu_mm01/original", data_dir=data_dir),
+        # Even with the dataset folder at hand: no quiet second build.
+        lambda: _prepare_sysu(sysu_raw.root, tmp_path),
+    ):
+        with pytest.raises(sysu_mm01.OutdatedRecordsError) as e:
+            make()
+        message = str(e.value)
+        assert "version 1.0.0 only" in message
+        assert f"reads version {sysu_mm01.VERSION}" in message
+        assert (
+            "python -m data_pipeline.sysu_mm01 --manual_dir=DATASET_FOLDER "
+            f"--data_dir={data_dir} --config=original"
+        ) in message
+        assert f"rm -r {old}" in message
+    # The run's entry point maps it to exit code 2.
+    assert issubclass(
+        sysu_mm01.OutdatedRecordsError, datasets.DatasetUnavailableError
+    )
+    config = settings.sysu()
+    config.data.manual_dir = sysu_raw.root
+    config.data.data_dir = data_dir
+    config.data.builder_config = "original"
+    with pytest.raises(datasets.DatasetUnavailableError, match="1.0.0 only"):
+        datasets.open_builder(config, str(tmp_path))
+    assert not os.path.exists(
+        os.path.join(os.path.dirname(old), str(sysu_mm01.VERSION))
+    )
+
+    # The command of the message builds the current version beside it.
+    command = [
+        sys.executable,
+        "-m",
+        "data_pipeline.sysu_mm01",
+        f"--manual_dir={sysu_raw.root}",
+        f"--data_dir={data_dir}",
+        "--config=original",
+    ]
+    done = subprocess.run(
+        command, cwd=_REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"sysu_mm01/original {sysu_mm01.VERSION} ready" in done.stdout
+    rebuilt = sysu_mm01.SysuMm01(data_dir=data_dir, config="original")
+    assert rebuilt.info.splits["test"].num_examples == (
+        sysu_builder("original").info.splits["test"].num_examples
+    )
+    assert os.path.isdir(old)  # Left for the user to delete.
+
+
+def test_regdb_previous_version_is_an_error(regdb_builder, tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    _as_version_1(regdb_builder(2), data_dir)
+    with pytest.raises(
+        sysu_mm01.OutdatedRecordsError,
+        match="python -m data_pipeline.regdb .*--config=trial_2",
+    ):
+        regdb.Regdb(data_dir=data_dir, config="trial_2")
+    # Another trial is another folder: not affected.
+    assert not regdb.Regdb(data_dir=data_dir, config="trial_1").info.splits
+
+
+def test_image_format_picks_the_config():
+    resolve = sysu_mm01.resolve_config
+    assert resolve(None, None, default="288x144") == "288x144"
+    assert resolve(None, "raw", default="288x144") == "288x144"
+    assert resolve("original", "png", default="288x144") == "original_png"
+    assert resolve("trial_3_jpeg", None, default="trial_1") == "trial_3_jpeg"
+    assert resolve("trial_3_jpeg", "jpeg", default="trial_1") == "trial_3_jpeg"
+    with pytest.raises(ValueError, match="stores png, but image_format"):
+        resolve("288x144_png", "jpeg", default="288x144")
+    with pytest.raises(ValueError, match="image_format must be one of"):
+        resolve("288x144", "webp", default="288x144")
+    names = {c.name for c in regdb.Regdb.BUILDER_CONFIGS}
+    assert {"trial_10", "trial_10_png", "trial_10_jpeg"} <= names
+    assert len(names) == 30
+    assert {c.name for c in sysu_mm01.SysuMm01.BUILDER_CONFIGS} == {
+        "288x144",
+        "288x144_png",
+        "288x144_jpeg",
+        "original",
+        "original_png",
+        "original_jpeg",
+    }

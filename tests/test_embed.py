@@ -98,21 +98,12 @@ def write_images(folder):
 
 
 def decode(path):
-    """RGB uint8 pixels: PIL for PNG; TensorFlow's decoder for JPEG.
+    """RGB uint8 pixels as PIL decodes the file.
 
-    JPEG decoders legitimately differ: TensorFlow's default inverse DCT is
-    libjpeg's fast integer one, PIL's the accurate one, up to 4-6 levels
-    apart on these images. So the JPEG is decoded as the pipeline decodes it
-    (`tf.io.decode_image`, documented behaviour); everything after decoding
-    stays independent of the pipeline's code.
+    The pipeline decodes JPEGs with libjpeg's accurate inverse DCT, as PIL
+    does (TensorFlow's default, the fast one, is up to 4-6 levels off on
+    these images and fails the comparison below).
     """
-    if path.endswith(".jpg"):
-        import tensorflow as tf
-
-        with open(path, "rb") as f:
-            return tf.io.decode_image(
-                f.read(), channels=3, expand_animations=False
-            ).numpy()
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
 

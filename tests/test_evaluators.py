@@ -826,3 +826,93 @@ def test_draw_on_the_synthetic_generator_and_tfds_builder(
         for t, m in fs["pixels"].items():
             got = results.per_trial[protocol]["pixels"][t]
             assert got.to_dict() == m.to_dict()
+
+
+def _sysu_records(layout):
+    """Records of {identity: {camera: number of images}}."""
+    return [
+        {
+            "identity": pid,
+            "camera": cam,
+            "modality": 1 if cam in (3, 6) else 0,
+            "file_name": f"cam{cam}/{pid:04d}/{k:04d}.jpg",
+        }
+        for pid, cams in layout.items()
+        for cam, n in cams.items()
+        for k in range(n)
+    ]
+
+
+def test_sysu_table_counts_and_explains_skipped_queries():
+    # Id 10: everywhere. Id 20: never indoors (no cam1/cam2). Id 30: only
+    # camera 2 visible, so its camera-3 queries have no match in either
+    # mode (camera 2 is removed for camera-3 queries).
+    meta = metadata_of(
+        _sysu_records(
+            {
+                10: {1: 2, 2: 1, 4: 2, 3: 2, 6: 1},
+                20: {4: 2, 5: 1, 3: 1, 6: 2},
+                30: {2: 2, 3: 3, 6: 1},
+            }
+        )
+    )
+    # Features that identify the person exactly: every valid query ranks
+    # its identity first, so only the skipped queries can tell.
+    ids = np.unique(meta.identity)
+    value = (meta.identity[:, None] == ids[None, :]).astype(np.float32)
+    out = sysu.evaluate_features(
+        {"bn": value}, meta, modes=("all", "indoor"), trials=(0, 1)
+    )
+    query = protocols.sysu_query_indices(meta)
+    assert query.size == 3 + 3 + 4
+    # Independently: all-search skips id 30's 3 camera-3 queries; indoor
+    # skips id 20's 3 queries too.
+    expected = {"sysu_all_single_shot": 3, "sysu_indoor_single_shot": 6}
+    skipped = out.skipped_queries()
+    assert sorted(skipped) == sorted(expected)
+    for p, n in expected.items():
+        assert skipped[p]["skipped"] == [n, n]
+        assert skipped[p]["queries"] == query.size
+        for m in out.per_trial[p]["bn"].values():
+            assert m.num_valid_queries == query.size - n
+            assert m.rank(1) == 1.0
+    assert (
+        "3 camera-3 queries whose identity is in camera 2 only"
+        in (skipped["sysu_all_single_shot"]["reason"])
+    )
+    indoor = skipped["sysu_indoor_single_shot"]["reason"]
+    assert "3 queries of 1 identity without an image in cam1/cam2" in indoor
+    assert "e.g. id 20" in indoor
+    table = out.table()
+    assert "sysu_all_single_shot: 3 of 10 queries skipped" in table
+    assert "sysu_indoor_single_shot: 6 of 10 queries skipped" in table
+    entry = out.to_dict()["sysu_indoor_single_shot"]["bn"]
+    assert entry["skipped_queries"]["skipped"] == [6, 6]
+    # Merged results keep the reasons.
+    merged = out.merge(
+        sysu.evaluate_features({"pool": value}, meta, modes=("all",))
+    )
+    assert "e.g. id 20" in merged.table()
+
+
+def test_regdb_table_counts_skipped_queries():
+    # Label 2 has visible images only (a damaged trial): its visible
+    # queries cannot be matched, and the table says so.
+    records = [
+        {
+            "identity": pid,
+            "camera": 1 + modality,
+            "modality": modality,
+            "file_name": f"{('Visible', 'Thermal')[modality]}/{pid}/{k}.bmp",
+        }
+        for pid, modalities in {0: (0, 1), 1: (0, 1), 2: (0,)}.items()
+        for modality in modalities
+        for k in range(2)
+    ]
+    meta = metadata_of(records)
+    value = np.eye(3, dtype=np.float32)[meta.label]
+    out = regdb.evaluate_features({"bn": value}, meta, trial=1)
+    skipped = out.skipped_queries()
+    assert list(skipped) == ["regdb_visible_to_infrared"]
+    assert skipped["regdb_visible_to_infrared"]["skipped"] == [2, 2]
+    assert "regdb_visible_to_infrared: 2 of 6 queries skipped" in out.table()

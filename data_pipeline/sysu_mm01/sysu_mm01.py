@@ -2,9 +2,13 @@
 
 Reads the authors' folder from `manual_dir` (it cannot be downloaded) and
 writes ArrayRecord files by default, for random access through
-`builder.as_data_source(split)`. Configs ``288x144`` (default, resized as the
-release does) and ``original``; splits ``train`` (train + val ids),
-``train_only``, ``val`` and ``test``. See the README section "Datasets".
+`builder.as_data_source(split)`. The images are stored as the release's own
+preprocessing makes them (PIL decode, `convert("RGB")`, Lanczos resize to
+288x144), by default as raw uint8 pixels. Configs ``288x144`` (default) and
+``original`` (the size of the files), each with a ``_png`` (lossless,
+smaller, slower to decode) and a ``_jpeg`` (lossy, smallest) variant; splits
+``train`` (train + val ids), ``train_only``, ``val`` and ``test``. See the
+README section "Datasets".
 """
 
 from __future__ import annotations
@@ -16,14 +20,38 @@ from collections.abc import Iterable
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from PIL import Image
 
 from data_pipeline import (
+    datasets,
     layouts,
     tf_setup,  # noqa: F401 (hides accelerators from TF)
 )
 
 DEFAULT_FILE_FORMAT = "array_record"
+# How the pixels are stored: "raw" uint8 (lossless, no decoding: the
+# default), "png" (lossless, about half the size, decoded at every read) or
+# "jpeg" (lossy quality 95, smallest; see README "Datasets" for how far it
+# is from the release's pixels).
+IMAGE_FORMATS = ("raw", "png", "jpeg")
+DEFAULT_IMAGE_FORMAT = "raw"
+JPEG_QUALITY = 95
+# The size the release resizes every image to, (height, width).
+RELEASE_IMAGE_SIZE = (288, 144)
+
+VERSION = tfds.core.Version("2.0.0")
+RELEASE_NOTES = {
+    "2.0.0": (
+        "Images stored as the release's preprocessing makes them (PIL "
+        "decode, RGB, Lanczos to 288x144), losslessly by default (raw uint8; "
+        "_png and _jpeg configs); RegDB resized at build time too."
+    ),
+    "1.0.0": (
+        "Initial release: resized images re-encoded as JPEG (quality 95), "
+        "RegDB kept at its original size."
+    ),
+}
 
 _DESCRIPTION = """
 SYSU-MM01: 491 people seen by four visible cameras (1, 2 indoor; 4, 5
@@ -56,28 +84,48 @@ class CorruptImageError(ValueError):
     """An image file cannot be decoded."""
 
 
+class OutdatedRecordsError(datasets.DatasetUnavailableError):
+    """Only records of an older builder version are prepared."""
+
+
 def contiguous_labels(identities: Iterable[int]) -> dict[int, int]:
     """Maps each identity to its index among the sorted distinct identities."""
     return {pid: i for i, pid in enumerate(sorted(set(identities)))}
 
 
-def load_image(
-    path: str, *, size: tuple[int, int] | None = None, quality: int = 95
-) -> bytes:
-    """Reads an image file and returns 3-channel JPEG bytes.
+def check_image_format(image_format: str) -> str:
+    """`image_format` if it is one of IMAGE_FORMATS, else a ValueError."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(
+            f"image_format must be one of {IMAGE_FORMATS}, got "
+            f"{image_format!r}."
+        )
+    return image_format
 
-    A 3-channel JPEG that already has the requested size is passed through
-    unchanged (after a full decode that proves it readable); anything else
-    (BMP, PNG, grey, other size) is decoded, converted to RGB, resized with a
-    Lanczos filter (as the release's preprocessing) and encoded at `quality`.
+
+def config_name(base: str, image_format: str) -> str:
+    """The builder config storing `base` ("288x144", "trial_1", ...) in
+    `image_format`: `base` itself for "raw", else `base`_`image_format`."""
+    check_image_format(image_format)
+    return base if image_format == "raw" else f"{base}_{image_format}"
+
+
+def release_pixels(
+    path: str, *, size: tuple[int, int] | None
+) -> tuple[np.ndarray, bytes, str]:
+    """The release's preprocessing of one image file.
+
+    PIL decode, `convert("RGB")`, and a Lanczos resize to `size` (PIL's
+    `resize((w, h), Image.LANCZOS)`, as the authors' pre_process_sysu.py and
+    RegDB loader do; they resize every image, and PIL returns an image that
+    already has the size unchanged, so one of that size is kept as is).
 
     Args:
       path: the image file.
-      size: (height, width) to resize to, or None to keep the size.
-      quality: JPEG quality of re-encoded images.
+      size: (height, width), or None to keep the size.
 
     Returns:
-      JPEG bytes of an [H, W, 3] image.
+      (pixels uint8 [H, W, 3], the file's bytes, PIL's name of its format).
 
     Raises:
       CorruptImageError: the file cannot be read or decoded; names the file.
@@ -86,14 +134,8 @@ def load_image(
         with open(path, "rb") as f:
             data = f.read()
         with Image.open(io.BytesIO(data)) as img:
-            img.load()  # Forces a full decode: truncated files fail here.
             fmt = img.format
-            if (
-                fmt == "JPEG"
-                and img.mode == "RGB"
-                and (size is None or img.size == (size[1], size[0]))
-            ):
-                return data
+            # Decodes fully: truncated files fail here.
             rgb = img.convert("RGB")
     except (OSError, ValueError, SyntaxError) as e:
         raise CorruptImageError(
@@ -101,27 +143,88 @@ def load_image(
             "copy from the original dataset archive."
         ) from e
     if size is not None and rgb.size != (size[1], size[0]):
-        rgb = rgb.resize((size[1], size[0]), Image.LANCZOS)
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+    return np.asarray(rgb), data, fmt
+
+
+def load_image(
+    path: str,
+    *,
+    size: tuple[int, int] | None = None,
+    image_format: str = DEFAULT_IMAGE_FORMAT,
+) -> np.ndarray | bytes:
+    """Reads an image file into what the builders store (`features`).
+
+    Args:
+      path: the image file.
+      size: (height, width) to resize to (Lanczos), or None to keep the size.
+      image_format: "raw": the pixels of `release_pixels`; "png": those
+        pixels PNG-encoded; "jpeg": a 3-channel JPEG already of that size
+        passed through unchanged (it decodes to the same pixels with the
+        accurate DCT), anything else JPEG-encoded at quality 95, 4:4:4.
+
+    Returns:
+      uint8 [H, W, 3] for "raw", else the encoded bytes.
+
+    Raises:
+      CorruptImageError: the file cannot be read or decoded; names the file.
+    """
+    check_image_format(image_format)
+    pixels, data, fmt = release_pixels(path, size=size)
+    if image_format == "raw":
+        return pixels
+    if image_format == "jpeg" and fmt == "JPEG" and _is_rgb_jpeg(data, size):
+        return data
     buf = io.BytesIO()
-    # 4:4:4 chroma: one re-encode should not blur colour edges.
-    rgb.save(buf, format="JPEG", quality=quality, subsampling=0)
+    if image_format == "png":
+        Image.fromarray(pixels).save(buf, format="PNG")
+    else:
+        # 4:4:4 chroma: one re-encode should not blur colour edges.
+        Image.fromarray(pixels).save(
+            buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0
+        )
     return buf.getvalue()
+
+
+def _is_rgb_jpeg(data: bytes, size: tuple[int, int] | None) -> bool:
+    """Whether a JPEG file is 3-channel and already (height, width) `size`."""
+    with Image.open(io.BytesIO(data)) as img:
+        right_size = size is None or img.size == (size[1], size[0])
+        return img.mode == "RGB" and right_size
 
 
 @dataclasses.dataclass
 class SysuMm01Config(tfds.core.BuilderConfig):
-    """Stored image size: (height, width), or None for the original size."""
+    """Stored image size, (height, width) or None for the files' size, and
+    how the pixels are stored (one of IMAGE_FORMATS)."""
 
-    image_size: tuple[int, int] | None = (288, 144)
+    image_size: tuple[int, int] | None = RELEASE_IMAGE_SIZE
+    image_format: str = DEFAULT_IMAGE_FORMAT
 
 
-def features() -> tfds.features.FeaturesDict:
-    """The feature spec shared by the SYSU-MM01 and RegDB builders."""
+def features(
+    image_format: str = DEFAULT_IMAGE_FORMAT,
+) -> tfds.features.FeaturesDict:
+    """The feature spec shared by the SYSU-MM01 and RegDB builders.
+
+    "raw" pixels are a uint8 tensor of any [H, W, 3] (serialized as the
+    bytes "image/value" and the shape "image/shape"); "png" and "jpeg" an
+    encoded image ("image").
+    """
+    check_image_format(image_format)
+    if image_format == "raw":
+        image = tfds.features.Tensor(
+            shape=(None, None, 3),
+            dtype=np.uint8,
+            encoding=tfds.features.Encoding.BYTES,
+        )
+    else:
+        image = tfds.features.Image(
+            shape=(None, None, 3), encoding_format=image_format
+        )
     return tfds.features.FeaturesDict(
         {
-            "image": tfds.features.Image(
-                shape=(None, None, 3), encoding_format="jpeg"
-            ),
+            "image": image,
             "identity": tfds.features.Scalar(dtype=np.int64),
             "label": tfds.features.Scalar(dtype=np.int64),
             "camera": tfds.features.Scalar(dtype=np.int64),
@@ -136,6 +239,7 @@ def generate_examples(
     records: list[layouts.ImageRecord],
     *,
     image_size: tuple[int, int] | None,
+    image_format: str = DEFAULT_IMAGE_FORMAT,
 ):
     """Yields (key, example) for `records`; labels are contiguous per split.
 
@@ -148,7 +252,9 @@ def generate_examples(
             r.file_name,
             {
                 "image": load_image(
-                    os.path.join(root, r.file_name), size=image_size
+                    os.path.join(root, r.file_name),
+                    size=image_size,
+                    image_format=image_format,
                 ),
                 "identity": r.identity,
                 "label": label[r.identity],
@@ -173,43 +279,98 @@ def manual_root(
 
 
 class ArrayRecordByDefault:
-    """Builder mixin: new datasets are written as ArrayRecord files.
+    """Builder mixin: ArrayRecord files by default, one version at a time.
 
     ArrayRecord gives the random access (`as_data_source`) that the
     identity-balanced sampler needs; an explicit `file_format=` wins, and an
     already prepared dataset keeps the format it was written with.
+
+    TFDS keeps each builder version in its own folder and, when only an
+    older one is prepared, would quietly start building the current one
+    from `manual_dir` (or fail asking for the dataset folder). Records of an
+    older version hold other pixels (before 2.0.0: JPEG re-encoded), so a
+    builder whose version is not prepared but an older one is raises
+    `OutdatedRecordsError` naming the rebuild command, unless it is made
+    with `build_over_outdated=True` (what that command does).
     """
 
-    def __init__(self, *, file_format=None, **kwargs):
+    def __init__(
+        self, *, file_format=None, build_over_outdated=False, **kwargs
+    ):
         super().__init__(file_format=file_format, **kwargs)
-        if file_format is None and not self.info.splits:
-            self.info.set_file_format(DEFAULT_FILE_FORMAT, override=True)
+        if not self.info.splits:
+            if not build_over_outdated:
+                check_not_outdated(self)
+            if file_format is None:
+                self.info.set_file_format(DEFAULT_FILE_FORMAT, override=True)
+
+
+def outdated_versions(builder) -> list[str]:
+    """Versions older than `builder.version` prepared beside it, sorted."""
+    folder = builder.data_path.parent
+    if not folder.exists():
+        return []
+    found = []
+    for path in folder.iterdir():
+        try:
+            version = tfds.core.Version(path.name)
+        except ValueError:
+            continue  # Not a version folder (e.g. a partial download).
+        if version < builder.version and (path / "dataset_info.json").exists():
+            found.append(version)
+    return [str(v) for v in sorted(found)]
+
+
+def check_not_outdated(builder) -> None:
+    """Raises `OutdatedRecordsError` if only older versions are prepared."""
+    old = outdated_versions(builder)
+    if not old:
+        return
+    folder = builder.data_path.parent
+    module = type(builder).__module__.rsplit(".", 1)[0]
+    config = builder.builder_config.name
+    raise OutdatedRecordsError(
+        f"{builder.name}/{config} under {builder.data_dir_root} holds records "
+        f"of version {', '.join(old)} only; this code reads version "
+        f"{builder.version} and never mixes versions.\n"
+        f"  {builder.version}: {RELEASE_NOTES[str(builder.version)]}\n"
+        f"  {old[-1]}: {RELEASE_NOTES.get(old[-1], '')}\n"
+        "Rebuild the records from the dataset folder:\n"
+        f"  python -m {module} --manual_dir=DATASET_FOLDER "
+        f"--data_dir={builder.data_dir_root} --config={config}\n"
+        f"then delete the old ones: rm -r {folder / old[-1]}"
+    )
 
 
 class SysuMm01(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     """SYSU-MM01 visible-infrared person re-identification dataset."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = VERSION
+    RELEASE_NOTES = RELEASE_NOTES
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [
         SysuMm01Config(
-            name="288x144",
-            image_size=(288, 144),
-            description="Images resized to 288x144 (h x w).",
-        ),
-        SysuMm01Config(
-            name="original",
-            image_size=None,
-            description="Images at their original size.",
-        ),
+            name=config_name(base, image_format),
+            image_size=size,
+            image_format=image_format,
+            description=f"{description}, stored as {image_format}.",
+        )
+        for base, size, description in (
+            (
+                "288x144",
+                RELEASE_IMAGE_SIZE,
+                "Images resized to 288x144 (h x w)",
+            ),
+            ("original", None, "Images at their original size"),
+        )
+        for image_format in IMAGE_FORMATS
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "288x144"
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=_DESCRIPTION,
-            features=features(),
+            features=features(self.builder_config.image_format),
             supervised_keys=None,
             citation=_CITATION,
         )
@@ -217,10 +378,12 @@ class SysuMm01(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         root = manual_root(dl_manager, MANUAL_DOWNLOAD_INSTRUCTIONS)
         layout = layouts.read_sysu(root)
-        size = self.builder_config.image_size
         return {
             split: generate_examples(
-                root, layout.records(split), image_size=size
+                root,
+                layout.records(split),
+                image_size=self.builder_config.image_size,
+                image_format=self.builder_config.image_format,
             )
             for split in ("train", "train_only", "val", "test")
         }
@@ -230,28 +393,122 @@ class SysuMm01(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
         raise NotImplementedError
 
 
+def resolve_config(
+    config: str | None, image_format: str | None, *, default: str
+) -> str:
+    """The builder config name for a base config and an image format.
+
+    Args:
+      config: a config name ("288x144", "trial_3", or one with a format
+        suffix such as "288x144_png"), or None for `default`.
+      image_format: one of IMAGE_FORMATS, or None to keep `config`'s.
+      default: the builder's default base config.
+
+    Raises:
+      ValueError: `config` already names another format.
+    """
+    config = config or default
+    if image_format is None:
+        return config
+    check_image_format(image_format)
+    base, stored = config, "raw"
+    for fmt in IMAGE_FORMATS[1:]:
+        if config.endswith("_" + fmt):
+            base, stored = config[: -len(fmt) - 1], fmt
+    if stored != "raw" and stored != image_format:
+        raise ValueError(
+            f"builder config {config!r} stores {stored}, but image_format is "
+            f"{image_format!r}; give the config without its suffix "
+            f"({base!r}) or the same format."
+        )
+    return config_name(base, image_format)
+
+
 def prepare(
     *,
     manual_dir: str,
     data_dir: str | None = None,
     config: str | None = None,
+    image_format: str | None = None,
     file_format: str = DEFAULT_FILE_FORMAT,
+    build_over_outdated: bool = False,
 ) -> SysuMm01:
     """Builds the dataset (once) and returns the builder.
 
     Args:
       manual_dir: the SYSU-MM01 folder (holding cam1 .. cam6 and exp/).
       data_dir: where TFDS writes the records (TFDS default if None).
-      config: "288x144" (default) or "original".
+      config: "288x144" (default) or "original", optionally with a format
+        suffix ("288x144_png").
+      image_format: "raw", "png" or "jpeg" (`IMAGE_FORMATS`); None: the
+        config's (raw unless its name says otherwise).
       file_format: "array_record" (random access) or "tfrecord".
+      build_over_outdated: build even though records of an older version
+        are prepared (they are left as they are); otherwise that is an
+        `OutdatedRecordsError`.
 
     Returns:
       The prepared `SysuMm01` builder.
+
+    Raises:
+      OutdatedRecordsError: only an older version is prepared.
     """
     builder = SysuMm01(
-        data_dir=data_dir, config=config, file_format=file_format
+        data_dir=data_dir,
+        config=resolve_config(config, image_format, default="288x144"),
+        file_format=file_format,
+        build_over_outdated=build_over_outdated,
     )
+    if build_over_outdated and not builder.info.splits:
+        old = outdated_versions(builder)
+        if old:
+            logging.info(
+                "Building %s %s beside version(s) %s, which you may delete.",
+                builder.name,
+                builder.version,
+                ", ".join(old),
+            )
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
     )
     return builder
+
+
+def build_main(prepare_fn, *, default_config: str) -> None:
+    """The `python -m data_pipeline.<builder>` command: builds the records.
+
+    Flags: --manual_dir (the dataset folder), --data_dir, --config,
+    --image_format. Records of an older version are left beside the new
+    ones (delete them afterwards).
+    """
+    from absl import app, flags
+
+    flags.DEFINE_string("manual_dir", None, "The dataset folder.")
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir for the records.")
+    flags.DEFINE_string("config", default_config, "Builder config.")
+    flags.DEFINE_enum(
+        "image_format", None, IMAGE_FORMATS, "How pixels are stored."
+    )
+    flags.mark_flag_as_required("manual_dir")
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        fv = flags.FLAGS
+        builder = prepare_fn(
+            manual_dir=fv.manual_dir,
+            data_dir=fv.data_dir,
+            config=fv.config,
+            image_format=fv.image_format,
+            build_over_outdated=True,
+        )
+        print(
+            f"{builder.name}/{builder.builder_config.name} "
+            f"{builder.version} ready in {builder.data_dir}: "
+            + ", ".join(
+                f"{name} {split.num_examples}"
+                for name, split in builder.info.splits.items()
+            )
+        )
+
+    app.run(main)

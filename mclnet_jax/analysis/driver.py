@@ -29,6 +29,7 @@ from absl import logging
 
 from mclnet_jax import metrics as metrics_lib
 from mclnet_jax.analysis import canvas, plots, ranking
+from mclnet_jax.evaluators import batch_stats as batch_stats_lib
 from mclnet_jax.evaluators import common as eval_common
 from mclnet_jax.evaluators import features as features_lib
 
@@ -143,7 +144,11 @@ def write_figures(
         source,
     )
     meta = evaluator.metadata
-    features = evaluator.extract(state.model_variables())
+    features = evaluator.extract(
+        batch_stats_lib.evaluation_variables(
+            config, model, state, builder=builder
+        )
+    )
     timings = {"test features": time.perf_counter() - start}
     if jax.process_index() != 0:
         return {}

@@ -223,6 +223,11 @@ def default_config() -> ml_collections.ConfigDict:
     # (SYSU "val" with train_split "train_only"); never the test split.
     config.data.val_split = placeholder(str)
     config.data.test_split = "test"
+    # How the builders store the pixels: "raw" (uint8, lossless, the
+    # fastest to read), "png" (lossless, smaller) or "jpeg" (lossy, the
+    # smallest); None: the builder config's (raw unless its name ends in
+    # _png or _jpeg). README "Datasets".
+    config.data.image_format = placeholder(str)
     config.data.image_size = (288, 144)  # (height, width)
     config.data.pad = 10
     config.data.random_erasing = RANDOM_ERASING_P
@@ -324,6 +329,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.eval.rerank_k1 = 20
     config.eval.rerank_k2 = 6
     config.eval.rerank_lambda = 0.3
+    # > 0: evaluate with BatchNorm statistics recomputed for the evaluated
+    # weights on this many training batches (evaluators/batch_stats.py);
+    # 0: the running statistics of training, as the release evaluates.
+    config.eval.precise_bn_batches = 0
     # Figures (rank lists, CMC, t-SNE, distance histograms) after training.
     config.eval.figures = True
 

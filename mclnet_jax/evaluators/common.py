@@ -20,6 +20,7 @@ from absl import logging
 
 from mclnet_jax import metrics as metrics_lib
 from mclnet_jax import rerank as rerank_lib
+from mclnet_jax import train_step
 from mclnet_jax.evaluators import features as features_lib
 from mclnet_jax.evaluators import protocols
 from mclnet_jax.evaluators import results as results_lib
@@ -40,6 +41,39 @@ def check_features(features: Mapping[str, np.ndarray], num: int) -> None:
                 f"features[{name!r}] must be [N={num}, D] (one row per "
                 f"example of the split), got shape {shape}."
             )
+
+
+class NonFiniteFeaturesError(train_step.NonFiniteLossError):
+    """Features of a split are NaN or infinite (the run's exit code 3)."""
+
+
+def check_finite_features(
+    features: Mapping[str, np.ndarray], *, model: str
+) -> None:
+    """Raises `NonFiniteFeaturesError` if some feature row is not finite.
+
+    Args:
+        features: {name: [N, D]} of a split.
+        model: what was evaluated, for the message (e.g. "the checkpoint of
+            step 4 in WORKDIR/checkpoints").
+    """
+    bad = {}
+    for name, value in features.items():
+        rows = ~np.isfinite(np.asarray(value)).all(axis=1)
+        if rows.any():
+            bad[name] = f"{int(rows.sum())} of {rows.size} images"
+    if bad:
+        details = ", ".join(f"{k!r}: {v}" for k, v in sorted(bad.items()))
+        raise NonFiniteFeaturesError(
+            f"Non-finite features (NaN or inf) from {model} ({details}); "
+            "nothing was evaluated. If its BatchNorm statistics lag its "
+            "weights (a few steps from scratch at a large learning rate), "
+            "recompute them for evaluation with "
+            "--config.eval.precise_bn_batches=8. If the model diverged, "
+            "delete that checkpoint (and later ones) and train again with "
+            "a lower config.optimizer.lr or a warm-up "
+            "(config.optimizer.schedule.warmup_epochs)."
+        )
 
 
 def check_rerank(rerank) -> None:
@@ -148,14 +182,23 @@ class Evaluator:
         """The query / gallery pairs that rank-list figures show."""
         raise NotImplementedError
 
-    def run(self, variables: Any) -> results_lib.EvaluationResults:
+    def run(
+        self, variables: Any, *, model: str = "the evaluated variables"
+    ) -> results_lib.EvaluationResults:
         """Extracts the features with `variables`, evaluates, logs the table.
 
         Args:
             variables: the predict function's first argument, e.g.
                 `state.model_variables()` ({"params", "batch_stats"}).
+            model: what `variables` are, named by the error if the features
+                are not finite (e.g. the checkpoint's directory).
+
+        Raises:
+            NonFiniteFeaturesError: some feature is NaN or infinite.
         """
-        results = self.evaluate(self.extract(variables))
+        features = self.extract(variables)
+        check_finite_features(features, model=model)
+        results = self.evaluate(features)
         logging.info("%s evaluation:\n%s", self.title, results.table())
         return results
 

@@ -5,6 +5,10 @@
 "sysu_<mode>_multi_shot" (10 shots; "sysu_<mode>_<n>_shot" otherwise),
 "regdb_visible_to_infrared" and "regdb_infrared_to_visible", each with
 `RERANK_SUFFIX` when computed from re-ranked distances.
+
+Queries without a correct match in their gallery are skipped by the metrics
+(as the community's code does); the table and the JSON say how many and,
+where the evaluator knows it (`skip_reasons`), why.
 """
 
 from __future__ import annotations
@@ -43,11 +47,40 @@ class EvaluationResults:
     """Per-trial metrics: `per_trial[protocol][feature][trial]`.
 
     `rerank` holds the parameters of the `RERANK_SUFFIX` protocols. Means and
-    standard deviations (population, ddof=0) are over trials.
+    standard deviations (population, ddof=0) are over trials, and over the
+    queries that have a correct match in the gallery; `skip_reasons`
+    {protocol (without `RERANK_SUFFIX`): text} says why the others have
+    none (`skipped_queries`).
     """
 
     per_trial: dict[str, dict[str, dict[int, metrics_lib.RetrievalMetrics]]]
     rerank: rerank_lib.RerankParams | None = None
+    skip_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def skipped_queries(self) -> dict[str, dict[str, Any]]:
+        """{protocol: {"skipped": [min, max] over trials, "queries": Q,
+        "reason": text}} for each protocol where some query was skipped."""
+        out = {}
+        for p, fs in self.per_trial.items():
+            counts = [
+                (m.num_queries - m.num_valid_queries, m.num_queries)
+                for trials in fs.values()
+                for m in trials.values()
+            ]
+            skipped = [c for c, _ in counts]
+            if not counts or max(skipped) == 0:
+                continue
+            base = p.removesuffix(RERANK_SUFFIX)
+            out[p] = {
+                "skipped": [min(skipped), max(skipped)],
+                "queries": max(q for _, q in counts),
+                "reason": self.skip_reasons.get(
+                    base,
+                    "no image of their identity in the gallery (after the "
+                    "protocol's camera removal)",
+                ),
+            }
+        return out
 
     def merge(self, other: EvaluationResults) -> EvaluationResults:
         """Union of two results (e.g. RegDB trials evaluated one by one)."""
@@ -69,7 +102,11 @@ class EvaluationResults:
                         f"{p}/{f}: trials {sorted(clash)} are in both results."
                     )
                 dest.update(trials)
-        return EvaluationResults(merged, rerank=self.rerank or other.rerank)
+        return EvaluationResults(
+            merged,
+            rerank=self.rerank or other.rerank,
+            skip_reasons={**self.skip_reasons, **other.skip_reasons},
+        )
 
     def summary(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
         """{protocol: {feature: {"mean": {...}, "std": {...}}}} fractions."""
@@ -87,6 +124,7 @@ class EvaluationResults:
         "lambda_value"}.
         """
         summary = self.summary()
+        skipped = self.skipped_queries()
         out = {}
         for p, fs in self.per_trial.items():
             for f, trials in fs.items():
@@ -99,6 +137,8 @@ class EvaluationResults:
                 }
                 if p.endswith(RERANK_SUFFIX) and self.rerank is not None:
                     entry["rerank"] = self.rerank.to_dict()
+                if p in skipped:
+                    entry["skipped_queries"] = skipped[p]
         return out
 
     def write_json(self, path: str) -> None:
@@ -136,6 +176,13 @@ class EvaluationResults:
                     f"{p:<{width}} {f:<7} {len(self.per_trial[p][f]):>6}  "
                     + "  ".join(cells)
                 )
+        for p, info in sorted(self.skipped_queries().items()):
+            low, high = info["skipped"]
+            count = f"{low}" if low == high else f"{low} to {high}"
+            lines.append(
+                f"{p}: {count} of {info['queries']} queries skipped (not in "
+                f"its metrics): {info['reason']}."
+            )
         if any(p.endswith(RERANK_SUFFIX) for p in summary):
             params = f": {self.rerank.describe()}" if self.rerank else ""
             lines.append(

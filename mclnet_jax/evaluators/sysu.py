@@ -107,7 +107,55 @@ def evaluate_features(
             per_trial.setdefault(protocol, {}).setdefault(name, {})[t] = (
                 metrics(dist, gallery)
             )
-    return results_lib.EvaluationResults(per_trial, rerank=rerank)
+    reasons = {
+        f"sysu_{mode}_{shots}": skip_reason(metadata, query, mode=mode)
+        for mode in modes
+    }
+    return results_lib.EvaluationResults(
+        per_trial,
+        rerank=rerank,
+        skip_reasons={p: r for p, r in reasons.items() if r},
+    )
+
+
+def skip_reason(metadata, query: np.ndarray, *, mode: str) -> str:
+    """Why queries have no correct match in a mode's galleries ("": none).
+
+    Trial-independent: every draw takes an image of each (identity, camera)
+    folder. Two causes: the identity has no image in the mode's cameras
+    (SYSU-MM01's indoor search covers a subset of its test ids), or the query
+    is from camera 3 and its identity's only gallery camera is camera 2,
+    which the protocol removes for camera-3 queries (same location).
+    """
+    cameras = protocols.check_mode(mode)
+    in_gallery = np.isin(metadata.camera, cameras)
+    seen = {}
+    for identity, camera in zip(
+        metadata.identity[in_gallery], metadata.camera[in_gallery], strict=True
+    ):
+        seen.setdefault(int(identity), set()).add(int(camera))
+    absent = set()
+    removed = 0
+    for i in query:
+        cams = seen.get(int(metadata.identity[i]), set())
+        if not cams:
+            absent.add(int(metadata.identity[i]))
+        elif int(metadata.camera[i]) == 3 and cams <= {2}:
+            removed += 1
+    parts = []
+    if absent:
+        count = int(np.isin(metadata.identity[query], list(absent)).sum())
+        who = "identity" if len(absent) == 1 else "identities"
+        parts.append(
+            f"{count} queries of {len(absent)} {who} without an image in "
+            f"{'/'.join(f'cam{c}' for c in cameras)} (e.g. id {min(absent)})"
+        )
+    if removed:
+        parts.append(
+            f"{removed} camera-3 queries whose identity is in camera 2 "
+            "only, which the protocol removes for camera-3 queries"
+        )
+    return "; ".join(parts)
 
 
 def rank_list_views(metadata) -> list[protocols.RankListView]:

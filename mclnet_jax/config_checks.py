@@ -1,0 +1,352 @@
+"""Checks of a config before any work: ranges, names, and resume agreement.
+
+`check(config, mode=...)` runs once, before the workdir is touched: every
+numeric field with a valid range, every name chosen from a list (variant,
+dataset, model and loss options), and the image size against the network's
+stride; all problems at once, one line each (a `ConfigurationError`, exit
+2). `check_resume(config, workdir)` compares a resumed run's config with the
+`config.json` its checkpoints were trained with (README "Outputs,
+checkpoints and resume": what may change on resume).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ml_collections
+
+from mclnet_jax import errors
+
+# The release's learning rate diverges from random initialisation for these.
+PRETRAINED_REQUIRED_DEPTH = 50
+
+# Fields a resumed run may change (README "Outputs, checkpoints and
+# resume"): how long it runs, how it logs, evaluates and checkpoints, where
+# the data lives and how the computation is laid out. A field is named, or
+# a prefix ending in "." names a section. Every other field changes the
+# state's shapes or what a step computes, and must match config.json.
+MAY_CHANGE_ON_RESUME = (
+    "max_steps",
+    "num_epochs",
+    "log_every_steps",
+    "val_every_steps",
+    "eval.",
+    "checkpoint.",
+    "distributed.",
+    "data.manual_dir",
+    "data.data_dir",
+    "data.eval_batch_size",
+    "data.val_split",
+    "data.test_split",
+    "model.kernels",
+    "model.remat",
+    "model.pretrained",
+    "model.release_checkpoint",
+)
+CONFIG_FILE = "config.json"
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: v >= low
+
+
+def _in_range(low: float, high: float) -> Callable[[Any], bool]:
+    return lambda v: low <= v <= high
+
+
+# (field, test, what the field must be). Optional fields (None) are skipped.
+_RANGES = (
+    ("num_epochs", _at_least(1), "an integer >= 1"),
+    ("max_steps", _at_least(1), "unset or an integer >= 1"),
+    ("log_every_steps", _at_least(1), "an integer >= 1"),
+    ("val_every_steps", _at_least(0), "an integer >= 0 (0: never)"),
+    ("data.num_identities", _at_least(1), "an integer >= 1"),
+    ("data.num_instances", _at_least(1), "an integer >= 1"),
+    ("data.steps_per_epoch", _at_least(1), "unset or an integer >= 1"),
+    ("data.eval_batch_size", _at_least(1), "an integer >= 1"),
+    ("data.pad", _at_least(0), "an integer >= 0"),
+    ("data.random_erasing", _in_range(0, 1), "a probability in [0, 1]"),
+    ("data.random_grey", _in_range(0, 1), "a probability in [0, 1]"),
+    ("data.random_remap", _in_range(0, 1), "a probability in [0, 1]"),
+    ("model.width_multiplier", lambda v: v > 0, "a number > 0"),
+    ("loss.triplet_margin", _at_least(0), "a number >= 0"),
+    ("loss.label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("loss.confusion_weight", _at_least(0), "a number >= 0"),
+    ("loss.center_weight", _at_least(0), "a number >= 0"),
+    ("loss.sigma", _at_least(0), "a number >= 0"),
+    ("loss.rho", _at_least(0), "a number >= 0"),
+    ("optimizer.lr", lambda v: v > 0, "a number > 0"),
+    ("optimizer.momentum", _in_range(0, 1), "a number in [0, 1]"),
+    ("optimizer.weight_decay", _at_least(0), "a number >= 0"),
+    ("optimizer.schedule.warmup_epochs", _at_least(0), "a number >= 0"),
+    ("mcm_optimizer.lr", lambda v: v > 0, "a number > 0"),
+    ("mcm_optimizer.momentum", _in_range(0, 1), "a number in [0, 1]"),
+    ("mcm_optimizer.weight_decay", _at_least(0), "a number >= 0"),
+    ("checkpoint.every_steps", _at_least(1), "an integer >= 1"),
+    ("checkpoint.keep", _at_least(1), "an integer >= 1"),
+    ("eval.num_trials", _at_least(1), "an integer >= 1"),
+    ("eval.rerank_k1", _at_least(1), "an integer >= 1"),
+    ("eval.rerank_k2", _at_least(1), "an integer >= 1"),
+    ("eval.rerank_lambda", _in_range(0, 1), "a number in [0, 1]"),
+    ("eval.precise_bn_batches", _at_least(0), "an integer >= 0 (0: off)"),
+)
+_INTEGERS = frozenset(name for name, _, what in _RANGES if "integer" in what)
+
+
+def _get(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:
+    """(present, value) of a dotted field."""
+    node = config
+    for key in path.split("."):
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or (
+            key not in node
+        ):
+            return False, None
+        node = node[key]
+    return True, node
+
+
+def _is_number(value: Any, *, integer: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    if integer:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _range_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
+    for path, ok, what in _RANGES:
+        present, value = _get(config, path)
+        if not present or value is None:
+            continue
+        integer = path in _INTEGERS
+        if not _is_number(value, integer=integer) or not ok(value):
+            yield f"config.{path} must be {what}, got {value!r}."
+    for section in ("optimizer", "mcm_optimizer"):
+        for rules in ("lr_mults", "wd_mults"):
+            present, value = _get(config, f"{section}.{rules}")
+            if not present or value is None:
+                continue
+            for rule in value:
+                if len(rule) != 2 or not _is_number(rule[1], integer=False):
+                    yield (
+                        f"config.{section}.{rules}: each rule must be "
+                        f"(regex, number), got {rule!r}."
+                    )
+                elif rule[1] < 0:
+                    yield (
+                        f"config.{section}.{rules}: multipliers must be >= 0, "
+                        f"got {rule[1]!r} for {rule[0]!r}."
+                    )
+
+
+def _choice(
+    config: ml_collections.ConfigDict, path: str, choices
+) -> Iterator[str]:
+    present, value = _get(config, path)
+    if present and value not in choices:
+        yield (
+            f"config.{path} must be one of {sorted(choices)}, got {value!r}."
+        )
+
+
+def _name_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
+    # Light imports: no JAX computation, no TensorFlow.
+    from data_pipeline import constants
+    from mclnet_jax import losses
+    from mclnet_jax.configs import common
+    from mclnet_jax.models import mclnet, remat, resnet
+
+    yield from _choice(config, "variant", common.VARIANTS)
+    yield from _choice(config, "data.dataset", constants.NUM_CAMERAS)
+    yield from _choice(config, "model.depth", resnet.BLOCKS_PER_STAGE)
+    yield from _choice(config, "model.last_stride", (1, 2))
+    yield from _choice(config, "model.pooling", mclnet.POOLINGS)
+    yield from _choice(config, "model.dtype", mclnet.DTYPES)
+    yield from _choice(config, "model.kernels", mclnet.KERNELS)
+    yield from _choice(config, "model.remat", remat.REMATS)
+    yield from _choice(config, "loss.triplet", ("wrt", "hard"))
+    yield from _choice(config, "loss.wrt_variant", losses.WRT_VARIANTS)
+    yield from _choice(config, "loss.center_variant", ("paper", "release"))
+    yield from _choice(config, "eval.protocol", ("sysu", "regdb"))
+    for section in ("optimizer", "mcm_optimizer"):
+        yield from _choice(
+            config, f"{section}.schedule.kind", ("constant", "epochs")
+        )
+    present, modes = _get(config, "eval.modes")
+    if present and modes is not None:
+        wrong = [m for m in modes if m not in ("all", "indoor")]
+        if wrong or not modes:
+            yield (
+                "config.eval.modes must be a non-empty subset of "
+                f"('all', 'indoor'), got {modes!r}."
+            )
+    present, counts = _get(config, "model.non_local_counts")
+    present_depth, depth = _get(config, "model.depth")
+    if present and present_depth and depth in resnet.BLOCKS_PER_STAGE:
+        blocks = tuple(resnet.BLOCKS_PER_STAGE[depth])
+        if (
+            len(counts) != len(blocks)
+            or not all(isinstance(c, int) and c >= 0 for c in counts)
+            or any(c > b for c, b in zip(counts, blocks, strict=True))
+        ):
+            yield (
+                "config.model.non_local_counts must be 4 counts, each "
+                f"between 0 and the blocks of its stage {blocks}, got "
+                f"{tuple(counts)!r}."
+            )
+
+
+def network_stride(config: ml_collections.ConfigDict) -> int:
+    """How much the network shrinks an image: stem 2, max-pool 2, stages
+    2 and 3 by 2 each, stage 4 by `model.last_stride`."""
+    return 16 * int(config.model.get("last_stride", 1))
+
+
+def _image_size_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
+    present, size = _get(config, "data.image_size")
+    if not present:
+        return
+    try:
+        height, width = size
+    except (TypeError, ValueError):
+        yield f"config.data.image_size must be (height, width), got {size!r}."
+        return
+    if not all(_is_number(v, integer=True) for v in (height, width)):
+        yield (
+            "config.data.image_size must be two integers (height, width), "
+            f"got {size!r}."
+        )
+        return
+    if config.model.get("last_stride") not in (1, 2):
+        return  # Reported as a name problem.
+    stride = network_stride(config)
+    if min(height, width) < stride:
+        yield (
+            f"config.data.image_size {tuple(size)!r} is too small for the "
+            f"network: it shrinks images {stride}x (model.last_stride="
+            f"{config.model.last_stride}), so height and width must be at "
+            f"least {stride}."
+        )
+
+
+def initialisation_problem(config: ml_collections.ConfigDict) -> str | None:
+    """A deep network without ImageNet weights, unless asked for."""
+    from mclnet_jax import train_step
+
+    m = config.model
+    if m.depth < PRETRAINED_REQUIRED_DEPTH or m.get("pretrained"):
+        return None
+    return (
+        f"config.model.pretrained is not set for a ResNet-{m.depth}. The "
+        "release trains from ImageNet weights, and its learning rate "
+        "diverges from random initialisation within a few steps. Save "
+        "torchvision's ResNet-50 as safetensors once (needs torch and "
+        "torchvision):\n"
+        '  python -c "import torchvision, safetensors.torch as st; '
+        "st.save_file(torchvision.models.resnet50(weights='IMAGENET1K_V1')"
+        ".state_dict(), 'resnet50.safetensors')\"\n"
+        "then pass --config.model.pretrained=/path/to/resnet50.safetensors. "
+        f"To train from scratch anyway, pass "
+        f"--config.model.pretrained={train_step.RANDOM_INIT}."
+    )
+
+
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Every range, name and image-size problem of `config`, one line each."""
+    return [
+        *_range_problems(config),
+        *_name_problems(config),
+        *_image_size_problems(config),
+    ]
+
+
+def check(config: ml_collections.ConfigDict, *, mode: str = "train") -> None:
+    """Raises ConfigurationError listing every problem of `config`.
+
+    Args:
+      config: the run's config.
+      mode: the CLI's --mode; "train" also requires an explicit
+        initialisation of deep networks (`initialisation_problem`).
+    """
+    found = problems(config)
+    if not found and mode == "train":
+        # Alone: its instructions take several lines.
+        problem = initialisation_problem(config)
+        if problem:
+            raise errors.ConfigurationError(problem)
+    if found:
+        raise errors.ConfigurationError(
+            f"{len(found)} problem{'s' * (len(found) > 1)} in the config:\n"
+            + "\n".join(f"  {p}" for p in found)
+        )
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and path != "data.synthetic":
+            out.update(_flat(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _may_change(path: str) -> bool:
+    return any(
+        path == f or (f.endswith(".") and path.startswith(f))
+        for f in MAY_CHANGE_ON_RESUME
+    )
+
+
+def _has_checkpoint(workdir: str) -> bool:
+    from mclnet_jax import checkpointing
+
+    folder = os.path.join(workdir, checkpointing.LATEST_DIR)
+    return os.path.isdir(folder) and any(
+        name.isdigit() for name in os.listdir(folder)
+    )
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses to resume with fields changed that change the run.
+
+    Compares `config` with WORKDIR/config.json when the workdir holds a
+    checkpoint to resume from; fields of `MAY_CHANGE_ON_RESUME`, and fields
+    that one of the two configs does not have (written by another version),
+    are not compared.
+
+    Raises:
+      ConfigChangedError: naming each changed field with both values.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not (os.path.isfile(path) and _has_checkpoint(workdir)):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = _flat(json.load(f))
+    except (OSError, ValueError) as e:
+        raise errors.ConfigChangedError(
+            f"Cannot read {path} ({e}), the config of the checkpoints in "
+            f"{workdir}: restore it, or train in a new --workdir."
+        ) from e
+    # The same JSON encoding on both sides: tuples and lists compare equal.
+    now = _flat(json.loads(config.to_json_best_effort()))
+    changed = [
+        f"  config.{k}: {saved[k]!r} in the checkpoints, {now[k]!r} now"
+        for k in sorted(now.keys() & saved.keys())
+        if not _may_change(k) and now[k] != saved[k]
+    ]
+    if changed:
+        raise errors.ConfigChangedError(
+            f"{workdir} holds checkpoints of a run with another config "
+            f"({path}); resuming would change what was trained:\n"
+            + "\n".join(changed)
+            + "\nRerun with the saved values, or train in a new --workdir. "
+            "Fields that may change on resume: README 'Outputs, checkpoints "
+            "and resume'."
+        )
