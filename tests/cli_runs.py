@@ -15,6 +15,17 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Absolute, so that in-process runs do not depend on the working directory.
 TINY = os.path.join(REPO, "configs", "synthetic.py") + ":tiny=1"
+# A short tiny run: 1 epoch x 13 steps, a checkpoint every 4 (steps 12 and
+# 13 kept); a small lr keeps the eval-mode features of so short a run
+# finite; only the model's results are evaluated.
+SHORT_RUN = (
+    "--config.num_epochs=1",
+    "--config.checkpoint.every_steps=4",
+    "--config.optimizer.lr=0.01",
+    "--config.mcm_optimizer.lr=0.01",
+    "--config.eval.figures=False",
+    "--config.eval.raw_pixel_baseline=False",
+)
 
 
 def env(*, fast_compile: bool = False, host_devices: int = 1) -> dict[str, str]:

@@ -166,6 +166,22 @@ def regdb_raw(tmp_path_factory) -> Generated:
     return Generated(root=root, params=REGDB_PARAMS, summary=summary)
 
 
+@pytest.fixture
+def sysu_copy(sysu_raw, tmp_path) -> str:
+    """A copy of `sysu_raw`'s folder for a test that damages it."""
+    copy = str(tmp_path / "sysu")
+    shutil.copytree(sysu_raw.root, copy)
+    return copy
+
+
+@pytest.fixture
+def regdb_copy(regdb_raw, tmp_path) -> str:
+    """A copy of `regdb_raw`'s folder for a test that damages it."""
+    copy = str(tmp_path / "regdb")
+    shutil.copytree(regdb_raw.root, copy)
+    return copy
+
+
 @pytest.fixture(scope="session")
 def sysu_builder(sysu_raw, tmp_path_factory) -> Callable[[str], Any]:
     """`sysu_builder(config)`: the prepared TFDS builder of `sysu_raw`.

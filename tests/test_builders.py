@@ -214,20 +214,6 @@ def test_regdb_trials_differ(regdb_builder):
 # The tests below damage a layout: each works on its own copy.
 
 
-@pytest.fixture
-def sysu_copy(sysu_raw, tmp_path):
-    copy = str(tmp_path / "sysu")
-    shutil.copytree(sysu_raw.root, copy)
-    return copy
-
-
-@pytest.fixture
-def regdb_copy(regdb_raw, tmp_path):
-    copy = str(tmp_path / "regdb")
-    shutil.copytree(regdb_raw.root, copy)
-    return copy
-
-
 def _prepare_sysu(manual_dir, tmp_path):
     return sysu_mm01.prepare(
         manual_dir=manual_dir,

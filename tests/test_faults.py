@@ -26,16 +26,8 @@ import pytest
 # The run's lock file (README "Outputs, checkpoints and resume").
 _LOCK_FILE = "run.lock"
 
-# 1 epoch x 13 steps, a checkpoint every 4: steps 12 and 13 are kept. A
-# small lr keeps the eval-mode features of so short a run finite.
-_OVERRIDES = (
-    "--config.num_epochs=1",
-    "--config.checkpoint.every_steps=4",
-    "--config.optimizer.lr=0.01",
-    "--config.mcm_optimizer.lr=0.01",
-    "--config.eval.figures=False",
-    "--config.eval.raw_pixel_baseline=False",
-)
+# Steps 12 and 13 kept (cli_runs.SHORT_RUN).
+_OVERRIDES = cli_runs.SHORT_RUN
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 

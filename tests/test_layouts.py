@@ -21,20 +21,6 @@ def _ids(root, split):
         return [int(t) for t in f.read().replace("\n", "").split(",")]
 
 
-@pytest.fixture
-def sysu_copy(sysu_raw, tmp_path):
-    copy = str(tmp_path / "sysu")
-    shutil.copytree(sysu_raw.root, copy)
-    return copy
-
-
-@pytest.fixture
-def regdb_copy(regdb_raw, tmp_path):
-    copy = str(tmp_path / "regdb")
-    shutil.copytree(regdb_raw.root, copy)
-    return copy
-
-
 def _remove(root, pid, cameras):
     for cam in cameras:
         shutil.rmtree(os.path.join(root, f"cam{cam}", f"{pid:04d}"))

@@ -22,16 +22,7 @@ import cli_runs
 import pytest
 
 # 1 epoch x 13 steps: a SIGTERM after the first checkpoint lands mid-run.
-# A small lr keeps the eval-mode features of so short a run finite.
-_OVERRIDES = (
-    "--config.num_epochs=1",
-    "--config.checkpoint.every_steps=4",
-    "--config.optimizer.lr=0.01",
-    "--config.mcm_optimizer.lr=0.01",
-    "--config.eval.figures=False",
-    # Only the model's results are compared.
-    "--config.eval.raw_pixel_baseline=False",
-)
+_OVERRIDES = cli_runs.SHORT_RUN
 _TOTAL_STEPS = 13
 _TIMEOUT_S = 500
 
