@@ -53,14 +53,18 @@ if not __package__:  # Run as `python benchmarks/accelerator.py`.
     )
 # The imports below need the repository on the path (hence E402).
 from benchmarks import accelerator_torch, device_bench  # noqa: E402
+from mclnet_jax import platform as mclnet_platform  # noqa: E402
 from mclnet_jax import sharding  # noqa: E402
-from mclnet_jax.configs import settings  # noqa: E402
+from mclnet_jax.configs import synthetic, sysu  # noqa: E402
+
+# The CLI's XLA:CPU defaults, before JAX initialises its backends.
+mclnet_platform.apply_cpu_defaults()
 
 DTYPES = device_bench.DTYPES
 PAPER_BATCH = 32  # Images per modality: P = 8 identities x K = 4.
 EPOCHS, STEPS_PER_EPOCH = 201, 696  # SYSU-MM01 as the release trains it.
 NUM_CLASSES = 395
-# --tiny: settings.synthetic(tiny=True), as the correctness check.
+# --tiny: configs/synthetic.py:tiny=1, as the correctness check.
 TINY_EVAL_BATCH = 16
 TINY_NUM_CLASSES = device_bench.TINY_NUM_CLASSES
 TINY_BATCH = device_bench.TINY_BATCH
@@ -291,7 +295,7 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS) -> int:
         jax.config.update("jax_compilation_cache_dir", fl.compilation_cache_dir)
     tiny = fl.tiny
     batches, eval_batch, repeats, dtypes = _sizes(fl)
-    config = settings.synthetic(tiny=True) if tiny else settings.sysu()
+    config = synthetic.get_config("tiny=1") if tiny else sysu.get_config()
     num_classes = TINY_NUM_CLASSES if tiny else NUM_CLASSES
     paper_batch = TINY_BATCH if tiny else PAPER_BATCH
     k = config.data.num_instances

@@ -17,13 +17,13 @@ import ml_collections
 import numpy as np
 
 from mclnet_jax import sharding, train_step
-from mclnet_jax.configs import settings
+from mclnet_jax.configs import synthetic
 
 DTYPES = ("float32", "bfloat16")
 NUM_CAMERAS = 6
 STEPS_PER_EPOCH = 696  # For the learning-rate schedule (SYSU-MM01).
 CHECK_STEPS, CHECK_TOLERANCE = 3, 1e-4
-# The correctness check's model: settings.synthetic(tiny=True).
+# The correctness check's model: configs/synthetic.py:tiny=1.
 TINY_NUM_CLASSES, TINY_BATCH = 8, 4
 
 # Dense (no sparsity) peak TFLOP/s per JAX device: (regular expression on
@@ -162,13 +162,13 @@ def correctness_check(device, state=None) -> dict:
 
     Args:
       device: the device checked.
-      state: `host_state` of `settings.synthetic(tiny=True)`, if made
+      state: `host_state` of configs/synthetic.py:tiny=1, if made
         already.
 
     Returns:
       The check's JSON entry ("passed", "max_relative_error", ...).
     """
-    config = settings.synthetic(tiny=True)
+    config = synthetic.get_config("tiny=1")
     k = config.data.num_instances
     batches = [
         synthetic_batch(

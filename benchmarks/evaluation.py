@@ -13,7 +13,7 @@ For each, seconds for 10 trials of
 
 * "metrics": CMC / mAP / mINP from the distance matrices;
 * "full": also L2 normalisation of the features and the distances
-  (ours: `sysu.evaluate_features` / normalise + distance + metrics per RegDB
+  (ours: `sysu.Sysu(...).evaluate` / normalise + distance + metrics per RegDB
   trial; the loop: normalise + matmul per trial, as the community test code).
 
 The loop is a straightforward community-style implementation (one Python
@@ -241,8 +241,8 @@ def bench_sysu(args):
         args.repeats,
     )
     ours_full, full = median_seconds(
-        lambda: sysu.evaluate_features(
-            {"bn": feats}, meta, modes=("all",), trials=trials
+        lambda: sysu.Sysu(meta, modes=("all",), trials=trials).evaluate(
+            {"bn": feats}
         ),
         args.repeats,
     )
@@ -272,7 +272,7 @@ def bench_sysu(args):
         check_same(
             full.per_trial["sysu_all_single_shot"]["bn"][t],
             ref,
-            "SYSU evaluate_features",
+            "SYSU Sysu.evaluate",
             tol=1e-3,
         )
         for t, ref in zip(trials, loop, strict=True)

@@ -25,7 +25,10 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from mclnet_jax import losses
+from mclnet_jax import losses, platform
+
+# The CLI's XLA:CPU defaults, before JAX initialises its backends.
+platform.apply_cpu_defaults()
 
 _IDS_PER_BATCH = flags.DEFINE_integer("ids_per_batch", 8, "Identities.")
 _IMAGES_PER_ID = flags.DEFINE_integer(

@@ -34,6 +34,9 @@ from benchmarks import sides, torch_release  # noqa: E402
 from mclnet_jax import platform
 from mclnet_jax.models import mclnet, resnet
 
+# The CLI's XLA:CPU defaults, before JAX initialises its backends.
+platform.apply_cpu_defaults()
+
 _BATCH = flags.DEFINE_integer("batch", 64, "Images per forward call.")
 _HEIGHT = flags.DEFINE_integer("height", 288, "Image height.")
 _WIDTH = flags.DEFINE_integer("width", 144, "Image width.")

@@ -30,7 +30,7 @@ from PIL import Image
 
 from data_pipeline import datasets, synthetic
 from data_pipeline.sysu_mm01 import sysu_mm01
-from mclnet_jax.configs import settings
+from mclnet_jax.configs import regdb, sysu
 
 _DATASET = flags.DEFINE_enum(
     "dataset", "sysu_mm01", ["sysu_mm01", "regdb"], "Dataset to compare."
@@ -135,7 +135,7 @@ def _rewrite(root: str) -> None:
 
 
 def _data_config(dataset: str, manual_dir: str, data_dir: str | None):
-    config = settings.sysu() if dataset == "sysu_mm01" else settings.regdb()
+    config = sysu.get_config() if dataset == "sysu_mm01" else regdb.get_config()
     dc = config.data
     dc.manual_dir = manual_dir
     dc.data_dir = data_dir

@@ -37,7 +37,10 @@ if not __package__:  # Run as `python benchmarks/<this file>.py`.
 # The imports below need the repository on the path (hence E402).
 from benchmarks import sides, torch_release  # noqa: E402
 from mclnet_jax import platform, train_step
-from mclnet_jax.configs import settings
+from mclnet_jax.configs import sysu
+
+# The CLI's XLA:CPU defaults, before JAX initialises its backends.
+platform.apply_cpu_defaults()
 
 _BATCHES = flags.DEFINE_list(
     "batches",
@@ -82,7 +85,7 @@ flags.register_validator(
 
 
 def _config(per_modality, dtype, kernels, remat):
-    config = settings.sysu("mclnet")
+    config = sysu.get_config("mclnet")
     config.data.num_identities = per_modality // 4
     config.data.num_instances = 4
     config.model.dtype = dtype

@@ -40,6 +40,7 @@ optional with --jpeg).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import sys
@@ -57,7 +58,8 @@ from data_pipeline.constants import (
 )
 from data_pipeline.records import SplitMetadata
 from mclnet_jax import metrics as metrics_lib
-from mclnet_jax.configs import common, settings
+from mclnet_jax.configs import common
+from mclnet_jax.configs import synthetic as synthetic_recipe
 from mclnet_jax.evaluators import features as features_lib
 from mclnet_jax.evaluators import sysu
 
@@ -202,7 +204,7 @@ def make_data(
 
 def make_config(args):
     """configs/synthetic.py with the sweep's overrides."""
-    config = settings.synthetic(args.variant)
+    config = synthetic_recipe.get_config(args.variant)
     config.seed = args.seed
     config.data.image_size = _parse_size(args.size)
     config.data.pad = args.pad
@@ -365,6 +367,13 @@ def _grey_augment(tf, x, seed, probability, mode, num_visible):
 # Measurements.
 
 
+@functools.cache
+def _predict_fn(model):
+    """One jitted predict function per model for every `embed` call
+    (`features.make_predict_fn` compiles anew each time it is called)."""
+    return features_lib.make_predict_fn(model)
+
+
 def embed(
     model, variables, images: np.ndarray, modality: np.ndarray, batch: int = 128
 ) -> dict:
@@ -372,7 +381,7 @@ def embed(
     from data_pipeline import image_ops
     from data_pipeline.tf_setup import tf
 
-    predict_fn = features_lib.make_predict_fn(model)
+    predict_fn = _predict_fn(model)
     out = {"pool": [], "bn": []}
     order = np.argsort(modality, kind="stable")
     for mod in (0, 1):
@@ -414,7 +423,7 @@ def _metadata(identity, camera, modality) -> SplitMetadata:
 
 def sysu_all(features: dict, meta) -> dict:
     """All-search single-shot R1 / mAP / mINP (%) per feature."""
-    res = sysu.evaluate_features(features, meta, modes=("all",))
+    res = sysu.Sysu(meta, modes=("all",)).evaluate(features)
     summary = res.summary()
     out = {}
     for name in features:
@@ -566,7 +575,7 @@ def _from_workdir(workdir: str, jpeg: int):
     if synthetic_data is None:
         # A run of benchmarks/ablation.py: the rows of a seed share data
         # generated with the demo's generator at that seed.
-        demo = settings.synthetic(seed=config.seed)
+        demo = synthetic_recipe.get_config(f"seed={config.seed}")
         if config.data.dataset != demo.data.dataset or tuple(
             config.data.image_size
         ) != tuple(demo.data.image_size):

@@ -94,7 +94,7 @@ def open_builder(
         prepared).
     """
     dc = config.data
-    if dc.get("synthetic"):
+    if dc.synthetic:
         manual_dir = generate_synthetic(
             config, workdir, process_index=process_index
         )
@@ -127,16 +127,16 @@ def prepare_builder(
     tfds.disable_progress_bar()
     dc = data_config
     module = _builder_module(dc.dataset)
-    data_dir = data_dir or dc.get("data_dir")
+    data_dir = data_dir or dc.data_dir
     manual_dir = os.path.expanduser(
-        manual_dir or dc.get("manual_dir") or DEFAULT_MANUAL_DIRS[dc.dataset]
+        manual_dir or dc.manual_dir or DEFAULT_MANUAL_DIRS[dc.dataset]
     )
     try:
         return module.prepare(
             manual_dir=manual_dir,
             data_dir=data_dir,
-            config=dc.get("builder_config"),
-            image_format=dc.get("image_format"),
+            config=dc.builder_config,
+            image_format=dc.image_format,
         )
     except layouts.DatasetLayoutError as e:
         # The layout error already names the path, the layout and the source.
@@ -172,7 +172,8 @@ def iter_images(
     Args:
       data_config: a config's `data` field (dataset, builder_config,
         image_format, image_size, manual_dir, data_dir), e.g.
-        `settings.sysu().data` with `manual_dir` and `data_dir` set.
+        `mclnet_jax.configs.sysu.get_config().data` with `manual_dir` and
+        `data_dir` set.
       split: a split of the builder: SYSU-MM01 "train", "train_only",
         "val", "test"; RegDB "train", "test".
       chunk_size: records decoded per batch (memory ~ chunk_size images).
@@ -236,13 +237,13 @@ def train_augment(
     """config.data -> the training augmentation.
 
     `random_grey` and `random_remap` are ours (not in the paper or the
-    release); 0 by default.
+    release); 0 in the paper's recipes.
     """
     return augment.TrainAugment(
         padding=data_config.pad,
         erasing_probability=data_config.random_erasing,
-        grey_probability=data_config.get("random_grey", 0.0),
-        remap_probability=data_config.get("random_remap", 0.0),
+        grey_probability=data_config.random_grey,
+        remap_probability=data_config.random_remap,
     )
 
 

@@ -10,9 +10,9 @@ Layout under the workdir:
 
 The two are separate managers on purpose: orbax's `max_to_keep` combined with
 a `best_fn` keeps the *best* checkpoints and may delete the latest one, which
-would break resume. A checkpoint is only ever written for a finite state (the
-caller checks; see `train.py`), and orbax commits a step
-atomically, so a run killed mid-save resumes from the previous complete one.
+would break resume. A checkpoint is only ever written for a finite state
+(`Checkpointer.save` refuses others), and orbax commits a step atomically, so
+a run killed mid-save resumes from the previous complete one.
 
 Each step this process saves gets a manifest (`mclnet_manifest.json` in the
 step's folder: every file's size and CRC-32) once orbax has committed it. On
@@ -26,7 +26,9 @@ older version, or a run killed between the commit and the manifest) is
 trusted if it restores.
 
 `restore_model_variables` reads just the network of a workdir's checkpoint
-(for feature extraction and export): no dataset, no optimiser state.
+(for feature extraction and export): no dataset, no optimiser state;
+`release_state` a state whose network is a checkpoint of the authors'
+release (README "Checkpoints of the authors' release").
 """
 
 from __future__ import annotations
@@ -39,17 +41,42 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 from mclnet_jax import console, errors
+from mclnet_jax.models import release
 
+# Which checkpoint of a workdir: the newest (resume) or the best on
+# validation.
+LATEST = "latest"
+BEST = "best"
+WHICH = (LATEST, BEST)
 LATEST_DIR = "checkpoints"
 BEST_DIR = "checkpoints_best"
 DAMAGED_DIR = "checkpoints_damaged"
 MANIFEST_FILE = "mclnet_manifest.json"
+BEST_INFO_FILE = "best.json"
 _CHUNK = 1 << 22
+
+
+def check_which(which: str) -> str:
+    """`which` if it names a checkpoint kind (`WHICH`), else ValueError."""
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}.")
+    return which
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def _crc32(path: str) -> str:
@@ -218,18 +245,18 @@ class Checkpointer:
         self._workdir = os.path.abspath(workdir)
         self._best_metric = best_metric
         self._latest = ocp.CheckpointManager(
-            self.directory("latest"),
+            self.directory(LATEST),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
         # Steps saved by this process whose manifest is not written yet.
-        self._unlisted = {"latest": [], "best": []}
+        self._unlisted = {which: [] for which in WHICH}
         # The newest step known intact on disk (for the disk-full message).
         self._intact_step = self._latest.latest_step()
         self._best = None
         self._best_value = None
         if best_metric:
             self._best = ocp.CheckpointManager(
-                self.directory("best"),
+                self.directory(BEST),
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=1, create=True
                 ),
@@ -240,7 +267,7 @@ class Checkpointer:
 
     def directory(self, which: str) -> str:
         return os.path.join(
-            self._workdir, LATEST_DIR if which == "latest" else BEST_DIR
+            self._workdir, LATEST_DIR if which == LATEST else BEST_DIR
         )
 
     def latest_step(self) -> int | None:
@@ -260,7 +287,7 @@ class Checkpointer:
             exc_info=(type(error), error, error.__traceback__),
         )
         return errors.DiskFullError(
-            errors.disk_full_message(self.directory("latest"), saved=saved)
+            errors.disk_full_message(self.directory(LATEST), saved=saved)
             + f" (Step {step} was not saved.)"
         )
 
@@ -278,7 +305,7 @@ class Checkpointer:
         self._unlisted[which] = []
         for step in steps:
             step_dir = os.path.join(self.directory(which), str(step))
-            if which == "latest":
+            if which == LATEST:
                 self._intact_step = step
             if jax.process_index() != 0 or not os.path.isdir(step_dir):
                 continue  # Not the lead process, or already removed (keep).
@@ -305,14 +332,24 @@ class Checkpointer:
         self._unlisted[which].append(step)
 
     def save(self, step: int, state) -> None:
-        """Saves `state` as step `step` (asynchronously; see `wait`)."""
-        self._save("latest", self._latest, step, state)
+        """Saves `state` as step `step` (asynchronously; see `wait`).
+
+        Raises:
+          NonFiniteLossError: a value of the state is NaN/inf (a
+            non-finite state must never be resumed from); nothing is saved.
+        """
+        if not bool(_all_finite(state)):
+            raise errors.NonFiniteLossError(
+                f"Non-finite values in the state at step {step}; not "
+                "checkpointed."
+            )
+        self._save(LATEST, self._latest, step, state)
 
     def wait(self) -> None:
         """Waits for the saves in flight; each saved step gets its manifest."""
-        self._finish("latest", self._latest)
+        self._finish(LATEST, self._latest)
         if self._best is not None:
-            self._finish("best", self._best)
+            self._finish(BEST, self._best)
 
     def close(self) -> None:
         """Finishes or abandons the saves in flight and stops orbax's threads.
@@ -320,7 +357,7 @@ class Checkpointer:
         Never raises: called on the way out of a failed run too, where the
         save's own error (already reported) would come back from here.
         """
-        for which, manager in (("latest", self._latest), ("best", self._best)):
+        for which, manager in ((LATEST, self._latest), (BEST, self._best)):
             if manager is None:
                 continue
             try:
@@ -366,7 +403,7 @@ class Checkpointer:
                 self._set_aside(manager, directory, damaged)
         else:
             logging.info("Restored %s step %d.", directory, step)
-        if which == "latest":
+        if which == LATEST:
             self._intact_step = step
         return state
 
@@ -409,18 +446,18 @@ class Checkpointer:
           NoIntactCheckpointError: every saved step is damaged.
         """
         return self._restore_newest_intact(
-            "latest", self._latest, target, shardings, set_aside=set_aside
+            LATEST, self._latest, target, shardings, set_aside=set_aside
         )
 
     def restore_best(self, target, shardings):
         """The best state by the validation metric, or None."""
         manager = self._best or ocp.CheckpointManager(
-            self.directory("best"),
+            self.directory(BEST),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
         )
         try:
             return self._restore_newest_intact(
-                "best", manager, target, shardings, set_aside=False
+                BEST, manager, target, shardings, set_aside=False
             )
         finally:
             if manager is not self._best:
@@ -442,12 +479,12 @@ class Checkpointer:
         value = _lookup(val_results, self._best_metric)
         if self._best_value is not None and value <= self._best_value:
             return False
-        self._save("best", self._best, step, state, force=True)
-        self._finish("best", self._best)
+        self._save(BEST, self._best, step, state, force=True)
+        self._finish(BEST, self._best)
         self._best_value = value
         if jax.process_index() == 0:
             with open(
-                os.path.join(self.directory("best"), "best.json"), "w"
+                os.path.join(self.directory(BEST), BEST_INFO_FILE), "w"
             ) as f:
                 json.dump(
                     {"step": step, "metric": self._best_metric, "value": value},
@@ -459,7 +496,7 @@ class Checkpointer:
         return True
 
     def _read_best_info(self):
-        path = os.path.join(self.directory("best"), "best.json")
+        path = os.path.join(self.directory(BEST), BEST_INFO_FILE)
         if not os.path.exists(path):
             return None
         with open(path) as f:
@@ -467,7 +504,7 @@ class Checkpointer:
 
 
 def restore_model_variables(
-    workdir: str, *, which: str = "latest"
+    workdir: str, *, which: str = LATEST
 ) -> tuple[dict[str, Any], int]:
     """The network's variables in a workdir's newest (or best) checkpoint.
 
@@ -479,29 +516,29 @@ def restore_model_variables(
 
     Args:
       workdir: a training workdir (holds checkpoints/ or checkpoints_best/).
-      which: "latest" or "best".
+      which: "latest" or "best" (`WHICH`).
 
     Returns:
       ({"params": ..., "batch_stats": ...} of numpy arrays on the host, the
       checkpoint's step).
 
     Raises:
-      ValueError: `which` is not "latest"/"best", or the checkpoint is not a
+      ValueError: `which` is not in `WHICH`, or the checkpoint is not a
         training state.
       FileNotFoundError: no such checkpoint in the workdir.
     """
-    if which not in ("latest", "best"):
-        raise ValueError(f"which must be 'latest' or 'best', got {which!r}.")
+    check_which(which)
     directory = os.path.join(
-        os.path.abspath(workdir), LATEST_DIR if which == "latest" else BEST_DIR
+        os.path.abspath(workdir), LATEST_DIR if which == LATEST else BEST_DIR
     )
     hint = (
         "train first (python -m mclnet_jax.main --mode=train) with this "
         "--workdir"
         + (
-            ", a validation split (config.data.val_split) and "
-            "config.checkpoint.best_metric, or use --checkpoint=latest"
-            if which == "best"
+            ", a validation evaluator (config.evals.val, e.g. "
+            "--config=sysu:val=1) and config.checkpoint.best_metric, or use "
+            "--checkpoint=latest"
+            if which == BEST
             else ""
         )
     )
@@ -572,4 +609,91 @@ def _restore_network(manager, directory: str, step: int):
         args=ocp.args.PyTreeRestore(
             item=abstract, restore_args=restore_args, partial_restore=True
         ),
+    )
+
+
+def release_state(
+    path: str,
+    abstract_state,
+    *,
+    model_config: Mapping[str, Any],
+    feature_dim: int,
+    num_classes: int,
+):
+    """A host state whose network is `path`, a checkpoint of the release.
+
+    Only the extractor is read: the rest of the state (MCM, optimiser,
+    centers) is zeros, and nothing is initialised or compiled for it.
+
+    Args:
+      path: the release's `embed_net` state dict as `.safetensors`
+        (`python -m mclnet_jax.tools.convert_release`).
+      abstract_state: the configured state's shapes and dtypes.
+      model_config: `config.model` (depth, non-local blocks).
+      feature_dim: the configured model's feature dimension.
+      num_classes: identities of the configured training split.
+
+    Raises:
+      ConfigurationError: the file is missing, or the checkpoint's model
+        (depth, non-local blocks, identities, ...) is not the configured one;
+        the message names the overrides that fix it.
+    """
+    path = os.path.expanduser(path)
+    try:
+        state_dict = release.read(path)
+        found = release.describe_embed_net(state_dict)
+    except (OSError, ValueError) as e:
+        raise errors.ConfigurationError(
+            f"config.init.release_checkpoint: {e}"
+        ) from e
+    m = model_config
+    configured = {
+        "depth": m.depth,
+        "non_local_counts": tuple(m.non_local_counts),
+        "non_local_inter": (
+            m.non_local_inter if any(m.non_local_counts) else None
+        ),
+        "feature_dim": feature_dim,
+    }
+    wrong = [
+        f"{k}: checkpoint {found[k]!r}, config {v!r}"
+        for k, v in configured.items()
+        if v is not None and found[k] != v
+    ]
+    if wrong:
+        raise errors.ConfigurationError(
+            f"The release checkpoint {path} is not the configured model ("
+            + "; ".join(wrong)
+            + "). Override the config to match, e.g. "
+            f"--config.model.depth={found['depth']} "
+            f"--config.model.width_multiplier={found['width_multiplier']:g} "
+            f"--config.model.non_local_counts='{found['non_local_counts']}'"
+            + (
+                f" --config.model.non_local_inter={found['non_local_inter']}"
+                if found["non_local_inter"]
+                else ""
+            )
+            + "."
+        )
+    if found["num_classes"] != num_classes:
+        raise errors.ConfigurationError(
+            f"The release checkpoint {path} classifies "
+            f"{found['num_classes']} identities, but the training data of "
+            f"this config has {num_classes}: evaluate it with the config of "
+            "the dataset it was trained on (configs/sysu.py: SYSU-MM01, "
+            "configs/regdb.py: RegDB, same trial)."
+        )
+    try:
+        variables = release.load_embed_net(
+            abstract_state.model_variables(), state_dict
+        )
+    except ValueError as e:
+        raise errors.ConfigurationError(
+            f"config.init.release_checkpoint: {e}"
+        ) from e
+    logging.info("Extractor from the release checkpoint %s.", path)
+    state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_state)
+    return state.replace(
+        params={**state.params, "model": variables["params"]},
+        batch_stats=variables["batch_stats"],
     )

@@ -2,9 +2,10 @@
 
 `check(config, mode=...)` runs once, before the workdir is touched: every
 numeric field with a valid range, every name chosen from a list (variant,
-dataset, model and loss options), and the image size against the network's
-stride; all problems at once, one line each (a `ConfigurationError`, exit
-2). `check_resume(config, workdir)` compares a resumed run's config with the
+dataset, model and loss options), the evaluators of `config.evals` and what
+they refer to, and the image size against the network's stride; all
+problems at once, one line each (a `ConfigurationError`, exit 2).
+`check_resume(config, workdir)` compares a resumed run's config with the
 `config.json` its checkpoints were trained with (README "Outputs,
 checkpoints and resume": what may change on resume).
 """
@@ -33,19 +34,16 @@ MAY_CHANGE_ON_RESUME = (
     "max_steps",
     "num_epochs",
     "log_every_steps",
-    "val_every_steps",
     "eval.",
+    "evals.",
     "checkpoint.",
     "distributed.",
+    "init.",
     "data.manual_dir",
     "data.data_dir",
     "data.eval_batch_size",
-    "data.val_split",
-    "data.test_split",
     "model.kernels",
     "model.remat",
-    "model.pretrained",
-    "model.release_checkpoint",
 )
 CONFIG_FILE = "config.json"
 
@@ -63,7 +61,6 @@ _RANGES = (
     ("num_epochs", _at_least(1), "an integer >= 1"),
     ("max_steps", _at_least(1), "unset or an integer >= 1"),
     ("log_every_steps", _at_least(1), "an integer >= 1"),
-    ("val_every_steps", _at_least(0), "an integer >= 0 (0: never)"),
     ("data.num_identities", _at_least(1), "an integer >= 1"),
     ("data.num_instances", _at_least(1), "an integer >= 1"),
     ("data.steps_per_epoch", _at_least(1), "unset or an integer >= 1"),
@@ -88,13 +85,41 @@ _RANGES = (
     ("mcm_optimizer.weight_decay", _at_least(0), "a number >= 0"),
     ("checkpoint.every_steps", _at_least(1), "an integer >= 1"),
     ("checkpoint.keep", _at_least(1), "an integer >= 1"),
-    ("eval.num_trials", _at_least(1), "an integer >= 1"),
-    ("eval.rerank_k1", _at_least(1), "an integer >= 1"),
-    ("eval.rerank_k2", _at_least(1), "an integer >= 1"),
-    ("eval.rerank_lambda", _in_range(0, 1), "a number in [0, 1]"),
     ("eval.precise_bn_batches", _at_least(0), "an integer >= 0 (0: off)"),
 )
-_INTEGERS = frozenset(name for name, _, what in _RANGES if "integer" in what)
+# The same for every entry of config.evals with the field.
+_ENTRY_RANGES = (
+    ("every_steps", _at_least(0), "an integer >= 0 (0: never)"),
+    ("num_trials", _at_least(1), "an integer >= 1"),
+    ("num_shots", _at_least(1), "an integer >= 1"),
+    ("rerank_k1", _at_least(1), "an integer >= 1"),
+    ("rerank_k2", _at_least(1), "an integer >= 1"),
+    ("rerank_lambda", _in_range(0, 1), "a number in [0, 1]"),
+)
+_INTEGERS = frozenset(
+    name for name, _, what in _RANGES + _ENTRY_RANGES if "integer" in what
+)
+
+# Evaluator types of config.evals: the protocols and the figures of one.
+PROTOCOLS = ("sysu", "regdb")
+EVAL_TYPES = (*PROTOCOLS, "figures")
+# The fields of each type's entries.
+_COMMON_FIELDS = ("type", "split", "every_steps", "at_end")
+_PROTOCOL_FIELDS = (
+    *_COMMON_FIELDS,
+    "features",
+    "rerank",
+    "rerank_k1",
+    "rerank_k2",
+    "rerank_lambda",
+)
+# Which features a protocol entry evaluates: the network's or raw pixels.
+FEATURES = ("model", "pixels")
+ENTRY_FIELDS = {
+    "sysu": (*_PROTOCOL_FIELDS, "modes", "num_trials", "num_shots"),
+    "regdb": _PROTOCOL_FIELDS,
+    "figures": (*_COMMON_FIELDS, "of", "baseline"),
+}
 
 
 def _get(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:
@@ -117,14 +142,21 @@ def _is_number(value: Any, *, integer: bool) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _range_problem(path: str, value: Any, ok, what: str) -> str | None:
+    integer = path.rsplit(".", 1)[-1] in _INTEGERS
+    if not _is_number(value, integer=integer) or not ok(value):
+        return f"config.{path} must be {what}, got {value!r}."
+    return None
+
+
 def _range_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
     for path, ok, what in _RANGES:
         present, value = _get(config, path)
         if not present or value is None:
             continue
-        integer = path in _INTEGERS
-        if not _is_number(value, integer=integer) or not ok(value):
-            yield f"config.{path} must be {what}, got {value!r}."
+        problem = _range_problem(path, value, ok, what)
+        if problem:
+            yield problem
     for section in ("optimizer", "mcm_optimizer"):
         for rules in ("lr_mults", "wd_mults"):
             present, value = _get(config, f"{section}.{rules}")
@@ -171,19 +203,10 @@ def _name_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
     yield from _choice(config, "loss.triplet", ("wrt", "hard"))
     yield from _choice(config, "loss.wrt_variant", losses.WRT_VARIANTS)
     yield from _choice(config, "loss.center_variant", ("paper", "release"))
-    yield from _choice(config, "eval.protocol", ("sysu", "regdb"))
     for section in ("optimizer", "mcm_optimizer"):
         yield from _choice(
             config, f"{section}.schedule.kind", ("constant", "epochs")
         )
-    present, modes = _get(config, "eval.modes")
-    if present and modes is not None:
-        wrong = [m for m in modes if m not in ("all", "indoor")]
-        if wrong or not modes:
-            yield (
-                "config.eval.modes must be a non-empty subset of "
-                f"('all', 'indoor'), got {modes!r}."
-            )
     present, counts = _get(config, "model.non_local_counts")
     present_depth, depth = _get(config, "model.depth")
     if present and present_depth and depth in resnet.BLOCKS_PER_STAGE:
@@ -203,7 +226,7 @@ def _name_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
 def network_stride(config: ml_collections.ConfigDict) -> int:
     """How much the network shrinks an image: stem 2, max-pool 2, stages
     2 and 3 by 2 each, stage 4 by `model.last_stride`."""
-    return 16 * int(config.model.get("last_stride", 1))
+    return 16 * int(config.model.last_stride)
 
 
 def _image_size_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
@@ -221,7 +244,7 @@ def _image_size_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
             f"got {size!r}."
         )
         return
-    if config.model.get("last_stride") not in (1, 2):
+    if config.model.last_stride not in (1, 2):
         return  # Reported as a name problem.
     stride = network_stride(config)
     if min(height, width) < stride:
@@ -237,11 +260,11 @@ def initialisation_problem(config: ml_collections.ConfigDict) -> str | None:
     """A deep network without ImageNet weights, unless asked for."""
     from mclnet_jax import train_step
 
-    m = config.model
-    if m.depth < PRETRAINED_REQUIRED_DEPTH or m.get("pretrained"):
+    depth = config.model.depth
+    if depth < PRETRAINED_REQUIRED_DEPTH or config.init.pretrained:
         return None
     return (
-        f"config.model.pretrained is not set for a ResNet-{m.depth}. The "
+        f"config.init.pretrained is not set for a ResNet-{depth}. The "
         "release trains from ImageNet weights, and its learning rate "
         "diverges from random initialisation within a few steps. Save "
         "torchvision's ResNet-50 as safetensors once (needs torch and "
@@ -249,17 +272,164 @@ def initialisation_problem(config: ml_collections.ConfigDict) -> str | None:
         '  python -c "import torchvision, safetensors.torch as st; '
         "st.save_file(torchvision.models.resnet50(weights='IMAGENET1K_V1')"
         ".state_dict(), 'resnet50.safetensors')\"\n"
-        "then pass --config.model.pretrained=/path/to/resnet50.safetensors. "
+        "then pass --config.init.pretrained=/path/to/resnet50.safetensors. "
         f"To train from scratch anyway, pass "
-        f"--config.model.pretrained={train_step.RANDOM_INIT}."
+        f"--config.init.pretrained={train_step.RANDOM_INIT}."
     )
 
 
+def _entry_problems(name: str, entry: Any) -> Iterator[str]:
+    """The problems of `config.evals[name]` on its own."""
+    where = f"config.evals.{name}"
+    if not isinstance(entry, ml_collections.ConfigDict):
+        yield f"{where} must be a ConfigDict of evaluator fields: {entry!r}."
+        return
+    if "type" not in entry or entry.type not in EVAL_TYPES:
+        yield (
+            f"{where}.type must be one of {sorted(EVAL_TYPES)}, got "
+            f"{entry.type if 'type' in entry else 'none'!r}."
+        )
+        return
+    fields = ENTRY_FIELDS[entry.type]
+    if not _well_formed(entry):
+        missing = [f for f in fields if f not in entry]
+        extra = sorted(set(entry) - set(fields))
+        yield (
+            f"{where} ({entry.type}) must have the fields {list(fields)}; "
+            f"missing {missing}, unknown {extra}."
+        )
+        return
+    for field, ok, what in _ENTRY_RANGES:
+        if field in fields:
+            path = f"evals.{name}.{field}"
+            problem = _range_problem(path, entry[field], ok, what)
+            if problem:
+                yield problem
+    if not (isinstance(entry.split, str) and entry.split):
+        yield f"{where}.split must name a split, got {entry.split!r}."
+    for field in ("at_end", "rerank"):
+        if field in fields and not isinstance(entry[field], bool):
+            yield (
+                f"{where}.{field} must be True or False, got {entry[field]!r}."
+            )
+    if "features" in fields and entry.features not in FEATURES:
+        yield (
+            f"{where}.features must be one of {list(FEATURES)}, got "
+            f"{entry.features!r}."
+        )
+    if "modes" in fields and (
+        not isinstance(entry.modes, (tuple, list))
+        or not entry.modes
+        or any(m not in ("all", "indoor") for m in entry.modes)
+    ):
+        yield (
+            f"{where}.modes must be a non-empty subset of ('all', 'indoor'), "
+            f"got {entry.modes!r}."
+        )
+
+
+def _well_formed(entry: Any) -> bool:
+    """An entry of a known type with exactly its fields."""
+    return (
+        isinstance(entry, ml_collections.ConfigDict)
+        and "type" in entry
+        and entry.type in ENTRY_FIELDS
+        and set(entry) == set(ENTRY_FIELDS[entry.type])
+    )
+
+
+def _evals(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The well-formed entries of config.evals (the others are reported)."""
+    present, evals = _get(config, "evals")
+    if not present or not isinstance(evals, ml_collections.ConfigDict):
+        return {}
+    return {n: e for n, e in evals.items() if _well_formed(e)}
+
+
+def _evals_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
+    present, evals = _get(config, "evals")
+    if not present:
+        yield "config.evals is missing: the evaluators of the run."
+        return
+    if not isinstance(evals, ml_collections.ConfigDict):
+        yield f"config.evals must be a ConfigDict of evaluators, got {evals!r}."
+        return
+    for name, entry in evals.items():
+        yield from _entry_problems(name, entry)
+    # What the figures refer to: a protocol entry's model features, and a
+    # pixels entry's CMC, on the same split.
+    valid = _evals(config)
+    protocols = {n: e for n, e in valid.items() if e.type in PROTOCOLS}
+    for name, entry in valid.items():
+        if entry.type != "figures":
+            continue
+        where = f"config.evals.{name}"
+        of = protocols.get(entry.of)
+        if of is None or of.features != "model":
+            yield (
+                f"{where}.of must name a protocol entry of config.evals with "
+                f"features 'model' ({sorted(protocols)}), got {entry.of!r}."
+            )
+        elif of.split != entry.split:
+            yield (
+                f"{where}.split {entry.split!r} differs from the split of "
+                f"config.evals.{entry.of} ({of.split!r}), whose features it "
+                "draws."
+            )
+        if entry.baseline:
+            base = protocols.get(entry.baseline)
+            if base is None or base.features != "pixels":
+                yield (
+                    f"{where}.baseline must be '' or name a protocol entry "
+                    f"with features 'pixels', got {entry.baseline!r}."
+                )
+            elif base.split != entry.split:
+                yield (
+                    f"{where}.baseline {entry.baseline!r} evaluates split "
+                    f"{base.split!r}, the figures {entry.split!r}: the CMCs "
+                    "must be of one split."
+                )
+
+
+def _best_metric_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
+    """The best checkpoint: chosen during training, never on test."""
+    present, metric = _get(config, "checkpoint.best_metric")
+    if not present or metric is None:
+        return
+    evals = _evals(config)
+    name, slash, _ = str(metric).partition("/")
+    entry = evals.get(name) if isinstance(metric, str) and slash else None
+    if entry is None or entry.type not in PROTOCOLS:
+        yield (
+            "config.checkpoint.best_metric must be unset or "
+            "'<evaluator>/<path into its results>' naming a protocol entry "
+            f"of config.evals ({sorted(evals)}), got {metric!r} (e.g. "
+            "configs/sysu.py:val=1)."
+        )
+        return
+    if entry.every_steps < 1:
+        yield (
+            f"config.checkpoint.best_metric {metric!r}: config.evals.{name}"
+            ".every_steps must be > 0, to select during training."
+        )
+    final = {e.split for n, e in evals.items() if n != name and e.at_end}
+    if entry.split == "test" or entry.split in final:
+        yield (
+            f"config.checkpoint.best_metric {metric!r}: config.evals.{name} "
+            f"evaluates split {entry.split!r}, which the final results "
+            "report; select on a validation split (configs/sysu.py:val=1), "
+            "never on test."
+        )
+
+
 def problems(config: ml_collections.ConfigDict) -> list[str]:
-    """Every range, name and image-size problem of `config`, one line each."""
+    """Every range, name, evaluator and image-size problem of `config`, one
+    line each."""
     return [
         *_range_problems(config),
         *_name_problems(config),
+        *_evals_problems(config),
+        *_best_metric_problems(config),
         *_image_size_problems(config),
     ]
 

@@ -1,7 +1,7 @@
 """What the command-line tools print, and what goes to their log file.
 
-The console shows this package's progress and results (the training loop's
-progress and scalars are logged by clu) and every warning;
+The console shows this package's progress (`Progress`: one line per log
+interval) and results, and every warning;
 the INFO chatter of TensorFlow, TFDS, orbax and JAX goes only to a log file
 (`log.txt` in the workdir, or `--log_dir`). `-v 1` (absl's `--verbosity`)
 shows everything on the console, as before. Call `configure` once, after
@@ -15,6 +15,8 @@ import importlib.util
 import logging as std_logging
 import os
 import sys
+import time
+from collections.abc import Mapping
 
 from absl import flags, logging
 
@@ -62,6 +64,82 @@ def log_file_only(msg: str, *args, exc_info=None) -> None:
     """Logs `msg` (and a traceback) to the log file, not the console."""
     # WARNING: recorded whatever the verbosity.
     logging.warning(msg, *args, exc_info=exc_info, extra={_FILE_ONLY: True})
+
+
+def to_log_file(msg: str, *args) -> None:
+    """Logs `msg` at INFO to the log file only (not the console)."""
+    logging.info(msg, *args, extra={_FILE_ONLY: True})
+
+
+class Progress:
+    """The training loop's console line, once per log interval: step, epoch,
+    images/s, ETA and the main losses. Every metric goes to the log file.
+
+    Args:
+      total_steps: the run's last step.
+      steps_per_epoch: steps of one epoch.
+      images_per_step: images of one global batch (both modalities).
+      start_step: the step the run starts (or resumes) at.
+    """
+
+    MAIN_LOSSES = (
+        "loss",
+        "loss_id",
+        "loss_triplet",
+        "loss_mcm",
+        "loss_confusion",
+        "loss_ica",
+        "loss_cca",
+    )
+
+    def __init__(
+        self,
+        *,
+        total_steps: int,
+        steps_per_epoch: int,
+        images_per_step: int,
+        start_step: int,
+    ):
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.images_per_step = images_per_step
+        self._since = (start_step, time.perf_counter())
+
+    def restart(self, step: int) -> None:
+        """Starts the clock at `step` (after compiling: not counted)."""
+        self._since = (step, time.perf_counter())
+
+    def report(self, step: int, metrics: Mapping[str, float]) -> dict:
+        """Prints the line for `step`; returns {"steps_per_sec": ...}."""
+        since_step, since_time = self._since
+        now = time.perf_counter()
+        rate = (step - since_step) / max(now - since_time, 1e-9)
+        self._since = (step, now)
+        eta = (self.total_steps - step) / rate if rate > 0 else 0.0
+        minutes, seconds = divmod(int(round(eta)), 60)
+        hours, minutes = divmod(minutes, 60)
+        losses = " ".join(
+            f"{name.removeprefix('loss_')} {metrics[name]:.4g}"
+            for name in self.MAIN_LOSSES
+            if name in metrics
+        )
+        epochs = -(-self.total_steps // self.steps_per_epoch)
+        logging.info(
+            "step %d/%d | epoch %d/%d | %.0f img/s | ETA %s | %s",
+            step,
+            self.total_steps,
+            (step - 1) // self.steps_per_epoch + 1,
+            epochs,
+            rate * self.images_per_step,
+            f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s",
+            losses,
+        )
+        to_log_file(
+            "Metrics at step %d: %s",
+            step,
+            ", ".join(f"{k} {v:.6g}" for k, v in sorted(metrics.items())),
+        )
+        return {"steps_per_sec": rate}
 
 
 def configure(log_dir: str | None) -> str | None:

@@ -38,6 +38,10 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss or parameter (exit 3)."""
 
 
+class NonFiniteFeaturesError(NonFiniteLossError):
+    """Features of an evaluated split are NaN or infinite (exit 3)."""
+
+
 class NoIntactCheckpointError(RuntimeError):
     """Every checkpoint of the workdir is damaged (exit 3)."""
 

@@ -1,34 +1,39 @@
 r"""Command line: train, evaluate, analyze or export MCLNet (see README).
 
-  python -m mclnet_jax.main --config=configs/synthetic.py --workdir=/tmp/demo
-  python -m mclnet_jax.main --config=configs/sysu.py:mclnet \
+  python -m mclnet_jax.main --config=synthetic --workdir=/tmp/demo
+  python -m mclnet_jax.main --config=sysu:mclnet \
       --workdir=$HOME/runs/sysu --config.data.manual_dir=$HOME/data/SYSU-MM01
-  python -m mclnet_jax.main --config=configs/sysu.py --workdir=... \
+  python -m mclnet_jax.main --config=sysu --workdir=... \
       --mode=evaluate --checkpoint=best
 
-Any config field can be overridden with --config.<field>=<value>. Rerunning
-the same command resumes from the latest checkpoint in the workdir.
+`--config` is a recipe of the package (sysu, regdb, synthetic; the files of
+the repository's configs/) or the path of a config file, either with
+`:ARG`. Any config field can be overridden with --config.<field>=<value>.
+Rerunning the same command resumes from the latest checkpoint in the
+workdir.
 """
 
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from mclnet_jax import platform
 
-from mclnet_jax import config_checks, console, errors
-from mclnet_jax import workdir as workdir_lib
+# The package's XLA:CPU defaults, before JAX initialises its backends (XLA
+# reads XLA_FLAGS only then); importing `mclnet_jax` changes nothing.
+platform.apply_cpu_defaults()
 
-_DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "configs",
-    "synthetic.py",
-)
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mclnet_jax import config_checks, console, errors  # noqa: E402
+from mclnet_jax import configs as configs_lib  # noqa: E402
+from mclnet_jax import workdir as workdir_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
-    _DEFAULT_CONFIG,
-    "Config file, optionally with an argument: configs/sysu.py:base.",
+    configs_lib.recipe_path("synthetic"),
+    "A recipe (sysu, regdb, synthetic) or a config file, optionally with "
+    "an argument: sysu:base, configs/sysu.py:base.",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
@@ -55,6 +60,38 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
+def resolve_config(argv: list[str]) -> list[str]:
+    """`argv` with `--config=NAME[:ARG]` turned into the recipe's file.
+
+    A value that contains "/" or whose file part ends in ".py" is a path
+    and stays as it is; any other names a recipe of `mclnet_jax.configs`.
+
+    Raises:
+      ConfigurationError: an unknown recipe name.
+    """
+    out = list(argv)
+    for i, token in enumerate(out):
+        for prefix in ("--config=", "-config="):
+            if token.startswith(prefix):
+                out[i] = prefix + _recipe_file(token[len(prefix) :])
+        if token in ("--config", "-config") and i + 1 < len(out):
+            out[i + 1] = _recipe_file(out[i + 1])
+    return out
+
+
+def _recipe_file(value: str) -> str:
+    name, colon, arg = value.partition(":")
+    if "/" in value or name.endswith(".py"):
+        return value
+    if name not in configs_lib.RECIPES:
+        raise errors.ConfigurationError(
+            f"--config={value}: no recipe {name!r}; choose one of "
+            f"{', '.join(configs_lib.RECIPES)} (e.g. --config=sysu:base), "
+            "or give a config file's path (configs/sysu.py)."
+        )
+    return configs_lib.recipe_path(name) + colon + arg
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -73,20 +110,16 @@ def main(argv):
     # `--help` should not wait for it.
     with console.native_stderr_to(log_file):
         from data_pipeline import datasets  # noqa: F401 - see errors.py.
-        from mclnet_jax import train
+        from mclnet_jax import export, train
 
     try:
         if _MODE.value == "train":
             train.train_and_evaluate(config, workdir)
         elif _MODE.value == "evaluate":
-            train.evaluate_only(config, workdir, which=_CHECKPOINT.value)
+            train.evaluate(config, workdir, which=_CHECKPOINT.value)
         elif _MODE.value == "analyze":
-            from mclnet_jax import analysis
-
-            analysis.analyze_workdir(config, workdir, which=_CHECKPOINT.value)
+            train.analyze(config, workdir, which=_CHECKPOINT.value)
         else:
-            from mclnet_jax import export
-
             export.export_workdir(config, workdir, which=_CHECKPOINT.value)
     except Exception as e:
         foreseen = errors.classify(e, workdir=workdir)
@@ -105,4 +138,10 @@ if __name__ == "__main__":
     # `main` in their process) must not make every parse of the global
     # flags ask for --workdir.
     flags.mark_flags_as_required(["workdir"])
+    try:
+        # In sys.argv itself: ml_collections reads it again for the
+        # --config.<field> overrides.
+        sys.argv = resolve_config(sys.argv)
+    except errors.ConfigurationError as e:
+        sys.exit(_fail(errors.USER_ERROR, str(e)))
     app.run(main)

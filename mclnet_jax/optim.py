@@ -19,7 +19,7 @@ Parameter groups are chosen by regular expressions on the parameter path
 big_vision's `optax.make`; a parameter that no rule covers is an error rather
 than a silent default.
 
-Config fields (a `ConfigDict`; defaults in `mclnet_jax.configs.common`):
+Config fields (a `ConfigDict`; every recipe of configs/ sets them all):
 
     lr: float, the base ("heads") learning rate.
     momentum: float.
@@ -29,7 +29,7 @@ Config fields (a `ConfigDict`; defaults in `mclnet_jax.configs.common`):
         warmup_epochs (int), boundaries (tuple of epochs), factors (tuple of
         multipliers of lr, one per boundary).
     lr_mults: tuple of (regex, multiplier) pairs.
-    wd_mults: tuple of (regex, multiplier) pairs (optional; default all 1).
+    wd_mults: tuple of (regex, multiplier) pairs.
 """
 
 from __future__ import annotations
@@ -262,8 +262,6 @@ def make(
         nesterov=bool(config.nesterov),
         weight_decay=float(config.weight_decay),
         lr_mults=tuple(tuple(r) for r in config.lr_mults),
-        wd_mults=tuple(
-            tuple(r) for r in config.get("wd_mults", ((".*", 1.0),))
-        ),
+        wd_mults=tuple(tuple(r) for r in config.wd_mults),
     )
     return tx, schedule

@@ -29,15 +29,15 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
     `coordinator_address`, `num_processes`, `process_id`; on TPU VMs and
     SLURM/Open MPI clusters they may all be left as None (auto-detected).
     """
-    dist = config.get("distributed")
-    if dist is None or not dist.get("enabled", False):
+    dist = config.distributed
+    if not dist.enabled:
         return
     kwargs = {
-        k: dist.get(k)
+        k: dist[k]
         for k in ("coordinator_address", "num_processes", "process_id")
-        if dist.get(k) is not None
+        if dist[k] is not None
     }
-    if dist.get("cpu_collectives"):
+    if dist.cpu_collectives:
         # CPU multi-process runs (tests, laptops) need a collectives backend.
         jax.config.update(
             "jax_cpu_collectives_implementation", dist.cpu_collectives

@@ -1,21 +1,24 @@
-"""The training loop and its outputs (README "Outputs, checkpoints and resume").
+"""The run, top to bottom: train MCLNet, evaluate it, write what it found.
 
-`train_and_evaluate` runs the jitted step of `train_step.py` on a
-("data",) mesh, reports progress, ETA and TensorBoard scalars through clu,
-saves orbax checkpoints (periodic, final, on SIGTERM; never a non-finite
-state), resumes from the latest one with the data stream continuing exactly,
-keeps the best checkpoint by the validation split in its own directory, and
-finally evaluates on the test split into `results.{json,txt}`.
-`evaluate_only` evaluates a workdir's checkpoint (or a release checkpoint).
+`train_and_evaluate(config, workdir)` reads in the order the run happens:
+data (the dataset prepared once, each split opened and its metadata read
+once), model and optimisers, shapes and shardings (the state traced, never
+computed, for restoring), the evaluators of `config.evals` (built once over
+one feature store), restore (the newest intact checkpoint, else a fresh
+state), the loop (the jitted step of `train_step.py` on a ("data",) mesh,
+one console line per interval, TensorBoard, periodic evaluations, the best
+checkpoint by validation, checkpoints that are never non-finite, SIGTERM)
+and the final evaluations into `results*.{json,txt}`. `evaluate` and
+`analyze` run the at-end evaluators on a checkpoint of the workdir (README
+"Outputs, checkpoints and resume").
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
-import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -23,104 +26,218 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import traverse_util
+from jax.experimental import multihost_utils
 
+from data_pipeline import constants, datasets, records, train_pipeline
 from mclnet_jax import (
     checkpointing,
     config_checks,
+    console,
+    errors,
     platform,
-    run_setup,
     sharding,
     train_step,
 )
 from mclnet_jax import workdir as workdir_lib
+from mclnet_jax.evaluators import batch_stats, registry
+from mclnet_jax.evaluators import common as eval_common
+from mclnet_jax.evaluators import features as features_lib
+from mclnet_jax.evaluators import figures as figures_lib
+from mclnet_jax.evaluators import results as results_lib
+from mclnet_jax.models import mclnet as mclnet_model
 
 TENSORBOARD_DIR = "tensorboard"
 
 
-def check_finite(metrics: Mapping[str, Any], step: int) -> None:
-    """Raises `NonFiniteLossError` naming each NaN/inf metric."""
-    bad = {
-        k: float(v)
-        for k, v in metrics.items()
-        if not np.isfinite(np.asarray(v)).all()
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Everything a run sets up before its first step, built in one go."""
+
+    mesh: jax.sharding.Mesh
+    model: mclnet_model.MCLNet
+    step_fn: train_step.StepFn  # Jitted; compiled at the first step.
+    steps_per_epoch: int
+    num_classes: int
+    abstract_state: train_step.TrainState  # Shapes and dtypes only.
+    state_sharding: Any  # A TrainState of NamedShardings.
+    checkpointer: checkpointing.Checkpointer
+    init_state: Callable[[], train_step.TrainState]  # A fresh state.
+    train_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
+    evaluators: dict[str, eval_common.Evaluator]
+    store: features_lib.FeatureStore
+
+
+def setup(
+    config: ml_collections.ConfigDict, workdir: str, *, label: str = "final"
+) -> Run:
+    """Data, model, optimisers, shapes, shardings, checkpointer, evaluators.
+
+    Raises:
+      datasets.DatasetUnavailableError: the dataset folder is missing.
+      ConfigurationError: `config.model` does not describe a model.
+    """
+    if train_step.compute_dtype(config) == jnp.float64:
+        # Process-wide; float64 is for exact comparisons with PyTorch.
+        jax.config.update("jax_enable_x64", True)
+    if not jax.distributed.is_initialized():
+        sharding.maybe_initialize_distributed(config)
+    os.makedirs(workdir, exist_ok=True)
+    dc = config.data
+
+    # -- Data: prepared by process 0 first (hosts building the same records
+    # at once would race on TFDS's final rename), each split opened once.
+    if jax.process_index() == 0:
+        builder = datasets.open_builder(config, workdir, process_index=0)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("mclnet_jax: data prepared")
+    if jax.process_index() > 0:
+        builder = datasets.open_builder(
+            config, workdir, process_index=jax.process_index()
+        )
+    train_source = records.open_source(builder, dc.train_split)
+    train_metadata = records.read_metadata(train_source)
+    sources = {
+        split: records.open_source(builder, split)
+        for split in registry.splits(config.evals)
     }
-    if bad:
-        raise train_step.NonFiniteLossError(
-            f"Non-finite values at step {step}: {bad}. Training stopped; "
-            "this state is not checkpointed (the last checkpoint is the last "
-            "finite one). Lower the learning rate (config.optimizer.lr), "
-            "check the data, or start from ImageNet weights "
-            "(config.model.pretrained): the release's lr diverges from random "
-            "initialisation."
+
+    def train_batches(start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        return datasets.train_batches(
+            config,
+            train_source,
+            metadata=train_metadata,
+            start_step=start_step,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
         )
 
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    leaves = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(x.dtype, jnp.floating)
-    ]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def _save_checked(
-    ckpt: checkpointing.Checkpointer, step: int, state, metrics
-) -> None:
-    """Saves only a finite state (a NaN state must never be resumed from)."""
-    if metrics is not None:
-        check_finite(jax.device_get(metrics), step)
-    if not bool(_all_finite(state.params)):
-        raise train_step.NonFiniteLossError(
-            f"Non-finite parameters at step {step}; not checkpointed."
+    # -- Model and optimisers.
+    mesh = sharding.make_mesh()
+    sharding.check_batch_divisible(
+        per_modality_batch=dc.num_identities * dc.num_instances, mesh=mesh
+    )
+    steps_per_epoch = dc.steps_per_epoch or (
+        train_pipeline.train_steps_per_epoch(
+            train_metadata,
+            num_identities=dc.num_identities,
+            num_instances=dc.num_instances,
         )
-    ckpt.save(step, state)
+    )
+    num_classes = train_metadata.num_classes
+    model = train_step.make_model(config, num_classes=num_classes)
+    tx, schedule, mcm_tx = train_step.make_optimizers(
+        config, steps_per_epoch=steps_per_epoch
+    )
+
+    # -- Shapes and shardings: the state traced once, nothing computed.
+    def init_state(load_pretrained: bool = True) -> train_step.TrainState:
+        return train_step.init_state(
+            config,
+            model=model,
+            num_classes=num_classes,
+            num_cameras=constants.NUM_CAMERAS[dc.dataset],
+            tx=tx,
+            mcm_tx=mcm_tx,
+            load_pretrained=load_pretrained,
+        )
+
+    abstract_state = jax.eval_shape(lambda: init_state(load_pretrained=False))
+    replicated = sharding.replicated(mesh)
+    state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+    step_fn = train_step.jit_train_step(
+        train_step.make_train_step(
+            config, model=model, tx=tx, schedule=schedule, mcm_tx=mcm_tx
+        ),
+        mesh=mesh,
+        state_sharding=state_sharding,
+    )
+    ckpt_dir = checkpointing.LATEST_DIR
+
+    # -- Evaluators: built once; every split embedded once per state.
+    store = features_lib.FeatureStore(
+        {
+            split: features_lib.open_split(
+                source,
+                batch_size=dc.eval_batch_size,
+                image_size=tuple(dc.image_size),
+            )
+            for split, source in sources.items()
+        },
+        predict_fn=features_lib.make_predict_fn(model, mesh=mesh),
+        variables_fn=lambda state: batch_stats.evaluation_variables(
+            model,
+            state,
+            num_batches=config.eval.precise_bn_batches,
+            train_batches=train_batches,
+            mesh=mesh,
+        ),
+        describe=lambda state: (
+            f"the model of step {int(jax.device_get(state.step))} "
+            f"(checkpoints under {os.path.join(workdir, ckpt_dir)})"
+        ),
+    )
+    evaluators = registry.build(
+        config.evals,
+        store=store,
+        sources=sources,
+        image_size=tuple(dc.image_size),
+        batch_size=dc.eval_batch_size,
+        builder_config=dc.builder_config,
+        workdir=workdir,
+        label=label,
+    )
+    return Run(
+        mesh=mesh,
+        model=model,
+        step_fn=step_fn,
+        steps_per_epoch=steps_per_epoch,
+        num_classes=num_classes,
+        abstract_state=abstract_state,
+        state_sharding=state_sharding,
+        checkpointer=checkpointing.Checkpointer(
+            workdir,
+            keep=config.checkpoint.keep,
+            best_metric=config.checkpoint.best_metric,
+        ),
+        train_batches=train_batches,
+        evaluators=evaluators,
+        store=store,
+        init_state=init_state,
+    )
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps."""
+def restore(
+    run: Run, *, which: str = checkpointing.LATEST, init: bool = True
+) -> train_step.TrainState:
+    """The newest intact checkpointed state (`which`), else a fresh one
+    (`init`: a run that trains on, which also sets damaged newer steps
+    aside) or FileNotFoundError (without `init`: read only).
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # Not the main thread: no handler (tests).
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        logging.warning("Signal %d: saving a checkpoint and exiting.", signum)
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-        return False
-
-
-def _agreed(flag: bool) -> bool:
-    """True if any process got the signal, so all save and stop together."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
-
-
-def _scalars(tree: Mapping[str, Any], prefix: str) -> dict[str, float]:
-    """{"a": {"b": 1.0}} -> {"<prefix>/a/b": 1.0}, numbers only."""
-    flat = traverse_util.flatten_dict(tree, sep="/")
-    return {
-        f"{prefix}/{k}": float(v)
-        for k, v in flat.items()
-        if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-    }
+    Raises:
+      NoIntactCheckpointError: checkpoints exist, none is intact.
+    """
+    ckpt = run.checkpointer
+    if which == checkpointing.BEST:
+        state = ckpt.restore_best(run.abstract_state, run.state_sharding)
+    else:
+        state = ckpt.restore_latest(
+            run.abstract_state, run.state_sharding, set_aside=init
+        )
+    if state is None and init:
+        return jax.device_put(run.init_state(), run.state_sharding)
+    if state is None:
+        raise FileNotFoundError(
+            f"No {which} checkpoint under {ckpt.directory(which)}; train "
+            "first with --mode=train and the same --workdir"
+            + (
+                " and a validation evaluator (config.evals.val, "
+                "config.checkpoint.best_metric)"
+                if which == checkpointing.BEST
+                else ""
+            )
+            + "."
+        )
+    return state
 
 
 def train_and_evaluate(
@@ -132,25 +249,28 @@ def train_and_evaluate(
     the data stream continues at the restored step.
 
     Returns:
-      The final results dict (also written to `workdir/results.json`), or
-      {"stopped_at_step": n} after a SIGTERM.
+      What `results.json` holds (the "test" evaluator's results; {} without
+      one), or {"stopped_at_step": n} after a SIGTERM.
 
     Raises:
       NonFiniteLossError: a loss or parameter became NaN/inf.
       datasets.DatasetUnavailableError: the dataset folder is missing.
-      ConfigurationError: e.g. a ResNet-50 without `model.pretrained`
+      ConfigurationError: e.g. a ResNet-50 without `init.pretrained`
         (checked before any data is built); ConfigChangedError: resuming
         with a changed config; WorkdirError: another run holds the workdir.
       NoIntactCheckpointError: every checkpoint of the workdir is damaged.
       DiskFullError: no space left for a checkpoint.
     """
-    run_setup.check_initialisation(config)
-    run_setup.start_distributed(config)
+    problem = config_checks.initialisation_problem(config)
+    if problem:
+        raise errors.ConfigurationError(problem)
+    if not jax.distributed.is_initialized():
+        sharding.maybe_initialize_distributed(config)
     # One run per workdir (process 0 holds it for all); a resumed run's
     # config is checked before anything is written.
     with workdir_lib.hold(workdir, lead=jax.process_index() == 0):
         config_checks.check_resume(config, workdir)
-        run = run_setup.setup(config, workdir)
+        run = setup(config, workdir)
         try:
             return _train(config, workdir, run)
         finally:
@@ -160,16 +280,15 @@ def train_and_evaluate(
 
 
 def _train(
-    config: ml_collections.ConfigDict, workdir: str, run: run_setup.Run
+    config: ml_collections.ConfigDict, workdir: str, run: Run
 ) -> dict[str, Any]:
-    """`train_and_evaluate` once the workdir is held and `run` set up."""
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        with open(os.path.join(workdir, config_checks.CONFIG_FILE), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     total_steps = config.num_epochs * run.steps_per_epoch
-    if config.get("max_steps"):
+    if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    state = run.restore_or_init(config)
+    state = restore(run)
     start_step = int(state.step)
     logging.info(
         "%s at step %d of %d (%d steps per epoch).",
@@ -178,42 +297,24 @@ def _train(
         total_steps,
         run.steps_per_epoch,
     )
-    step_fn = train_step.jit_train_step(
-        train_step.make_train_step(
-            config,
-            model=run.model,
-            tx=run.tx,
-            schedule=run.schedule,
-            mcm_tx=run.mcm_tx,
-        ),
-        mesh=run.mesh,
-        state_sharding=run.state_sharding,
+    step_fn = run.step_fn
+    writer = _writer(workdir)
+    progress = console.Progress(
+        total_steps=total_steps,
+        steps_per_epoch=run.steps_per_epoch,
+        images_per_step=2
+        * config.data.num_identities
+        * config.data.num_instances,
+        start_step=start_step,
     )
-    # Imported here: clu's writers import Keras (seconds), which the other
-    # modes never need.
-    from clu import metric_writers, periodic_actions
-
-    # Only the lead process writes TensorBoard events; all log.
-    writer = metric_writers.create_default_writer(
-        os.path.join(workdir, TENSORBOARD_DIR),
-        just_logging=jax.process_index() > 0,
-    )
-    report_progress = periodic_actions.ReportProgress(
-        num_train_steps=total_steps,
-        writer=writer,
-        every_steps=config.log_every_steps,
-        every_secs=None,
-    )
-    report_progress(start_step)  # Starts its clock; reports nothing.
     ckpt = run.checkpointer
-    val_every = config.get("val_every_steps") or 0
-    train_iter = run.data.train_iterator(start_step=start_step)
     metrics = None
     logged = {}  # The last logged training metrics, for results.json.
-    with contextlib.closing(writer):
-        # Closing the stream on any exit stops its prefetch threads, which
-        # could otherwise keep a failed run from exiting.
-        with _Preemption() as preemption, contextlib.closing(train_iter):
+    train_iter = run.train_batches(start_step)
+    # Closing the stream on any exit stops its prefetch threads, which could
+    # otherwise keep a failed run from exiting.
+    with contextlib.closing(writer), contextlib.closing(train_iter):
+        with platform.Preemption() as preemption:
             for step in range(start_step, total_steps):
                 batch = sharding.global_batch(next(train_iter), run.mesh)
                 if step == start_step:
@@ -221,29 +322,32 @@ def _train(
                     # to the OS before the step needs its own memory.
                     step_fn = step_fn.lower(state, batch).compile()
                     platform.release_host_memory()
+                    progress.restart(step)
                 state, metrics = step_fn(state, batch)
                 done = step + 1
                 if done % config.log_every_steps == 0 or done == total_steps:
                     metrics = jax.tree.map(float, jax.device_get(metrics))
-                    check_finite(metrics, done)
+                    train_step.check_finite(metrics, done)
                     logged = {"step": done, **metrics}
-                    writer.write_scalars(done, metrics)
-                report_progress(done)
-                if val_every and run.data.has_val and done % val_every == 0:
-                    # Model selection on the validation identities only.
-                    with report_progress.timed("validation"):
-                        val = run.data.evaluate(
-                            run.model, state, split=config.data.val_split
-                        ).summary()
-                    writer.write_scalars(done, _scalars(val, "val"))
-                    ckpt.save_best(done, state, val)
-                stop = _agreed(preemption.requested)
+                    speed = progress.report(done, metrics)
+                    writer.write_scalars(done, {**metrics, **speed})
+                # Periodic evaluations; the best checkpoint by validation.
+                for name, evaluator in run.evaluators.items():
+                    if evaluator.due(done, final=False):
+                        values = dict(evaluator.run(state))
+                        writer.write_scalars(done, values)
+                        if isinstance(evaluator, eval_common.ProtocolEvaluator):
+                            summary = evaluator.results(state).summary()
+                            ckpt.save_best(done, state, {name: summary})
+                stop = platform.agreed(preemption.requested)
                 if (
                     done % config.checkpoint.every_steps == 0
                     or done == total_steps
                     or stop
                 ):
-                    _save_checked(ckpt, done, state, metrics)
+                    if metrics is not None:
+                        train_step.check_finite(jax.device_get(metrics), done)
+                    ckpt.save(done, state)
                 if stop:
                     ckpt.wait()
                     logging.warning(
@@ -253,133 +357,127 @@ def _train(
                     )
                     return {"stopped_at_step": done}
             ckpt.wait()
-        results = run.data.evaluate(
-            run.model, state, split=config.data.test_split
+        return _final_evaluations(
+            run, state, workdir, writer=writer, train_metrics=logged
         )
-        writer.write_scalars(
-            int(state.step), _scalars(results.summary(), "test")
-        )
-    out = write_results(
-        workdir, results, step=int(state.step), train_metrics=logged
-    )
-    if config.eval.get("raw_pixel_baseline"):
-        write_results(
-            workdir,
-            run.data.raw_pixel_baseline(config.data.test_split),
-            step=0,
-            name="results_raw_pixels",
-        )
-    if config.eval.get("figures"):
-        _write_figures(config, workdir, run, state, results)
-    return out
 
 
-def _write_figures(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    run: run_setup.Run,
+def _final_evaluations(
+    run: Run,
     state: train_step.TrainState,
-    results,
-) -> None:
-    """Figures into workdir/figures; a failure there never fails the run."""
-    from mclnet_jax import analysis
-
-    try:
-        analysis.write_figures(
-            config, workdir, model=run.model, state=state, results=results
-        )
-    except Exception:
-        logging.exception(
-            "Drawing the figures failed (the results are "
-            "saved); retry with --mode=analyze."
-        )
-
-
-def evaluate_only(
-    config: ml_collections.ConfigDict, workdir: str, *, which: str = "latest"
-) -> dict[str, Any]:
-    """Restores the latest (or best) checkpoint and runs the test protocol.
-
-    Writes `results_<which>.json` / `.txt` into the workdir. With
-    `config.model.release_checkpoint` set, evaluates that checkpoint of the
-    authors' release instead (`which` must stay "latest") and writes
-    `results_release.{json,txt}` (step 0).
-    """
-    if which not in ("latest", "best"):
-        raise ValueError(f"which must be 'latest' or 'best', got {which!r}.")
-    if config.model.get("release_checkpoint"):
-        if which != "latest":
-            raise train_step.ConfigurationError(
-                "--checkpoint=best does not apply to "
-                "config.model.release_checkpoint; drop one of them."
-            )
-        run = run_setup.setup(config, workdir)
-        state = run_setup.release_state(config, run)
-        results = run.data.evaluate(
-            run.model, state, split=config.data.test_split
-        )
-        return write_results(workdir, results, step=0, name="results_release")
-    run = run_setup.setup(config, workdir)
-    try:
-        state = run.restore_or_init(config, which=which, init=False)
-    finally:
-        run.checkpointer.close()  # Only reads; nothing is saved here.
-    if state is None:
-        raise FileNotFoundError(
-            f"No {which} checkpoint under {run.checkpointer.directory(which)}"
-            "; train first with --mode=train and the same --workdir"
-            + (
-                " and a validation split (config.data.val_split, "
-                "config.checkpoint.best_metric)"
-                if which == "best"
-                else ""
-            )
-            + "."
-        )
-    results = run.data.evaluate(run.model, state, split=config.data.test_split)
-    return write_results(
-        workdir, results, step=int(state.step), name=f"results_{which}"
-    )
-
-
-def write_results(
     workdir: str,
-    results,
     *,
-    step: int,
-    name: str = "results",
+    writer=None,
+    suffix: str = "",
+    figures: bool = True,
     train_metrics: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Writes `<name>.json` (per trial, mean, std) and `<name>.txt` (table).
+    """Runs the at-end evaluators on `state` (`figures`: those too).
 
-    Args:
-      workdir: output folder.
-      results: evaluation results (`summary()`, `to_dict()`, `table()`).
-      step: the training step the model was taken at.
-      name: file stem.
-      train_metrics: the last logged training metrics of this process's run
-        (empty when it resumed at the end).
+    The "test" evaluator writes `results<suffix>.{json,txt}`, any other
+    protocol evaluator `results_<name><suffix>`.
 
     Returns:
-      The JSON dict: {"step", "summary": {protocol: {feature: {"mean",
-      "std"}}}, "results": per-trial details, "train_metrics"}.
+      The dict of the "test" results file ({} without a "test" evaluator).
     """
-    out = {
-        "step": step,
-        "summary": results.summary(),
-        "results": results.to_dict(),
-        "train_metrics": dict(train_metrics or {}),
-    }
-    table = results.table()
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"{name}.json"), "w") as f:
-            json.dump(out, f, indent=2, sort_keys=True)
-        with open(os.path.join(workdir, f"{name}.txt"), "w") as f:
-            f.write(f"step {step}\n{table}\n")
-    # The evaluator has logged the table already.
-    logging.info(
-        "Results at step %d written to %s",
-        step,
-        os.path.join(workdir, name + ".{json,txt}"),
-    )
+    step = int(state.step)
+    out = {}
+    for name, evaluator in run.evaluators.items():
+        protocol = isinstance(evaluator, eval_common.ProtocolEvaluator)
+        if not evaluator.due(step, final=True) or not (protocol or figures):
+            continue
+        values = dict(evaluator.run(state))
+        if writer is not None:
+            writer.write_scalars(step, values)
+        if protocol:
+            stem = "results" if name == "test" else f"results_{name}"
+            written = results_lib.write(
+                workdir,
+                evaluator.results(state),
+                # Raw pixels are no training step's.
+                step=0 if evaluator.kind == "pixels" else step,
+                name=stem + suffix,
+                train_metrics=train_metrics if name == "test" else None,
+            )
+            out = written if name == "test" else out
     return out
+
+
+def evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    which: str = checkpointing.LATEST,
+) -> dict[str, Any]:
+    """`--mode=evaluate`: the at-end evaluators on a workdir's checkpoint.
+
+    Writes `results_<which>.json` / `.txt` (and `results_<name>_<which>` for
+    the other protocol evaluators). With `config.init.release_checkpoint`
+    set, evaluates that checkpoint of the authors' release instead (`which`
+    must stay "latest") into `results_release.*` (step 0).
+    """
+    checkpointing.check_which(which)
+    release_path = config.init.release_checkpoint
+    if release_path and which != checkpointing.LATEST:
+        raise errors.ConfigurationError(
+            "--checkpoint=best does not apply to "
+            "config.init.release_checkpoint; drop one of them."
+        )
+    run = setup(config, workdir)
+    if release_path:
+        run.checkpointer.close()  # Nothing of the workdir is read.
+        state = checkpointing.release_state(
+            release_path,
+            run.abstract_state,
+            model_config=config.model,
+            feature_dim=run.model.feature_dim,
+            num_classes=run.num_classes,
+        )
+        state = jax.device_put(state, run.state_sharding)
+        return _final_evaluations(
+            run, state, workdir, suffix="_release", figures=False
+        )
+    with contextlib.closing(run.checkpointer):  # Read only.
+        state = restore(run, which=which, init=False)
+    return _final_evaluations(
+        run, state, workdir, suffix=f"_{which}", figures=False
+    )
+
+
+def analyze(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    which: str = checkpointing.LATEST,
+) -> dict[str, str]:
+    """`--mode=analyze`: the figures evaluators on a workdir's checkpoint.
+
+    Returns:
+      {figure name: PNG path} of every figures evaluator.
+    """
+    checkpointing.check_which(which)
+    run = setup(config, workdir, label=which)
+    with contextlib.closing(run.checkpointer):  # Read only.
+        state = restore(run, which=which, init=False)
+    paths = {}
+    for evaluator in run.evaluators.values():
+        if isinstance(evaluator, figures_lib.FiguresEvaluator):
+            dict(evaluator.run(state))
+            paths.update(evaluator.paths)
+    return paths
+
+
+# -- The loop's helpers.
+
+
+def _writer(workdir: str):
+    """TensorBoard events of every scalar (process 0; others write none)."""
+    # Imported here: clu's writers import Keras (seconds), which the
+    # evaluate, analyze and export modes never need.
+    from clu import metric_writers
+
+    if jax.process_index() > 0:
+        return metric_writers.MultiWriter([])
+    return metric_writers.AsyncWriter(
+        metric_writers.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+    )

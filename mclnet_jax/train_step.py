@@ -21,6 +21,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 
@@ -81,10 +82,7 @@ _DTYPES = {
     "bfloat16": jnp.bfloat16,
     "float64": jnp.float64,
 }
-RANDOM_INIT = "random"  # config.model.pretrained: explicitly from scratch.
-# config.model keys that are not MCLNet fields: the initial weights and the
-# release checkpoint to evaluate. Every other key is passed to MCLNet.
-RUN_KEYS = ("pretrained", "release_checkpoint")
+RANDOM_INIT = "random"  # config.init.pretrained: explicitly from scratch.
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> Any:
@@ -101,19 +99,19 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
 def make_model(
     config: ml_collections.ConfigDict, *, num_classes: int
 ) -> mclnet_model.MCLNet:
-    """`MCLNet(num_classes, **config.model)` less `RUN_KEYS`; dtype by name.
+    """`MCLNet(num_classes, **config.model)`, the dtype given by name.
 
     Raises:
       ConfigurationError: a key of `config.model` is not an MCLNet field.
     """
     fields = {f.name for f in dataclasses.fields(mclnet_model.MCLNet)}
     fields -= {"parent", "name", "num_classes"}
-    kwargs = {k: v for k, v in config.model.items() if k not in RUN_KEYS}
+    kwargs = dict(config.model.items())
     unknown = sorted(set(kwargs) - fields)
     if unknown:
         raise ConfigurationError(
             f"config.model.{unknown[0]} is not a setting of the model; "
-            f"config.model takes {sorted(fields)} and {list(RUN_KEYS)}."
+            f"config.model takes {sorted(fields)}."
         )
     kwargs = {
         k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()
@@ -139,7 +137,7 @@ def make_optimizers(config: ml_collections.ConfigDict, *, steps_per_epoch: int):
 
 
 def _load_pretrained(config: ml_collections.ConfigDict, variables: PyTree):
-    path = config.model.get("pretrained")
+    path = config.init.pretrained
     if not path or path == RANDOM_INIT:
         return variables
     # Imported lazily: only runs that start from ImageNet weights need it.
@@ -171,7 +169,7 @@ def init_state(
 ) -> TrainState:
     """A fresh state, deterministic from `config.seed`.
 
-    The backbone comes from `config.model.pretrained` when set (not
+    The backbone comes from `config.init.pretrained` when set (not
     "random") and `load_pretrained`. The centers are N(0, 1) as in the
     release, [num_classes, D] for ICA and [num_cameras, D] for CCA, created
     only for the enabled losses.
@@ -233,7 +231,7 @@ def _concat_labels(batch: Batch):
 
 def _check_loss_config(lc: ml_collections.ConfigDict) -> str:
     """Validates `config.loss`'s named choices; returns the WRT variant."""
-    wrt_variant = lc.get("wrt_variant", "stable")
+    wrt_variant = lc.wrt_variant
     for name, value, choices in (
         ("triplet", lc.triplet, ("wrt", "hard")),
         ("center_variant", lc.center_variant, ("paper", "release")),
@@ -406,3 +404,21 @@ def jit_train_step(train_step: StepFn, *, mesh, state_sharding) -> StepFn:
         out_shardings=(state_sharding, sharding.replicated(mesh)),
         donate_argnums=0,
     )
+
+
+def check_finite(metrics: Mapping[str, Any], step: int) -> None:
+    """Raises `NonFiniteLossError` naming each NaN/inf metric."""
+    bad = {
+        k: float(v)
+        for k, v in metrics.items()
+        if not np.isfinite(np.asarray(v)).all()
+    }
+    if bad:
+        raise NonFiniteLossError(
+            f"Non-finite values at step {step}: {bad}. Training stopped; "
+            "this state is not checkpointed (the last checkpoint is the last "
+            "finite one). Lower the learning rate (config.optimizer.lr), "
+            "check the data, or start from ImageNet weights "
+            "(config.init.pretrained): the release's lr diverges from random "
+            "initialisation."
+        )

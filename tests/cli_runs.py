@@ -23,8 +23,7 @@ SHORT_RUN = (
     "--config.checkpoint.every_steps=4",
     "--config.optimizer.lr=0.01",
     "--config.mcm_optimizer.lr=0.01",
-    "--config.eval.figures=False",
-    "--config.eval.raw_pixel_baseline=False",
+    "--config.evals.figures.at_end=False",
 )
 
 

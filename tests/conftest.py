@@ -1,6 +1,7 @@
 """Shared pytest setup: quiet TensorFlow, one XLA compilation cache per run,
-XLA:CPU's faster-compiling emitters, the slowest files first, PyTorch on one
-thread, a `fast_compile` fixture and the generated datasets.
+XLA:CPU's faster-compiling emitters and the package's XLA:CPU defaults, the
+slowest files first, PyTorch on one thread, a `fast_compile` fixture and
+the generated datasets.
 
 The cache directory is made once by the controlling pytest process and
 reaches the xdist workers and every CLI subprocess the tests start through
@@ -43,6 +44,12 @@ if _EMITTERS_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
         f"{os.environ.get('XLA_FLAGS', '')} {_EMITTERS_FLAG}=false".strip()
     )
+# Then the command line's XLA:CPU defaults (mclnet_jax/platform.py), which
+# the checks assume, as `python -m mclnet_jax.main` applies them; importing
+# mclnet_jax does not. Both reach the xdist workers and the CLI children.
+from mclnet_jax import platform  # noqa: E402
+
+platform.apply_cpu_defaults()
 
 
 def pytest_unconfigure(config):
@@ -57,6 +64,7 @@ def pytest_unconfigure(config):
 # with one of them alone on one worker.
 SLOWEST_FILES = (
     "test_multiprocess.py",
+    "test_wheel.py",
     "test_train.py",
     "test_cpu_kernels.py",
     "test_main.py",

@@ -190,7 +190,7 @@ def test_torch_side_interface_and_speedups(monkeypatch):
     monkeypatch.setattr(
         benchmarks, "torch_release", _fake_torch_release(calls), raising=False
     )
-    config = accelerator.settings.sysu()
+    config = accelerator.sysu.get_config()
     report = accelerator_torch.bench_torch(config, 395, 32, repeats=2)
     assert calls == [
         dict(
@@ -226,7 +226,7 @@ def test_torch_side_passes_non_release_non_local_counts(monkeypatch):
     monkeypatch.setattr(
         benchmarks, "torch_release", _fake_torch_release(calls), raising=False
     )
-    config = accelerator.settings.synthetic(tiny=True)
+    config = accelerator.synthetic.get_config("tiny=1")
     accelerator_torch.bench_torch(config, 8, 4, repeats=1)
     assert calls[0]["non_local_counts"] == (0, 1, 1, 0)
     assert calls[0]["depth"] == 18
@@ -236,7 +236,7 @@ def test_torch_side_missing_module_is_a_usage_error(monkeypatch):
     monkeypatch.delattr(benchmarks, "torch_release", raising=False)
     monkeypatch.setitem(sys.modules, "benchmarks.torch_release", None)
     with pytest.raises(app.UsageError, match="benchmarks/torch_release"):
-        accelerator_torch.bench_torch(accelerator.settings.sysu(), 395, 32, 1)
+        accelerator_torch.bench_torch(accelerator.sysu.get_config(), 395, 32, 1)
 
 
 def test_torch_side_without_torch_is_a_usage_error(monkeypatch):
@@ -246,7 +246,7 @@ def test_torch_side_without_torch_is_a_usage_error(monkeypatch):
     fake = types.SimpleNamespace(require_torch=require_torch)
     monkeypatch.setattr(benchmarks, "torch_release", fake, raising=False)
     with pytest.raises(app.UsageError, match="--torch: .*needs torch"):
-        accelerator_torch.bench_torch(accelerator.settings.sysu(), 395, 32, 1)
+        accelerator_torch.bench_torch(accelerator.sysu.get_config(), 395, 32, 1)
 
 
 def test_sysu_estimate():

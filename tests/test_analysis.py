@@ -12,14 +12,15 @@ import os
 import subprocess
 
 import cli_runs
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from data_pipeline.records import SplitMetadata
+from mclnet_jax import analysis
 from mclnet_jax.analysis import canvas, plots, ranking
-from mclnet_jax.evaluators import common as eval_common
-from mclnet_jax.evaluators import regdb
+from mclnet_jax.evaluators import regdb, registry
 
 
 def _png(path):
@@ -264,7 +265,7 @@ def test_rank_list_figure_writes_png_of_the_chosen_images(tmp_path):
 
 def test_regdb_rank_lists_in_both_directions(tmp_path):
     meta, feats = _regdb_case()
-    jobs = regdb.rank_list_views(meta)
+    jobs = regdb.Regdb(meta, trial=1).rank_list_views()
     assert [j[0] for j in jobs] == [
         "rank_list_regdb_visible_to_infrared",
         "rank_list_regdb_infrared_to_visible",
@@ -294,8 +295,18 @@ def test_regdb_rank_lists_in_both_directions(tmp_path):
         # 11 cells of 0.575 in (+25% spacing), a 0.17 in gap, 0.4 in margins;
         # 8 rows of 1.5 in + 0.55 in title, at 100 dpi.
         assert _png(path)[:2] == (847, 1255)
-    with pytest.raises(ValueError, match="protocol"):
-        eval_common.protocol_module("market")
+    # An evaluator type that is no protocol is refused when the evaluators
+    # are built.
+    with pytest.raises(ValueError, match="unknown 'market'"):
+        registry.build(
+            ml_collections.ConfigDict({"test": {"type": "market"}}),
+            store=None,
+            sources={},
+            image_size=(32, 16),
+            batch_size=8,
+            builder_config=None,
+            workdir=str(tmp_path),
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -350,7 +361,7 @@ def test_mean_cmc_and_cmc_figure_against_slow_cmc(tmp_path):
     for trial in (1, 2):
         meta, feats = _regdb_case(seed=trial)
         feats = {"pool": feats, "bn": feats[:, ::-1] ** 3}
-        one = regdb.evaluate_features(feats, meta, trial=trial, max_rank=12)
+        one = regdb.Regdb(meta, trial=trial, max_rank=12).evaluate(feats)
         results = one if results is None else results.merge(one)
         vis, ir = meta.modality == 0, meta.modality == 1
         for name, value in feats.items():
@@ -503,29 +514,124 @@ def test_pair_distances_and_histogram_against_slow_pairs(tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# Every figure of a split's features (what the figures evaluator draws).
+
+
+def test_draw_figures_of_regdb_features_with_raw_pixels(tmp_path, monkeypatch):
+    meta, feats = _regdb_case()
+    drawn = []
+
+    def cmc_figure(path, curves, **kwargs):
+        drawn.append(curves)
+        return draw_cmc(path, curves, **kwargs)
+
+    draw_cmc = plots.cmc_figure
+    monkeypatch.setattr(plots, "cmc_figure", cmc_figure)
+    protocol = regdb.Regdb(meta, trial=1, max_rank=10)
+    features = {"pool": feats, "bn": feats[:, ::-1] ** 3}
+    results = protocol.evaluate(features)
+    raw = protocol.evaluate({"pixels": feats[:, :3]})
+    loaded = []
+
+    def load_images(indices):
+        loaded.append(np.asarray(indices))
+        return _grey_images(len(indices))
+
+    folder = tmp_path / "figures"
+    paths = analysis.draw_figures(
+        str(folder),
+        features=features,
+        protocol=protocol,
+        results=results,
+        raw_pixel_results=raw,
+        load_images=load_images,
+        step=7,
+        checkpoint="best",
+    )
+    names = [
+        "cmc",
+        "distances",
+        "rank_list_regdb_infrared_to_visible",
+        "rank_list_regdb_visible_to_infrared",
+        "tsne",
+    ]
+    assert sorted(paths) == names
+    assert sorted(os.listdir(folder)) == sorted(
+        ["README.txt"] + [n + ".png" for n in names]
+    )
+    for path in paths.values():
+        width, height, _ = _png(path)
+        assert 200 < width < 2000 and 200 < height < 2000, path
+    # The images are read once, each once.
+    assert len(loaded) == 1
+    assert np.unique(loaded[0]).size == loaded[0].size
+    readme = (folder / "README.txt").read_text()
+    assert "best checkpoint (step 7)" in readme
+    # The CMC: both features of the results, and the raw pixels' curve.
+    (curves,) = drawn
+    raw_curves = plots.mean_cmc(raw)
+    for direction in ("visible_to_infrared", "infrared_to_visible"):
+        protocol_curves = curves[f"regdb_{direction}"]
+        assert sorted(protocol_curves) == sorted(
+            ["pool", "bn", plots.RAW_PIXELS]
+        )
+        np.testing.assert_array_equal(
+            protocol_curves[plots.RAW_PIXELS],
+            raw_curves[f"regdb_{direction}"]["pixels"],
+        )
+    with pytest.raises(ValueError, match="feature must be one of"):
+        analysis.draw_figures(
+            str(folder),
+            features=features,
+            protocol=protocol,
+            results=results,
+            load_images=load_images,
+            step=7,
+            feature="logits",
+        )
+
+
+# ---------------------------------------------------------------------------
 # End to end: a tiny trained workdir, then --mode=analyze.
+
+# The tiny demo with a raw-pixel evaluator whose CMC the figures overlay.
+_TINY_WITH_RAW_PIXELS = """
+from mclnet_jax.configs import synthetic
+
+
+def get_config(arg=None):
+    config = synthetic.get_config(arg)
+    config.evals.raw_pixels = dict(config.evals.test, features="pixels")
+    config.evals.figures.baseline = "raw_pixels"
+    return config
+"""
 
 
 def test_analyze_workdir_draws_every_figure(tmp_path, fast_compile):
     del fast_compile
     workdir = tmp_path / "work"
+    config_file = tmp_path / "tiny_raw_pixels.py"
+    config_file.write_text(_TINY_WITH_RAW_PIXELS)
+    config = f"{config_file}:tiny=1"
     # A few steps at a small lr (in this process): the eval-mode features
     # stay finite (at the tiny config's lr 0.1 they overflow before the
-    # BatchNorm statistics settle).
+    # BatchNorm statistics settle). No figures at the end: --mode=analyze
+    # draws them.
     code = cli_runs.run_main(
         workdir,
         "--config.max_steps=4",
         "--config.optimizer.lr=0.01",
         "--config.mcm_optimizer.lr=0.01",
-        "--config.eval.raw_pixel_baseline=True",
-        "--config.eval.figures=False",
+        "--config.evals.figures.at_end=False",
+        config=config,
     )
     assert code == 0
     assert (workdir / "results_raw_pixels.json").exists()
+    assert not (workdir / "figures").exists()
 
     # The analyze mode's smoke test: the command line in a child process.
     proc = subprocess.run(
-        cli_runs.command(workdir, "--mode=analyze"),
+        cli_runs.command(workdir, "--mode=analyze", config=config),
         env=cli_runs.env(fast_compile=True),
         cwd=cli_runs.REPO,
         capture_output=True,

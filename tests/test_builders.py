@@ -19,7 +19,7 @@ from PIL import Image
 from data_pipeline import datasets, layouts
 from data_pipeline.regdb import regdb
 from data_pipeline.sysu_mm01 import sysu_mm01
-from mclnet_jax.configs import settings
+from mclnet_jax.configs import sysu
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -392,7 +392,7 @@ def test_records_of_the_previous_version_name_the_rebuild(
     assert issubclass(
         sysu_mm01.OutdatedRecordsError, datasets.DatasetUnavailableError
     )
-    config = settings.sysu()
+    config = sysu.get_config()
     config.data.manual_dir = sysu_raw.root
     config.data.data_dir = data_dir
     config.data.builder_config = "original"

@@ -1,4 +1,4 @@
-"""Tests of mclnet_jax.configs and the thin files under configs/."""
+"""Tests of the recipes of configs/ (the package mclnet_jax.configs)."""
 
 import os
 
@@ -7,7 +7,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mclnet_jax.configs import common, settings
+from mclnet_jax import config_checks, errors, main
+from mclnet_jax.configs import common, regdb, synthetic, sysu
 
 # ml_collections loads config files with the deprecated load_module().
 pytestmark = pytest.mark.filterwarnings(
@@ -60,15 +61,16 @@ def _load(spec: str) -> ml_collections.ConfigDict:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_variants_set_the_paper_rows(name):
     assert set(common.VARIANTS) == set(EXPECTED)
-    config = common.apply_variant(common.default_config(), name)
+    config = common.apply_variant(sysu.get_config(), name)
     assert config.variant == name
     assert _switches(config) == EXPECTED[name]
-    # The same from every setting's config file.
-    sysu = _load(f"sysu.py:{name}")
-    assert sysu.variant == name and _switches(sysu) == EXPECTED[name]
+    # The same from every recipe's file.
+    from_file = _load(f"sysu.py:{name}")
+    assert from_file.variant == name
+    assert _switches(from_file) == EXPECTED[name]
     # RegDB has one camera per modality: no CCA in any variant.
-    regdb = _load(f"regdb.py:variant={name}")
-    assert _switches(regdb) == (*EXPECTED[name][:6], False)
+    from_file = _load(f"regdb.py:variant={name}")
+    assert _switches(from_file) == (*EXPECTED[name][:6], False)
     # The demo: at most one non-local block per stage, no random erasing.
     demo = _load(f"synthetic.py:{name}")
     triplet, pooling, non_local, _, mcm, ica, cca = EXPECTED[name]
@@ -87,13 +89,13 @@ def test_every_variant_sets_the_same_fields():
     fields = {frozenset(v) for v in common.VARIANTS.values()}
     assert len(fields) == 1
     # Applying a variant to any config undoes the previous one.
-    config = common.apply_variant(common.default_config(), "base")
+    config = common.apply_variant(sysu.get_config(), "base")
     common.apply_variant(config, "mclnet")
-    assert config.to_dict() == common.default_config().to_dict()
+    assert config.to_dict() == sysu.get_config().to_dict()
 
 
 def test_unknown_variant_and_override_name_the_choices():
-    config = common.default_config()
+    config = sysu.get_config()
     with pytest.raises(ValueError, match="'nope'.*agw_re_ica_cca"):
         common.apply_variant(config, "nope")
     with pytest.raises(ValueError, match="'loss.tripplet'.*'triplet'"):
@@ -105,12 +107,12 @@ def test_unknown_variant_and_override_name_the_choices():
     with pytest.raises(ValueError, match="config.loss.triplet has no fields"):
         common.override(config, {"loss.triplet.x": 1})
     # The failed overrides changed nothing.
-    assert config.to_dict() == common.default_config().to_dict()
+    assert config.to_dict() == sysu.get_config().to_dict()
 
 
 def test_override_dotted_and_nested():
     config = common.override(
-        common.default_config(),
+        sysu.get_config(),
         {
             "loss.triplet": "hard",
             "model": {"pooling": "avg", "depth": 18},
@@ -124,104 +126,173 @@ def test_override_dotted_and_nested():
 
 def test_parse_arg():
     defaults = {"variant": "mclnet", "trial": 1, "val": False}
-    assert common.parse_arg(None, defaults) == defaults
-    assert common.parse_arg("", defaults) == defaults
-    assert common.parse_arg("agw", defaults)["variant"] == "agw"
-    assert common.parse_arg(" trial=3 , val=true,", defaults) == {
+    assert common.parse_arg(None, **defaults).to_dict() == defaults
+    assert common.parse_arg("", **defaults).to_dict() == defaults
+    assert common.parse_arg("agw", **defaults).variant == "agw"
+    assert common.parse_arg(" trial=3 , val=true,", **defaults).to_dict() == {
         "variant": "mclnet",
         "trial": 3,
         "val": True,
     }
-    assert common.parse_arg("val=0", defaults)["val"] is False
+    assert common.parse_arg("val=0", **defaults).val is False
     with pytest.raises(ValueError, match="'nope'.*'trial'"):
-        common.parse_arg("nope=1", defaults)
+        common.parse_arg("nope=1", **defaults)
     with pytest.raises(ValueError, match="val must be true/false"):
-        common.parse_arg("val=2", defaults)
+        common.parse_arg("val=2", **defaults)
     with pytest.raises(ValueError, match="trial must be an integer"):
-        common.parse_arg("trial=x", defaults)
+        common.parse_arg("trial=x", **defaults)
 
 
 def test_config_files_work_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # Every argument form the README and the config files document.
-    assert _load("synthetic.py").to_dict() == settings.synthetic().to_dict()
+    assert _load("synthetic.py").to_dict() == synthetic.get_config().to_dict()
     for spec, expected in (
-        ("sysu.py", settings.sysu()),
-        ("sysu.py:", settings.sysu()),
-        ("sysu.py:mclnet", settings.sysu()),
-        ("sysu.py:agw_re", settings.sysu("agw_re")),
+        ("sysu.py", sysu.get_config()),
+        ("sysu.py:", sysu.get_config()),
+        ("sysu.py:mclnet", sysu.get_config()),
+        ("sysu.py:agw_re", sysu.get_config("agw_re")),
         (
             "sysu.py:variant=base,search=both",
-            settings.sysu("base", search="both"),
+            sysu.get_config("base,search=both"),
         ),
-        ("sysu.py:variant=mclnet,val=1", settings.sysu(val=True)),
-        ("regdb.py:trial=1,variant=mclnet", settings.regdb(trial=1)),
-        ("regdb.py:trial=10", settings.regdb(trial=10)),
-        ("synthetic.py:base", settings.synthetic("base")),
-        ("synthetic.py:seed=1", settings.synthetic(seed=1)),
-        ("synthetic.py:tiny=1", settings.synthetic(tiny=True)),
-        ("synthetic.py:large=1", settings.synthetic(large=True)),
+        ("sysu.py:variant=mclnet,val=1", sysu.get_config("val=1")),
+        ("regdb.py:trial=1,variant=mclnet", regdb.get_config("trial=1")),
+        ("regdb.py:trial=10", regdb.get_config("trial=10")),
+        ("synthetic.py:base", synthetic.get_config("base")),
+        ("synthetic.py:seed=1", synthetic.get_config("seed=1")),
+        ("synthetic.py:tiny=1", synthetic.get_config("tiny=1")),
+        ("synthetic.py:large=1", synthetic.get_config("large=1")),
     ):
         assert _load(spec).to_dict() == expected.to_dict(), spec
 
 
-def test_sysu_settings():
-    config = settings.sysu()
+def test_recipe_names_resolve_to_the_packaged_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("sysu", "regdb", "synthetic"):
+        argv = main.resolve_config(["main", f"--config={name}:base", "-x"])
+        assert argv == [
+            "main",
+            f"--config={os.path.join(_CONFIGS, name)}.py:base",
+            "-x",
+        ]
+    assert main.resolve_config(["main", "--config", "sysu"])[2] == (
+        os.path.join(_CONFIGS, "sysu.py")
+    )
+    # Paths load as given.
+    for path in ("configs/sysu.py:base", "my.py", "/a/b"):
+        assert main.resolve_config(["m", f"--config={path}"])[1].endswith(path)
+    with pytest.raises(errors.ConfigurationError, match="no recipe 'nosuch'"):
+        main.resolve_config(["main", "--config=nosuch:tiny=1"])
+
+
+def test_every_recipe_writes_every_field_and_passes_the_checks():
+    def paths(tree, prefix=""):
+        out = set()
+        for key, value in tree.items():
+            path = prefix + key
+            # Evaluator entries and generated data differ by recipe.
+            if isinstance(value, dict) and path not in (
+                "evals",
+                "data.synthetic",
+            ):
+                out |= paths(value, path + ".")
+            else:
+                out.add(path)
+        return out
+
+    configs = {
+        spec: module.get_config(arg)
+        for spec, module, arg in (
+            ("sysu", sysu, None),
+            ("sysu:val=1,search=both", sysu, "val=1,search=both"),
+            ("regdb:trial=4", regdb, "trial=4"),
+            ("synthetic", synthetic, None),
+            ("synthetic:tiny=1", synthetic, "tiny=1"),
+            ("synthetic:large=1", synthetic, "large=1"),
+        )
+    }
+    reference = paths(sysu.get_config().to_dict())
+    for spec, config in configs.items():
+        assert paths(config.to_dict()) == reference, spec
+        assert config_checks.problems(config) == [], spec
+        for name, entry in config.evals.items():
+            assert set(entry) == set(config_checks.ENTRY_FIELDS[entry.type]), (
+                spec,
+                name,
+            )
+
+
+def test_sysu_recipe():
+    config = sysu.get_config()
     assert (config.data.dataset, config.data.builder_config) == (
         "sysu_mm01",
         "288x144",
     )
-    assert config.eval.protocol == "sysu"
-    assert config.eval.modes == ("all",)
-    assert settings.sysu(search="indoor").eval.modes == ("indoor",)
-    assert settings.sysu(search="both").eval.modes == ("all", "indoor")
-    assert config.data.val_split is None and config.val_every_steps == 0
-    val = settings.sysu(search="indoor", val=True)
-    assert (val.data.train_split, val.data.val_split) == ("train_only", "val")
-    assert val.val_every_steps == 2610
-    assert val.checkpoint.best_metric == "sysu_indoor_single_shot/bn/mean/mAP"
+    assert set(config.evals) == {"test", "figures"}
+    assert config.evals.test.type == "sysu"
+    assert config.evals.test.modes == ("all",)
+    assert (config.evals.figures.of, config.evals.figures.baseline) == (
+        "test",
+        "",
+    )
+    indoor = sysu.get_config("search=indoor")
+    assert indoor.evals.test.modes == ("indoor",)
+    both = sysu.get_config("search=both")
+    assert both.evals.test.modes == ("all", "indoor")
+    assert config.checkpoint.best_metric is None
+    val = sysu.get_config("search=both,val=1")
+    assert set(val.evals) == {"val", "test", "figures"}
+    assert (val.data.train_split, val.evals.val.split) == ("train_only", "val")
+    assert (val.evals.val.every_steps, val.evals.val.at_end) == (2610, False)
+    assert val.evals.val.modes == ("all",)
+    assert val.checkpoint.best_metric == "val/sysu_all_single_shot/bn/mean/mAP"
     with pytest.raises(ValueError, match="search must be one of"):
-        settings.sysu(search="outdoor")
+        sysu.get_config("search=outdoor")
 
 
-def test_regdb_settings():
-    config = settings.regdb(trial=3)
+def test_regdb_recipe():
+    config = regdb.get_config("trial=3")
     assert (config.data.dataset, config.data.builder_config) == (
         "regdb",
         "trial_3",
     )
-    assert config.eval.protocol == "regdb"
+    assert config.evals.test.type == "regdb"
+    assert "num_trials" not in config.evals.test  # One gallery per trial.
     for trial in (0, 11):
         with pytest.raises(ValueError, match="trial must be in 1..10"):
-            settings.regdb(trial=trial)
+            regdb.get_config(f"trial={trial}")
 
 
-def test_synthetic_settings():
-    demo = settings.synthetic(seed=2)
+def test_synthetic_recipe():
+    demo = synthetic.get_config("seed=2")
     assert demo.seed == 2 and demo.data.synthetic.generator.seed == 2
     assert demo.data.synthetic.generator.num_identities == 260
     assert demo.data.image_size == (96, 48)
     assert (demo.model.depth, demo.model.width_multiplier) == (18, 0.25)
     # sigma and rho scaled by D / 2048, D = 512 * width.
     assert (demo.loss.sigma, demo.loss.rho) == (0.5, 281.25)
-    assert demo.model.pretrained == "random"
-    assert demo.data.random_grey == 0.5 and demo.eval.raw_pixel_baseline
+    assert demo.init.pretrained == "random"
+    assert demo.data.random_grey == 0.5
+    assert demo.evals.raw_pixels.features == "pixels"
+    assert demo.evals.figures.baseline == "raw_pixels"
     assert demo.optimizer.lr_mults == ((".*", 1.0),)
     assert demo.num_epochs == 11
     assert demo.optimizer.schedule.boundaries == (8,)
-    large = settings.synthetic(large=True)
+    large = synthetic.get_config("large=1")
     assert large.data.image_size == (128, 64)
     assert large.data.synthetic.generator.num_identities == 491
     assert (large.loss.sigma, large.loss.rho) == (1.0, 562.5)
     assert (large.num_epochs, large.optimizer.schedule.warmup_epochs) == (30, 3)
-    tiny = settings.synthetic(tiny=True)
+    tiny = synthetic.get_config("tiny=1")
     assert tiny.data.image_size == (32, 16)
     assert tiny.model.width_multiplier == 1 / 16
     assert (tiny.loss.sigma, tiny.loss.rho) == (0.5, 281.25)
-    assert (tiny.num_epochs, tiny.eval.num_trials) == (3, 2)
-    assert not tiny.eval.raw_pixel_baseline
+    assert (tiny.num_epochs, tiny.evals.test.num_trials) == (3, 2)
+    assert set(tiny.evals) == {"test", "figures"}
+    assert tiny.evals.figures.baseline == ""
     with pytest.raises(ValueError, match="tiny=1 and large=1"):
-        settings.synthetic(tiny=True, large=True)
+        synthetic.get_config("tiny=1,large=1")
 
 
 def test_bad_config_arguments_name_the_problem():

@@ -26,7 +26,7 @@ from PIL import Image
 
 from data_pipeline import image_files
 from mclnet_jax import checkpointing, embed
-from mclnet_jax.configs import settings
+from mclnet_jax.configs import synthetic
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 7  # Not the tiny config's 8 ids: read from the checkpoint.
@@ -45,7 +45,7 @@ IMAGES = (
 
 
 def tiny_config():
-    return settings.synthetic(tiny=True)
+    return synthetic.get_config("tiny=1")
 
 
 def perturbed(state, seed):

@@ -8,16 +8,19 @@ test_metrics.py checks against a slow reference).
 """
 
 import json
+import math
 import os
 import random
+import types
 
+import ml_collections
 import numpy as np
 import pytest
 
 from data_pipeline.records import SplitMetadata
 from mclnet_jax import metrics, rerank
 from mclnet_jax.evaluators import common as eval_common
-from mclnet_jax.evaluators import features, protocols, regdb, sysu
+from mclnet_jax.evaluators import features, protocols, regdb, registry, sysu
 
 H, W = 8, 4
 
@@ -208,6 +211,24 @@ class FakeModel:
         }
 
 
+def fake_state(step, variables=None):
+    """What the evaluators read of a `TrainState`: `step` and
+    `model_variables()`."""
+    return types.SimpleNamespace(
+        step=np.int32(step), model_variables=lambda: variables
+    )
+
+
+def store_of(splits, predict_fn):
+    """A FeatureStore whose variables are the state's `model_variables()`."""
+    return features.FeatureStore(
+        splits,
+        predict_fn=predict_fn,
+        variables_fn=lambda state: state.model_variables(),
+        describe=lambda state: f"the test state of step {int(state.step)}",
+    )
+
+
 def padded_batches(images, batch_size):
     """A batches_fn: fixed batch size, last batch padded with mask False."""
 
@@ -283,12 +304,17 @@ def test_sysu_protocol_equals_direct_computation(sysu_root, sysu_meta):
     n = len(sysu_meta)
     images = make_images(n, seed=5)
     model = FakeModel(seed=1)
-    results = sysu.Evaluator(
+    store = store_of(
+        {"test": features.EvalSplit(sysu_meta, padded_batches(images, 8))},
         model.predict,
-        features.EvalSplit(sysu_meta, padded_batches(images, 8)),
-        trials=(0, 1, 2),
-        max_rank=5,
-    ).run(None)
+    )
+    evaluator = eval_common.ProtocolEvaluator(
+        "test",
+        sysu.Sysu(store.metadata("test"), trials=(0, 1, 2), max_rank=5),
+        store=store,
+        split="test",
+    )
+    results = evaluator.results(fake_state(0))
     # Features are extracted once: one pass over the split in total.
     assert sum(len(ids) for _, ids in model.calls) == n
     index_of = {name: i for i, name in enumerate(sysu_meta.file_name)}
@@ -353,12 +379,15 @@ def test_regdb_protocol_equals_direct_computation_and_summary(tmp_path):
     model = FakeModel(seed=2)
     results = None
     for t, (batches_fn, meta) in trials.items():
-        one = regdb.Evaluator(
-            model.predict,
-            features.EvalSplit(meta, batches_fn),
-            trial=t,
-            max_rank=4,
-        ).run(None)
+        store = store_of(
+            {"test": features.EvalSplit(meta, batches_fn)}, model.predict
+        )
+        one = eval_common.ProtocolEvaluator(
+            "test",
+            regdb.Regdb(meta, trial=t, max_rank=4),
+            store=store,
+            split="test",
+        ).results(fake_state(0))
         results = one if results is None else results.merge(one)
     for t, (_, meta) in trials.items():
         feats = np.stack(
@@ -423,12 +452,10 @@ def test_sysu_rerank_equals_direct_computation(sysu_root, sysu_meta):
     )
     features = {"bn": feats.astype(np.float32)}
     params = rerank.RerankParams(k1=5, k2=3, lambda_value=0.3)
-    plain = sysu.evaluate_features(
-        features, sysu_meta, trials=(0, 1), max_rank=5
-    )
-    results = sysu.evaluate_features(
-        features, sysu_meta, trials=(0, 1), max_rank=5, rerank=params
-    )
+    plain = sysu.Sysu(sysu_meta, trials=(0, 1), max_rank=5).evaluate(features)
+    results = sysu.Sysu(
+        sysu_meta, trials=(0, 1), max_rank=5, rerank=params
+    ).evaluate(features)
     assert results.rerank == params and plain.rerank is None
     assert sorted(results.per_trial) == sorted(
         list(plain.per_trial) + [p + "+rerank" for p in plain.per_trial]
@@ -498,8 +525,8 @@ def test_regdb_rerank_both_directions_and_merge():
         + 0.6 * rng.standard_normal((len(meta), 6))
     )
     params = rerank.RerankParams(k1=4, k2=2, lambda_value=0.5)
-    results = regdb.evaluate_features(
-        {"pool": feats}, meta, trial=4, max_rank=4, rerank=params
+    results = regdb.Regdb(meta, trial=4, max_rank=4, rerank=params).evaluate(
+        {"pool": feats}
     )
     unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     by_name = np.argsort(meta.file_name.astype(str), kind="stable")
@@ -528,39 +555,41 @@ def test_regdb_rerank_both_directions_and_merge():
         assert got.mAP == pytest.approx(want.mAP, abs=1e-6)
         assert got.mINP == pytest.approx(want.mINP, abs=1e-6)
     # Trials merge; different parameters do not.
-    other = regdb.evaluate_features(
-        {"pool": feats}, meta, trial=5, max_rank=4, rerank=params
+    other = regdb.Regdb(meta, trial=5, max_rank=4, rerank=params).evaluate(
+        {"pool": feats}
     )
     merged = results.merge(other)
     assert merged.rerank == params
     assert sorted(
         merged.per_trial["regdb_visible_to_infrared+rerank"]["pool"]
     ) == [4, 5]
-    changed = regdb.evaluate_features(
-        {"pool": feats},
-        meta,
-        trial=5,
-        max_rank=4,
-        rerank=rerank.RerankParams(k1=3),
-    )
+    changed = regdb.Regdb(
+        meta, trial=5, max_rank=4, rerank=rerank.RerankParams(k1=3)
+    ).evaluate({"pool": feats})
     with pytest.raises(ValueError, match="different parameters"):
         results.merge(changed)
     with pytest.raises(ValueError, match="rerank must be None or a"):
-        regdb.evaluate_features({"pool": feats}, meta, trial=5, rerank=True)
+        # The protocol's constructor checks it (before any features).
+        regdb.Regdb(meta, trial=5, rerank=True)
 
 
-def test_rerank_params_from_config():
-    import ml_collections
-
-    ec = ml_collections.ConfigDict(
-        dict(rerank=False, rerank_k1=10, rerank_k2=3, rerank_lambda=0.5)
+def test_rerank_params_from_an_evals_entry():
+    # An entry of config.evals holds its own re-ranking fields.
+    entry = ml_collections.ConfigDict(
+        dict(
+            type="sysu",
+            rerank=False,
+            rerank_k1=10,
+            rerank_k2=3,
+            rerank_lambda=0.5,
+        )
     )
-    assert eval_common.rerank_params(ec) is None
-    ec.rerank = True
-    assert eval_common.rerank_params(ec) == rerank.RerankParams(10, 3, 0.5)
-    ec.rerank_k2 = 0
-    with pytest.raises(ValueError, match="config.eval.rerank_.*k2"):
-        eval_common.rerank_params(ec)
+    assert eval_common.rerank_params(entry) is None
+    entry.rerank = True
+    assert eval_common.rerank_params(entry) == rerank.RerankParams(10, 3, 0.5)
+    entry.rerank_k2 = 0
+    with pytest.raises(ValueError, match="k2 must be a positive int"):
+        eval_common.rerank_params(entry)
 
 
 def example(**features_):
@@ -667,28 +696,297 @@ def test_make_batches_fn_with_the_input_pipeline():
     )
 
 
-def test_from_config_picks_the_protocol_and_its_arguments():
-    import ml_collections
+def protocol_entry(kind="sysu", **overrides):
+    """An entry of config.evals for a protocol, as the recipes write it."""
+    entry = dict(
+        type=kind,
+        split="test",
+        every_steps=0,
+        at_end=True,
+        features="model",
+        num_trials=2,
+        rerank=False,
+        rerank_k1=20,
+        rerank_k2=6,
+        rerank_lambda=0.3,
+    )
+    if kind == "sysu":
+        entry.update(modes=("all", "indoor"), num_shots=1)
+    entry.update(overrides)
+    return entry
 
-    config = ml_collections.ConfigDict(
-        dict(
-            eval=dict(protocol="market", num_trials=3, modes=("all",)),
-            data=dict(builder_config="trial_4"),
+
+def build_evaluators(
+    evals,
+    store,
+    *,
+    sources=None,
+    builder_config=None,
+    workdir="/nonexistent",
+    batch_size=8,
+    image_size=(H, W),
+):
+    """`registry.build` of a dict of entries."""
+    return registry.build(
+        ml_collections.ConfigDict(evals),
+        store=store,
+        sources=sources or {},
+        image_size=image_size,
+        batch_size=batch_size,
+        builder_config=builder_config,
+        workdir=workdir,
+    )
+
+
+def test_registry_picks_the_protocol_and_its_arguments(sysu_meta):
+    store = store_of({"test": features.EvalSplit(sysu_meta, None)}, None)
+    with pytest.raises(ValueError, match="unknown 'market'"):
+        build_evaluators({"test": protocol_entry("market")}, store)
+    built = build_evaluators(
+        {"test": protocol_entry(num_trials=3, modes=("all",))}, store
+    )
+    protocol = built["test"].protocol
+    assert isinstance(protocol, sysu.Sysu)
+    assert (protocol.modes, protocol.trials) == (("all",), (0, 1, 2))
+    assert protocol.rerank is None and protocol.metadata is sysu_meta
+    # RegDB: the trial is the builder config's.
+    regdb_store = store_of(
+        {"test": features.EvalSplit(regdb_meta(seed=1), None)}, None
+    )
+    for builder_config, trial in (("trial_4", 4), (None, 1)):
+        built = build_evaluators(
+            {"test": protocol_entry("regdb")},
+            regdb_store,
+            builder_config=builder_config,
         )
-    )
-    with pytest.raises(ValueError, match="protocol must be one of"):
-        eval_common.from_config(config, None, None)
-    assert eval_common.protocol_module("sysu").config_kwargs(config) == dict(
-        modes=("all",), trials=(0, 1, 2)
-    )
-    assert regdb.config_kwargs(config) == dict(trial=4)
-    config.data.builder_config = None  # The builder's default, trial_1.
-    assert regdb.config_kwargs(config) == dict(trial=1)
-    config.data.builder_config = "trial_11"
+        assert isinstance(built["test"].protocol, regdb.Regdb)
+        assert built["test"].protocol.trial == trial
+    assert regdb.trial_of("trial_4") == 4
+    assert regdb.trial_of(None) == 1  # The builder's default, trial_1.
     with pytest.raises(ValueError, match="'trial_1' .. 'trial_10'"):
-        regdb.config_kwargs(config)
+        regdb.trial_of("trial_11")
+    with pytest.raises(ValueError, match="'trial_1' .. 'trial_10'"):
+        build_evaluators(
+            {"test": protocol_entry("regdb")},
+            regdb_store,
+            builder_config="trial_11",
+        )
     with pytest.raises(ValueError, match="SYSU mode must be one of"):
-        sysu.Evaluator(None, None, modes=("outdoor",))
+        sysu.Sysu(sysu_meta, modes=("outdoor",))
+    # Re-ranking from the entry's own fields; a bad value is rejected by the
+    # protocol's constructor.
+    built = build_evaluators({"test": protocol_entry(rerank=True)}, store)
+    assert built["test"].protocol.rerank == rerank.RerankParams(20, 6, 0.3)
+    with pytest.raises(ValueError, match="rerank must be None or a"):
+        sysu.Sysu(sysu_meta, rerank={"k1": 20})
+    with pytest.raises(ValueError, match="features must be one of"):
+        build_evaluators({"test": protocol_entry(features="raw")}, store)
+
+
+def test_protocol_evaluator_due_schedule(sysu_meta):
+    store = store_of({"test": features.EvalSplit(sysu_meta, None)}, None)
+
+    def evaluator(**schedule):
+        return eval_common.ProtocolEvaluator(
+            "val", sysu.Sysu(sysu_meta), store=store, split="test", **schedule
+        )
+
+    def periodic(e):
+        return [s for s in range(1, 21) if e.due(s, final=False)]
+
+    # Defaults: never during training, on the final state.
+    default = evaluator()
+    assert (default.every_steps, default.at_end) == (0, True)
+    assert periodic(default) == []
+    assert default.due(20, final=True)
+    # Every 5 steps and at the end (the final step need not be a multiple).
+    both = evaluator(every_steps=5, at_end=True)
+    assert periodic(both) == [5, 10, 15, 20]
+    assert both.due(7, final=True) and both.due(10, final=True)
+    # Every 5 steps, not at the end, even when the end is a multiple.
+    during = evaluator(every_steps=5, at_end=False)
+    assert periodic(during) == [5, 10, 15, 20]
+    assert not during.due(10, final=True) and not during.due(7, final=True)
+    # Never.
+    never = evaluator(every_steps=0, at_end=False)
+    assert periodic(never) == []
+    assert not never.due(20, final=True)
+    # registry.build passes an entry's schedule on.
+    built = build_evaluators(
+        {"val": protocol_entry(every_steps=3, at_end=False)}, store
+    )["val"]
+    assert periodic(built) == [3, 6, 9, 12, 15, 18]
+    assert not built.due(18, final=True)
+
+
+def flatten_numbers(prefix, tree):
+    """{"<prefix>/<key>/.../<key>": float} of the numbers of nested dicts."""
+    out = {}
+
+    def walk(path, node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{path}/{key}", value)
+        elif isinstance(node, (int, float, np.number)) and not isinstance(
+            node, bool
+        ):
+            out[path] = float(node)
+
+    walk(prefix, tree)
+    return out
+
+
+def test_run_yields_the_summary_of_the_results_once_per_state(sysu_meta):
+    n = len(sysu_meta)
+    model = FakeModel(seed=3)
+    store = store_of(
+        {
+            "test": features.EvalSplit(
+                sysu_meta, padded_batches(make_images(n, seed=6), 8)
+            )
+        },
+        model.predict,
+    )
+    params = rerank.RerankParams(k1=5, k2=3, lambda_value=0.3)
+    evaluator = eval_common.ProtocolEvaluator(
+        "test",
+        sysu.Sysu(sysu_meta, trials=(0, 1), max_rank=5, rerank=params),
+        store=store,
+        split="test",
+    )
+    state = fake_state(6)
+    pairs = list(evaluator.run(state))
+    calls = store.predict_calls
+    results = evaluator.results(state)
+    values = dict(pairs)
+    assert len(values) == len(pairs)  # Every name once.
+    assert values == flatten_numbers("test", results.summary())
+    # "<name>/<protocol>/<feature>/<mean|std>/<metric>", every protocol
+    # (re-ranked ones too) and feature.
+    protocols_seen = set()
+    for name in values:
+        prefix, protocol, feature, stat, metric = name.split("/")
+        assert prefix == "test" and feature in ("pool", "bn")
+        assert stat in ("mean", "std")
+        assert metric in ("rank1", "rank5", "mAP", "mINP"), metric
+        protocols_seen.add(protocol)
+    assert protocols_seen == {
+        "sysu_all_single_shot",
+        "sysu_indoor_single_shot",
+        "sysu_all_single_shot+rerank",
+        "sysu_indoor_single_shot+rerank",
+    }
+    maps = [
+        results.per_trial["sysu_all_single_shot"]["bn"][t].mAP for t in (0, 1)
+    ]
+    assert values["test/sysu_all_single_shot/bn/mean/mAP"] == pytest.approx(
+        np.mean(maps)
+    )
+    assert values["test/sysu_all_single_shot/bn/std/mAP"] == pytest.approx(
+        np.std(maps)
+    )
+    # The same state again: the same results, nothing extracted.
+    assert dict(evaluator.run(state)) == values
+    assert evaluator.results(state) is results
+    assert store.predict_calls == calls
+
+
+@pytest.fixture(scope="module")
+def tiny_mclnet(fast_compile):
+    """(model, variables) of a width-1/16 ResNet-18 MCLNet for 32x16."""
+    del fast_compile
+    import jax
+
+    from mclnet_jax.models import mclnet
+
+    model = mclnet.MCLNet(
+        num_classes=5,
+        depth=18,
+        width_multiplier=1 / 16,
+        non_local_counts=(0, 1, 1, 0),
+    )
+    x = np.zeros((1, 32, 16, 3), np.float32)
+    variables = jax.jit(lambda key: model.init(key, x, x, train=False))(
+        jax.random.key(0)
+    )
+    return model, variables
+
+
+def test_evaluators_built_once_share_the_features_of_a_state(
+    sysu_builder, tiny_mclnet, tmp_path
+):
+    records = pytest.importorskip("data_pipeline.records")
+    model, variables = tiny_mclnet
+    batch_size = 8
+    source = records.open_source(sysu_builder("original"), "test")
+    split = features.open_split(
+        source, batch_size=batch_size, image_size=(32, 16)
+    )
+    store = store_of({"test": split}, features.make_predict_fn(model))
+    evals = {
+        "test": protocol_entry(),
+        "raw_pixels": protocol_entry(features="pixels"),
+        "figures": dict(
+            type="figures",
+            split="test",
+            every_steps=0,
+            at_end=True,
+            of="test",
+            baseline="raw_pixels",
+        ),
+    }
+    assert registry.splits(ml_collections.ConfigDict(evals)) == ["test"]
+    built = build_evaluators(
+        evals,
+        store,
+        sources={"test": source},
+        workdir=str(tmp_path),
+        batch_size=batch_size,
+        image_size=(32, 16),
+    )
+    # (A ConfigDict lists its keys sorted.)
+    assert list(built) == ["figures", "raw_pixels", "test"]
+    assert store.predict_calls == 0  # Building extracts nothing.
+    # One pass over the split: per modality, its images in padded batches.
+    modality = records.read_metadata(source).modality
+    one_pass = sum(
+        math.ceil(np.count_nonzero(modality == m) / batch_size) for m in (0, 1)
+    )
+    assert one_pass >= 2
+
+    def run_all(state):
+        return {name: dict(e.run(state)) for name, e in built.items()}
+
+    first = run_all(fake_state(4, variables))
+    # The model's features once (test and figures), the pixels once.
+    assert store.predict_calls == 2 * one_pass
+    assert sorted(first["test"]) == sorted(
+        flatten_numbers("test", built["test"].results(fake_state(4)).summary())
+    )
+    assert (
+        "raw_pixels/sysu_all_single_shot/pixels/mean/mAP"
+        in (first["raw_pixels"])
+    )
+    # The figures were drawn (a failure would only be logged).
+    assert list(first["figures"]) == ["figures/seconds"]
+    assert sorted(os.listdir(tmp_path / "figures")) == [
+        "README.txt",
+        "cmc.png",
+        "distances.png",
+        "rank_list_sysu_all.png",
+        "tsne.png",
+    ]
+    assert "step 4" in (tmp_path / "figures" / "README.txt").read_text()
+    # The same step again: nothing extracted, the same numbers.
+    again = run_all(fake_state(4, variables))
+    assert store.predict_calls == 2 * one_pass
+    assert again["test"] == first["test"]
+    assert again["raw_pixels"] == first["raw_pixels"]
+    # A new step: the model's features once more, the pixels never again.
+    later = run_all(fake_state(8, variables))
+    assert store.predict_calls == 3 * one_pass
+    assert later["raw_pixels"] == first["raw_pixels"]
+    assert "step 8" in (tmp_path / "figures" / "README.txt").read_text()
 
 
 # --------------------------------------------------------------------------
@@ -797,31 +1095,27 @@ def test_draw_on_the_synthetic_generator_and_tfds_builder(
         community_query(root)
     )
 
-    # The evaluator a config asks for, on raw pixels, over the same split.
-    import ml_collections
-
-    config = ml_collections.ConfigDict(
-        dict(
-            eval=dict(protocol="sysu", num_trials=2, modes=("all", "indoor")),
-            data=dict(eval_batch_size=8, image_size=size),
-        )
+    # The evaluator of a config.evals entry, on raw pixels, over the same
+    # split.
+    store = store_of(
+        {"test": features.open_split(source, batch_size=8, image_size=size)},
+        None,  # Raw pixels need no model.
     )
-    evaluator = eval_common.from_config(
-        config,
-        features.raw_pixels,
-        source,
-        feature_names=features.RAW_PIXEL_FEATURES,
-    )
-    assert isinstance(evaluator, sysu.Evaluator) and evaluator.rerank is None
-    assert list(evaluator.metadata.file_name) == list(meta.file_name)
-    results = evaluator.run(None)
+    evaluator = build_evaluators(
+        {"raw": protocol_entry(features="pixels")}, store, image_size=size
+    )["raw"]
+    assert isinstance(evaluator.protocol, sysu.Sysu)
+    assert evaluator.protocol.rerank is None
+    assert list(evaluator.protocol.metadata.file_name) == list(meta.file_name)
+    state = fake_state(0)
+    results = evaluator.results(state)
     assert sorted(results.per_trial) == [
         "sysu_all_single_shot",
         "sysu_indoor_single_shot",
     ]
-    pixels = evaluator.extract(None)["pixels"]
+    pixels = evaluator.features(state)["pixels"]
     assert pixels.shape == (len(meta), size[0] * size[1] * 3)
-    again = sysu.evaluate_features({"pixels": pixels}, meta, trials=(0, 1))
+    again = sysu.Sysu(meta, trials=(0, 1)).evaluate({"pixels": pixels})
     for protocol, fs in again.per_trial.items():
         for t, m in fs["pixels"].items():
             got = results.per_trial[protocol]["pixels"][t]
@@ -860,8 +1154,8 @@ def test_sysu_table_counts_and_explains_skipped_queries():
     # its identity first, so only the skipped queries can tell.
     ids = np.unique(meta.identity)
     value = (meta.identity[:, None] == ids[None, :]).astype(np.float32)
-    out = sysu.evaluate_features(
-        {"bn": value}, meta, modes=("all", "indoor"), trials=(0, 1)
+    out = sysu.Sysu(meta, modes=("all", "indoor"), trials=(0, 1)).evaluate(
+        {"bn": value}
     )
     query = protocols.sysu_query_indices(meta)
     assert query.size == 3 + 3 + 4
@@ -890,7 +1184,7 @@ def test_sysu_table_counts_and_explains_skipped_queries():
     assert entry["skipped_queries"]["skipped"] == [6, 6]
     # Merged results keep the reasons.
     merged = out.merge(
-        sysu.evaluate_features({"pool": value}, meta, modes=("all",))
+        sysu.Sysu(meta, modes=("all",)).evaluate({"pool": value})
     )
     assert "e.g. id 20" in merged.table()
 
@@ -911,7 +1205,7 @@ def test_regdb_table_counts_skipped_queries():
     ]
     meta = metadata_of(records)
     value = np.eye(3, dtype=np.float32)[meta.label]
-    out = regdb.evaluate_features({"bn": value}, meta, trial=1)
+    out = regdb.Regdb(meta, trial=1).evaluate({"bn": value})
     skipped = out.skipped_queries()
     assert list(skipped) == ["regdb_visible_to_infrared"]
     assert skipped["regdb_visible_to_infrared"]["skipped"] == [2, 2]

@@ -235,7 +235,7 @@ def test_resume_with_a_changed_config_exits_2_before_writing(
         "--config.data.num_identities=1",
         "--config.data.image_size=(64, 32)",
         # May change on resume: not reported.
-        "--config.eval.num_trials=1",
+        "--config.evals.test.num_trials=1",
         "--config.max_steps=12",
     )
     stderr = capsys.readouterr().err
@@ -260,7 +260,7 @@ def test_fields_that_may_change_on_resume_are_not_compared(trained):
         assert config_checks._may_change(field)  # noqa: SLF001
     for field in ("seed", "variant", "data.num_identities", "model.depth"):
         assert not config_checks._may_change(field)  # noqa: SLF001
-    config.eval.num_trials = 1
+    config.evals.test.num_trials = 1
     config.max_steps = 12
     config.num_epochs = 1
     config.optimizer.lr = 0.01
@@ -273,9 +273,9 @@ def test_fields_that_may_change_on_resume_are_not_compared(trained):
 
 
 def cli_runs_config():
-    from mclnet_jax.configs import settings
+    from mclnet_jax.configs import synthetic
 
-    return settings.synthetic(tiny=True)
+    return synthetic.get_config("tiny=1")
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from data_pipeline import (
     records,
     train_pipeline,
 )
-from mclnet_jax.configs import settings
+from mclnet_jax.configs import synthetic
 
 H, W = 32, 16
 P, K = 2, 2
@@ -372,7 +372,7 @@ def test_random_grey_turns_the_planned_visible_images_grey(
 def test_train_augment_follows_the_config():
     # Every augmentation field of config.data reaches the pipeline (a
     # missing one would silently train without it).
-    demo = settings.synthetic()
+    demo = synthetic.get_config()
     got = datasets.train_augment(demo.data)
     assert (got.padding, got.erasing_probability, got.grey_probability) == (
         demo.data.pad,

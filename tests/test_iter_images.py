@@ -18,7 +18,7 @@ from PIL import Image
 
 from data_pipeline import datasets, image_ops, synthetic
 from data_pipeline.constants import INFRARED, VISIBLE
-from mclnet_jax.configs import settings
+from mclnet_jax.configs import regdb, sysu
 
 RELEASE_SIZE = (144, 288)  # PIL's (width, height).
 # (height, width) the files are rewritten to, in turn: larger (and of
@@ -126,7 +126,7 @@ def _check_against_release(items, root):
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_sysu_equals_the_release_preprocessing(sysu_root, tmp_path, split):
-    dc = _data_config(settings.sysu(), sysu_root, tmp_path / "tfds")
+    dc = _data_config(sysu.get_config(), sysu_root, tmp_path / "tfds")
     items = list(datasets.iter_images(dc, split))
     assert _check_against_release(items, sysu_root) == (0.0, 0)
     # Labels from the folder names: camC/PPPP/NNNN.jpg.
@@ -151,7 +151,9 @@ def test_sysu_equals_the_release_preprocessing(sysu_root, tmp_path, split):
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_regdb_equals_the_release_preprocessing(regdb_root, tmp_path, split):
-    dc = _data_config(settings.regdb(trial=1), regdb_root, tmp_path / "tfds")
+    dc = _data_config(
+        regdb.get_config("trial=1"), regdb_root, tmp_path / "tfds"
+    )
     items = list(datasets.iter_images(dc, split))
     assert _check_against_release(items, regdb_root) == (0.0, 0)
     listed = {}
@@ -174,13 +176,13 @@ def test_png_storage_is_lossless_and_jpeg_passes_exact_files(
     """PNG records give the same pixels; JPEG records pass a file already
     at 288x144 through, which the accurate DCT decodes exactly as PIL."""
     png = _data_config(
-        settings.sysu(), sysu_root, tmp_path / "tfds", image_format="png"
+        sysu.get_config(), sysu_root, tmp_path / "tfds", image_format="png"
     )
     assert _check_against_release(
         datasets.iter_images(png, "test"), sysu_root
     ) == (0.0, 0)
     jpeg = _data_config(
-        settings.sysu(), sysu_root, tmp_path / "tfds", image_format="jpeg"
+        sysu.get_config(), sysu_root, tmp_path / "tfds", image_format="jpeg"
     )
     exact = resized = 0
     for item in datasets.iter_images(jpeg, "test"):
@@ -203,7 +205,7 @@ def test_run_time_resize_to_another_size(sysu_root, tmp_path):
     """With an image_size other than the stored one, iter_images shows the
     pipeline's bilinear resize of the stored pixels."""
     dc = _data_config(
-        settings.sysu(), sysu_root, tmp_path / "tfds", image_size=(72, 36)
+        sysu.get_config(), sysu_root, tmp_path / "tfds", image_size=(72, 36)
     )
     for item in list(datasets.iter_images(dc, "test"))[:4]:
         assert item["image"].shape == (72, 36, 3)
@@ -221,7 +223,7 @@ def test_run_time_resize_to_another_size(sysu_root, tmp_path):
 
 
 def test_unknown_split_names_the_splits(sysu_root, tmp_path):
-    dc = _data_config(settings.sysu(), sysu_root, tmp_path / "tfds")
+    dc = _data_config(sysu.get_config(), sysu_root, tmp_path / "tfds")
     with pytest.raises(ValueError, match="no split 'validation'.*'val'"):
         next(datasets.iter_images(dc, "validation"))
 

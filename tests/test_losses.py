@@ -10,8 +10,6 @@ single-sample class and classes absent from the batch.
 
 import dataclasses
 import functools
-import pathlib
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -726,49 +724,3 @@ def test_shape_errors_raise_at_trace_time_under_jit():
 def test_arguments_are_keyword_only():
     with pytest.raises(TypeError):
         losses.identity_loss(F, Y)
-
-
-# ---------------------------------------------------------------------------
-# README example.
-# ---------------------------------------------------------------------------
-
-README_HEADING = "Using the losses in your own model"
-
-
-def readme_section_code(text, heading):
-    """The first ```python block of the README section titled `heading`.
-
-    Returns None if the section or its block is missing. Lines inside code
-    fences are never taken for headings (python comments start with '#').
-    """
-    in_section = in_fence = False
-    block = None
-    for line in text.splitlines():
-        if line.startswith("```"):
-            if in_section and not in_fence and line.strip() == "```python":
-                block = []
-            elif in_fence and block is not None:
-                return "\n".join(block) + "\n"
-            in_fence = not in_fence
-        elif in_fence:
-            if block is not None:
-                block.append(line)
-        elif re.match(r"#{1,6}\s", line):
-            if in_section:
-                return None
-            in_section = line.lstrip("#").strip() == heading
-    return None
-
-
-def test_readme_example_runs():
-    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-    code = readme_section_code(
-        readme.read_text(encoding="utf-8"), README_HEADING
-    )
-    if code is None:
-        pytest.fail(
-            f'README.md needs a section "## {README_HEADING}" with a '
-            "```python example; this test runs it."
-        )
-    namespace = {"__name__": "readme_example"}
-    exec(compile(code, str(readme), "exec"), namespace)

@@ -29,8 +29,7 @@ _TOTAL_STEPS = 39
 _OVERRIDES = (
     f"--config.num_epochs={_TOTAL_STEPS // 13}",
     "--config.checkpoint.every_steps=10",
-    "--config.eval.figures=False",
-    "--config.eval.raw_pixel_baseline=False",
+    "--config.evals.figures.at_end=False",
 )
 _SYSU = os.path.join(cli_runs.REPO, "configs", "sysu.py")
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -104,9 +103,9 @@ def test_resnet50_without_weights_stops_before_the_data(tmp_path, capsys):
     )
     stderr = capsys.readouterr().err
     assert code == 2, stderr[-3000:]
-    assert "config.model.pretrained is not set for a ResNet-50" in stderr
+    assert "config.init.pretrained is not set for a ResNet-50" in stderr
     assert "diverges from random initialisation" in stderr
-    assert "--config.model.pretrained=random" in stderr
+    assert "--config.init.pretrained=random" in stderr
     assert "save_file(torchvision.models.resnet50" in stderr
     assert "Traceback" not in stderr
     # Stopped before building or even looking for the data.
@@ -122,7 +121,7 @@ def test_missing_dataset_gives_path_and_instructions(tmp_path, capsys):
         tmp_path / "work",
         f"--config.data.manual_dir={missing}",
         f"--config.data.data_dir={tmp_path / 'tfds'}",
-        "--config.model.pretrained=random",
+        "--config.init.pretrained=random",
         config=_SYSU + ":base",
     )
     stderr = capsys.readouterr().err
@@ -145,21 +144,27 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted(tmp_path):
     )
     total, want_summary, want_metrics = cli_runs.final_results(reference)
     assert total == _TOTAL_STEPS and want_metrics["step"] == _TOTAL_STEPS
-    # The console: progress (clu's report and scalars) and the results
-    # table; the libraries' INFO chatter (TFDS, orbax) only in
-    # WORKDIR/log.txt (their warnings reach the console, as every warning
-    # does: orbax warns when a save waits for the previous one).
-    progress = (
-        f"100.0% ({_TOTAL_STEPS}/{_TOTAL_STEPS}), ETA",
-        f"] [{_TOTAL_STEPS}] loss=",
+    # The console: one progress line per log interval (every 2 steps of
+    # the tiny config, and the last) and the results table; every metric
+    # and the libraries' INFO chatter (TFDS, orbax) only in WORKDIR/log.txt
+    # (their warnings reach the console, as every warning does: orbax warns
+    # when a save waits for the previous one).
+    logged_steps = [s for s in range(1, total + 1) if s % 2 == 0 or s == total]
+    lines = [line for line in proc.stderr.splitlines() if "| ETA " in line]
+    assert [int(line.split("] step ")[1].split("/")[0]) for line in lines] == (
+        logged_steps
     )
-    for line in progress:
-        assert line in proc.stderr
+    assert f"step {total}/{total} | epoch 3/3 | " in lines[-1]
+    assert " img/s | ETA " in lines[-1] and " | loss " in lines[-1]
+    assert "Metrics at step" not in proc.stderr
+    assert "Downloading and preparing" not in proc.stdout + proc.stderr
     assert "sysu_all_single_shot" in proc.stderr
     with open(os.path.join(reference, "log.txt"), encoding="utf-8") as f:
         log = f.read()
-    for line in progress:
-        assert line in log
+    for line in lines:
+        assert line.split("] ", 1)[1] in log
+    assert f"Metrics at step {total}: " in log
+    assert "Building the sysu_mm01 records" in proc.stderr
     # TensorBoard events from clu's writer (tags are stored as plain bytes).
     folder = os.path.join(reference, "tensorboard")
     events = b""

@@ -192,6 +192,7 @@ def test_constant_schedule_for_mcm():
             "weight_decay": 5e-4,
             "schedule": {"kind": "constant"},
             "lr_mults": ((".*", 1.0),),
+            "wd_mults": ((".*", 1.0),),
         }
     )
     _, schedule = optim.make(config, steps_per_epoch=3)

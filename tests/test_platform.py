@@ -1,6 +1,9 @@
-"""Tests of the package's XLA:CPU defaults (mclnet_jax/platform.py)."""
+"""Tests of the package's XLA:CPU defaults (mclnet_jax/platform.py): applied
+by the command line, never by importing the package."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -47,3 +50,38 @@ def test_opt_out_and_too_late(fresh):
     fresh.setattr(platform, "_backends_initialized", lambda: True)
     assert platform.apply_cpu_defaults() == []
     assert "XLA_FLAGS" not in os.environ
+
+
+def _child(code: str) -> str:
+    """Runs `code` in a fresh interpreter without XLA_FLAGS; its stdout."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("XLA_FLAGS", platform.OPT_OUT_ENV)
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_importing_the_package_leaves_the_environment_alone():
+    out = _child(
+        "import os; e = dict(os.environ); import mclnet_jax; "
+        "import mclnet_jax.configs.sysu; "
+        "assert dict(os.environ) == e, set(os.environ.items()) ^ "
+        "set(e.items()); print('unchanged')"
+    )
+    assert out.split() == ["unchanged"]
+
+
+def test_the_command_line_applies_the_defaults():
+    out = _child(
+        "import os; import mclnet_jax.main; print(os.environ['XLA_FLAGS'])"
+    )
+    assert out.split() == DEFAULTS

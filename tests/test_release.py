@@ -11,7 +11,7 @@
 * The converter (`python -m mclnet_jax.tools.convert_release`) on
   `{'net': sd, 'epoch': 3}`, a bare state dict, numpy 1.x pickles, refused
   pickles, and without torch; `--mode=evaluate
-  --config.model.release_checkpoint=...` on the tiny synthetic config.
+  --config.init.release_checkpoint=...` on the tiny synthetic config.
 
 The torch-dependent tests skip with a reason when torch is missing.
 """
@@ -34,7 +34,7 @@ from absl import flags
 from safetensors import numpy as safetensors_numpy
 
 from data_pipeline import synthetic
-from mclnet_jax.configs import settings
+from mclnet_jax.configs import synthetic as synthetic_recipe
 from mclnet_jax.models import mclnet, release
 from mclnet_jax.tools import convert_release
 
@@ -708,8 +708,8 @@ def test_converter_without_torch(tmp_path, monkeypatch, capsys):
 
 
 def _tiny_config(**release_checkpoint):
-    config = settings.synthetic(tiny=True)
-    config.model.release_checkpoint = release_checkpoint.get("path")
+    config = synthetic_recipe.get_config("tiny=1")
+    config.init.release_checkpoint = release_checkpoint.get("path")
     return config
 
 
@@ -737,22 +737,37 @@ def _tiny_torch_state(torch_release, num_classes, depth=18):
 
 
 def test_release_state(tmp_path):
-    """run_setup.release_state in-process: its errors, then the loaded state."""
+    """checkpointing.release_state: its errors, then the loaded state."""
     torch_release = _torch_release()
-    from mclnet_jax import run_setup, train_step
+    from mclnet_jax import checkpointing, train_step
 
     path = tmp_path / "release.safetensors"
     config = _tiny_config(path=str(path))
     tx, _, mcm_tx = train_step.make_optimizers(config, steps_per_epoch=1)
-    run = types.SimpleNamespace(
-        model=train_step.make_model(config, num_classes=6),
-        data=types.SimpleNamespace(num_classes=6, num_cameras=6),
-        tx=tx,
-        mcm_tx=mcm_tx,
-        state_sharding=None,
+    model = train_step.make_model(config, num_classes=6)
+    abstract_state = jax.eval_shape(
+        lambda: train_step.init_state(
+            config,
+            model=model,
+            num_classes=6,
+            num_cameras=6,
+            tx=tx,
+            mcm_tx=mcm_tx,
+            load_pretrained=False,
+        )
     )
-    run.abstract_state = run_setup.abstract_state(config, run)
-    release_state = run_setup.release_state
+
+    def release_state(config, run):
+        del run
+        return checkpointing.release_state(
+            config.init.release_checkpoint,
+            abstract_state,
+            model_config=config.model,
+            feature_dim=model.feature_dim,
+            num_classes=6,
+        )
+
+    run = types.SimpleNamespace(model=model)
     with pytest.raises(train_step.ConfigurationError, match="convert_release"):
         release_state(config, run)
     safetensors_numpy.save_file(_tiny_torch_state(torch_release, 395), path)
@@ -804,7 +819,7 @@ def test_evaluate_release_checkpoint_cli(tmp_path):
             "--config=configs/synthetic.py:tiny=1",
             f"--workdir={workdir}",
             "--mode=evaluate",
-            f"--config.model.release_checkpoint={path}",
+            f"--config.init.release_checkpoint={path}",
         ],
         cwd=_REPO,
         env=_env(),

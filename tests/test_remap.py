@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from data_pipeline import augment, datasets, image_ops
-from mclnet_jax.configs import settings
+from mclnet_jax.configs import regdb, synthetic, sysu
 
 H, W = 32, 16
 SEED = tf.constant([5, 7], tf.int64)
@@ -108,15 +108,15 @@ def test_remap_rate_and_curve_distribution():
 
 
 def test_remap_follows_the_config():
-    demo = settings.synthetic()
+    demo = synthetic.get_config()
     assert demo.data.random_remap == 0.3  # The demo's setting.
     assert datasets.train_augment(demo.data).remap_probability == (
         demo.data.random_remap
     )
     demo.data.random_remap = 0.25
     assert datasets.train_augment(demo.data).remap_probability == 0.25
-    assert settings.sysu().data.random_remap == 0.0
-    assert settings.regdb().data.random_remap == 0.0
+    assert sysu.get_config().data.random_remap == 0.0
+    assert regdb.get_config().data.random_remap == 0.0
 
 
 @pytest.mark.parametrize(

@@ -102,9 +102,25 @@ def test_non_finite_features_raise_naming_the_model(sysu_builder):
             assert modality == VISIBLE
         return {"pool": value, "bn": value}
 
-    evaluator = sysu.Evaluator(predict_fn, split, trials=(0,))
+    class State:  # What the store reads of a training state.
+        step = 4
+
+    store = features.FeatureStore(
+        {"test": split},
+        predict_fn=predict_fn,
+        variables_fn=lambda state: None,
+        describe=lambda state: (
+            f"the checkpoint of step {state.step} in W/checkpoints"
+        ),
+    )
+    evaluator = common.ProtocolEvaluator(
+        "test",
+        sysu.Sysu(split.metadata, trials=(0,)),
+        store=store,
+        split="test",
+    )
     with pytest.raises(train_step.NonFiniteLossError) as info:
-        evaluator.run(None, model="the checkpoint of step 4 in W/checkpoints")
+        dict(evaluator.run(State()))
     message = str(info.value)
     assert isinstance(info.value, common.NonFiniteFeaturesError)
     assert "the checkpoint of step 4 in W/checkpoints" in message
@@ -117,7 +133,7 @@ def test_four_step_run_evaluates(tmp_path, capsys):
     code = cli_runs.run_main(
         workdir,
         "--config.max_steps=4",
-        "--config.eval.figures=False",
+        "--config.evals.figures.at_end=False",
     )
     assert code == 0
     with open(os.path.join(workdir, "results.json")) as f:

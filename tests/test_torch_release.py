@@ -207,7 +207,7 @@ def test_child_env_tunes_malloc_for_torch_only(monkeypatch):
 def test_accelerator_torch_side_runs_the_real_release():
     from benchmarks import accelerator, accelerator_torch
 
-    config = accelerator.settings.synthetic(tiny=True)
+    config = accelerator.synthetic.get_config("tiny=1")
     report = accelerator_torch.bench_torch(config, 8, 4, repeats=1)
     assert report["batch"] == [4, 4]
     assert [r["dtype"] for r in report["rows"]] == ["float32", "bfloat16"]

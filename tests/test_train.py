@@ -26,7 +26,14 @@ from tiny_steps import (
 )
 from tiny_steps import flat_state as flat_state  # tests/test_cpu_kernels.py
 
-from mclnet_jax import losses, optim, run_setup, sharding, train, train_step
+from mclnet_jax import (
+    config_checks,
+    losses,
+    optim,
+    sharding,
+    train_step,
+)
+from mclnet_jax.evaluators import common as eval_common
 from mclnet_jax.models import mclnet as mclnet_model
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -254,19 +261,16 @@ def test_float64_without_x64_is_a_clear_error():
 def test_deep_networks_need_explicit_initialisation(depth, pretrained, ok):
     config = load_default_config()
     config.model.depth = depth
-    config.model.pretrained = pretrained
+    config.init.pretrained = pretrained
+    problem = config_checks.initialisation_problem(config)
     if ok:
-        run_setup.check_initialisation(config)
+        assert problem is None
     else:
-        with pytest.raises(
-            train_step.ConfigurationError, match="pretrained=random"
-        ):
-            run_setup.check_initialisation(config)
+        assert "pretrained=random" in problem
 
 
 def test_make_model_takes_config_model_as_keywords():
     config = ml_collections.ConfigDict(json.loads(tiny_config().to_json()))
-    config.model.release_checkpoint = "release.safetensors"  # Not a field.
     model = train_step.make_model(config, num_classes=5)
     assert (model.num_classes, model.depth, model.pooling) == (5, 18, "gem")
     assert model.width_multiplier == 1 / 16
@@ -289,7 +293,7 @@ def test_make_model_takes_config_model_as_keywords():
 
 def test_scalars_flattens_numbers_with_a_prefix():
     tree = {"sysu": {"bn": {"mAP": 0.5, "n": 3, "ok": True, "ranks": [1, 2]}}}
-    assert train._scalars(tree, "val") == {
+    assert eval_common.scalars("val", tree) == {
         "val/sysu/bn/mAP": 0.5,
         "val/sysu/bn/n": 3.0,
     }
@@ -297,8 +301,8 @@ def test_scalars_flattens_numbers_with_a_prefix():
 
 def test_check_finite_names_the_bad_metric():
     with pytest.raises(train_step.NonFiniteLossError, match="loss_id"):
-        train.check_finite({"loss_id": np.float32(np.nan), "lr": 0.1}, 7)
-    train.check_finite({"loss": np.float32(1.0)}, 7)
+        train_step.check_finite({"loss_id": np.float32(np.nan), "lr": 0.1}, 7)
+    train_step.check_finite({"loss": np.float32(1.0)}, 7)
 
 
 def test_batch_divisibility_error():
@@ -463,13 +467,10 @@ def test_best_checkpoint_is_kept_apart_from_the_latest(tmp_path):
 def test_non_finite_state_is_never_checkpointed(tmp_path):
     from mclnet_jax import checkpointing
 
-    class FakeState:  # Only `.params` is inspected before saving.
-        params = {"w": jnp.array([1.0, jnp.nan])}
-
     ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1)
     with pytest.raises(train_step.NonFiniteLossError, match="step 5"):
-        train._save_checked(ckpt, 5, FakeState, {"loss": np.float32(1.0)})
+        ckpt.save(5, {"w": jnp.array([1.0, jnp.nan]), "step": jnp.int32(5)})
     with pytest.raises(train_step.NonFiniteLossError, match="loss"):
-        train._save_checked(ckpt, 6, FakeState, {"loss": np.float32(np.inf)})
+        train_step.check_finite({"loss": np.float32(np.inf)}, 6)
     ckpt.wait()
     assert ckpt.latest_step() is None

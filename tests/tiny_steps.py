@@ -9,14 +9,14 @@ import jax
 import numpy as np
 
 from mclnet_jax import optim, sharding, train_step
-from mclnet_jax.configs import common
+from mclnet_jax.configs import sysu
 
 NUM_CLASSES = 6
 P, K = 4, 2
 
 
 def load_default_config():
-    return common.default_config()
+    return sysu.get_config()
 
 
 def tiny_config():
@@ -24,7 +24,7 @@ def tiny_config():
     config.model.depth = 18
     config.model.width_multiplier = 1 / 16
     config.model.non_local_counts = (0, 1, 1, 0)
-    config.model.pretrained = "random"  # Explicitly from scratch.
+    config.init.pretrained = "random"  # Explicitly from scratch.
     config.data.image_size = (32, 16)
     config.data.num_identities = P
     config.data.num_instances = K

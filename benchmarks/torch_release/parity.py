@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.torch_release import network, step
 from mclnet_jax import optim, train_step
-from mclnet_jax.configs import common
+from mclnet_jax.configs import sysu
 from mclnet_jax.models import release
 
 LOSS_NAMES = (
@@ -85,7 +85,7 @@ class Setting:
 
 def make_config(setting: Setting, *, dtype: str, wrt_variant: str):
     """Our config for `setting`: the release's step in `dtype`."""
-    config = common.default_config()
+    config = sysu.get_config()  # The release's training, changed below.
     config.model.depth = setting.depth
     config.model.width_multiplier = setting.width_multiplier
     config.model.non_local_counts = setting.non_local_counts
@@ -94,7 +94,7 @@ def make_config(setting: Setting, *, dtype: str, wrt_variant: str):
     config.model.last_stride = 1
     config.model.dtype = dtype
     config.model.kernels = setting.kernels
-    config.model.pretrained = "random"
+    config.init.pretrained = "random"
     config.data.image_size = (setting.height, setting.width)
     config.data.num_identities = setting.num_identities
     config.data.num_instances = setting.num_instances

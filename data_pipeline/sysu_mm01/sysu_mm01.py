@@ -292,6 +292,9 @@ class ArrayRecordByDefault:
     builder whose version is not prepared but an older one is raises
     `OutdatedRecordsError` naming the rebuild command, unless it is made
     with `build_over_outdated=True` (what that command does).
+
+    Building says so in one line of ours, instead of TFDS's "Downloading
+    and preparing dataset Unknown size ..." printed to stdout.
     """
 
     def __init__(
@@ -303,6 +306,20 @@ class ArrayRecordByDefault:
                 check_not_outdated(self)
             if file_format is None:
                 self.info.set_file_format(DEFAULT_FILE_FORMAT, override=True)
+
+    # TFDS's hooks around a build (its own prints to stdout; there is no
+    # public option to silence them).
+    def _log_download_bytes(self) -> None:
+        logging.info(
+            "Building the %s records (%s, version %s) once, into %s.",
+            self.name,
+            self.builder_config.name,
+            self.version,
+            self.data_dir,
+        )
+
+    def _log_download_done(self) -> None:
+        logging.info("The %s records are ready.", self.name)
 
 
 def outdated_versions(builder) -> list[str]:

@@ -1,7 +1,8 @@
-"""The figures of a model on its test split, and of a workdir's checkpoint.
+"""The figures of a model's features on a test split.
 
-`write_figures` (called at the end of training) extracts the test features
-once with the evaluator of `config.eval`, then draws into `WORKDIR/figures/`:
+`draw_figures` draws, from features already extracted (the "figures"
+evaluator hands it the features and results of the protocol it shows,
+`evaluators/figures.py`), into a folder (`WORKDIR/figures/`):
 
 * the rank lists of the evaluator's views (SYSU-MM01: all-search, gallery of
   trial 0; RegDB: both directions): a few seeded queries, half of them
@@ -13,30 +14,25 @@ once with the evaluator of `config.eval`, then draws into `WORKDIR/figures/`:
 * `README.txt`: the checkpoint, the library versions, the time taken.
 
 The images shown come through the evaluation pipeline (decoded, resized) but
-are not normalised. `analyze_workdir` does the same for a workdir's latest or
-best checkpoint (`--mode=analyze`; README "Figures").
+are not normalised (`display_loader`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
-import ml_collections
 import numpy as np
 from absl import logging
 
 from mclnet_jax import metrics as metrics_lib
 from mclnet_jax.analysis import canvas, plots, ranking
-from mclnet_jax.evaluators import batch_stats as batch_stats_lib
-from mclnet_jax.evaluators import common as eval_common
 from mclnet_jax.evaluators import features as features_lib
 
 FIGURES_DIR = "figures"
 
 
-def _display_loader(source, *, image_size, batch_size: int):
+def display_loader(source, *, image_size, batch_size: int):
     """`load(indices) -> [m, H, W, 3] uint8` through the evaluation pipeline.
 
     The evaluation's decoding and resizing, normalised with mean 0 and std 1,
@@ -76,13 +72,14 @@ def _raw_pixels(images_uint8: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-def write_figures(
-    config: ml_collections.ConfigDict,
-    workdir: str,
+def draw_figures(
+    folder: str,
     *,
-    model,
-    state,
-    results=None,
+    features: dict[str, np.ndarray],
+    protocol,
+    results,
+    load_images,
+    step: int,
     raw_pixel_results=None,
     checkpoint: str = "final",
     feature: str = "bn",
@@ -91,23 +88,19 @@ def write_figures(
     max_per_modality: int = 20,
     histogram_images: int = 600,
     seed: int = 0,
-    out_dir: str | None = None,
 ) -> dict[str, str]:
-    """Draws every figure of a model on the config's test split.
-
-    Extracts the test features once (all processes take part, as in the
-    evaluation), then process 0 draws into `out_dir`.
+    """Draws every figure of a model's features of a split into `folder`.
 
     Args:
-        config: the run's config (data, eval).
-        workdir: the run's folder (holds the prepared dataset for synthetic
-            configs, and `results_raw_pixels.json` when the run made one).
-        model: the MCLNet module.
-        state: a `TrainState` (`model_variables()`, `step`).
-        results: the test `EvaluationResults` already computed for this
-            state (its CMC is drawn); None: computed from the features.
-        raw_pixel_results: the raw-pixel `EvaluationResults`; None: read
-            `workdir/results_raw_pixels.json` if present.
+        folder: where to draw (created if needed).
+        features: {name: [N, D]} of the split, row i = example i.
+        protocol: the split's `common.Protocol` (metadata, rank-list views).
+        results: its `EvaluationResults` for these features (CMC curves).
+        load_images: indices -> [m, H, W, 3] uint8 display images
+            (`display_loader`).
+        step: the training step the features are of.
+        raw_pixel_results: the raw-pixel `EvaluationResults` (or their
+            JSON dict) to overlay on the CMC, or None.
         checkpoint: which state this is, for the README ("final", "latest",
             "best").
         feature: the feature of the rank lists, t-SNE and histograms.
@@ -117,75 +110,43 @@ def write_figures(
         histogram_images: test images (seeded sample) whose pairs make the
             histograms.
         seed: seed of every draw.
-        out_dir: where to draw; default `workdir/figures`.
 
     Returns:
-        {figure name: PNG path} (empty on processes other than 0).
+        {figure name: PNG path}.
     """
-    import jax
-
-    from data_pipeline import datasets, records
-    from mclnet_jax import sharding
-
     if feature not in features_lib.FEATURE_NAMES:
         raise ValueError(
             f"feature must be one of {features_lib.FEATURE_NAMES}"
             f", got {feature!r}."
         )
     start = time.perf_counter()
-    dc = config.data
-    builder = datasets.open_builder(
-        config, workdir, process_index=jax.process_index()
-    )
-    source = records.open_source(builder, dc.test_split)
-    evaluator = eval_common.from_config(
-        config,
-        features_lib.make_predict_fn(model, mesh=sharding.make_mesh()),
-        source,
-    )
-    meta = evaluator.metadata
-    features = evaluator.extract(
-        batch_stats_lib.evaluation_variables(
-            config, model, state, builder=builder
-        )
-    )
-    timings = {"test features": time.perf_counter() - start}
-    if jax.process_index() != 0:
-        return {}
+    meta = protocol.metadata
+    timings = {}
 
     def tick(name, since):
         now = time.perf_counter()
         timings[name] = now - since
         return now
 
-    folder = out_dir or os.path.join(workdir, FIGURES_DIR)
     os.makedirs(folder, exist_ok=True)
-    step = int(jax.device_get(state.step))
     trained = f"{feature} (trained, step {step})"
     paths = {}
 
     # CMC: the results of this state, else recomputed from its features.
     since = time.perf_counter()
-    if results is None:
-        results = evaluator.evaluate(features)
     curves = plots.mean_cmc(results)
-    if raw_pixel_results is None:
-        raw_path = os.path.join(workdir, "results_raw_pixels.json")
-        if os.path.exists(raw_path):
-            with open(raw_path, encoding="utf-8") as f:
-                raw_pixel_results = json.load(f)
     if raw_pixel_results is not None:
-        for protocol, fs in plots.mean_cmc(raw_pixel_results).items():
-            if protocol in curves:
+        for name, fs in plots.mean_cmc(raw_pixel_results).items():
+            if name in curves:
                 for cmc in fs.values():
-                    curves[protocol][plots.RAW_PIXELS] = cmc
+                    curves[name][plots.RAW_PIXELS] = cmc
     paths["cmc"], _ = plots.cmc_figure(os.path.join(folder, "cmc.png"), curves)
     since = tick("CMC", since)
 
     # Choose everything first, so the images are read in one pass.
     value = features[feature]
     jobs = []
-    for stem, title, q, g, flavour in evaluator.rank_list_views():
+    for stem, title, q, g, flavour in protocol.rank_list_views():
         dist = metrics_lib.negative_inner_product(value[q], value[g])
         lists = ranking.rank_lists(
             dist,
@@ -213,10 +174,7 @@ def write_figures(
     for _, _, q, g, lists in jobs:
         wanted += [q[lists.query], g[lists.gallery].ravel()]
     wanted = np.unique(np.concatenate(wanted))
-    load = _display_loader(
-        source, image_size=dc.image_size, batch_size=dc.eval_batch_size
-    )
-    images = load(wanted)
+    images = load_images(wanted)
     since = tick("selection and images", since)
 
     def images_of(indices):
@@ -297,27 +255,3 @@ def _write_readme(folder, header, paths) -> None:
     )
     with open(os.path.join(folder, "README.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-
-
-def analyze_workdir(
-    config: ml_collections.ConfigDict, workdir: str, *, which: str = "latest"
-) -> dict[str, str]:
-    """`--mode=analyze`: figures of a workdir's latest or best checkpoint.
-
-    Raises:
-        FileNotFoundError: no such checkpoint in the workdir.
-    """
-    if which not in ("latest", "best"):
-        raise ValueError(f"which must be 'latest' or 'best', got {which!r}.")
-    from mclnet_jax import run_setup
-
-    run = run_setup.setup(config, workdir)
-    state = run.restore_or_init(config, which=which, init=False)
-    if state is None:
-        raise FileNotFoundError(
-            f"No {which} checkpoint under {run.checkpointer.directory(which)}"
-            "; train first with --mode=train and the same --workdir."
-        )
-    return write_figures(
-        config, workdir, model=run.model, state=state, checkpoint=which
-    )

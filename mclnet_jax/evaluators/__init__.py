@@ -1,7 +1,11 @@
-"""The SYSU-MM01 and RegDB evaluation protocols (README "Evaluation protocols").
+"""Re-id evaluation: the SYSU-MM01 and RegDB protocols and the run's
+evaluators (README "Evaluation protocols").
 
-`protocols` draws queries and galleries (pure numpy), `features` extracts a
-test split's features once with a predict function, `sysu` and `regdb` are
-the evaluators, `results` holds what they return, and `common.from_config`
-builds the evaluator a config asks for.
+`protocols` draws queries and galleries (pure numpy); `sysu.Sysu` and
+`regdb.Regdb` evaluate a split's features (one class per protocol);
+`features` extracts a split's features once per state (`FeatureStore`);
+`registry.build` makes the named evaluators of `config.evals`
+(`common.ProtocolEvaluator`, `figures.FiguresEvaluator`); `results` holds
+what the protocols return; `batch_stats` the BatchNorm statistics evaluation
+uses.
 """

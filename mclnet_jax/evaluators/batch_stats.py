@@ -29,12 +29,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from absl import logging
 
 from mclnet_jax import sharding
@@ -111,47 +110,35 @@ def recompute(
 
 
 def evaluation_variables(
-    config: ml_collections.ConfigDict,
     model,
     state,
     *,
-    builder,
-    mesh: jax.sharding.Mesh | None = None,
+    num_batches: int,
+    train_batches: Callable[[int], Iterator[Mapping[str, Any]]],
+    mesh: jax.sharding.Mesh,
 ) -> dict[str, Any]:
-    """The variables that evaluate `state`, per `config.eval`.
+    """The variables that evaluate `state`.
 
     Args:
-        config: the run's config (`eval.precise_bn_batches`, the data).
         model: the MCLNet module.
         state: a `TrainState` (`model_variables()`, `step`).
-        builder: the run's dataset builder (its training split feeds the
-            recomputation).
-        mesh: the data mesh; default all devices.
+        num_batches: `config.eval.precise_bn_batches`: 0 keeps the running
+            statistics (as the release evaluates).
+        train_batches: start_step -> this host's training batches from that
+            step on (numpy).
+        mesh: the data mesh the batches are laid out on.
 
     Returns:
         `state.model_variables()`, with the batch statistics recomputed on
-        the `precise_bn_batches` training batches that follow the state's
-        step (a pure function of (seed, step): a resumed run evaluates as an
+        the `num_batches` training batches that follow the state's step (a
+        pure function of (seed, step): a resumed run evaluates as an
         uninterrupted one) when that is > 0.
     """
     variables = state.model_variables()
-    num_batches = int(config.eval.get("precise_bn_batches") or 0)
     if num_batches <= 0:
         return variables
-    # Imported here: the data pipeline pulls in TensorFlow.
-    from data_pipeline import datasets, records
-
-    mesh = mesh or sharding.make_mesh()
     step = int(jax.device_get(state.step))
-    source = records.open_source(builder, config.data.train_split)
-    stream = datasets.train_batches(
-        config,
-        source,
-        metadata=records.read_metadata(source),
-        start_step=step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    stream = train_batches(step)
     with contextlib.closing(stream):
         variables = recompute(
             model,

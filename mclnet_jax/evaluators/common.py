@@ -1,31 +1,34 @@
-"""Evaluators built from config, as big_vision's `evaluators/common.py`.
+"""What every evaluator shares: the protocol base class and the scheduled,
+named evaluator of `config.evals`.
 
-`from_config(config, predict_fn, source)` returns the evaluator of
-`config.eval.protocol` ("sysu" -> `evaluators/sysu.py`, "regdb" ->
-`evaluators/regdb.py`) over one test split. Every evaluator extracts the
-split's features once with the predict function and the variables given to
-`run`, then evaluates every trial of its protocol on them (README
-"Evaluation protocols").
+A `Protocol` (one class per dataset: `sysu.Sysu`, `regdb.Regdb`) turns the
+features of a split into `EvaluationResults`; pure numpy, usable on any
+features. A `ProtocolEvaluator` is one entry of `config.evals` (big_vision's
+evaluators): a name, a protocol, which features it reads from the run's
+`features.FeatureStore` (the model's or raw pixels), and when it runs
+(`every_steps`, `at_end`). `run(state)` yields (name, value) pairs for the
+writer.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 
+from mclnet_jax import errors
 from mclnet_jax import metrics as metrics_lib
 from mclnet_jax import rerank as rerank_lib
-from mclnet_jax import train_step
 from mclnet_jax.evaluators import features as features_lib
 from mclnet_jax.evaluators import protocols
 from mclnet_jax.evaluators import results as results_lib
 
-PROTOCOLS = ("sysu", "regdb")
+NonFiniteFeaturesError = errors.NonFiniteFeaturesError
+check_finite_features = features_lib.check_finite_features
 
 
 def check_features(features: Mapping[str, np.ndarray], num: int) -> None:
@@ -43,48 +46,6 @@ def check_features(features: Mapping[str, np.ndarray], num: int) -> None:
             )
 
 
-class NonFiniteFeaturesError(train_step.NonFiniteLossError):
-    """Features of a split are NaN or infinite (the run's exit code 3)."""
-
-
-def check_finite_features(
-    features: Mapping[str, np.ndarray], *, model: str
-) -> None:
-    """Raises `NonFiniteFeaturesError` if some feature row is not finite.
-
-    Args:
-        features: {name: [N, D]} of a split.
-        model: what was evaluated, for the message (e.g. "the checkpoint of
-            step 4 in WORKDIR/checkpoints").
-    """
-    bad = {}
-    for name, value in features.items():
-        rows = ~np.isfinite(np.asarray(value)).all(axis=1)
-        if rows.any():
-            bad[name] = f"{int(rows.sum())} of {rows.size} images"
-    if bad:
-        details = ", ".join(f"{k!r}: {v}" for k, v in sorted(bad.items()))
-        raise NonFiniteFeaturesError(
-            f"Non-finite features (NaN or inf) from {model} ({details}); "
-            "nothing was evaluated. If its BatchNorm statistics lag its "
-            "weights (a few steps from scratch at a large learning rate), "
-            "recompute them for evaluation with "
-            "--config.eval.precise_bn_batches=8. If the model diverged, "
-            "delete that checkpoint (and later ones) and train again with "
-            "a lower config.optimizer.lr or a warm-up "
-            "(config.optimizer.schedule.warmup_epochs)."
-        )
-
-
-def check_rerank(rerank) -> None:
-    if rerank is not None and not isinstance(rerank, rerank_lib.RerankParams):
-        raise ValueError(
-            f"rerank must be None or a rerank.RerankParams, got {rerank!r} "
-            "(e.g. rerank=rerank.RerankParams(k1=20, k2=6, "
-            "lambda_value=0.3))."
-        )
-
-
 def rerank_features(value, normalize: bool) -> np.ndarray:
     """The features whose Euclidean distances are re-ranked.
 
@@ -98,36 +59,32 @@ def rerank_features(value, normalize: bool) -> np.ndarray:
 
 
 def rerank_params(
-    eval_config: ml_collections.ConfigDict,
+    entry: ml_collections.ConfigDict,
 ) -> rerank_lib.RerankParams | None:
-    """config.eval.rerank{,_k1,_k2,_lambda} -> RerankParams, None when off."""
-    if not eval_config.get("rerank"):
+    """An evaluator entry's rerank{,_k1,_k2,_lambda} -> RerankParams, or None
+    when `rerank` is off."""
+    if not entry.rerank:
         return None
-    defaults = rerank_lib.RerankParams()
-    try:
-        return rerank_lib.RerankParams(
-            k1=eval_config.get("rerank_k1", defaults.k1),
-            k2=eval_config.get("rerank_k2", defaults.k2),
-            lambda_value=eval_config.get(
-                "rerank_lambda", defaults.lambda_value
-            ),
-        )
-    except ValueError as e:
-        raise ValueError(f"config.eval.rerank_*: {e}") from None
+    return rerank_lib.RerankParams(
+        k1=entry.rerank_k1, k2=entry.rerank_k2, lambda_value=entry.rerank_lambda
+    )
 
 
-class Evaluator:
-    """Extracts a split's features once, then evaluates a protocol on them.
+def scalars(prefix: str, tree: Mapping[str, Any]) -> dict[str, float]:
+    """{"a": {"b": 1.0}} -> {"<prefix>/a/b": 1.0}, numbers only."""
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {
+        f"{prefix}/{k}": float(v)
+        for k, v in flat.items()
+        if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+    }
 
-    Subclasses (one per protocol) define `evaluate(features)` and
-    `rank_list_views()`.
+
+class Protocol:
+    """A re-id protocol on one split's features (one subclass per dataset).
 
     Args:
-        predict_fn: `predict_fn(variables, images, modality) -> {name:
-            [B, D]}` (`features.make_predict_fn(model)`,
-            `features.raw_pixels`).
-        split: the test split (`features.open_split`).
-        feature_names: outputs of predict_fn to evaluate.
+        metadata: the split's `records.SplitMetadata`.
         max_rank: CMC length.
         normalize: L2-normalise the features first (the protocols do).
         rerank: also evaluate k-reciprocal re-ranked distances with these
@@ -138,109 +95,118 @@ class Evaluator:
 
     def __init__(
         self,
-        predict_fn: features_lib.PredictFn,
-        split: features_lib.EvalSplit,
+        metadata,
         *,
-        feature_names: Sequence[str] = features_lib.FEATURE_NAMES,
         max_rank: int = 20,
         normalize: bool = True,
         rerank: rerank_lib.RerankParams | None = None,
     ):
-        check_rerank(rerank)
-        self.predict_fn = predict_fn
-        self.split = split
-        self.feature_names = tuple(feature_names)
+        if rerank is not None and not isinstance(
+            rerank, rerank_lib.RerankParams
+        ):
+            raise ValueError(
+                f"rerank must be None or a rerank.RerankParams, got {rerank!r}"
+                " (e.g. rerank=rerank.RerankParams(k1=20, k2=6, "
+                "lambda_value=0.3))."
+            )
+        self.metadata = metadata
         self.max_rank = max_rank
         self.normalize = normalize
         self.rerank = rerank
 
-    @property
-    def metadata(self):
-        """The split's `records.SplitMetadata`."""
-        return self.split.metadata
-
-    def extract(self, variables: Any) -> dict[str, np.ndarray]:
-        """{name: [N, D]} features of every image of the split, row i = i."""
-
-        def embed_fn(images, modality):
-            return self.predict_fn(variables, images, modality)
-
-        return features_lib.extract_features(
-            embed_fn,
-            batches_fn=self.split.batches_fn,
-            modality=self.metadata.modality,
-            feature_names=self.feature_names,
-        )
-
     def evaluate(
         self, features: Mapping[str, np.ndarray]
     ) -> results_lib.EvaluationResults:
-        """The protocol on features already extracted (rows = the split)."""
+        """The protocol on {name: [N, D]} features, row i = split example i."""
         raise NotImplementedError
 
     def rank_list_views(self) -> list[protocols.RankListView]:
         """The query / gallery pairs that rank-list figures show."""
         raise NotImplementedError
 
-    def run(
-        self, variables: Any, *, model: str = "the evaluated variables"
-    ) -> results_lib.EvaluationResults:
-        """Extracts the features with `variables`, evaluates, logs the table.
 
-        Args:
-            variables: the predict function's first argument, e.g.
-                `state.model_variables()` ({"params", "batch_stats"}).
-            model: what `variables` are, named by the error if the features
-                are not finite (e.g. the checkpoint's directory).
-
-        Raises:
-            NonFiniteFeaturesError: some feature is NaN or infinite.
-        """
-        features = self.extract(variables)
-        check_finite_features(features, model=model)
-        results = self.evaluate(features)
-        logging.info("%s evaluation:\n%s", self.title, results.table())
-        return results
-
-
-def protocol_module(protocol: str):
-    """The module of a protocol name ("sysu", "regdb")."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(
-            f"config.eval.protocol must be one of {PROTOCOLS}, got "
-            f"{protocol!r}."
-        )
-    return importlib.import_module(f"mclnet_jax.evaluators.{protocol}")
-
-
-def from_config(
-    config: ml_collections.ConfigDict,
-    predict_fn: features_lib.PredictFn,
-    source,
-    *,
-    feature_names: Sequence[str] = features_lib.FEATURE_NAMES,
-) -> Evaluator:
-    """The evaluator of `config.eval.protocol` on one split.
+class Evaluator:
+    """An entry of `config.evals`: a name, and when it runs.
 
     Args:
-        config: the run's config: `config.eval` (protocol, trials, modes,
-            re-ranking), `config.data` (eval_batch_size, image_size; RegDB:
-            the trial in builder_config "trial_<t>").
-        predict_fn: see `Evaluator`.
-        source: the split's serialized records (`records.open_source`).
-        feature_names: outputs of predict_fn to evaluate.
+        name: the entry's name (the prefix of what `run` yields).
+        every_steps: run every this many training steps (0: never).
+        at_end: run on the final state.
     """
-    module = protocol_module(config.eval.protocol)
-    kwargs = module.config_kwargs(config)
-    split = features_lib.open_split(
-        source,
-        batch_size=config.data.eval_batch_size,
-        image_size=tuple(config.data.image_size),
-    )
-    return module.Evaluator(
-        predict_fn,
-        split,
-        feature_names=feature_names,
-        rerank=rerank_params(config.eval),
-        **kwargs,
-    )
+
+    def __init__(self, name: str, *, every_steps: int = 0, at_end: bool = True):
+        self.name = name
+        self.every_steps = every_steps
+        self.at_end = at_end
+
+    def due(self, step: int, *, final: bool) -> bool:
+        """Whether this evaluator runs after `step` (`final`: the last)."""
+        if final:
+            return self.at_end
+        return bool(self.every_steps) and step % self.every_steps == 0
+
+    def run(self, state) -> Iterator[tuple[str, float]]:
+        """Evaluates `state`; yields (name, value) pairs for the writer."""
+        raise NotImplementedError
+
+
+class ProtocolEvaluator(Evaluator):
+    """One named protocol evaluation of a run (an entry of `config.evals`).
+
+    Args:
+        name: the entry's name; its scalars are "<name>/<protocol>/...".
+        protocol: the protocol on the split's metadata.
+        store: the run's feature store (features extracted once per
+            checkpoint and split, shared by every evaluator).
+        split: the evaluated split.
+        features: "model" (the evaluated network's) or "pixels" (the
+            normalised pixels: a no-learning floor).
+        every_steps: run every this many training steps (0: never).
+        at_end: run on the final state.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        protocol: Protocol,
+        *,
+        store: features_lib.FeatureStore,
+        split: str,
+        features: str = "model",
+        every_steps: int = 0,
+        at_end: bool = True,
+    ):
+        if features not in features_lib.KINDS:
+            raise ValueError(
+                f"features must be one of {features_lib.KINDS}, got "
+                f"{features!r}."
+            )
+        super().__init__(name, every_steps=every_steps, at_end=at_end)
+        self.protocol = protocol
+        self.store = store
+        self.split = split
+        self.kind = features
+        self._results: tuple[Any, results_lib.EvaluationResults] | None = None
+
+    def features(self, state) -> dict[str, np.ndarray]:
+        """The split's features of `state` (extracted once, then shared)."""
+        return self.store.features(self.split, self.kind, state)
+
+    def results(self, state) -> results_lib.EvaluationResults:
+        """The protocol's results for `state`, computed once per state."""
+        key = self.store.key(self.kind, state)
+        if self._results is None or self._results[0] != key:
+            results = self.protocol.evaluate(self.features(state))
+            logging.info(
+                "%s %s (%s features):\n%s",
+                self.protocol.title,
+                self.name,
+                self.kind,
+                results.table(),
+            )
+            self._results = (key, results)
+        return self._results[1]
+
+    def run(self, state) -> Iterator[tuple[str, float]]:
+        """(name, value) pairs of the results' summary for the writer."""
+        yield from scalars(self.name, self.results(state).summary()).items()

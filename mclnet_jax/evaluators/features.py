@@ -6,24 +6,29 @@ A predict function `predict_fn(variables, images [B, H, W, 3], modality) ->
 `make_predict_fn` builds it for an MCLNet-style linen module, data-parallel
 over a ("data",) mesh. `extract_features` runs it over an `EvalSplit`'s
 padded batches and checks that every image was embedded exactly once.
+`FeatureStore` holds a run's splits and extracts each split's features once
+per evaluated state, for every evaluator that asks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import jax
 import numpy as np
 
 from data_pipeline.constants import INFRARED, VISIBLE
+from mclnet_jax import errors, sharding
 
 if TYPE_CHECKING:
     from data_pipeline.records import SplitMetadata
 
 FEATURE_NAMES = ("pool", "bn")
 RAW_PIXEL_FEATURES = ("pixels",)
+# What a protocol evaluates: the model's features or the raw pixels.
+KINDS = ("model", "pixels")
 
 PredictFn = Callable[[Any, Any, int], Mapping[str, Any]]
 EmbedFn = Callable[[Any, int], Mapping[str, Any]]
@@ -82,6 +87,7 @@ def open_split(
     source, *, batch_size: int, image_size: tuple[int, int] = (288, 144)
 ) -> EvalSplit:
     """The `EvalSplit` of serialized records (`records.open_source`)."""
+    # Imported here: the data pipeline pulls in TensorFlow.
     from data_pipeline import records
 
     return EvalSplit(
@@ -163,13 +169,8 @@ def extract_features(
     return features
 
 
-@functools.lru_cache(maxsize=8)
 def _compiled_forward(model, mesh, feature_names: tuple[str, ...]):
-    """One jitted eval forward per (model, mesh, outputs), reused across calls
-    (a training run evaluates the same model many times)."""
-    import jax
-
-    from mclnet_jax import sharding
+    """The jitted eval forward of `model` on `mesh` (`feature_names` out)."""
 
     def forward(variables, images, modality):
         visible = images if modality == VISIBLE else None
@@ -205,10 +206,6 @@ def make_predict_fn(
         `predict_fn(variables, images, modality)`, variables = {"params":
         ..., "batch_stats": ...}.
     """
-    import jax
-
-    from mclnet_jax import sharding
-
     if mesh is None:
         mesh = sharding.make_mesh(jax.local_devices())
     batch_sharding = sharding.batch_sharded(mesh)
@@ -241,3 +238,136 @@ def raw_pixels(variables, images, modality) -> dict[str, np.ndarray]:
     del variables, modality
     flat = np.asarray(images, np.float32).reshape(len(images), -1)
     return {"pixels": flat}
+
+
+def check_finite_features(
+    features: Mapping[str, np.ndarray], *, model: str
+) -> None:
+    """Raises `NonFiniteFeaturesError` if some feature row is not finite.
+
+    Args:
+        features: {name: [N, D]} of a split.
+        model: what was evaluated, for the message (e.g. "the checkpoint of
+            step 4 in WORKDIR/checkpoints").
+    """
+    bad = {}
+    for name, value in features.items():
+        rows = ~np.isfinite(np.asarray(value)).all(axis=1)
+        if rows.any():
+            bad[name] = f"{int(rows.sum())} of {rows.size} images"
+    if bad:
+        details = ", ".join(f"{k!r}: {v}" for k, v in sorted(bad.items()))
+        raise errors.NonFiniteFeaturesError(
+            f"Non-finite features (NaN or inf) from {model} ({details}); "
+            "nothing was evaluated. If its BatchNorm statistics lag its "
+            "weights (a few steps from scratch at a large learning rate), "
+            "recompute them for evaluation with "
+            "--config.eval.precise_bn_batches=8. If the model diverged, "
+            "delete that checkpoint (and later ones) and train again with "
+            "a lower config.optimizer.lr or a warm-up "
+            "(config.optimizer.schedule.warmup_epochs)."
+        )
+
+
+class FeatureStore:
+    """A run's evaluated splits, each split's features extracted once per
+    evaluated state and shared by every evaluator that asks for them.
+
+    Args:
+        splits: {split name: EvalSplit}.
+        predict_fn: the model's predict function (`make_predict_fn`: jitted
+            once for the run).
+        variables_fn: state -> the variables that evaluate it (e.g. with
+            BatchNorm statistics recomputed; computed once per state).
+        describe: state -> what it is, for the message of non-finite
+            features (e.g. "the model of step 8 (checkpoints under ...)").
+
+    Attributes:
+        predict_calls: batches embedded so far (model and raw pixels).
+    """
+
+    def __init__(
+        self,
+        splits: Mapping[str, EvalSplit],
+        *,
+        predict_fn: PredictFn,
+        variables_fn: Callable[[Any], Any],
+        describe: Callable[[Any], str],
+    ):
+        self.splits = dict(splits)
+        self._predict_fn = predict_fn
+        self._variables_fn = variables_fn
+        self._describe = describe
+        self._variables: tuple[int, Any] | None = None
+        self._features: dict[tuple[str, str, int | None], dict] = {}
+        self.predict_calls = 0
+
+    def metadata(self, split: str):
+        """The `records.SplitMetadata` of a split of the store."""
+        return self._split(split).metadata
+
+    def _split(self, split: str) -> EvalSplit:
+        if split not in self.splits:
+            raise ValueError(
+                f"No split {split!r} in this run's evaluation data; it has "
+                f"{sorted(self.splits)}."
+            )
+        return self.splits[split]
+
+    @staticmethod
+    def key(kind: str, state) -> int | None:
+        """What identifies the features of `kind` of `state`: its step (raw
+        pixels do not depend on the state: None)."""
+        if kind == "pixels":
+            return None
+        return int(jax.device_get(state.step))
+
+    def variables(self, state):
+        """`variables_fn(state)`, computed once per state."""
+        step = self.key("model", state)
+        if self._variables is None or self._variables[0] != step:
+            self._variables = (step, self._variables_fn(state))
+        return self._variables[1]
+
+    def features(self, split: str, kind: str, state) -> dict[str, np.ndarray]:
+        """{name: [N, D]} features of `kind` ("model", "pixels") of a split.
+
+        Extracted on the first request for this state and reused; the
+        model's features of an earlier state are dropped.
+
+        Raises:
+            NonFiniteFeaturesError: the model's features are not finite.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+        key = (split, kind, self.key(kind, state))
+        if key not in self._features:
+            self._features = {
+                k: v
+                for k, v in self._features.items()
+                if kind == "pixels" or k[1] == "pixels" or k[2] == key[2]
+            }
+            self._features[key] = self._extract(split, kind, state)
+        return self._features[key]
+
+    def _extract(self, split: str, kind: str, state) -> dict[str, np.ndarray]:
+        eval_split = self._split(split)
+        if kind == "pixels":
+            predict_fn, names, variables = raw_pixels, RAW_PIXEL_FEATURES, None
+        else:
+            predict_fn, names = self._predict_fn, FEATURE_NAMES
+            variables = self.variables(state)
+
+        def embed_fn(images, modality):
+            self.predict_calls += 1
+            return predict_fn(variables, images, modality)
+
+        features = extract_features(
+            embed_fn,
+            batches_fn=eval_split.batches_fn,
+            modality=eval_split.metadata.modality,
+            feature_names=names,
+        )
+        if kind == "model":
+            check_finite_features(features, model=self._describe(state))
+        return features

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import ml_collections
 import numpy as np
 
 from data_pipeline.constants import REGDB_DIRECTIONS, REGDB_TRIALS
@@ -22,140 +21,117 @@ from mclnet_jax.evaluators import common, protocols
 from mclnet_jax.evaluators import results as results_lib
 
 
-def evaluate_features(
-    features: Mapping[str, np.ndarray],
-    metadata,
-    *,
-    trial: int,
-    max_rank: int = 20,
-    normalize: bool = True,
-    rerank: rerank_lib.RerankParams | None = None,
-) -> results_lib.EvaluationResults:
-    """Both RegDB directions for one trial's test split.
-
-    Args:
-        features: {name: [N, D]} rows aligned with `metadata`.
-        metadata: that trial's test split (`records.SplitMetadata`).
-        trial: the trial number (1..10), used as the key of the results.
-        max_rank: CMC length.
-        normalize: L2-normalise the features first (the protocol does).
-        rerank: also evaluate k-reciprocal re-ranked distances with these
-            parameters (protocols + "+rerank").
-
-    Returns:
-        `EvaluationResults` with protocols "regdb_visible_to_infrared" and
-        "regdb_infrared_to_visible"; merge trials with `merge`.
-    """
-    common.check_features(features, len(metadata.identity))
-    common.check_rerank(rerank)
-    visible, infrared = protocols.regdb_indices(
-        metadata, direction="visible_to_infrared"
-    )
-
-    def metrics(dist, query, gallery):
-        return {
-            trial: metrics_lib.standard_metrics(
-                dist,
-                query_ids=metadata.identity[query],
-                gallery_ids=metadata.identity[gallery],
-                query_cams=metadata.camera[query],
-                gallery_cams=metadata.camera[gallery],
-                max_rank=max_rank,
-            )
-        }
-
-    per_trial = {}
-    for name, value in features.items():
-        # One matrix serves both directions (transposed).
-        value = np.asarray(value)
-        dist = metrics_lib.negative_inner_product(
-            value[visible], value[infrared], normalize=normalize
-        )
-        for direction, (q, g, d) in {
-            "visible_to_infrared": (visible, infrared, dist),
-            "infrared_to_visible": (infrared, visible, dist.T),
-        }.items():
-            per_trial.setdefault(f"regdb_{direction}", {})[name] = metrics(
-                d, q, g
-            )
-        if rerank is None:
-            continue
-        value = common.rerank_features(value, normalize)
-        vis_ir = rerank_lib.euclidean_distance(value[visible], value[infrared])
-        vis_vis = rerank_lib.euclidean_distance(value[visible])
-        ir_ir = rerank_lib.euclidean_distance(value[infrared])
-        for direction, (q, g, q_g, q_q, g_g) in {
-            "visible_to_infrared": (visible, infrared, vis_ir, vis_vis, ir_ir),
-            "infrared_to_visible": (
-                infrared,
-                visible,
-                vis_ir.T,
-                ir_ir,
-                vis_vis,
-            ),
-        }.items():
-            dist = rerank_lib.k_reciprocal_distance(
-                q_g, q_q, g_g, **rerank.to_dict()
-            )
-            protocol = f"regdb_{direction}{results_lib.RERANK_SUFFIX}"
-            per_trial.setdefault(protocol, {})[name] = metrics(dist, q, g)
-    return results_lib.EvaluationResults(per_trial, rerank=rerank)
-
-
-def rank_list_views(metadata) -> list[protocols.RankListView]:
-    """Both directions."""
-    views = []
-    for direction in REGDB_DIRECTIONS:
-        q, g = protocols.regdb_indices(metadata, direction=direction)
-        views.append(
-            protocols.RankListView(
-                name=f"rank_list_regdb_{direction}",
-                title=f"RegDB {direction.replace('_', ' ')}",
-                query=q,
-                gallery=g,
-                flavour="standard",
-            )
-        )
-    return views
-
-
-def config_kwargs(config: ml_collections.ConfigDict) -> dict:
-    """`Evaluator` arguments: the trial of config.data.builder_config.
-
-    None is the builder's default configuration, "trial_1".
-    """
-    name = config.data.builder_config or "trial_1"
+def trial_of(builder_config: str | None) -> int:
+    """The trial number of a RegDB builder config ("trial_<t>"; None is the
+    builder's default, "trial_1")."""
+    name = builder_config or "trial_1"
     trials = {f"trial_{t}": t for t in REGDB_TRIALS}
     if name not in trials:
         raise ValueError(
             "config.data.builder_config must name the RegDB trial, "
             f"'trial_1' .. 'trial_{REGDB_TRIALS[-1]}', got {name!r}."
         )
-    return dict(trial=trials[name])
+    return trials[name]
 
 
-class Evaluator(common.Evaluator):
-    """RegDB on one trial's test split (see `common.Evaluator`).
+class Regdb(common.Protocol):
+    """Both RegDB directions on one trial's test split.
 
     Args:
-        trial: the trial number (1..10) of the split.
+        metadata: that trial's test split (`records.SplitMetadata`).
+        trial: the trial number (1..10), the key of the results
+            (`trial_of`); `EvaluationResults.merge` joins trials.
+        max_rank, normalize, rerank: see `common.Protocol`.
+
+    `evaluate` returns protocols "regdb_visible_to_infrared" and
+    "regdb_infrared_to_visible".
     """
 
     title = "RegDB"
 
-    def __init__(self, predict_fn, split, *, trial: int, **kwargs):
-        super().__init__(predict_fn, split, **kwargs)
+    def __init__(self, metadata, *, trial: int, **kwargs):
+        super().__init__(metadata, **kwargs)
         self.trial = int(trial)
 
-    def evaluate(self, features):
-        return evaluate_features(
-            features,
-            self.metadata,
-            trial=self.trial,
-            max_rank=self.max_rank,
-            normalize=self.normalize,
-            rerank=self.rerank,
+    def evaluate(
+        self, features: Mapping[str, np.ndarray]
+    ) -> results_lib.EvaluationResults:
+        metadata, normalize, rerank = self.metadata, self.normalize, self.rerank
+        trial, max_rank = self.trial, self.max_rank
+        common.check_features(features, len(metadata.identity))
+        visible, infrared = protocols.regdb_indices(
+            metadata, direction="visible_to_infrared"
         )
 
-    def rank_list_views(self):
-        return rank_list_views(self.metadata)
+        def metrics(dist, query, gallery):
+            return {
+                trial: metrics_lib.standard_metrics(
+                    dist,
+                    query_ids=metadata.identity[query],
+                    gallery_ids=metadata.identity[gallery],
+                    query_cams=metadata.camera[query],
+                    gallery_cams=metadata.camera[gallery],
+                    max_rank=max_rank,
+                )
+            }
+
+        per_trial = {}
+        for name, value in features.items():
+            # One matrix serves both directions (transposed).
+            value = np.asarray(value)
+            dist = metrics_lib.negative_inner_product(
+                value[visible], value[infrared], normalize=normalize
+            )
+            for direction, (q, g, d) in {
+                "visible_to_infrared": (visible, infrared, dist),
+                "infrared_to_visible": (infrared, visible, dist.T),
+            }.items():
+                per_trial.setdefault(f"regdb_{direction}", {})[name] = metrics(
+                    d, q, g
+                )
+            if rerank is None:
+                continue
+            value = common.rerank_features(value, normalize)
+            vis_ir = rerank_lib.euclidean_distance(
+                value[visible], value[infrared]
+            )
+            vis_vis = rerank_lib.euclidean_distance(value[visible])
+            ir_ir = rerank_lib.euclidean_distance(value[infrared])
+            for direction, (q, g, q_g, q_q, g_g) in {
+                "visible_to_infrared": (
+                    visible,
+                    infrared,
+                    vis_ir,
+                    vis_vis,
+                    ir_ir,
+                ),
+                "infrared_to_visible": (
+                    infrared,
+                    visible,
+                    vis_ir.T,
+                    ir_ir,
+                    vis_vis,
+                ),
+            }.items():
+                dist = rerank_lib.k_reciprocal_distance(
+                    q_g, q_q, g_g, **rerank.to_dict()
+                )
+                protocol = f"regdb_{direction}{results_lib.RERANK_SUFFIX}"
+                per_trial.setdefault(protocol, {})[name] = metrics(dist, q, g)
+        return results_lib.EvaluationResults(per_trial, rerank=rerank)
+
+    def rank_list_views(self) -> list[protocols.RankListView]:
+        """Both directions."""
+        views = []
+        for direction in REGDB_DIRECTIONS:
+            q, g = protocols.regdb_indices(self.metadata, direction=direction)
+            views.append(
+                protocols.RankListView(
+                    name=f"rank_list_regdb_{direction}",
+                    title=f"RegDB {direction.replace('_', ' ')}",
+                    query=q,
+                    gallery=g,
+                    flavour="standard",
+                )
+            )
+        return views

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from absl import logging
 
 from mclnet_jax import metrics as metrics_lib
 from mclnet_jax import rerank as rerank_lib
@@ -190,3 +193,44 @@ class EvaluationResults:
                 f"et al., CVPR 2017){params}"
             )
         return "\n".join(lines)
+
+
+def write(
+    workdir: str,
+    results,
+    *,
+    step: int,
+    name: str = "results",
+    train_metrics: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Writes `<name>.json` (per trial, mean, std) and `<name>.txt` (table).
+
+    Args:
+      workdir: output folder.
+      results: `EvaluationResults`.
+      step: the training step the model was taken at.
+      name: file stem.
+      train_metrics: the last logged training metrics of this process's run
+        (empty when it resumed at the end).
+
+    Returns:
+      The JSON dict: {"step", "summary": {protocol: {feature: {"mean",
+      "std"}}}, "results": per-trial details, "train_metrics"}.
+    """
+    out = {
+        "step": step,
+        "summary": results.summary(),
+        "results": results.to_dict(),
+        "train_metrics": dict(train_metrics or {}),
+    }
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, f"{name}.json"), "w") as f:
+            json.dump(out, f, indent=2, sort_keys=True)
+        with open(os.path.join(workdir, f"{name}.txt"), "w") as f:
+            f.write(f"step {step}\n{results.table()}\n")
+    logging.info(
+        "Results at step %d written to %s",
+        step,
+        os.path.join(workdir, name + ".{json,txt}"),
+    )
+    return out

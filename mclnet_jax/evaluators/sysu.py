@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -23,99 +22,128 @@ from mclnet_jax.evaluators import common, protocols
 from mclnet_jax.evaluators import results as results_lib
 
 
-def evaluate_features(
-    features: Mapping[str, np.ndarray],
-    metadata,
-    *,
-    modes: Sequence[str] = ("all", "indoor"),
-    trials: Sequence[int] = SYSU_TRIALS,
-    num_shots: int = 1,
-    max_rank: int = 20,
-    normalize: bool = True,
-    rerank: rerank_lib.RerankParams | None = None,
-) -> results_lib.EvaluationResults:
-    """SYSU-MM01 protocols from features of the whole test split.
+class Sysu(common.Protocol):
+    """The SYSU-MM01 protocol on its test (or validation) split.
 
     Args:
-        features: {name: [N, D]} rows aligned with `metadata` (e.g. from
-            `features.extract_features`).
-        metadata: the SYSU test split's `records.SplitMetadata`.
+        metadata: the split's `records.SplitMetadata`.
         modes: any of "all", "indoor".
         trials: gallery seeds (community: 0..9).
         num_shots: 1 (single-shot, the community protocol) or e.g. 10.
-        max_rank: CMC length.
-        normalize: L2-normalise the features first (the protocol does).
-        rerank: also evaluate k-reciprocal re-ranked distances with these
-            parameters (protocols + "+rerank").
+        max_rank, normalize, rerank: see `common.Protocol`.
 
-    Returns:
-        `EvaluationResults` with protocols "sysu_<mode>_single_shot" (or
-        "_multi_shot" for 10 shots, "_<n>_shot" otherwise).
+    `evaluate` returns protocols "sysu_<mode>_single_shot" (or
+    "_multi_shot" for 10 shots, "_<n>_shot" otherwise).
     """
-    common.check_features(features, len(metadata.identity))
-    common.check_rerank(rerank)
-    shots = protocols.shots_name(protocols.check_num_shots(num_shots))
-    query = protocols.sysu_query_indices(metadata)
-    galleries = protocols.sysu_galleries(
-        metadata, modes=modes, trials=trials, num_shots=num_shots
-    )
-    # Distances from the queries to every image some trial uses, once per
-    # feature; each trial then selects its columns.
-    union = np.unique(np.concatenate(list(galleries.values())))
-    columns = {key: np.searchsorted(union, g) for key, g in galleries.items()}
-    query_ids, query_cams = metadata.identity[query], metadata.camera[query]
 
-    def metrics(dist, gallery):
-        return metrics_lib.sysu_metrics(
-            dist,
-            query_ids=query_ids,
-            gallery_ids=metadata.identity[gallery],
-            query_cams=query_cams,
-            gallery_cams=metadata.camera[gallery],
-            max_rank=max_rank,
+    title = "SYSU-MM01"
+
+    def __init__(
+        self,
+        metadata,
+        *,
+        modes: Sequence[str] = ("all", "indoor"),
+        trials: Sequence[int] = SYSU_TRIALS,
+        num_shots: int = 1,
+        **kwargs,
+    ):
+        super().__init__(metadata, **kwargs)
+        for mode in modes:
+            protocols.check_mode(mode)
+        self.modes = tuple(modes)
+        self.trials = tuple(trials)
+        self.num_shots = protocols.check_num_shots(num_shots)
+
+    def evaluate(
+        self, features: Mapping[str, np.ndarray]
+    ) -> results_lib.EvaluationResults:
+        metadata, normalize, rerank = self.metadata, self.normalize, self.rerank
+        common.check_features(features, len(metadata.identity))
+        shots = protocols.shots_name(self.num_shots)
+        query = protocols.sysu_query_indices(metadata)
+        galleries = protocols.sysu_galleries(
+            metadata,
+            modes=self.modes,
+            trials=self.trials,
+            num_shots=self.num_shots,
+        )
+        # Distances from the queries to every image some trial uses, once per
+        # feature; each trial then selects its columns.
+        union = np.unique(np.concatenate(list(galleries.values())))
+        columns = {
+            key: np.searchsorted(union, g) for key, g in galleries.items()
+        }
+        query_ids, query_cams = metadata.identity[query], metadata.camera[query]
+
+        def metrics(dist, gallery):
+            return metrics_lib.sysu_metrics(
+                dist,
+                query_ids=query_ids,
+                gallery_ids=metadata.identity[gallery],
+                query_cams=query_cams,
+                gallery_cams=metadata.camera[gallery],
+                max_rank=self.max_rank,
+            )
+
+        per_trial = {}
+        for name, value in features.items():
+            dist = metrics_lib.negative_inner_product(
+                np.asarray(value)[query],
+                np.asarray(value)[union],
+                normalize=normalize,
+            )
+            for (mode, t), gallery in galleries.items():
+                per_trial.setdefault(f"sysu_{mode}_{shots}", {}).setdefault(
+                    name, {}
+                )[t] = metrics(dist[:, columns[mode, t]], gallery)
+            if rerank is None:
+                continue
+            value = common.rerank_features(value, normalize)
+            logging.info(
+                "Re-ranking %d SYSU galleries (%s), %d queries.",
+                len(galleries),
+                name,
+                query.size,
+            )
+            q_q = rerank_lib.euclidean_distance(value[query])
+            for (mode, t), gallery in galleries.items():
+                dist = rerank_lib.k_reciprocal_distance(
+                    rerank_lib.euclidean_distance(value[query], value[gallery]),
+                    q_q,
+                    rerank_lib.euclidean_distance(value[gallery]),
+                    **rerank.to_dict(),
+                )
+                protocol = f"sysu_{mode}_{shots}{results_lib.RERANK_SUFFIX}"
+                per_trial.setdefault(protocol, {}).setdefault(name, {})[t] = (
+                    metrics(dist, gallery)
+                )
+        reasons = {
+            f"sysu_{mode}_{shots}": skip_reason(metadata, query, mode=mode)
+            for mode in self.modes
+        }
+        return results_lib.EvaluationResults(
+            per_trial,
+            rerank=rerank,
+            skip_reasons={p: r for p, r in reasons.items() if r},
         )
 
-    per_trial = {}
-    for name, value in features.items():
-        dist = metrics_lib.negative_inner_product(
-            np.asarray(value)[query],
-            np.asarray(value)[union],
-            normalize=normalize,
-        )
-        for (mode, t), gallery in galleries.items():
-            per_trial.setdefault(f"sysu_{mode}_{shots}", {}).setdefault(
-                name, {}
-            )[t] = metrics(dist[:, columns[mode, t]], gallery)
-        if rerank is None:
-            continue
-        value = common.rerank_features(value, normalize)
-        logging.info(
-            "Re-ranking %d SYSU galleries (%s), %d queries.",
-            len(galleries),
-            name,
-            query.size,
-        )
-        q_q = rerank_lib.euclidean_distance(value[query])
-        for (mode, t), gallery in galleries.items():
-            dist = rerank_lib.k_reciprocal_distance(
-                rerank_lib.euclidean_distance(value[query], value[gallery]),
-                q_q,
-                rerank_lib.euclidean_distance(value[gallery]),
-                **rerank.to_dict(),
+    def rank_list_views(self) -> list[protocols.RankListView]:
+        """All-search, the gallery of trial 0."""
+        metadata = self.metadata
+        return [
+            protocols.RankListView(
+                name="rank_list_sysu_all",
+                title=(
+                    "SYSU-MM01 all-search, gallery of trial 0: infrared "
+                    "query, top-10 visible"
+                ),
+                query=protocols.sysu_query_indices(metadata),
+                gallery=protocols.sysu_gallery_indices(
+                    metadata, mode="all", trial=0
+                ),
+                flavour="sysu",
             )
-            protocol = f"sysu_{mode}_{shots}{results_lib.RERANK_SUFFIX}"
-            per_trial.setdefault(protocol, {}).setdefault(name, {})[t] = (
-                metrics(dist, gallery)
-            )
-    reasons = {
-        f"sysu_{mode}_{shots}": skip_reason(metadata, query, mode=mode)
-        for mode in modes
-    }
-    return results_lib.EvaluationResults(
-        per_trial,
-        rerank=rerank,
-        skip_reasons={p: r for p, r in reasons.items() if r},
-    )
+        ]
 
 
 def skip_reason(metadata, query: np.ndarray, *, mode: str) -> str:
@@ -156,71 +184,3 @@ def skip_reason(metadata, query: np.ndarray, *, mode: str) -> str:
             "only, which the protocol removes for camera-3 queries"
         )
     return "; ".join(parts)
-
-
-def rank_list_views(metadata) -> list[protocols.RankListView]:
-    """All-search, the gallery of trial 0."""
-    return [
-        protocols.RankListView(
-            name="rank_list_sysu_all",
-            title=(
-                "SYSU-MM01 all-search, gallery of trial 0: infrared query, "
-                "top-10 visible"
-            ),
-            query=protocols.sysu_query_indices(metadata),
-            gallery=protocols.sysu_gallery_indices(
-                metadata, mode="all", trial=0
-            ),
-            flavour="sysu",
-        )
-    ]
-
-
-def config_kwargs(config: ml_collections.ConfigDict) -> dict:
-    """`Evaluator` arguments from `config.eval` (modes, num_trials)."""
-    return dict(
-        modes=tuple(config.eval.modes),
-        trials=tuple(range(config.eval.num_trials)),
-    )
-
-
-class Evaluator(common.Evaluator):
-    """SYSU-MM01 on its test split (see `common.Evaluator` for the rest).
-
-    Args:
-        modes, trials, num_shots: see `evaluate_features`.
-    """
-
-    title = "SYSU-MM01"
-
-    def __init__(
-        self,
-        predict_fn,
-        split,
-        *,
-        modes: Sequence[str] = ("all", "indoor"),
-        trials: Sequence[int] = SYSU_TRIALS,
-        num_shots: int = 1,
-        **kwargs,
-    ):
-        super().__init__(predict_fn, split, **kwargs)
-        for mode in modes:
-            protocols.check_mode(mode)
-        self.modes = tuple(modes)
-        self.trials = tuple(trials)
-        self.num_shots = protocols.check_num_shots(num_shots)
-
-    def evaluate(self, features):
-        return evaluate_features(
-            features,
-            self.metadata,
-            modes=self.modes,
-            trials=self.trials,
-            num_shots=self.num_shots,
-            max_rank=self.max_rank,
-            normalize=self.normalize,
-            rerank=self.rerank,
-        )
-
-    def rank_list_views(self):
-        return rank_list_views(self.metadata)

@@ -265,7 +265,7 @@ def main(argv):
     logging.info(
         "Wrote %s (%s). The embed_net is ResNet-%d, width x%g, non-local "
         "blocks (%s) of width %s, %d-d features, %d identities: evaluate "
-        "with --mode=evaluate --config.model.release_checkpoint=%s and "
+        "with --mode=evaluate --config.init.release_checkpoint=%s and "
         "--config.model.depth=%d --config.model.non_local_counts='(%s)' "
         "if your config differs.",
         ", ".join(info["outputs"]),
