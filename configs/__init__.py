@@ -1,7 +1,7 @@
 """The recipes of `--config=NAME[:ARG]`, installed as `mclnet_jax.configs`.
 
 Each of `sysu`, `regdb` and `synthetic` is a whole recipe: its
-`get_config(arg)` writes every field (README "Configs and ablations").
+`get_config(arg)` writes every field (docs/training.md "Recipes and ablations").
 `common` holds only what they share: `:ARG` parsing and the ablation table.
 """
 

@@ -1,10 +1,10 @@
 r"""What the recipes share: `:ARG` parsing and the paper's ablation rows.
 
 `parse_arg` reads what follows the colon of `--config=sysu:variant=agw`.
-`VARIANTS` are the rows of the paper's Tables 1-3 as named overrides (README
-"Configs and ablations"); "agw_re" is the paper's AGW*, "hard" is batch-hard
-triplet with margin 0.3. Every recipe writes the "mclnet" row itself and
-calls `apply_variant` last.
+`VARIANTS` are the rows of the paper's Tables 1-3 as named overrides
+(docs/training.md "Recipes and ablations"); "agw_re" is the paper's AGW*,
+"hard" is batch-hard triplet with margin 0.3. Every recipe writes the "mclnet"
+row itself and calls `apply_variant` last.
 """
 
 from collections.abc import Mapping

@@ -48,7 +48,7 @@ def get_config(arg=None):
     config.data.data_dir = placeholder(str)
     config.data.train_split = "train"
     # "raw" (uint8, the fastest to read), "png" or "jpeg"; None: the builder
-    # config's (raw unless its name ends in _png or _jpeg). README "Datasets".
+    # config's (raw unless its name ends in _png or _jpeg). docs/datasets.md.
     config.data.image_format = placeholder(str)
     config.data.image_size = (288, 144)  # (height, width)
     config.data.pad = 10  # Pixels of padding before the random crop.
@@ -84,7 +84,7 @@ def get_config(arg=None):
     # Where the weights come from.
     config.init = ml_collections.ConfigDict()
     # torchvision-named ImageNet ResNet .safetensors file, or "random" for an
-    # explicit random initialisation; README "Pretrained weights".
+    # explicit random initialisation; docs/checkpoints.md "ImageNet weights".
     config.init.pretrained = placeholder(str)
     # A checkpoint of the authors' release (converted with `python -m
     # mclnet_jax.tools.convert_release`) for --mode=evaluate.

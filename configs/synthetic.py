@@ -77,7 +77,7 @@ def get_config(arg=None):
     config.data.data_dir = placeholder(str)
     config.data.train_split = "train"
     # "raw" (uint8, the fastest to read), "png" or "jpeg"; None: the builder
-    # config's (raw unless its name ends in _png or _jpeg). README "Datasets".
+    # config's (raw unless its name ends in _png or _jpeg). docs/datasets.md.
     config.data.image_format = placeholder(str)
     size = pick((96, 48), large=(128, 64), tiny=(32, 16))
     config.data.image_size = size  # (height, width)

@@ -14,7 +14,7 @@ initialisation (`--config.init.pretrained=random` trains from scratch
 anyway). 201 epochs of floor(22258 / 32) + 1 = 696 steps; the final
 checkpoint is evaluated (never selected on test). Every choice that changes
 the numbers follows the release as it runs; each departure is a named switch
-(README "Release, paper and our switches").
+(docs/training.md "Release, paper and our switches").
 
 Arguments after the colon, comma-separated (a bare word is the variant):
 
@@ -64,7 +64,7 @@ def get_config(arg=None):
     # "train_only" (296 ids) leaves the 99 "val" ids to select checkpoints.
     config.data.train_split = "train_only" if arg.val else "train"
     # "raw" (uint8, the fastest to read), "png" or "jpeg"; None: the builder
-    # config's (raw unless its name ends in _png or _jpeg). README "Datasets".
+    # config's (raw unless its name ends in _png or _jpeg). docs/datasets.md.
     config.data.image_format = placeholder(str)
     config.data.image_size = (288, 144)  # (height, width)
     config.data.pad = 10  # Pixels of padding before the random crop.
@@ -100,7 +100,7 @@ def get_config(arg=None):
     # Where the weights come from.
     config.init = ml_collections.ConfigDict()
     # torchvision-named ImageNet ResNet .safetensors file, or "random" for an
-    # explicit random initialisation; README "Pretrained weights".
+    # explicit random initialisation; docs/checkpoints.md "ImageNet weights".
     config.init.pretrained = placeholder(str)
     # A checkpoint of the authors' release (converted with `python -m
     # mclnet_jax.tools.convert_release`) for --mode=evaluate.

@@ -1,15 +1,14 @@
 """Training augmentation: its settings, random draws and chains.
 
-The chain is the release's: pad 10 black pixels and crop back, flip with
-p 0.5, normalise with the ImageNet statistics, then random erasing (p 0.8) of
-the normalised image. Samplers (`sample_*`) draw a batch's parameters from one
+The chain is the release's: pad 10 black pixels and crop back, flip with p 0.5,
+normalise with the ImageNet statistics, then random erasing (p 0.8) of the
+normalised image. Samplers (`sample_*`) draw a batch's parameters from one
 stateless seed ([2] int, Philox); the `image_ops` apply them. The pipeline
 draws `sample_train_params(step_seed(seed, step))` for the global batch, runs
 `crop_and_flip` per image and `jit_normalize_and_erase` per batch, so an
-image's augmentation depends only on (seed, step, row). Random grey and
-random intensity remapping (`TrainAugment.grey_probability`,
-`remap_probability`, off by default) are ours. See the README section
-"Input pipeline".
+image's augmentation depends only on (seed, step, row). Random grey and random
+intensity remapping (`TrainAugment.grey_probability`, `remap_probability`, off
+by default) are ours. See the docs/datasets.md "The input pipeline".
 """
 
 import dataclasses

@@ -1,7 +1,7 @@
 """The datasets' fixed facts: modalities, cameras, splits and trials.
 
-Every module that needs one of these imports it from here (see the README's
-"Datasets" section for where they come from).
+Every module that needs one of these imports it from here (docs/datasets.md
+says where they come from).
 """
 
 # Modality ids, as stored in the TFDS records and used by the model's stems.

@@ -6,7 +6,7 @@ the config asks for it); `train_batches` is this host's training stream from
 any step; `iter_images(config.data, split)` yields a split's images as the
 network sees them, before augmentation. Missing or malformed dataset folders
 raise `DatasetUnavailableError`, whose message names the expected path, the
-layout and how to obtain the data (README "Datasets").
+layout and how to obtain the data (docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -17,9 +17,18 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import logging
 
-from data_pipeline import augment, image_ops, records, train_pipeline
+from data_pipeline import (
+    augment,
+    image_ops,
+    layouts,
+    records,
+    synthetic,
+    train_pipeline,
+)
+from data_pipeline.tf_setup import tf
 
 # Where the real datasets are looked for when config.data.manual_dir is None.
 DEFAULT_MANUAL_DIRS = {
@@ -34,7 +43,7 @@ class DatasetUnavailableError(RuntimeError):
 
 
 def _builder_module(dataset: str):
-    # Imported lazily: each pulls in TFDS.
+    # Imported here: each builder module imports this one.
     if dataset == "sysu_mm01":
         from data_pipeline.sysu_mm01 import sysu_mm01
 
@@ -56,8 +65,6 @@ def generate_synthetic(
     Only process 0 writes; a marker file records a finished generation, so
     a rerun (or a resumed run) reuses it.
     """
-    from data_pipeline import synthetic
-
     root = os.path.join(workdir, "synthetic_" + config.data.dataset)
     if os.path.exists(os.path.join(root, _COMPLETE_MARKER)):
         return root
@@ -119,10 +126,6 @@ def prepare_builder(
     Raises:
       DatasetUnavailableError: with the expected path and instructions.
     """
-    import tensorflow_datasets as tfds
-
-    from data_pipeline import layouts
-
     # Progress bars interleave badly with the training log.
     tfds.disable_progress_bar()
     dc = data_config
@@ -188,8 +191,6 @@ def iter_images(
         or only outdated records are prepared.
       ValueError: an unknown split.
     """
-    from data_pipeline.tf_setup import tf
-
     builder = prepare_builder(data_config)
     if split not in builder.info.splits:
         raise ValueError(

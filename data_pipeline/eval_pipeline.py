@@ -3,8 +3,8 @@
 Decode (none for raw pixels), resize (only to another size than stored),
 normalise; a fixed global batch size; the last batch is padded with zero
 images whose "mask" is False, so every image counts exactly once; "index"
-is the image's position in the split (-1 on padding). See the README
-section "Input pipeline".
+is the image's position in the split (-1 on padding). See
+docs/datasets.md "The input pipeline".
 """
 
 from collections.abc import Sequence

@@ -1,8 +1,8 @@
 """Your own image files as a split: found by glob or folder, read as records.
 
 `find_images` lists the files, `FileSource` serves them as the serialized
-records the evaluation pipeline reads, and `unreadable_images` names the
-files its decoder rejects. Used by `mclnet_jax.embed` (README "Features for
+records the evaluation pipeline reads, and `unreadable_images` names the files
+its decoder rejects. Used by `mclnet_jax.embed` (docs/export.md "Features for
 your own images").
 """
 
@@ -10,6 +10,9 @@ import glob
 import os
 import re
 from collections.abc import Sequence
+
+from data_pipeline import image_ops
+from data_pipeline.tf_setup import tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -83,8 +86,6 @@ class FileSource:
         return len(self._paths)
 
     def __getitem__(self, index: int) -> bytes:
-        from data_pipeline.tf_setup import tf
-
         with open(self._paths[int(index)], "rb") as f:
             image = tf.train.BytesList(value=[f.read()])
         features = tf.train.Features(
@@ -95,9 +96,6 @@ class FileSource:
 
 def unreadable_images(paths: Sequence[str]) -> list[tuple[str, str]]:
     """(path, reason) of each file that the evaluation decoder rejects."""
-    from data_pipeline import image_ops
-    from data_pipeline.tf_setup import tf
-
     bad = []
     for path in paths:
         try:

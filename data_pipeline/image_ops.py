@@ -2,7 +2,7 @@
 
 Decode, resize, pad + crop, flip, grey, remap, normalise and erase, each
 applying parameters it is given; `augment` draws them. The ops give the same
-images eagerly, in tf.data and under XLA. See the README section "Input
+images eagerly, in tf.data and under XLA. See the docs/datasets.md "The input
 pipeline".
 """
 

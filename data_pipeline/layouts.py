@@ -3,7 +3,7 @@
 The TFDS builders and anything else that reads the raw folders go through
 here, so that a missing or malformed folder gives one error naming what is
 missing, where it was expected and where to get the data (`SYSU_LAYOUT`,
-`REGDB_LAYOUT`; the README section "Datasets"). Nothing is dropped silently.
+`REGDB_LAYOUT`; the docs/datasets.md). Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ SYSU_SOURCE = (
     "SYSU-MM01 is distributed by its authors (Ancong Wu, Wei-Shi Zheng et "
     "al., Sun Yat-sen University; 'RGB-Infrared Cross-Modality Person "
     "Re-Identification', ICCV 2017) on request, after signing their dataset "
-    "agreement. See the README section 'Datasets'."
+    "agreement. See the docs/datasets.md."
 )
 REGDB_SOURCE = (
     "RegDB is distributed by its authors (Dat Tien Nguyen, Hyung Gil Hong, "
@@ -35,7 +35,7 @@ REGDB_SOURCE = (
     "System Based on a Combination of Body Images from Visible Light and "
     "Thermal Cameras', Sensors 2017) on request. The idx/ split files are "
     "the ones distributed with the cross-modality re-id code bases (e.g. AGW "
-    "/ DDAG by Mang Ye et al.). See the README section 'Datasets'."
+    "/ DDAG by Mang Ye et al.). See the docs/datasets.md."
 )
 
 

@@ -8,7 +8,7 @@ an encoded file ("image": PNG, JPEG, ...; also `image_files.FileSource`):
 `image_storage` tells which, `parse_images` parses them out in the graph and
 `image_ops.decode_stored` turns them into pixels. `read_metadata` is the
 one reader of the other features (labels, cameras, modalities, file names).
-See the README section "Input pipeline".
+See the docs/datasets.md "The input pipeline".
 """
 
 import dataclasses

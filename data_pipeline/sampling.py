@@ -6,8 +6,8 @@ release's sampler does: floor(max(N_visible, N_infrared) / (P * K)) + 1
 batches per epoch, identities drawn without replacement within a batch (and
 independently across batches), examples with replacement. Rows are
 identity-major, visible row r and infrared row r share the identity, and
-each host keeps a contiguous block of rows of every batch. See the README
-section "Input pipeline".
+each host keeps a contiguous block of rows of every batch. See
+docs/datasets.md "The input pipeline".
 """
 
 import dataclasses

@@ -7,7 +7,7 @@ starts, so our code imports TensorFlow only through this module:
   from data_pipeline.tf_setup import tf
 
 which hides all GPUs and TPUs from TensorFlow (`hide_accelerators`) before
-any TensorFlow op can run. See the README section "Input pipeline".
+any TensorFlow op can run. See the docs/datasets.md "The input pipeline".
 """
 
 import tensorflow as tf

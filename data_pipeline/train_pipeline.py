@@ -9,7 +9,7 @@ image in parallel (uint8); grey, normalisation and erasing run
 per batch as one XLA computation. So `make_train_dataset(start_step=s)`
 yields exactly what an uninterrupted run yields from step s on, whatever the
 number of hosts, and only the records of the steps in flight are in memory.
-See the README section "Input pipeline".
+See the docs/datasets.md "The input pipeline".
 """
 
 import threading

@@ -28,7 +28,7 @@ trusted if it restores.
 `restore_model_variables` reads just the network of a workdir's checkpoint
 (for feature extraction and export): no dataset, no optimiser state;
 `release_state` a state whose network is a checkpoint of the authors'
-release (README "Checkpoints of the authors' release").
+release (docs/checkpoints.md "Checkpoints of the authors' release").
 """
 
 from __future__ import annotations
@@ -45,18 +45,16 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from mclnet_jax import console, errors
+from mclnet_jax import workdir as workdir_lib
 from mclnet_jax.models import release
 
-# Which checkpoint of a workdir: the newest (resume) or the best on
-# validation.
-LATEST = "latest"
-BEST = "best"
-WHICH = (LATEST, BEST)
-LATEST_DIR = "checkpoints"
-BEST_DIR = "checkpoints_best"
-DAMAGED_DIR = "checkpoints_damaged"
+LATEST, BEST, WHICH = workdir_lib.LATEST, workdir_lib.BEST, workdir_lib.WHICH
+LATEST_DIR = workdir_lib.LATEST_DIR
+BEST_DIR = workdir_lib.BEST_DIR
+DAMAGED_DIR = workdir_lib.DAMAGED_DIR
 MANIFEST_FILE = "mclnet_manifest.json"
 BEST_INFO_FILE = "best.json"
 _CHUNK = 1 << 22
@@ -426,8 +424,6 @@ class Checkpointer:
                     dest,
                 )
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(
                 "mclnet_jax: damaged steps moved"
             )

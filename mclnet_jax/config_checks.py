@@ -3,11 +3,11 @@
 `check(config, mode=...)` runs once, before the workdir is touched: every
 numeric field with a valid range, every name chosen from a list (variant,
 dataset, model and loss options), the evaluators of `config.evals` and what
-they refer to, and the image size against the network's stride; all
-problems at once, one line each (a `ConfigurationError`, exit 2).
-`check_resume(config, workdir)` compares a resumed run's config with the
-`config.json` its checkpoints were trained with (README "Outputs,
-checkpoints and resume": what may change on resume).
+they refer to, and the image size against the network's stride; all problems at
+once, one line each (a `ConfigurationError`, exit 2). `check_resume(config,
+workdir)` compares a resumed run's config with the `config.json` its
+checkpoints were trained with (docs/training.md "Outputs, checkpoints and
+resume": what may change on resume).
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from typing import Any
 import ml_collections
 
 from mclnet_jax import errors
+from mclnet_jax import workdir as workdir_lib
 
 # The release's learning rate diverges from random initialisation for these.
 PRETRAINED_REQUIRED_DEPTH = 50
-
-# Fields a resumed run may change (README "Outputs, checkpoints and
-# resume"): how long it runs, how it logs, evaluates and checkpoints, where
-# the data lives and how the computation is laid out. A field is named, or
-# a prefix ending in "." names a section. Every other field changes the
-# state's shapes or what a step computes, and must match config.json.
+#  Fields a resumed run may change (docs/training.md "Outputs, checkpoints and
+# resume"): how long it runs, how it logs, evaluates and checkpoints, where the
+# data lives and how the computation is laid out. A field is named, or a prefix
+# ending in "." names a section. Every other field changes the state's shapes
+# or what a step computes, and must match config.json.
 MAY_CHANGE_ON_RESUME = (
     "max_steps",
     "num_epochs",
@@ -45,7 +45,7 @@ MAY_CHANGE_ON_RESUME = (
     "model.kernels",
     "model.remat",
 )
-CONFIG_FILE = "config.json"
+CONFIG_FILE = workdir_lib.CONFIG_FILE
 
 
 def _at_least(low: float) -> Callable[[Any], bool]:
@@ -186,7 +186,7 @@ def _choice(
 
 
 def _name_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
-    # Light imports: no JAX computation, no TensorFlow.
+    # Imported here: main checks a config before JAX or TensorFlow loads.
     from data_pipeline import constants
     from mclnet_jax import losses
     from mclnet_jax.configs import common
@@ -258,7 +258,7 @@ def _image_size_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
 
 def initialisation_problem(config: ml_collections.ConfigDict) -> str | None:
     """A deep network without ImageNet weights, unless asked for."""
-    from mclnet_jax import train_step
+    from mclnet_jax import train_step  # JAX: see _name_problems.
 
     depth = config.model.depth
     if depth < PRETRAINED_REQUIRED_DEPTH or config.init.pretrained:
@@ -474,9 +474,7 @@ def _may_change(path: str) -> bool:
 
 
 def _has_checkpoint(workdir: str) -> bool:
-    from mclnet_jax import checkpointing
-
-    folder = os.path.join(workdir, checkpointing.LATEST_DIR)
+    folder = os.path.join(workdir, workdir_lib.LATEST_DIR)
     return os.path.isdir(folder) and any(
         name.isdigit() for name in os.listdir(folder)
     )
@@ -517,6 +515,6 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
             f"({path}); resuming would change what was trained:\n"
             + "\n".join(changed)
             + "\nRerun with the saved values, or train in a new --workdir. "
-            "Fields that may change on resume: README 'Outputs, checkpoints "
-            "and resume'."
+            "Fields that may change on resume: docs/training.md 'Outputs, "
+            "checkpoints and resume'."
         )

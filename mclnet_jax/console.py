@@ -20,6 +20,8 @@ from collections.abc import Mapping
 
 from absl import flags, logging
 
+from mclnet_jax import workdir as workdir_lib
+
 
 def _folders() -> tuple[str, ...]:
     """Where this package, its data pipeline and clu live (with a final /).
@@ -35,7 +37,7 @@ def _folders() -> tuple[str, ...]:
 
 
 _OURS = _folders()
-LOG_FILE = "log.txt"
+LOG_FILE = workdir_lib.LOG_FILE
 
 
 # A record with this attribute set goes to the log file only.

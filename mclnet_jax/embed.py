@@ -7,8 +7,8 @@ writes "pool" and "bn" ([N, D] float32, raw: NOT L2-normalised),
 "file_names", "modality", "checkpoint" and "step". The images go through the
 evaluator's preprocessing; the model is rebuilt from WORKDIR/config.json and
 the checkpoint alone (no dataset). Exit code 2: no image, or one that cannot
-be decoded (nothing is written); 3: no such checkpoint. See the README
-section "Features for your own images".
+be decoded (nothing is written); 3: no such checkpoint. See
+docs/export.md "Features for your own images".
 """
 
 from __future__ import annotations
@@ -21,17 +21,21 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
 from data_pipeline import image_files
 from data_pipeline.constants import INFRARED, MODALITY_NAMES, VISIBLE
-from mclnet_jax import console
+from data_pipeline.tf_setup import tf
+from mclnet_jax import checkpointing, console, sharding, train_step
+from mclnet_jax import workdir as workdir_lib
+from mclnet_jax.evaluators import features as features_lib
 
 # Names by modality id: MODALITIES[VISIBLE] == "visible".
 MODALITIES = tuple(MODALITY_NAMES[m] for m in (VISIBLE, INFRARED))
-CONFIG_FILE = "config.json"
+CONFIG_FILE = workdir_lib.CONFIG_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +111,7 @@ def load_model(
       FileNotFoundError: no config.json or no such checkpoint.
       ValueError: a bad `checkpoint` name.
     """
-    from mclnet_jax import checkpointing, train_step
-
-    if checkpoint not in ("latest", "best"):
+    if checkpoint not in checkpointing.WHICH:
         raise ValueError(
             f"checkpoint must be 'latest' or 'best', got {checkpoint!r}."
         )
@@ -183,12 +185,6 @@ def embed_images(
       image_files.ImageError: no image found, or some cannot be decoded
         (all named).
     """
-    import jax
-
-    from data_pipeline.tf_setup import tf
-    from mclnet_jax import sharding
-    from mclnet_jax.evaluators import features as features_lib
-
     mod = modality_index(modality)
     paths = image_files.find_images(images)
     loaded = (
@@ -300,7 +296,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum(
         "checkpoint",
         "latest",
-        ["latest", "best"],
+        list(checkpointing.WHICH),
         "The latest checkpoint, or the best on validation.",
         **fv,
     )

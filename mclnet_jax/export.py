@@ -8,8 +8,8 @@ one `jax.export` artifact per stem (f32[b, H, W, 3] -> {"bn", "pool"}, batch
 b symbolic), a SavedModel (jax2tf) with signatures "visible", "infrared" and
 "serving_default" (images + per-row modality), and export.json (input shape
 and preprocessing, outputs, versions). Inputs are preprocessed as the
-evaluator does; outputs are raw features, NOT L2-normalised. See the README
-section "Export for serving".
+evaluator does; outputs are raw features, NOT L2-normalised. See
+docs/export.md "Export for serving".
 
 jax2tf only does native serialization: the SavedModel wraps the same
 StableHLO in an XlaCallModule op, so the serving TensorFlow must support the
@@ -31,7 +31,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from data_pipeline import image_ops
 from data_pipeline.constants import INFRARED, VISIBLE
+from data_pipeline.tf_setup import tf
 from mclnet_jax import embed
 
 EXPORT_DIR = "export"
@@ -93,6 +95,7 @@ def save_saved_model(
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
 ) -> None:
     """Writes the TensorFlow SavedModel (see the module docstring)."""
+    # Imported here: jax2tf imports TensorFlow, which only this needs.
     from jax.experimental import jax2tf
 
     from data_pipeline.tf_setup import tf
@@ -202,8 +205,6 @@ def metadata(
     calling_convention_version: int,
 ) -> dict[str, Any]:
     """The content of export.json."""
-    from data_pipeline import image_ops
-    from data_pipeline.tf_setup import tf
 
     h, w = loaded.image_size
     d = loaded.feature_dim

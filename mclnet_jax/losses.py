@@ -2,10 +2,10 @@
 
 The identity loss, AGW's weighted regularised triplet loss, the batch-hard
 triplet loss ("Base"), the modality losses L_m and L_e (Eq. 1-2) and the
-marginal center aggregation losses ICA / CCA (Eq. 5-6) of Hao et al.
-(ICCV 2021). Arguments are keyword-only, shapes are static and checked at
-trace time, arithmetic is at least float32. Usage and conventions: README,
-"Using the losses in your own model".
+marginal center aggregation losses ICA / CCA (Eq. 5-6) of Hao et al. (ICCV
+2021). Arguments are keyword-only, shapes are static and checked at trace time,
+arithmetic is at least float32. Usage and conventions: docs/design.md "Using
+the losses in your own model".
 """
 
 from typing import Literal

@@ -48,8 +48,8 @@ _MODE = flags.DEFINE_enum(
 )
 _CHECKPOINT = flags.DEFINE_enum(
     "checkpoint",
-    "latest",
-    ["latest", "best"],
+    workdir_lib.LATEST,
+    list(workdir_lib.WHICH),
     "--mode=evaluate/analyze/export: the latest checkpoint or the best on "
     "validation.",
 )
@@ -97,7 +97,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     workdir = os.path.expanduser(_WORKDIR.value)
     config = _CONFIG.value
-    # Found before anything is created or read (README "Exit codes").
+    # Found before anything is created or read (docs/training.md "Exit codes").
     try:
         config_checks.check(config, mode=_MODE.value)
         workdir_lib.check(workdir)

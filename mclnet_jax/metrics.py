@@ -4,7 +4,7 @@ From a distance matrix (smaller = closer), in the two flavours of the
 community's evaluation code: `sysu_metrics` (SYSU-MM01) and
 `standard_metrics` (RegDB, Market style). Queries without a positive are
 skipped; ties in distance are broken by gallery order (a stable sort).
-Definitions: README, "Evaluation protocols", "Metrics".
+Definitions: docs/evaluation.md, "Metrics".
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ for some of them (the models also compute 1x1 convolutions as dots, which
 matters more; figures in benchmarks/README.md). XLA reads XLA_FLAGS once,
 when JAX initialises its backends, so the programs call
 `apply_cpu_defaults()` before that: the command line (`mclnet_jax.main`),
-the CPU benchmarks (`benchmarks/__init__.py`) and the tests
+the CPU benchmarks (`benchmarks/*.py`) and the tests
 (`tests/conftest.py`). Importing `mclnet_jax` leaves the environment alone:
 a library user calls it (or sets XLA_FLAGS) before using JAX. It appends
 each default flag to XLA_FLAGS unless:
@@ -18,19 +18,14 @@ each default flag to XLA_FLAGS unless:
 The flags only affect the CPU backend; GPU/TPU computations are unchanged.
 `release_host_memory()` hands the heap pages that compiling freed back to
 the operating system (the training loop calls it once the step is
-compiled). `Preemption` turns SIGTERM into a flag the loop checks, and
-`agreed` makes every process of a run act on it together.
+compiled).
 """
 
 import ctypes
 import os
-import signal
 import sys
 
-import jax
-import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 # Each entry: (flag name, value). Chosen with benchmarks/model_forward.py on a
 # 2-core AMD EPYC (Zen 4) VM, where the alternatives (oneDNN custom calls,
@@ -55,7 +50,7 @@ def _flag_names(xla_flags: str) -> set[str]:
 def _backends_initialized() -> bool:
     if "jax" not in sys.modules:
         return False
-    try:
+    try:  # A private API, looked for only here.
         from jax._src import xla_bridge
 
         return bool(xla_bridge.backends_are_initialized())
@@ -114,35 +109,3 @@ def release_host_memory() -> bool:
         return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))
-
-
-class Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # Not the main thread: no handler (tests).
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        logging.warning("Signal %d: saving a checkpoint and exiting.", signum)
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-        return False
-
-
-def agreed(flag: bool) -> bool:
-    """True if any process got the signal, so all save and stop together."""
-    if jax.process_count() == 1:
-        return flag
-    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))

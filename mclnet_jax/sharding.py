@@ -4,11 +4,14 @@ The training step is a `jax.jit` over global arrays: the batch is sharded
 along its first axis over every device of every host, the state is
 replicated. XLA inserts the gradient all-reduce, and BatchNorm statistics are
 computed over the global batch without any `axis_name`. The same code runs on
-one CPU, 8 GPUs or a multi-host TPU pod; `pmap` is not used.
+one CPU, 8 GPUs or a multi-host TPU pod; `pmap` is not used. `Preemption`
+turns SIGTERM into a flag the loop checks, and `agreed` makes every process
+of a run act on it together.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -111,3 +115,35 @@ def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
             sharding, value, global_shape
         )
     return out
+
+
+class Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # Not the main thread: no handler (tests).
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        logging.warning("Signal %d: saving a checkpoint and exiting.", signum)
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+def agreed(flag: bool) -> bool:
+    """True if any process got the signal, so all save and stop together."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))

@@ -1,16 +1,15 @@
 """The run, top to bottom: train MCLNet, evaluate it, write what it found.
 
-`train_and_evaluate(config, workdir)` reads in the order the run happens:
-data (the dataset prepared once, each split opened and its metadata read
-once), model and optimisers, shapes and shardings (the state traced, never
-computed, for restoring), the evaluators of `config.evals` (built once over
-one feature store), restore (the newest intact checkpoint, else a fresh
-state), the loop (the jitted step of `train_step.py` on a ("data",) mesh,
-one console line per interval, TensorBoard, periodic evaluations, the best
-checkpoint by validation, checkpoints that are never non-finite, SIGTERM)
-and the final evaluations into `results*.{json,txt}`. `evaluate` and
-`analyze` run the at-end evaluators on a checkpoint of the workdir (README
-"Outputs, checkpoints and resume").
+`train_and_evaluate(config, workdir)` reads in the order the run happens: data
+(the dataset prepared once, each split opened and its metadata read once),
+model and optimisers, shapes and shardings (the state traced, never computed,
+for restoring), the evaluators of `config.evals` (built once over one feature
+store), restore (the newest intact checkpoint, else a fresh state), the loop
+(the jitted step of `train_step.py` on a ("data",) mesh, one console line per
+interval, TensorBoard, periodic evaluations, the best checkpoint by validation,
+checkpoints that are never non-finite, SIGTERM) and the final evaluations into
+`results*.{json,txt}`. `evaluate` and `analyze` run the at-end evaluators on a
+checkpoint of the workdir (docs/training.md "Outputs, checkpoints and resume").
 """
 
 from __future__ import annotations
@@ -45,8 +44,6 @@ from mclnet_jax.evaluators import features as features_lib
 from mclnet_jax.evaluators import figures as figures_lib
 from mclnet_jax.evaluators import results as results_lib
 from mclnet_jax.models import mclnet as mclnet_model
-
-TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,9 +148,9 @@ def setup(
         mesh=mesh,
         state_sharding=state_sharding,
     )
-    ckpt_dir = checkpointing.LATEST_DIR
 
     # -- Evaluators: built once; every split embedded once per state.
+    checkpoint_dir = os.path.join(workdir, workdir_lib.LATEST_DIR)
     store = features_lib.FeatureStore(
         {
             split: features_lib.open_split(
@@ -173,7 +170,7 @@ def setup(
         ),
         describe=lambda state: (
             f"the model of step {int(jax.device_get(state.step))} "
-            f"(checkpoints under {os.path.join(workdir, ckpt_dir)})"
+            f"(checkpoints under {checkpoint_dir})"
         ),
     )
     evaluators = registry.build(
@@ -283,7 +280,7 @@ def _train(
     config: ml_collections.ConfigDict, workdir: str, run: Run
 ) -> dict[str, Any]:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, config_checks.CONFIG_FILE), "w") as f:
+        with open(os.path.join(workdir, workdir_lib.CONFIG_FILE), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     total_steps = config.num_epochs * run.steps_per_epoch
     if config.max_steps:
@@ -314,7 +311,7 @@ def _train(
     # Closing the stream on any exit stops its prefetch threads, which could
     # otherwise keep a failed run from exiting.
     with contextlib.closing(writer), contextlib.closing(train_iter):
-        with platform.Preemption() as preemption:
+        with sharding.Preemption() as preemption:
             for step in range(start_step, total_steps):
                 batch = sharding.global_batch(next(train_iter), run.mesh)
                 if step == start_step:
@@ -339,7 +336,7 @@ def _train(
                         if isinstance(evaluator, eval_common.ProtocolEvaluator):
                             summary = evaluator.results(state).summary()
                             ckpt.save_best(done, state, {name: summary})
-                stop = platform.agreed(preemption.requested)
+                stop = sharding.agreed(preemption.requested)
                 if (
                     done % config.checkpoint.every_steps == 0
                     or done == total_steps
@@ -479,5 +476,7 @@ def _writer(workdir: str):
     if jax.process_index() > 0:
         return metric_writers.MultiWriter([])
     return metric_writers.AsyncWriter(
-        metric_writers.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+        metric_writers.SummaryWriter(
+            os.path.join(workdir, workdir_lib.TENSORBOARD_DIR)
+        )
     )

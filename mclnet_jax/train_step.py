@@ -1,12 +1,12 @@
 """The training state, its initialisation and the alternating jitted step.
 
-README "What a training step does". One step (`make_train_step`) runs the
-backbone forward once, keeps its `jax.vjp`, takes one optimiser step of the
-modality classifier (MCM) on L_m of the detached pooled features (Eq. 1),
-then pulls the gradient of the extractor's loss (Eq. 8, L_e through the
-updated MCM) back through the backbone once and takes one optimiser step of
-the extractor. The ablation rows are config switches (`config.loss.*`,
-`config.model.*`). The loop around the step is `train.py`.
+docs/design.md "What a training step does". One step (`make_train_step`) runs
+the backbone forward once, keeps its `jax.vjp`, takes one optimiser step of the
+modality classifier (MCM) on L_m of the detached pooled features (Eq. 1), then
+pulls the gradient of the extractor's loss (Eq. 8, L_e through the updated MCM)
+back through the backbone once and takes one optimiser step of the extractor.
+The ablation rows are config switches (`config.loss.*`, `config.model.*`). The
+loop around the step is `train.py`.
 """
 
 from __future__ import annotations
@@ -77,23 +77,17 @@ class TrainState:
         return {"params": self.params["model"], "batch_stats": self.batch_stats}
 
 
-_DTYPES = {
-    "float32": jnp.float32,
-    "bfloat16": jnp.bfloat16,
-    "float64": jnp.float64,
-}
 RANDOM_INIT = "random"  # config.init.pretrained: explicitly from scratch.
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> Any:
     """The jnp dtype named by `config.model.dtype`."""
-    dtype = _DTYPES.get(config.model.dtype)
-    if dtype is None:
+    if config.model.dtype not in mclnet_model.DTYPES:
         raise ConfigurationError(
-            f"config.model.dtype must be one of {sorted(_DTYPES)}, got "
+            f"config.model.dtype must be one of {mclnet_model.DTYPES}, got "
             f"{config.model.dtype!r}."
         )
-    return dtype
+    return jnp.dtype(config.model.dtype)
 
 
 def make_model(

@@ -9,6 +9,8 @@ also names its holder (pid, host, start time). The kernel releases it when
 the holding process ends, however it ends: a run killed with SIGKILL leaves
 the file but no lock, and the next run takes it. A multi-host run takes it
 once, in process 0 (the other processes are that run's own).
+
+The names of what a run keeps in its workdir are defined here, once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,20 @@ import tempfile
 
 from mclnet_jax import errors
 
+# What a run writes into its workdir (docs/training.md "Outputs, checkpoints
+# and resume").
 LOCK_FILE = "run.lock"
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.txt"
+TENSORBOARD_DIR = "tensorboard"
+FIGURES_DIR = "figures"
+LATEST_DIR = "checkpoints"  # The newest states, to resume from.
+BEST_DIR = "checkpoints_best"  # The best state on validation.
+DAMAGED_DIR = "checkpoints_damaged"  # Steps set aside on restore.
+# Which checkpoint a mode reads (--checkpoint).
+LATEST = "latest"
+BEST = "best"
+WHICH = (LATEST, BEST)
 
 
 def _first_existing(path: str) -> str:

@@ -68,6 +68,7 @@ SLOWEST_FILES = (
     "test_train.py",
     "test_cpu_kernels.py",
     "test_main.py",
+    "test_faults.py",
     "test_models.py",
     "test_pretrained.py",
     "test_export.py",

@@ -64,10 +64,10 @@ NOT_RUN = {
     ("docs/export.md", "import jax, numpy as np"): (
         "a fragment: an exported workdir and `images`, `rows`"
     ),
-}
-# Blocks that run, but build a ResNet-50 (a slow-marked test).
-SLOW = {
-    ("docs/design.md", "import jax, jax.numpy as jnp"),
+    ("docs/design.md", "import jax, jax.numpy as jnp"): (
+        "a full-size ResNet-50 forward (30 s here); tests/test_models.py "
+        "checks that model's parameters and outputs"
+    ),
 }
 # The section that shows the losses as a library; its example must run.
 LOSSES_EXAMPLE = ("docs/design.md", "Using the losses in your own model")
@@ -143,11 +143,7 @@ def all_blocks(lang: str) -> list[Block]:
 def _python_params():
     params = []
     for block in all_blocks("python"):
-        key = (block.page, block.first_line)
-        marks = [pytest.mark.slow] if key in SLOW else []
-        params.append(
-            pytest.param(block, marks=marks, id=f"{block.page}:{block.line}")
-        )
+        params.append(pytest.param(block, id=f"{block.page}:{block.line}"))
     return params
 
 
@@ -169,7 +165,7 @@ def test_python_example(block):
 
 def test_not_run_list_names_existing_blocks():
     keys = {(b.page, b.first_line) for b in all_blocks("python")}
-    stale = sorted(set(NOT_RUN) - keys) + sorted(SLOW - keys)
+    stale = sorted(set(NOT_RUN) - keys)
     assert not stale, f"no such ```python block (page, first line): {stale}"
 
 

@@ -1,5 +1,5 @@
-"""Faults a user meets, each one short message and its exit code (README
-"Exit codes"), and nothing saved lost.
+"""Faults a user meets, each one short message and its exit code
+(docs/training.md "Exit codes"), and nothing saved lost.
 
 Damaged checkpoints (the newest intact one is restored; exit 3 when none
 is), a full disk during a save (exit 3), two runs on one workdir (exit 2),
@@ -23,8 +23,9 @@ import time
 import cli_runs
 import pytest
 
-# The run's lock file (README "Outputs, checkpoints and resume").
-_LOCK_FILE = "run.lock"
+from mclnet_jax import workdir as workdir_lib
+
+# The run's lock file (docs/training.md "Outputs, checkpoints and resume").
 
 # Steps 12 and 13 kept (cli_runs.SHORT_RUN).
 _OVERRIDES = cli_runs.SHORT_RUN
@@ -188,7 +189,7 @@ def test_a_second_run_on_a_held_workdir_exits_2_naming_the_first(
     tmp_path, capsys
 ):
     workdir = str(tmp_path / "shared")
-    lock = os.path.join(workdir, _LOCK_FILE)
+    lock = os.path.join(workdir, workdir_lib.LOCK_FILE)
     with open(str(tmp_path / "first.txt"), "wb") as log:
         first = subprocess.Popen(
             cli_runs.command(workdir, *_OVERRIDES, "--config.num_epochs=30"),

@@ -1,8 +1,8 @@
 """Tests for mclnet_jax.metrics against a slow per-query reference.
 
-The reference below is written from the protocol description (README,
-"Evaluation protocols", "Metrics"), one query at a time with Python lists,
-and shares no code with the library.
+The reference below is written from the protocol description
+(docs/evaluation.md, "Metrics"), one query at a time with Python lists, and
+shares no code with the library.
 """
 
 import numpy as np

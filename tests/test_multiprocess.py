@@ -1,4 +1,5 @@
-"""Two processes of the CLI, one of them preempted (README "Scaling out").
+"""Two processes of the CLI, one of them preempted (docs/training.md
+"Scaling out").
 
 Two local processes (one CPU device each, gloo collectives) train the tiny
 synthetic config in one shared workdir, as the hosts of a slice would.

@@ -4,7 +4,7 @@ Reads the images and the idx/ split files of the ten trials from
 `manual_dir`; configs ``trial_1`` .. ``trial_10`` (and their ``_png`` and
 ``_jpeg`` variants), splits ``train`` and ``test``. Every image is stored
 as the release's loader makes it: PIL decode, RGB, Lanczos resize to 288x144
-(raw uint8 pixels by default). See the README section "Datasets".
+(raw uint8 pixels by default). See the docs/datasets.md.
 """
 
 from __future__ import annotations

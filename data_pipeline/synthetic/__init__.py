@@ -2,7 +2,7 @@
 
 Lets every code path that reads the real datasets (TFDS builders, sampling,
 input pipelines, training, evaluation) run, and learn, without them. Equal
-seeds give byte-identical files. See the README section "Synthetic data".
+seeds give byte-identical files. See the docs/datasets.md "Synthetic data".
 
 Modules: `appearance` (identities, cameras, views), `rendering` (images),
 `writing` (the folders), `cli` (the command line and the size presets).

@@ -4,7 +4,7 @@ Identity lives in cues both modalities share (body shape, clothing pattern,
 accessories) and in cues of one modality: colours in visible light and an
 infrared intensity signature drawn independently of the colours. Cameras
 differ in background, illumination, viewpoint, scale and noise. See the
-README section "Synthetic data".
+docs/datasets.md "Synthetic data".
 """
 
 from __future__ import annotations

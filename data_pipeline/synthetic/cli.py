@@ -3,7 +3,7 @@
     python -m data_pipeline.synthetic --layout=sysu --out=/tmp/sysu_synth
     mclnet-synthetic --layout=regdb --preset=tiny --out=/tmp/regdb_synth
 
-See the README section "Synthetic data".
+See the docs/datasets.md "Synthetic data".
 """
 
 from __future__ import annotations

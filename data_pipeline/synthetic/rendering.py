@@ -1,7 +1,7 @@
 """Vectorised numpy rendering of synthetic people, in memory-bounded chunks.
 
 Infrared cameras give 3-channel grey images, as SYSU-MM01 stores them. See
-the README section "Synthetic data".
+the docs/datasets.md "Synthetic data".
 """
 
 from __future__ import annotations

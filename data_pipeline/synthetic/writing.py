@@ -1,7 +1,7 @@
 """Writing synthetic datasets in the SYSU-MM01 and RegDB folder layouts.
 
 The folders read like the real ones (`data_pipeline.layouts`), so the TFDS
-builders, training and evaluation run on them. See the README section
+builders, training and evaluation run on them. See the docs/datasets.md
 "Synthetic data".
 """
 

@@ -8,7 +8,7 @@ preprocessing makes them (PIL decode, `convert("RGB")`, Lanczos resize to
 ``original`` (the size of the files), each with a ``_png`` (lossless,
 smaller, slower to decode) and a ``_jpeg`` (lossy, smallest) variant; splits
 ``train`` (train + val ids), ``train_only``, ``val`` and ``test``. See the
-README section "Datasets".
+docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
+from absl import app, flags, logging
 from PIL import Image
 
 from data_pipeline import (
@@ -32,7 +32,7 @@ from data_pipeline import (
 DEFAULT_FILE_FORMAT = "array_record"
 # How the pixels are stored: "raw" uint8 (lossless, no decoding: the
 # default), "png" (lossless, about half the size, decoded at every read) or
-# "jpeg" (lossy quality 95, smallest; see README "Datasets" for how far it
+# "jpeg" (lossy quality 95, smallest; see docs/datasets.md for how far it
 # is from the release's pixels).
 IMAGE_FORMATS = ("raw", "png", "jpeg")
 DEFAULT_IMAGE_FORMAT = "raw"
@@ -498,8 +498,6 @@ def build_main(prepare_fn, *, default_config: str) -> None:
     --image_format. Records of an older version are left beside the new
     ones (delete them afterwards).
     """
-    from absl import app, flags
-
     flags.DEFINE_string("manual_dir", None, "The dataset folder.")
     flags.DEFINE_string("data_dir", None, "TFDS data_dir for the records.")
     flags.DEFINE_string("config", default_config, "Builder config.")

@@ -1,7 +1,7 @@
 """Shared drawing helpers of the figures: a headless canvas, PNG output.
 
 Figures are drawn on matplotlib's Agg renderer (no display needed) and saved
-as RGB PNGs that name the library versions (README "Figures").
+as RGB PNGs that name the library versions (docs/evaluation.md "Figures").
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ DPI = 100
 
 def library_versions() -> dict[str, str]:
     """The versions of the drawing libraries (written with the figures)."""
+    # Imported when drawing: matplotlib and scikit-learn take seconds.
     import matplotlib
     import sklearn
 
@@ -27,6 +28,7 @@ def library_versions() -> dict[str, str]:
 
 def new_figure(width: float, height: float):
     """A figure on its own Agg canvas: headless, no pyplot global state."""
+    # Imported when drawing: matplotlib takes seconds to import.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -37,6 +39,7 @@ def new_figure(width: float, height: float):
 
 def save(fig, path: str) -> str:
     """Writes an RGB PNG (no alpha: a quarter smaller) with the versions."""
+    # Imported when drawing, as matplotlib (canvas.new_figure).
     from PIL import Image, PngImagePlugin
 
     folder = os.path.dirname(os.path.abspath(path))

@@ -25,11 +25,13 @@ import time
 import numpy as np
 from absl import logging
 
+from data_pipeline import image_ops
 from mclnet_jax import metrics as metrics_lib
+from mclnet_jax import workdir as workdir_lib
 from mclnet_jax.analysis import canvas, plots, ranking
 from mclnet_jax.evaluators import features as features_lib
 
-FIGURES_DIR = "figures"
+FIGURES_DIR = workdir_lib.FIGURES_DIR
 
 
 def display_loader(source, *, image_size, batch_size: int):
@@ -63,8 +65,6 @@ def display_loader(source, *, image_size, batch_size: int):
 def _raw_pixels(images_uint8: np.ndarray) -> np.ndarray:
     """Normalised pixels, flattened: the features of the raw-pixel baseline
     (`features.raw_pixels`), from the displayed images."""
-    from data_pipeline import image_ops
-
     x = images_uint8.astype(np.float32) / 255.0
     x = (x - np.asarray(image_ops.IMAGENET_MEAN, np.float32)) / np.asarray(
         image_ops.IMAGENET_STD, np.float32

@@ -190,6 +190,7 @@ def tsne_embedding(features, *, seed: int = 0) -> np.ndarray:
     PCA initialisation and at most 50 PCA dimensions first (raw pixels have
     thousands), perplexity min(30, (n - 1) / 3).
     """
+    # Imported when drawing: scikit-learn takes seconds to import.
     import threadpoolctl  # A scikit-learn dependency.
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
@@ -237,6 +238,7 @@ def tsne_figure(
     identity = canvas.as_1d_int("identity", identity)
     modality = canvas.as_1d_int("modality", modality, identity.size)
     panels = _check_panels(panels, identity.size)
+    # Imported when drawing (see canvas.new_figure).
     from matplotlib import colormaps
 
     ids = np.unique(identity)
@@ -326,6 +328,7 @@ def distance_histogram_figure(
     modality = canvas.as_1d_int("modality", modality, identity.size)
     panels = _check_panels(panels, identity.size)
     bins = canvas.check_positive_int("bins", bins)
+    # Imported when drawing (see canvas.new_figure).
     from matplotlib.lines import Line2D
 
     styles = {

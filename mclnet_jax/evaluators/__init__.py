@@ -1,5 +1,5 @@
 """Re-id evaluation: the SYSU-MM01 and RegDB protocols and the run's
-evaluators (README "Evaluation protocols").
+evaluators (docs/evaluation.md).
 
 `protocols` draws queries and galleries (pure numpy); `sysu.Sysu` and
 `regdb.Regdb` evaluate a split's features (one class per protocol);

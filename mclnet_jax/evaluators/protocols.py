@@ -2,7 +2,7 @@
 
 Every function takes a split's metadata (`records.SplitMetadata`: only
 `identity`, `camera`, `modality` and `file_name` are read) and returns split
-positions. See README "Evaluation protocols" for what is drawn and why.
+positions. See docs/evaluation.md for what is drawn and why.
 """
 
 from __future__ import annotations

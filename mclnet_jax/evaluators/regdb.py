@@ -4,8 +4,7 @@ Visible->infrared: every visible image queries every thermal image;
 infrared->visible the other way round (`protocols.regdb_indices`). Metrics:
 `metrics.standard_metrics` with the query / gallery cameras (1 / 2), so
 nothing is removed. Each trial (TFDS config "trial_<t>") is its own split
-and evaluator; `EvaluationResults.merge` joins them (README "Evaluation
-protocols").
+and evaluator; `EvaluationResults.merge` joins them (docs/evaluation.md).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ mode: the community's seeded single-shot draw (`protocols`), or ours with
 `num_shots` > 1. Metrics: `metrics.sysu_metrics` (camera 2 removed for
 camera-3 queries). Distances: negative inner products of L2-normalised
 features; with re-ranking, k-reciprocal re-ranking of each trial's
-Euclidean distances (README "Evaluation protocols", "Re-ranking").
+Euclidean distances (docs/evaluation.md, "Re-ranking").
 """
 
 from __future__ import annotations

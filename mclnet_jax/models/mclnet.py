@@ -4,7 +4,7 @@
 shared stages with non-local blocks, GeM pooling ("pool"), a BNNeck without
 shift ("bn") and a bias-free classifier ("logits"), laid out like the
 authors' release so its checkpoints map one to one. `ModalityClassifier` is
-the modality confusion module's classifier. README, "Model".
+the modality confusion module's classifier. docs/design.md "Model".
 """
 
 import numbers

@@ -4,7 +4,7 @@ Copies a torchvision ResNet state dict into `mclnet.MCLNet` (both stems from
 conv1/bn1) or `resnet.ResNet` variables and back, converting layouts (OIHW
 <-> HWIO, [out, in] <-> [in, out]); a missing, unexpected or misshapen key
 is a ValueError naming it. Files are read with `safetensors.numpy` (no
-pickle). README, "Pretrained weights".
+pickle). docs/checkpoints.md "ImageNet weights".
 """
 
 import os
@@ -238,8 +238,9 @@ def _read(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(
-            f"Pretrained weights file {path!r} not found; see the README "
-            f"section 'Pretrained weights' for making one from torchvision."
+            f"Pretrained weights file {path!r} not found; see "
+            f"docs/checkpoints.md 'ImageNet weights' for making one from "
+            "torchvision."
         )
     if not path.endswith(".safetensors"):
         raise ValueError(

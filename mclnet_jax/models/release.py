@@ -4,7 +4,8 @@ Reads and writes the release's `embed_net` and modality classifier
 (`Discriminator_ModalityClassifier`) state dicts as `.safetensors` files in
 torch layout under the release's names, checks their keys and reads the
 model settings from them. Name table, ignored keys and how exports fill the
-release's unused copies: README, "Checkpoints of the authors' release".
+release's unused copies: docs/checkpoints.md, "Checkpoints of the authors'
+release".
 """
 
 import os

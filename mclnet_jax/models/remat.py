@@ -2,7 +2,7 @@
 
 `MCLNet(remat=...)` ("none", "blocks", "stages") uses `checkpointed_call`
 on each residual and non-local block, and with "stages" on each stage.
-README "Model" and "Performance".
+docs/design.md "Model" and "Performance".
 """
 
 import flax.linen as nn

@@ -6,7 +6,7 @@ ImageNet weights map one to one (`pretrained`). As in torchvision: the
 bottleneck's stride on its 3x3 convolution ("v1.5"), Kaiming-normal
 (fan_out) kernels, BatchNorm scale 1 and bias 0. Stem and stages are
 separate modules so that MCLNet can give each modality its own stem.
-README, "Model".
+docs/design.md "Model".
 """
 
 import functools

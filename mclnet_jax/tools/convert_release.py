@@ -7,7 +7,7 @@ Writes the embed_net of a release `torch.save` file for
 `models.release.load_embed_net`, its scalar entries (epoch, mAP, ...) as
 metadata, and optionally the modality classifier. The one place a pickle is
 read, with `torch.load(weights_only=True)`. Needs PyTorch; exit code 2 with
-the reason on any error. README, "Converting a release checkpoint".
+the reason on any error. docs/checkpoints.md "Converting a release checkpoint".
 """
 
 import importlib
