@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from data_pipeline.constants import INFRARED, VISIBLE
-from mclnet_jax import errors, sharding
+from mclnet_jax import config_checks, errors, sharding
 
 if TYPE_CHECKING:
     from data_pipeline.records import SplitMetadata
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 FEATURE_NAMES = ("pool", "bn")
 RAW_PIXEL_FEATURES = ("pixels",)
 # What a protocol evaluates: the model's features or the raw pixels.
-KINDS = ("model", "pixels")
+KINDS = config_checks.FEATURES
 
 PredictFn = Callable[[Any, Any, int], Mapping[str, Any]]
 EmbedFn = Callable[[Any, int], Mapping[str, Any]]

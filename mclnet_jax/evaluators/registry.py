@@ -16,13 +16,14 @@ from collections.abc import Mapping, Sequence
 
 import ml_collections
 
-from mclnet_jax import analysis
+from mclnet_jax import analysis, config_checks
 from mclnet_jax.evaluators import common, regdb, sysu
 from mclnet_jax.evaluators import features as features_lib
 from mclnet_jax.evaluators.figures import FiguresEvaluator
 
-PROTOCOL_TYPES = ("sysu", "regdb")
-TYPES = (*PROTOCOL_TYPES, "figures")
+# The evaluator types, named once where configs are checked.
+PROTOCOL_TYPES = config_checks.PROTOCOLS
+TYPES = config_checks.EVAL_TYPES
 
 
 def splits(evals: ml_collections.ConfigDict) -> list[str]:
