@@ -33,7 +33,7 @@ Arguments (after a colon, comma-separated; a bare word is the variant):
                  --setting=large): 491 identities, 128x64 images, a
                  ResNet-18 x0.5, 30 epochs.
   tiny=1         a seconds-long smoke run (8 identities, 32x16 images,
-                 a dozen steps) used by the tests.
+                 3 epochs of 13 steps) used by the tests.
 
 Outputs in the workdir: results.txt / results.json (test protocol), the
 raw-pixel baseline's results, tensorboard/ (every training metric),

@@ -191,13 +191,14 @@ def iter_images(
         or only outdated records are prepared.
       ValueError: an unknown split.
     """
+    # Before a build that may take minutes.
+    height, width = image_ops.check_image_size(data_config.image_size)
     builder = prepare_builder(data_config)
     if split not in builder.info.splits:
         raise ValueError(
             f"{builder.name}/{builder.builder_config.name} has no split "
             f"{split!r}; its splits: {sorted(builder.info.splits)}."
         )
-    height, width = image_ops.check_image_size(data_config.image_size)
     source = records.open_source(builder, split)
     metadata = records.read_metadata(source)
     storage = records.image_storage(source)

@@ -509,9 +509,9 @@ def _check_regdb_modalities(
             by_modality[r.modality].setdefault(r.identity, r.file_name)
         visible = by_modality[constants.VISIBLE]
         thermal = by_modality[constants.INFRARED]
-        for name, here, other in (
-            ("visible", visible, thermal),
-            ("thermal", thermal, visible),
+        for name, other_name, here, other in (
+            ("visible", "thermal", visible, thermal),
+            ("thermal", "visible", thermal, visible),
         ):
             only = sorted(set(here) - set(other))
             if only:
@@ -521,8 +521,8 @@ def _check_regdb_modalities(
                 more = f" and {len(only) - 5} more" if len(only) > 5 else ""
                 problems.append(
                     f"{split}_{name}_{trial}.txt has labels that "
-                    f"{split}_{'thermal' if name == 'visible' else 'visible'}"
-                    f"_{trial}.txt lacks: {examples}{more}"
+                    f"{split}_{other_name}_{trial}.txt lacks: "
+                    f"{examples}{more}"
                 )
     if problems:
         raise _regdb_error(

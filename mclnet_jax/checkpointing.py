@@ -219,16 +219,25 @@ def newest_intact(
 
 
 def _lookup(tree: Mapping[str, Any], path: str) -> float:
-    """tree["a"]["b"] for path "a/b" (the metric used to pick the best)."""
+    """tree["a"]["b"] for path "a/b" (the metric used to pick the best).
+
+    Raises:
+      ConfigurationError: `path` names no number of the results (exit 2).
+    """
     node = tree
     for part in path.split("/"):
         if not isinstance(node, Mapping) or part not in node:
-            raise ValueError(
+            raise errors.ConfigurationError(
                 f"checkpoint.best_metric {path!r} not found in the validation "
                 f"results (keys at this level: "
                 f"{sorted(node) if isinstance(node, Mapping) else node!r})."
             )
         node = node[part]
+    if isinstance(node, Mapping):
+        raise errors.ConfigurationError(
+            f"checkpoint.best_metric {path!r} names a group of the validation "
+            f"results, not a number; one of its keys: {sorted(node)}."
+        )
     return float(node)
 
 
@@ -495,8 +504,19 @@ class Checkpointer:
         path = os.path.join(self.directory(BEST), BEST_INFO_FILE)
         if not os.path.exists(path):
             return None
-        with open(path) as f:
-            return json.load(f)
+        try:
+            with open(path) as f:
+                info = json.load(f)
+            float(info["value"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logging.warning(
+                "Cannot read %s (%s): the best value so far is unknown, the "
+                "next validation result is saved as the best.",
+                path,
+                e,
+            )
+            return None
+        return info
 
 
 def restore_model_variables(

@@ -96,9 +96,6 @@ _ENTRY_RANGES = (
     ("rerank_k2", _at_least(1), "an integer >= 1"),
     ("rerank_lambda", _in_range(0, 1), "a number in [0, 1]"),
 )
-_INTEGERS = frozenset(
-    name for name, _, what in _RANGES + _ENTRY_RANGES if "integer" in what
-)
 
 # Evaluator types of config.evals: the protocols and the figures of one.
 PROTOCOLS = ("sysu", "regdb")
@@ -143,8 +140,8 @@ def _is_number(value: Any, *, integer: bool) -> bool:
 
 
 def _range_problem(path: str, value: Any, ok, what: str) -> str | None:
-    integer = path.rsplit(".", 1)[-1] in _INTEGERS
-    if not _is_number(value, integer=integer) or not ok(value):
+    # The rule says whether the field is an integer ("an integer >= 1").
+    if not _is_number(value, integer="integer" in what) or not ok(value):
         return f"config.{path} must be {what}, got {value!r}."
     return None
 

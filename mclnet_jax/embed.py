@@ -29,7 +29,7 @@ from absl import app, flags, logging
 from data_pipeline import image_files
 from data_pipeline.constants import INFRARED, MODALITY_NAMES, VISIBLE
 from data_pipeline.tf_setup import tf
-from mclnet_jax import checkpointing, console, sharding, train_step
+from mclnet_jax import checkpointing, console, errors, sharding, train_step
 from mclnet_jax import workdir as workdir_lib
 from mclnet_jax.evaluators import features as features_lib
 
@@ -85,8 +85,11 @@ def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     with open(path, encoding="utf-8") as f:
         try:
             return ml_collections.ConfigDict(json.load(f))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}.") from e
+        except ValueError as e:  # Not JSON, or not even text.
+            raise errors.ConfigurationError(
+                f"{path} is not valid JSON: {e}. Restore it: it is the "
+                "config the workdir's checkpoints were trained with."
+            ) from e
 
 
 def load_model(

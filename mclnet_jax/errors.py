@@ -68,7 +68,7 @@ _BY_TYPE = (
 )
 
 
-def _chain(exc: BaseException):
+def chain(exc: BaseException):
     """`exc`, then its causes and contexts (each once)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -87,7 +87,7 @@ def _is_no_space(exc: BaseException) -> bool:
 
 def no_space_error(exc: BaseException) -> OSError | None:
     """The ENOSPC error in `exc`'s chain, or None."""
-    for e in _chain(exc):
+    for e in chain(exc):
         if _is_no_space(e):
             return e
     return None
@@ -153,7 +153,7 @@ def classify(
     raised, orbax what its threads raised) is found in the exception's
     chain of causes.
     """
-    for e in _chain(exc):
+    for e in chain(exc):
         code = _code(e, top=e is exc)
         if code is not None:
             return code, str(e)

@@ -95,10 +95,8 @@ def save_saved_model(
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
 ) -> None:
     """Writes the TensorFlow SavedModel (see the module docstring)."""
-    # Imported here: jax2tf imports TensorFlow, which only this needs.
+    # Imported here: only the SavedModel needs jax2tf.
     from jax.experimental import jax2tf
-
-    from data_pipeline.tf_setup import tf
 
     h, w = loaded.image_size
     d = loaded.feature_dim
@@ -205,7 +203,6 @@ def metadata(
     calling_convention_version: int,
 ) -> dict[str, Any]:
     """The content of export.json."""
-
     h, w = loaded.image_size
     d = loaded.feature_dim
     feature = {"shape": [None, d], "dtype": "float32"}

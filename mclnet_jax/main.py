@@ -92,6 +92,43 @@ def _recipe_file(value: str) -> str:
     return configs_lib.recipe_path(name) + colon + arg
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag or an override of no config
+    field as one message (exit 2).
+
+    A `ValueError` of the config file's `get_config` (an unknown variant or
+    `:ARG` name, a value of the wrong type) is reported by its own message:
+    ml_collections re-raises it with its traceback in the message, and the
+    error itself as that one's context.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = str(e)
+        for cause in errors.chain(e):
+            if isinstance(cause.__context__, ValueError) and str(
+                cause
+            ).startswith("Error whilst parsing config file"):
+                message = f"--config: {cause.__context__}"
+        sys.exit(_fail(errors.USER_ERROR, message))
+    except (AttributeError, KeyError) as e:
+        # ml_collections: an override --config.<field> of no field.
+        if not any(a.startswith(("--config.", "-config.")) for a in argv):
+            raise
+        # Its KeyError's text: the field, and ConfigDict's "Did you mean".
+        key = next(
+            (c for c in errors.chain(e) if isinstance(c, KeyError) and c.args),
+            e,
+        )
+        sys.exit(
+            _fail(
+                errors.USER_ERROR,
+                "A --config.<field> override names no field of the config: "
+                f"{key.args[0] if key.args else key}",
+            )
+        )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -144,4 +181,4 @@ if __name__ == "__main__":
         sys.argv = resolve_config(sys.argv)
     except errors.ConfigurationError as e:
         sys.exit(_fail(errors.USER_ERROR, str(e)))
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

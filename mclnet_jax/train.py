@@ -60,8 +60,7 @@ class Run:
     checkpointer: checkpointing.Checkpointer
     init_state: Callable[[], train_step.TrainState]  # A fresh state.
     train_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
-    evaluators: dict[str, eval_common.Evaluator]
-    store: features_lib.FeatureStore
+    evaluators: dict[str, eval_common.Evaluator]  # Over one FeatureStore.
 
 
 def setup(
@@ -74,7 +73,11 @@ def setup(
       ConfigurationError: `config.model` does not describe a model.
     """
     if train_step.compute_dtype(config) == jnp.float64:
-        # Process-wide; float64 is for exact comparisons with PyTorch.
+        if not jax.config.jax_enable_x64:
+            logging.warning(
+                "config.model.dtype=float64: enabling jax_enable_x64 "
+                "process-wide (parity checks only; slow)."
+            )
         jax.config.update("jax_enable_x64", True)
     if not jax.distributed.is_initialized():
         sharding.maybe_initialize_distributed(config)
@@ -198,7 +201,6 @@ def setup(
         ),
         train_batches=train_batches,
         evaluators=evaluators,
-        store=store,
         init_state=init_state,
     )
 
@@ -305,6 +307,8 @@ def _train(
         start_step=start_step,
     )
     ckpt = run.checkpointer
+    # "<evaluator>/<path in its summary>" (config_checks: a protocol entry).
+    selects = (config.checkpoint.best_metric or "").split("/")[0]
     metrics = None
     logged = {}  # The last logged training metrics, for results.json.
     train_iter = run.train_batches(start_step)
@@ -328,14 +332,15 @@ def _train(
                     logged = {"step": done, **metrics}
                     speed = progress.report(done, metrics)
                     writer.write_scalars(done, {**metrics, **speed})
-                # Periodic evaluations; the best checkpoint by validation.
+                # Periodic evaluations; the best checkpoint by the one
+                # evaluator `checkpoint.best_metric` names (validation).
                 for name, evaluator in run.evaluators.items():
                     if evaluator.due(done, final=False):
-                        values = dict(evaluator.run(state))
-                        writer.write_scalars(done, values)
-                        if isinstance(evaluator, eval_common.ProtocolEvaluator):
+                        writer.write_scalars(done, dict(evaluator.run(state)))
+                        if name == selects:
                             summary = evaluator.results(state).summary()
                             ckpt.save_best(done, state, {name: summary})
+                        progress.restart(done)  # Images/s of training only.
                 stop = sharding.agreed(preemption.requested)
                 if (
                     done % config.checkpoint.every_steps == 0
@@ -453,6 +458,12 @@ def analyze(
       {figure name: PNG path} of every figures evaluator.
     """
     checkpointing.check_which(which)
+    if not any(e.type == "figures" for e in config.evals.values()):
+        raise errors.ConfigurationError(
+            "--mode=analyze draws the figures evaluators of config.evals, "
+            "and this config has none; use a recipe's config (e.g. "
+            "--config=synthetic), which has config.evals.figures."
+        )
     run = setup(config, workdir, label=which)
     with contextlib.closing(run.checkpointer):  # Read only.
         state = restore(run, which=which, init=False)

@@ -232,7 +232,7 @@ def _check_loss_config(lc: ml_collections.ConfigDict) -> str:
         ("wrt_variant", wrt_variant, losses.WRT_VARIANTS),
     ):
         if value not in choices:
-            raise ValueError(
+            raise ConfigurationError(
                 f"config.loss.{name} must be one of {tuple(choices)}, got "
                 f"{value!r}."
             )

@@ -87,7 +87,7 @@ def check(path: str) -> None:
     error = _probe(existing)
     if error is None:
         return
-    if error.errno in (errno.EROFS,):
+    if error.errno == errno.EROFS:
         why = "is on a read-only file system"
     elif error.errno in (errno.EACCES, errno.EPERM):
         why = "is not writable by this user (permission denied)"

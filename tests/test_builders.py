@@ -457,3 +457,24 @@ def test_image_format_picks_the_config():
         "original_png",
         "original_jpeg",
     }
+
+
+def test_build_command_reports_a_bad_folder_in_one_message(tmp_path):
+    missing = str(tmp_path / "no_such_folder")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_pipeline.regdb",
+            f"--manual_dir={missing}",
+            f"--data_dir={tmp_path / 'tfds'}",
+        ],
+        cwd=_REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # mclnet_jax/errors.py: exit 2, the user must fix the folder.
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert f"ERROR: Manual directory {missing}" in done.stderr

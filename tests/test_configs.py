@@ -1,6 +1,8 @@
 """Tests of the recipes of configs/ (the package mclnet_jax.configs)."""
 
 import os
+import subprocess
+import sys
 
 import ml_collections
 import pytest
@@ -223,6 +225,21 @@ def test_every_recipe_writes_every_field_and_passes_the_checks():
             )
 
 
+def test_integer_fields_refuse_fractions_at_any_depth():
+    # A config file may write a float where the recipes write an integer.
+    fields = sysu.get_config().to_dict()
+    fields["num_epochs"] = 2.5
+    fields["data"]["pad"] = 0.5
+    fields["checkpoint"]["keep"] = 1.5
+    fields["evals"]["test"]["num_trials"] = 2.0
+    assert config_checks.problems(ml_collections.ConfigDict(fields)) == [
+        "config.num_epochs must be an integer >= 1, got 2.5.",
+        "config.data.pad must be an integer >= 0, got 0.5.",
+        "config.checkpoint.keep must be an integer >= 1, got 1.5.",
+        "config.evals.test.num_trials must be an integer >= 1, got 2.0.",
+    ]
+
+
 def test_sysu_recipe():
     config = sysu.get_config()
     assert (config.data.dataset, config.data.builder_config) == (
@@ -304,3 +321,32 @@ def test_bad_config_arguments_name_the_problem():
     ):
         with pytest.raises(flags.IllegalFlagValueError, match=message):
             _load(spec)
+
+
+@pytest.mark.parametrize(
+    "flag, says",
+    [
+        ("--config=sysu:nope", "ERROR: --config: Unknown variant 'nope'; "),
+        (
+            "--config.data.pads=1",
+            "override names no field of the config: 'pads'\nDid you mean "
+            '"pad"',
+        ),
+    ],
+)
+def test_a_bad_recipe_argument_or_field_exits_2_with_one_message(
+    tmp_path, flag, says
+):
+    # The command line: the recipe's own message, no traceback, nothing made.
+    proc = subprocess.run(
+        [sys.executable, "-m", "mclnet_jax.main", "--config=sysu", flag]
+        + [f"--workdir={tmp_path / 'w'}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == errors.USER_ERROR, proc.stderr[-2000:]
+    assert says in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists()

@@ -245,6 +245,16 @@ def test_cpu_kernels_in_bfloat16_are_as_close_as_xla_bfloat16(tiny_net):
         assert _rel(got[name], want[name]) < 2 * _rel(plain[name], want[name])
 
 
+def test_auto_kernels_follow_the_backend(monkeypatch):
+    # The tests run on the CPU backend; "auto" must pick XLA's forms on any
+    # other backend (GPU, TPU), where the XLA:CPU forms are slower.
+    assert kernels.resolve("auto") is kernels.CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert kernels.resolve("auto") is kernels.XLA
+    assert kernels.resolve("cpu") is kernels.CPU
+    assert kernels.resolve(_TINY_CPU) is _TINY_CPU
+
+
 def test_kernels_and_remat_are_checked():
     images = jnp.zeros((1, 32, 16, 3))
     for kwargs, match in (

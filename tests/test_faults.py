@@ -386,3 +386,53 @@ def test_undecodable_image_is_one_line_and_exit_2(tmp_path, capsys):
     assert code == 2, stderr[-3000:]
     error = _short(stderr, max_lines=4)
     assert images[0] in error
+
+
+def test_a_best_metric_that_names_no_number_is_a_user_error():
+    from mclnet_jax import checkpointing, errors
+
+    results = {"val": {"sysu_all_single_shot": {"bn": {"mAP": 0.25}}}}
+    path = "val/sysu_all_single_shot/bn/mAP"
+    assert checkpointing._lookup(results, path) == 0.25
+    for bad, says in (
+        ("val/nope/bn/mAP", "not found in the validation results"),
+        ("val/sysu_all_single_shot/bn", "names a group"),
+    ):
+        with pytest.raises(errors.ConfigurationError, match=says) as info:
+            checkpointing._lookup(results, bad)
+        assert errors.classify(info.value)[0] == errors.USER_ERROR
+
+
+def test_a_damaged_best_json_is_a_warning_not_a_traceback(tmp_path):
+    from mclnet_jax import checkpointing
+
+    best = tmp_path / workdir_lib.BEST_DIR
+    best.mkdir()
+    (best / checkpointing.BEST_INFO_FILE).write_text('{"step": 4, "val')
+    checkpointer = checkpointing.Checkpointer(
+        str(tmp_path), best_metric="val/x"
+    )
+    try:
+        assert checkpointer._best_value is None
+    finally:
+        checkpointer.close()
+    (best / checkpointing.BEST_INFO_FILE).write_text(
+        json.dumps({"step": 4, "metric": "val/x", "value": 0.5})
+    )
+    checkpointer = checkpointing.Checkpointer(
+        str(tmp_path), best_metric="val/x"
+    )
+    try:
+        assert checkpointer._best_value == 0.5
+    finally:
+        checkpointer.close()
+
+
+def test_a_damaged_config_json_is_a_user_error(tmp_path):
+    from mclnet_jax import embed, errors
+
+    path = tmp_path / workdir_lib.CONFIG_FILE
+    for damaged in (b'{"seed": 0, "da', b"\xff\xfe\x00garbage"):
+        path.write_bytes(damaged)
+        with pytest.raises(errors.ConfigurationError, match="not valid JSON"):
+            embed.read_workdir_config(str(tmp_path))

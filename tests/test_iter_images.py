@@ -58,38 +58,42 @@ def _rewrite_sizes(root, extensions):
     return counts
 
 
+def _rewritten_folder(tmp_path_factory, name, generate, extension, **params):
+    """A generated folder (32x16 images) whose files `_rewrite_sizes` then
+    rewrote, all of FILE_SIZES among them."""
+    root = str(tmp_path_factory.mktemp(name) / "raw")
+    generate(root, height=32, width=16, **params)
+    counts = _rewrite_sizes(root, (extension,))
+    assert set(counts) == set(FILE_SIZES)
+    return root
+
+
 @pytest.fixture(scope="module")
 def sysu_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("iter_sysu") / "raw")
-    synthetic.generate_sysu(
-        root,
+    return _rewritten_folder(
+        tmp_path_factory,
+        "iter_sysu",
+        synthetic.generate_sysu,
+        ".jpg",
         num_identities=8,
         visible_images_per_camera=2,
         infrared_images_per_camera=2,
-        height=32,
-        width=16,
         seed=3,
     )
-    counts = _rewrite_sizes(root, (".jpg",))
-    assert set(counts) == set(FILE_SIZES)
-    return root
 
 
 @pytest.fixture(scope="module")
 def regdb_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("iter_regdb") / "raw")
-    synthetic.generate_regdb(
-        root,
+    return _rewritten_folder(
+        tmp_path_factory,
+        "iter_regdb",
+        synthetic.generate_regdb,
+        ".bmp",
         num_identities=4,
         images_per_modality=2,
-        height=32,
-        width=16,
         seed=4,
         num_trials=1,
     )
-    counts = _rewrite_sizes(root, (".bmp",))
-    assert set(counts) == set(FILE_SIZES)
-    return root
 
 
 def _data_config(config, root, data_dir, **overrides):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from data_pipeline.constants import INFRARED, VISIBLE
-from mclnet_jax import train_step
+from mclnet_jax import errors, train_step
 from mclnet_jax.evaluators import batch_stats, common, features, sysu
 from mclnet_jax.models import mclnet
 
@@ -122,7 +122,7 @@ def test_non_finite_features_raise_naming_the_model(sysu_builder):
     with pytest.raises(train_step.NonFiniteLossError) as info:
         dict(evaluator.run(State()))
     message = str(info.value)
-    assert isinstance(info.value, common.NonFiniteFeaturesError)
+    assert isinstance(info.value, errors.NonFiniteFeaturesError)
     assert "the checkpoint of step 4 in W/checkpoints" in message
     assert "'bn': 1 of" in message and "'pool': 1 of" in message
     assert "precise_bn_batches" in message
@@ -164,3 +164,51 @@ def test_four_step_run_evaluates(tmp_path, capsys):
     assert os.path.join(workdir, "checkpoints") in err
     assert "step 4" in err and "precise_bn_batches" in err
     assert not os.path.exists(os.path.join(workdir, "results_latest.json"))
+
+
+def test_validation_rounds_keep_the_best_checkpoint_by_val_only(
+    tmp_path, monkeypatch
+):
+    """The loop's periodic evaluations: a val and a test evaluator every 4
+    steps, the best checkpoint chosen by the val evaluator alone (the
+    periodic test results never reach the checkpointer), and --mode=evaluate
+    --checkpoint=best reads that step."""
+    from mclnet_jax import checkpointing, train
+    from mclnet_jax.configs import synthetic
+
+    config = synthetic.get_config("tiny=1")
+    config.max_steps = 8
+    config.evals.figures.at_end = False
+    config.evals.test.every_steps = 4
+    config.evals.val = dict(config.evals.test.to_dict(), split="val")
+    config.evals.val.at_end = False
+    config.checkpoint.best_metric = "val/sysu_all_single_shot/bn/mean/mAP"
+    seen = []
+    save_best = checkpointing.Checkpointer.save_best
+
+    def recording(self, step, state, results):
+        seen.append((step, results))
+        return save_best(self, step, state, results)
+
+    monkeypatch.setattr(checkpointing.Checkpointer, "save_best", recording)
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir)
+
+    assert [step for step, _ in seen] == [4, 8]
+    assert all(list(results) == ["val"] for _, results in seen)
+    values = {
+        step: results["val"]["sysu_all_single_shot"]["bn"]["mean"]["mAP"]
+        for step, results in seen
+    }
+    # The first round always saves; a later one only when strictly better.
+    best_step = 8 if values[8] > values[4] else 4
+    with open(os.path.join(workdir, "checkpoints_best", "best.json")) as f:
+        best = json.load(f)
+    assert best == {
+        "step": best_step,
+        "metric": config.checkpoint.best_metric,
+        "value": values[best_step],
+    }
+    out = train.evaluate(config, workdir, which="best")
+    assert out["step"] == best_step
+    assert os.path.exists(os.path.join(workdir, "results_best.json"))

@@ -206,6 +206,68 @@ def test_step_matches_straightforward_two_pass_reference(tiny):
     )
 
 
+def test_step_without_mcm_with_hard_triplet_and_frozen_centers():
+    # The switches of the ablation rows that the tests above leave on their
+    # other side: no MCM, the hard-mining triplet, centers at their init.
+    config = tiny_config()
+    config.loss.mcm = False
+    config.loss.triplet = "hard"
+    config.loss.train_centers = False
+    model, _, _, state, step = setup(config)
+    assert "centers" not in state.params and state.frozen_centers
+    batch = tiny_batches(1)[0]
+    new_state, metrics = jax.jit(step)(state, batch)
+    lc = config.loss
+    assert set(metrics) == {
+        "loss",
+        "loss_id",
+        "loss_triplet",
+        "loss_ica",
+        "loss_cca",
+        "lr",
+    }
+    out = model.apply(
+        state.model_variables(),
+        batch["visible"],
+        batch["infrared"],
+        train=True,
+        mutable=["batch_stats"],
+    )[0]
+    labels = np.concatenate([batch["visible_labels"], batch["infrared_labels"]])
+    cameras = (
+        np.concatenate([batch["visible_cameras"], batch["infrared_cameras"]])
+        - 1
+    )
+    want = losses.identity_loss(
+        logits=out["logits"], labels=labels, label_smoothing=lc.label_smoothing
+    ) + losses.hard_triplet_loss(
+        features=out["pool"], labels=labels, margin=lc.triplet_margin
+    )
+    for name, target in (("ica", labels), ("cca", cameras)):
+        want += lc.center_weight * losses.center_aggregation_loss(
+            features=out["bn"],
+            labels=target,
+            centers=state.frozen_centers[name],
+            sigma=lc.sigma,
+            rho=lc.rho,
+            variant=lc.center_variant,
+        )
+    np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
+    # Neither the MCM nor the frozen centers move; the backbone does.
+    for got, was in (
+        (new_state.mcm_params, state.mcm_params),
+        (new_state.frozen_centers, state.frozen_centers),
+    ):
+        for g, w in zip(
+            jax.tree.leaves(got), jax.tree.leaves(was), strict=True
+        ):
+            np.testing.assert_array_equal(g, w)
+    assert not np.allclose(
+        new_state.params["model"]["classifier"]["kernel"],
+        state.params["model"]["classifier"]["kernel"],
+    )
+
+
 def test_float64_mode_keeps_every_state_leaf_in_float64():
     config = tiny_config()
     config.model.dtype = "float64"
@@ -472,5 +534,7 @@ def test_non_finite_state_is_never_checkpointed(tmp_path):
         ckpt.save(5, {"w": jnp.array([1.0, jnp.nan]), "step": jnp.int32(5)})
     with pytest.raises(train_step.NonFiniteLossError, match="loss"):
         train_step.check_finite({"loss": np.float32(np.inf)}, 6)
+    with pytest.raises(train_step.NonFiniteLossError, match="step 6"):
+        ckpt.save(6, {"w": jnp.array([jnp.inf]), "step": jnp.int32(6)})
     ckpt.wait()
     assert ckpt.latest_step() is None

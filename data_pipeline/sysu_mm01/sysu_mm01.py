@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import sys
 from collections.abc import Iterable
 
 import numpy as np
@@ -28,6 +29,7 @@ from data_pipeline import (
     layouts,
     tf_setup,  # noqa: F401 (hides accelerators from TF)
 )
+from mclnet_jax import errors
 
 DEFAULT_FILE_FORMAT = "array_record"
 # How the pixels are stored: "raw" uint8 (lossless, no decoding: the
@@ -304,6 +306,14 @@ class ArrayRecordByDefault:
         if not self.info.splits:
             if not build_over_outdated:
                 check_not_outdated(self)
+            elif old := outdated_versions(self):
+                logging.info(
+                    "Building %s %s beside version(s) %s, which you may "
+                    "delete.",
+                    self.name,
+                    self.version,
+                    ", ".join(old),
+                )
             if file_format is None:
                 self.info.set_file_format(DEFAULT_FILE_FORMAT, override=True)
 
@@ -422,7 +432,8 @@ def resolve_config(
       default: the builder's default base config.
 
     Raises:
-      ValueError: `config` already names another format.
+      errors.ConfigurationError (a ValueError): `config` already names
+        another format.
     """
     config = config or default
     if image_format is None:
@@ -433,7 +444,7 @@ def resolve_config(
         if config.endswith("_" + fmt):
             base, stored = config[: -len(fmt) - 1], fmt
     if stored != "raw" and stored != image_format:
-        raise ValueError(
+        raise errors.ConfigurationError(
             f"builder config {config!r} stores {stored}, but image_format is "
             f"{image_format!r}; give the config without its suffix "
             f"({base!r}) or the same format."
@@ -476,15 +487,6 @@ def prepare(
         file_format=file_format,
         build_over_outdated=build_over_outdated,
     )
-    if build_over_outdated and not builder.info.splits:
-        old = outdated_versions(builder)
-        if old:
-            logging.info(
-                "Building %s %s beside version(s) %s, which you may delete.",
-                builder.name,
-                builder.version,
-                ", ".join(old),
-            )
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
     )
@@ -510,13 +512,22 @@ def build_main(prepare_fn, *, default_config: str) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         fv = flags.FLAGS
-        builder = prepare_fn(
-            manual_dir=fv.manual_dir,
-            data_dir=fv.data_dir,
-            config=fv.config,
-            image_format=fv.image_format,
-            build_over_outdated=True,
-        )
+        try:
+            builder = prepare_fn(
+                manual_dir=fv.manual_dir,
+                data_dir=fv.data_dir,
+                config=fv.config,
+                image_format=fv.image_format,
+                build_over_outdated=True,
+            )
+        except Exception as e:
+            # A missing or damaged dataset folder, a config that names
+            # another format, a full disk: one message, `errors`' exit code.
+            foreseen = errors.classify(e, workdir=fv.data_dir)
+            if foreseen is None:
+                raise
+            print(f"\nERROR: {foreseen[1]}", file=sys.stderr)
+            sys.exit(foreseen[0])
         print(
             f"{builder.name}/{builder.builder_config.name} "
             f"{builder.version} ready in {builder.data_dir}: "

@@ -20,15 +20,11 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from mclnet_jax import errors
 from mclnet_jax import metrics as metrics_lib
 from mclnet_jax import rerank as rerank_lib
 from mclnet_jax.evaluators import features as features_lib
 from mclnet_jax.evaluators import protocols
 from mclnet_jax.evaluators import results as results_lib
-
-NonFiniteFeaturesError = errors.NonFiniteFeaturesError
-check_finite_features = features_lib.check_finite_features
 
 
 def check_features(features: Mapping[str, np.ndarray], num: int) -> None:
