@@ -1,12 +1,15 @@
 r"""The paper's ablation rows on synthetic data, over several seeds.
 
 Trains Base, AGW*, AGW*+MCM, AGW*+ICA,CCA and MCLNet (the variants base,
-agw_re, agw_re_mcm, agw_re_ica_cca, mclnet of configs/common.py)
+agw_re, agw_re_mcm, agw_re_ica_cca, mclnet of configs/common.py; and on
+request MCLNet+CAJ, mclnet_caj: CAJ's channel augmentation)
 with the demo's setting (configs/synthetic.py: data, model, schedule) for N
 seeds, evaluates each on the SYSU-MM01 all-search single-shot protocol (10
 gallery trials) and prints one table: mean +- std over seeds of rank-1 / mAP
-/ mINP per row, and the paired difference of each row to AGW* (same seed:
-same data, same initialisation) with its std over seeds. Seed s generates
+/ mINP per row, and the paired difference of each row to AGW* (or the
+`--reference` row; same seed: same data, same initialisation) with its std
+over seeds. With `--test_time` every run is also evaluated with test-time
+flip, average query expansion and both, each a row of its own. Seed s generates
 the synthetic data with generator seed s and trains with config.seed = s;
 the data of a seed is generated and built once and shared by its rows. Stds
 are sample stds (ddof 1) over seeds.
@@ -22,6 +25,8 @@ Usage::
     python benchmarks/ablation.py --workdir=/tmp/ablation --seeds=5
     python benchmarks/ablation.py --workdir=/tmp/ablation_gpu --setting=large
     python benchmarks/ablation.py --workdir=/tmp/ab_tiny --setting=tiny
+    python benchmarks/ablation.py --workdir=/tmp/beyond \
+        --rows=mclnet,mclnet_caj --reference=mclnet --test_time
 
 Settings: "demo" (default) is configs/synthetic.py as is, so every row
 shares the demo's departures: random erasing is off in every row (AGW* here
@@ -59,15 +64,30 @@ ROWS = (
     ("agw_re_mcm", "AGW*+MCM"),
     ("agw_re_ica_cca", "AGW*+ICA,CCA"),
     ("mclnet", "MCLNet"),
+    # Beyond the paper: MCLNet with CAJ's channel augmentation.
+    ("mclnet_caj", "MCLNet+CAJ"),
 )
+PAPER_ROWS = tuple(v for v, _ in ROWS[:5])
 REFERENCE = "agw_re"
+# With --test_time: each run also evaluated with test-time flip, average
+# query expansion and both (config.eval.flip / aqe): its own rows, read from
+# the same results.json as "<variant><view>".
+TEST_TIME_VIEWS = (
+    ("", ""),
+    ("+flip", " +flip"),
+    ("+aqe", " +AQE"),
+    ("+flip+aqe", " +flip +AQE"),
+)
 METRICS = ("rank1", "mAP", "mINP")
 PROTOCOL = "sysu_all_single_shot"
 SETTINGS = ("demo", "large", "tiny")
 
 
-def load_config(variant: str, *, seed: int, setting: str):
-    """The run's config (configs/synthetic.py plus the setting's changes)."""
+def load_config(
+    variant: str, *, seed: int, setting: str, test_time: bool = False
+):
+    """The run's config (configs/synthetic.py plus the setting's changes;
+    `test_time`: flip and AQE evaluated too)."""
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}.")
     config = synthetic.get_config(
@@ -76,6 +96,7 @@ def load_config(variant: str, *, seed: int, setting: str):
     )
     # Only the model's all-search numbers are compared.
     config.evals.test.modes = ("all",)
+    config.eval.flip = config.eval.aqe = test_time
     for name in ("raw_pixels", "figures"):
         if name in config.evals:
             config.evals[name].at_end = False
@@ -110,6 +131,7 @@ def _worker(
     manual_dir: str,
     data_dir: str,
     run_dir: str,
+    test_time: bool = False,
 ) -> int:
     """Trains and evaluates one (row, seed) in this process."""
     from absl import logging
@@ -117,7 +139,9 @@ def _worker(
     from mclnet_jax import train
 
     logging.set_verbosity(logging.WARNING)
-    config = load_config(variant, seed=seed, setting=setting)
+    config = load_config(
+        variant, seed=seed, setting=setting, test_time=test_time
+    )
     config.data.synthetic = None
     config.data.manual_dir = manual_dir
     config.data.data_dir = data_dir
@@ -125,19 +149,46 @@ def _worker(
     return 0
 
 
-def read_result(run_dir: str, feature: str) -> dict[str, float] | None:
-    """{metric: percent} of a finished run, or None."""
+def read_result(
+    run_dir: str, feature: str, view: str = ""
+) -> dict[str, float] | None:
+    """{metric: percent} of a finished run, or None (also when the run did
+    not evaluate `view`, one of TEST_TIME_VIEWS)."""
     path = os.path.join(run_dir, "results.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
         summary = json.load(f)["summary"]
-    mean = summary[PROTOCOL][feature]["mean"]
+    protocol = PROTOCOL + ("+aqe" if "+aqe" in view else "")
+    feature += "+flip" if "+flip" in view else ""
+    if feature not in summary.get(protocol, {}):
+        return None
+    mean = summary[protocol][feature]["mean"]
     return {m: 100.0 * float(mean[m]) for m in METRICS}
 
 
-def summarize(results: dict[str, dict[int, dict[str, float]]], seeds) -> dict:
-    """Mean / std per row and paired differences to AGW* (percent)."""
+def table_rows(variants, *, test_time: bool) -> list[tuple[str, str]]:
+    """(key, label) of the table's rows in ROWS order: a variant, or with
+    `test_time` each of its TEST_TIME_VIEWS ("mclnet+flip", ...)."""
+    labels = dict(ROWS)
+    views = TEST_TIME_VIEWS if test_time else (("", ""),)
+    return [
+        (variant + view, labels[variant] + suffix)
+        for variant, _ in ROWS
+        if variant in variants
+        for view, suffix in views
+    ]
+
+
+def summarize(
+    results: dict[str, dict[int, dict[str, float]]],
+    seeds,
+    *,
+    rows=ROWS,
+    reference: str = REFERENCE,
+) -> dict:
+    """Mean / std per row and paired differences to the `reference` row
+    (percent); `rows` are (key, label) in table order."""
 
     def stats(values):
         values = np.asarray(values, np.float64)
@@ -145,9 +196,9 @@ def summarize(results: dict[str, dict[int, dict[str, float]]], seeds) -> dict:
         return {"mean": float(np.mean(values)), "std": std}
 
     out = {}
-    ref = results.get(REFERENCE, {})
-    for variant, label in ROWS:
-        runs = results.get(variant, {})
+    ref = results.get(reference, {})
+    for key, label in rows:
+        runs = results.get(key, {})
         done = [s for s in seeds if s in runs]
         if not done:
             continue
@@ -155,30 +206,31 @@ def summarize(results: dict[str, dict[int, dict[str, float]]], seeds) -> dict:
         for m in METRICS:
             row[m] = stats([runs[s][m] for s in done])
             paired = [s for s in done if s in ref]
-            if variant != REFERENCE and paired:
-                row[f"{m}_vs_agw"] = stats(
+            if key != reference and paired:
+                row[f"{m}_vs_ref"] = stats(
                     [runs[s][m] - ref[s][m] for s in paired]
                 )
-        out[variant] = row
+        out[key] = row
     return out
 
 
-def markdown(table: dict, *, title: str) -> str:
+def markdown(table: dict, *, title: str, rows=ROWS, reference_label="AGW*"):
     """The summary as a Markdown table."""
+    ref = reference_label
     lines = [
         title,
         "",
-        "| Row | R1 (%) | mAP (%) | mINP (%) | dR1 vs AGW* | dmAP vs "
-        "AGW* | dmINP vs AGW* |",
+        f"| Row | R1 (%) | mAP (%) | mINP (%) | dR1 vs {ref} | dmAP vs "
+        f"{ref} | dmINP vs {ref} |",
         "|---|---|---|---|---|---|---|",
     ]
-    for variant, _ in ROWS:
-        if variant not in table:
+    for key, _ in rows:
+        if key not in table:
             continue
-        row = table[variant]
+        row = table[key]
         cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" for m in METRICS]
         for m in METRICS:
-            d = row.get(f"{m}_vs_agw")
+            d = row.get(f"{m}_vs_ref")
             cells.append(
                 "—" if d is None else f"{d['mean']:+.1f} ± {d['std']:.1f}"
             )
@@ -199,8 +251,10 @@ def run(
     *,
     num_seeds: int,
     setting: str = "demo",
-    rows=tuple(v for v, _ in ROWS),
+    rows=PAPER_ROWS,
     feature: str = "bn",
+    reference: str = REFERENCE,
+    test_time: bool = False,
 ) -> int:
     """Trains the missing (row, seed) runs and writes the tables.
 
@@ -210,14 +264,21 @@ def run(
       setting: one of SETTINGS.
       rows: the variants of ROWS to train.
       feature: "bn" or "pool", the feature reported.
+      reference: the row (a variant) of the paired differences.
+      test_time: also evaluate flip, AQE and both (their own rows).
 
     Returns:
       The exit status: 0, or that of the first run that failed.
     """
     check_rows(rows)
+    if reference not in rows:
+        raise ValueError(
+            f"--reference {reference!r} must be one of --rows {list(rows)}."
+        )
     if num_seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {num_seeds}.")
     seeds = list(range(num_seeds))
+    views = [v for v, _ in TEST_TIME_VIEWS] if test_time else [""]
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
     start = time.time()
@@ -227,7 +288,8 @@ def run(
         manual_dir, data_dir = _generate(workdir, seed, setting)
         for variant in rows:
             run_dir = _run_dir(workdir, variant, seed)
-            res = read_result(run_dir, feature)
+            # The last view: None until the run evaluated what is asked.
+            res = read_result(run_dir, feature, views[-1])
             if res is None:
                 t0 = time.time()
                 cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -243,6 +305,7 @@ def run(
                     f"--data_dir={data_dir}",
                     f"--run_dir={run_dir}",
                     f"--workdir={workdir}",
+                    f"--test_time={test_time}",
                 ]
                 print(
                     f"[{time.time() - start:7.0f} s] training {variant} "
@@ -268,18 +331,27 @@ def run(
                         1,
                     ),
                 }
-                res = read_result(run_dir, feature)
-            results.setdefault(variant, {})[seed] = res
-    table = summarize(results, seeds)
+            for view in views:
+                results.setdefault(variant + view, {})[seed] = read_result(
+                    run_dir, feature, view
+                )
+    table_keys = table_rows(rows, test_time=test_time)
+    labels = dict(ROWS)
+    table = summarize(results, seeds, rows=table_keys, reference=reference)
     wall = time.time() - start
     max_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     title = (
         f"Synthetic ablation ({setting} setting, {len(seeds)} "
         f"seeds, SYSU all-search single-shot, {feature} "
         "features; mean ± std over seeds; d = paired difference to "
-        "AGW*)"
+        f"{labels[reference]})"
     )
-    md = markdown(table, title=title)
+    md = markdown(
+        table,
+        title=title,
+        rows=table_keys,
+        reference_label=labels[reference],
+    )
     with open(os.path.join(workdir, "ablation.md"), "w") as f:
         f.write(md)
     with open(os.path.join(workdir, "ablation.json"), "w") as f:
@@ -289,6 +361,7 @@ def run(
                 "seeds": seeds,
                 "feature": feature,
                 "protocol": PROTOCOL,
+                "reference": reference,
                 "rows": table,
                 "per_seed": results,
                 "timings": timings,
@@ -330,8 +403,21 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_list(
         "rows",
-        [v for v, _ in ROWS],
-        "Comma-separated variants (default: all five).",
+        list(PAPER_ROWS),
+        "Comma-separated variants (default: the paper's five; also "
+        "mclnet_caj).",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "reference",
+        REFERENCE,
+        "The row of the paired differences (one of --rows).",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "test_time",
+        False,
+        "Also evaluate test-time flip, AQE and both: rows of their own.",
         **fv,
     )
     flags.DEFINE_enum(
@@ -365,13 +451,19 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS) -> int:
         missing = [f"--{n}" for n in internal if fl[n].value is None]
         if missing:
             raise app.UsageError(f"--worker needs {', '.join(missing)}.")
-        return _worker(setting=fl.setting, **{n: fl[n].value for n in internal})
+        return _worker(
+            setting=fl.setting,
+            test_time=fl.test_time,
+            **{n: fl[n].value for n in internal},
+        )
     return run(
         fl.workdir,
         num_seeds=fl.seeds,
         setting=fl.setting,
         rows=fl.rows,
         feature=fl.feature,
+        reference=fl.reference,
+        test_time=fl.test_time,
     )
 
 

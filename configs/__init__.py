@@ -1,6 +1,6 @@
 """The recipes of `--config=NAME[:ARG]`, installed as `mclnet_jax.configs`.
 
-Each of `sysu`, `regdb` and `synthetic` is a whole recipe: its
+Each of `sysu`, `regdb`, `llcm` and `synthetic` is a whole recipe: its
 `get_config(arg)` writes every field (docs/training.md "Recipes and ablations").
 `common` holds only what they share: `:ARG` parsing and the ablation table.
 """
@@ -8,7 +8,7 @@ Each of `sysu`, `regdb` and `synthetic` is a whole recipe: its
 import os
 
 # The recipes `--config=NAME` resolves to (mclnet_jax.main).
-RECIPES = ("regdb", "synthetic", "sysu")
+RECIPES = ("llcm", "regdb", "synthetic", "sysu")
 
 
 def recipe_path(name: str) -> str:

@@ -3,8 +3,12 @@ r"""What the recipes share: `:ARG` parsing and the paper's ablation rows.
 `parse_arg` reads what follows the colon of `--config=sysu:variant=agw`.
 `VARIANTS` are the rows of the paper's Tables 1-3 as named overrides
 (docs/training.md "Recipes and ablations"); "agw_re" is the paper's AGW*,
-"hard" is batch-hard triplet with margin 0.3. Every recipe writes the "mclnet"
-row itself and calls `apply_variant` last.
+"hard" is batch-hard triplet with margin 0.3. "mclnet_caj" is not a row of
+the paper: MCLNet with the channel augmentation of CAJ (Ye et al., ICCV
+2021) as its release uses it (docs/training.md "Channel augmentation
+(CAJ)"). Every recipe writes the "mclnet" row itself and calls
+`apply_variant` last. `add_cross_dataset_evals` adds the test evaluators of
+other datasets (`eval_on=regdb+llcm`: cross-dataset evaluation).
 """
 
 from collections.abc import Mapping
@@ -17,17 +21,34 @@ AGW_NON_LOCAL = (0, 2, 3, 0)
 # The release's random erasing probability.
 RANDOM_ERASING_P = 0.8
 
+# CAJ's channel augmentation, off; _CAJ is its release's: the exchanged view,
+# adaptive grey on every infrared image, its erasing (p 0.5) instead of the
+# release's.
+_NO_CAJ = {
+    "data.channel_exchange": False,
+    "data.channel_adaptive_grey": 0.0,
+    "data.channel_erasing": 0.0,
+}
+_CAJ = {
+    "data.channel_exchange": True,
+    "data.channel_adaptive_grey": 1.0,
+    "data.channel_erasing": 0.5,
+    "data.random_erasing": 0.0,
+}
+
 _BASE = {
     "loss.triplet": "hard",
     "model.pooling": "avg",
     "model.non_local_counts": (0, 0, 0, 0),
     "data.random_erasing": 0.0,
+    **_NO_CAJ,
 }
 _AGW = {
     "loss.triplet": "wrt",
     "model.pooling": "gem",
     "model.non_local_counts": AGW_NON_LOCAL,
     "data.random_erasing": 0.0,
+    **_NO_CAJ,
 }
 # AGW*: AGW with random erasing.
 _AGW_RE = {**_AGW, "data.random_erasing": RANDOM_ERASING_P}
@@ -53,6 +74,11 @@ VARIANTS = {
     "agw_re_cca": {**_AGW_RE, **_modules(mcm=False, ica=False, cca=True)},
     "agw_re_ica_cca": {**_AGW_RE, **_modules(mcm=False, ica=True, cca=True)},
     "mclnet": {**_AGW_RE, **_modules(mcm=True, ica=True, cca=True)},
+    "mclnet_caj": {
+        **_AGW_RE,
+        **_modules(mcm=True, ica=True, cca=True),
+        **_CAJ,
+    },
 }
 
 
@@ -155,3 +181,88 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         else:
             out[key] = value
     return ml_collections.ConfigDict(out)
+
+
+# Cross-dataset evaluation: each dataset's TFDS builder, builder config and
+# test protocol as its own recipe (configs/<name>.py) writes them.
+CROSS_DATASETS = {
+    "sysu": (
+        "sysu_mm01",
+        "288x144",
+        dict(type="sysu", modes=("all", "indoor"), num_trials=10, num_shots=1),
+    ),
+    "regdb": ("regdb", "trial_1", dict(type="regdb")),
+    "llcm": (
+        "llcm",
+        "288x144",
+        dict(type="llcm", num_trials=10, llcm_transposed_vis_to_ir=False),
+    ),
+}
+
+
+def add_cross_dataset_evals(
+    config: ml_collections.ConfigDict,
+    eval_on: str,
+    *,
+    own: str,
+    data: Mapping[str, Mapping[str, Any]] | None = None,
+    num_trials: int | None = None,
+) -> ml_collections.ConfigDict:
+    """Adds `config.evals.test_<name>` for each name of `eval_on`.
+
+    Each is the named dataset's test protocol on the final model of a run
+    trained on `own` (cross-dataset evaluation): an entry with `data`, which
+    the run prepares and opens beside its own dataset; its results file
+    (`results_test_<name>.json`) names both datasets.
+
+    Args:
+      config: a recipe's config, with `evals`.
+      eval_on: "+"-separated names of CROSS_DATASETS ("regdb+llcm"); ""
+        adds nothing.
+      own: the recipe's dataset (a key of CROSS_DATASETS), refused in
+        `eval_on`.
+      data: name -> fields of its `data` over the defaults (the synthetic
+        recipe's generated layouts); by default `manual_dir` and `data_dir`
+        are unset (the dataset's default folder; set them with
+        --config.evals.test_<name>.data.manual_dir=...).
+      num_trials: the random gallery draws of SYSU and LLCM (default 10).
+
+    Raises:
+      ValueError: an unknown name, or the recipe's own dataset.
+    """
+    names = [n.strip() for n in eval_on.split("+") if n.strip()]
+    for name in names:
+        if name not in CROSS_DATASETS or name == own:
+            others = sorted(set(CROSS_DATASETS) - {own})
+            raise ValueError(
+                f"eval_on: {name!r} is not another dataset than the "
+                f"recipe's ({own!r}); choose from {others}, joined by '+'."
+            )
+    placeholder = ml_collections.config_dict.placeholder
+    for name in names:
+        dataset, builder_config, protocol = CROSS_DATASETS[name]
+        protocol = dict(protocol)
+        if num_trials is not None and "num_trials" in protocol:
+            protocol["num_trials"] = num_trials
+        fields = dict(
+            dataset=dataset,
+            builder_config=builder_config,
+            image_format=placeholder(str),
+            manual_dir=placeholder(str),
+            data_dir=placeholder(str),
+            synthetic=None,
+        )
+        fields.update((data or {}).get(name, {}))
+        config.evals[f"test_{name}"] = dict(
+            **protocol,
+            split="test",
+            every_steps=0,
+            at_end=True,
+            features="model",
+            rerank=False,
+            rerank_k1=20,
+            rerank_k2=6,
+            rerank_lambda=0.3,
+            data=fields,
+        )
+    return config

@@ -34,6 +34,17 @@ Arguments (after a colon, comma-separated; a bare word is the variant):
                  ResNet-18 x0.5, 30 epochs.
   tiny=1         a seconds-long smoke run (8 identities, 32x16 images,
                  3 epochs of 13 steps) used by the tests.
+  dataset=NAME   the layout generated and evaluated: sysu (default, all of
+                 the above), regdb (the RegDB builder's trial_1 and its
+                 protocol, both directions; CCA off as in configs/regdb.py;
+                 4 images per identity and modality, stored at 288x144 as
+                 the RegDB builder stores every image) or llcm (the LLCM
+                 builder and protocol, both directions; 2 images per
+                 identity and camera, 1 with tiny=1), e.g.
+                 --config=synthetic:dataset=llcm,tiny=1
+  eval_on=A+B    also evaluate the final model on the other generated
+                 layouts (cross-dataset), e.g. eval_on=regdb+llcm:
+                 results_test_regdb.*, results_test_llcm.*
 
 Outputs in the workdir: results.txt / results.json (test protocol), the
 raw-pixel baseline's results, tensorboard/ (every training metric),
@@ -44,12 +55,31 @@ import ml_collections
 
 from mclnet_jax.configs import common
 
+# dataset= -> (TFDS builder, its config): the generated size is kept where
+# the builder can (RegDB's stores every image at 288x144).
+_DATASETS = {
+    "sysu": ("sysu_mm01", "original"),
+    "regdb": ("regdb", "trial_1"),
+    "llcm": ("llcm", "original"),
+}
+
 
 def get_config(arg=None):
     """The config of `--config=synthetic:ARG`."""
     arg = common.parse_arg(
-        arg, variant="mclnet", seed=0, large=False, tiny=False
+        arg,
+        variant="mclnet",
+        seed=0,
+        large=False,
+        tiny=False,
+        dataset="sysu",
+        eval_on="",
     )
+    if arg.dataset not in _DATASETS:
+        raise ValueError(
+            f"configs/synthetic.py: dataset must be one of {list(_DATASETS)}, "
+            f"got {arg.dataset!r}."
+        )
     if arg.tiny and arg.large:
         raise ValueError(
             "configs/synthetic.py: tiny=1 and large=1 exclude each other; "
@@ -69,8 +99,8 @@ def get_config(arg=None):
     config.log_every_steps = pick(50, large=50, tiny=2)
 
     config.data = ml_collections.ConfigDict()
-    config.data.dataset = "sysu_mm01"  # TFDS builder name.
-    config.data.builder_config = "original"  # Keep the generated size.
+    # TFDS builder name and config ("original": keep the generated size).
+    config.data.dataset, config.data.builder_config = _DATASETS[arg.dataset]
     # None: the generated data (config.data.synthetic) in WORKDIR.
     config.data.manual_dir = placeholder(str)
     # Prepared TFDS data; None: WORKDIR/tfds.
@@ -92,27 +122,46 @@ def get_config(arg=None):
     # run, which other tests compare against.
     config.data.random_grey = pick(0.5, large=0.5, tiny=0.0)
     config.data.random_remap = pick(0.3, large=0.3, tiny=0.0)
+    # CAJ's channel augmentation (docs/training.md "Channel augmentation
+    # (CAJ)"): off, on in the mclnet_caj variant.
+    config.data.channel_exchange = False
+    config.data.channel_adaptive_grey = 0.0
+    config.data.channel_erasing = 0.0
     config.data.num_identities = pick(8, large=8, tiny=2)  # P per batch.
     # K images per identity and modality.
     config.data.num_instances = pick(4, large=4, tiny=2)
     # None: the release's floor(max(N_vis, N_ir) / (P * K)) + 1.
     config.data.steps_per_epoch = placeholder(int)
     config.data.eval_batch_size = pick(128, large=256, tiny=16)
-    # Generated into WORKDIR once (data_pipeline.synthetic.generate_sysu's
-    # arguments) and used as manual_dir.
-    per_camera = pick(4, large=10, tiny=2)
-    config.data.synthetic = dict(
-        generator=dict(
+
+    def generator(dataset):
+        """data_pipeline.synthetic's generate_sysu / generate_regdb /
+        generate_llcm arguments for the layout of `dataset`."""
+        if dataset == "regdb":
+            per_identity = dict(images_per_modality=pick(4, large=10, tiny=2))
+        else:
+            # LLCM: 9 visible and 8 infrared cameras per identity (SYSU: 4, 2).
+            per_camera = (
+                pick(4, large=10, tiny=2)
+                if dataset == "sysu"
+                else pick(2, large=4, tiny=1)
+            )
+            per_identity = dict(
+                visible_images_per_camera=per_camera,
+                infrared_images_per_camera=per_camera,
+            )
+        return dict(
             num_identities=pick(260, large=491, tiny=8),
-            visible_images_per_camera=per_camera,
-            infrared_images_per_camera=per_camera,
+            **per_identity,
             height=size[0],
             width=size[1],
             seed=arg.seed,
             # Clothing patterns' size relative to the generator's default.
             pattern_scale=pick(0.4, large=0.6, tiny=1.0),
         )
-    )
+
+    # Generated into WORKDIR once and used as manual_dir.
+    config.data.synthetic = dict(generator=generator(arg.dataset))
 
     # The arguments of models.mclnet.MCLNet.
     config.model = ml_collections.ConfigDict()
@@ -207,19 +256,43 @@ def get_config(arg=None):
     # steps of the tiny run).
     config.eval.precise_bn_batches = 8
 
+    # Test-time flip: also "<feature>+flip" rows, the mean of each image's
+    # and its mirror's features (one more predict call per batch).
+    config.eval.flip = False
+    # Average query expansion (fast-reid's AQE, one round): also
+    # "<protocol>+aqe" rows, over the aqe_k nearest, weights cos ** aqe_alpha.
+    config.eval.aqe = False
+    config.eval.aqe_k = 5
+    config.eval.aqe_alpha = 3.0
+    # The SYSU-MM01 kit's evaluation/data_split/rand_perm_cam.mat: SYSU
+    # galleries drawn as the kit draws them; None: the community's draw.
+    config.eval.sysu_rand_perm = placeholder(str)
+
     # Named evaluators; every_steps 0: never during training, at_end: on the
     # final state.
     config.evals = ml_collections.ConfigDict()
+    # The protocol of the generated layout (SYSU: both search modes; RegDB
+    # and LLCM: both directions).
+    fields = {
+        "sysu": dict(
+            # Search modes: "all" (gallery cams 1, 2, 4, 5), "indoor" (1, 2).
+            modes=("all", "indoor"),
+            num_trials=pick(10, large=10, tiny=2),  # Random gallery draws.
+            num_shots=1,  # Gallery images per identity and camera.
+        ),
+        "regdb": dict(),  # One gallery: no trials.
+        "llcm": dict(
+            num_trials=pick(10, large=10, tiny=2),  # Random gallery draws.
+            llcm_transposed_vis_to_ir=False,  # The correct visible->infrared.
+        ),
+    }[arg.dataset]
     config.evals.test = dict(
-        type="sysu",
+        type=arg.dataset,
         split="test",
         every_steps=0,
         at_end=True,
         features="model",
-        # Search modes: "all" (gallery cams 1, 2, 4, 5), "indoor" (1, 2).
-        modes=("all", "indoor"),
-        num_trials=pick(10, large=10, tiny=2),  # Random gallery draws.
-        num_shots=1,  # Gallery images per identity and camera.
+        **fields,
         # k-reciprocal re-ranking (Zhong et al., CVPR 2017) of the distances.
         rerank=False,
         rerank_k1=20,
@@ -239,6 +312,20 @@ def get_config(arg=None):
         # A features="pixels" entry whose CMC is overlaid.
         baseline="" if arg.tiny else "raw_pixels",
     )
+    # Cross-dataset: the other layouts' test protocols (generated too).
+    common.add_cross_dataset_evals(
+        config,
+        arg.eval_on,
+        own=arg.dataset,
+        data={
+            name: dict(
+                builder_config=_DATASETS[name][1],
+                synthetic=dict(generator=generator(name)),
+            )
+            for name in _DATASETS
+        },
+        num_trials=pick(10, large=10, tiny=2),
+    )
 
     config.distributed = ml_collections.ConfigDict()
     config.distributed.enabled = False
@@ -248,8 +335,12 @@ def get_config(arg=None):
     # e.g. "gloo" for multi-process CPU runs.
     config.distributed.cpu_collectives = placeholder(str)
     common.apply_variant(config, arg.variant)
+    if arg.dataset == "regdb":
+        config.loss.cca = False  # One camera per modality (configs/regdb.py).
     config.model.non_local_counts = tuple(
         min(c, 1) for c in config.model.non_local_counts
     )
+    # Erasing of either kind (the release's, CAJ's) off, as above.
     config.data.random_erasing = 0.0
+    config.data.channel_erasing = 0.0
     return config

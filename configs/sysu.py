@@ -20,13 +20,18 @@ Arguments after the colon, comma-separated (a bare word is the variant):
 
   variant=NAME   ablation row (configs/common.py VARIANTS): base, base_mcm,
                  base_ica_cca, agw, agw_mcm, agw_re (AGW*), agw_re_mcm,
-                 agw_re_ica, agw_re_cca, agw_re_ica_cca, mclnet (default).
+                 agw_re_ica, agw_re_cca, agw_re_ica_cca, mclnet (default),
+                 mclnet_caj (MCLNet with CAJ's channel augmentation).
   search=MODE    all (default), indoor, or both: the search mode(s)
                  evaluated; the first one selects the best checkpoint.
   val=1          model selection: train on the train ids only (296), evaluate
                  the val ids (99) every 5 epochs, keep the best checkpoint by
                  bn mAP in checkpoints_best/ (--mode=evaluate
                  --checkpoint=best). The test split is never used for it.
+  eval_on=A+B    also evaluate the final model on other datasets' test
+                 protocols (cross-dataset; names among regdb, llcm), each
+                 into results_test_<name>.*; their folders:
+                 --config.evals.test_<name>.data.manual_dir=PATH
 
 Examples: --config=sysu:base   --config=sysu:variant=agw_re,search=both
 """
@@ -40,7 +45,9 @@ _SEARCH = {"all": ("all",), "indoor": ("indoor",), "both": ("all", "indoor")}
 
 def get_config(arg=None):
     """The config of `--config=sysu:ARG`."""
-    arg = common.parse_arg(arg, variant="mclnet", search="all", val=False)
+    arg = common.parse_arg(
+        arg, variant="mclnet", search="all", val=False, eval_on=""
+    )
     if arg.search not in _SEARCH:
         raise ValueError(
             f"search must be one of {sorted(_SEARCH)}, got {arg.search!r}."
@@ -74,6 +81,14 @@ def get_config(arg=None):
     # (data_pipeline/augment.py); off, as in the release.
     config.data.random_grey = 0.0
     config.data.random_remap = 0.0
+    # CAJ's channel augmentation (Ye et al., ICCV 2021; docs/training.md
+    # "Channel augmentation (CAJ)"): a third view of the visible images with
+    # one channel copied into all three, the probability of its adaptive grey
+    # on an infrared image (CAJ: 1.0), and of its random erasing (CAJ: 0.5;
+    # replaces random_erasing). Off, as in the release; on in mclnet_caj.
+    config.data.channel_exchange = False
+    config.data.channel_adaptive_grey = 0.0
+    config.data.channel_erasing = 0.0
     config.data.num_identities = 8  # P identities per batch.
     config.data.num_instances = 4  # K images per identity and modality.
     # None: the release's floor(max(N_vis, N_ir) / (P * K)) + 1.
@@ -170,6 +185,18 @@ def get_config(arg=None):
     # many training batches; 0: the running statistics, as the release.
     config.eval.precise_bn_batches = 0
 
+    # Test-time flip: also "<feature>+flip" rows, the mean of each image's
+    # and its mirror's features (one more predict call per batch).
+    config.eval.flip = False
+    # Average query expansion (fast-reid's AQE, one round): also
+    # "<protocol>+aqe" rows, over the aqe_k nearest, weights cos ** aqe_alpha.
+    config.eval.aqe = False
+    config.eval.aqe_k = 5
+    config.eval.aqe_alpha = 3.0
+    # The SYSU-MM01 kit's evaluation/data_split/rand_perm_cam.mat: SYSU
+    # galleries drawn as the kit draws them; None: the community's draw.
+    config.eval.sysu_rand_perm = placeholder(str)
+
     # Named evaluators; every_steps 0: never during training, at_end: on the
     # final state.
     modes = _SEARCH[arg.search]
@@ -217,6 +244,9 @@ def get_config(arg=None):
         of="test",
         baseline="",  # A features="pixels" entry whose CMC is overlaid.
     )
+    # Cross-dataset (eval_on=A+B): the other datasets' test protocols on the
+    # final model; their folders: --config.evals.test_<name>.data.manual_dir.
+    common.add_cross_dataset_evals(config, arg.eval_on, own="sysu")
 
     config.distributed = ml_collections.ConfigDict()
     config.distributed.enabled = False

@@ -28,5 +28,19 @@ REGDB_THERMAL_CAMERA = 2
 REGDB_TRIALS = tuple(range(1, 11))
 REGDB_DIRECTIONS = ("visible_to_infrared", "infrared_to_visible")
 
+# LLCM: nine cameras, each recording visible light by day and near-infrared
+# in low light; a camera keeps its number in both modalities. The test set
+# has visible images from cameras 1..9 and infrared ones from all but 3.
+LLCM_CAMERAS = tuple(range(1, 10))
+LLCM_VISIBLE_CAMERAS = LLCM_CAMERAS
+LLCM_INFRARED_CAMERAS = (1, 2, 4, 5, 6, 7, 8, 9)
+# The evaluation protocol's random gallery draws (seeds 0..9).
+LLCM_TRIALS = tuple(range(10))
+LLCM_DIRECTIONS = ("infrared_to_visible", "visible_to_infrared")
+
 # Cameras per dataset (the number of CCA centers per identity).
-NUM_CAMERAS = {"sysu_mm01": len(SYSU_CAMERAS), "regdb": 2}
+NUM_CAMERAS = {
+    "sysu_mm01": len(SYSU_CAMERAS),
+    "regdb": 2,
+    "llcm": len(LLCM_CAMERAS),
+}

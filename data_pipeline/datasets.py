@@ -1,7 +1,7 @@
 """The dataset of a run, by config: its TFDS builder and training stream.
 
-`open_builder(config, workdir)` returns the prepared TFDS builder of
-`config.data` (generating the synthetic dataset under the workdir first when
+`open_builder(config.data, workdir)` returns the prepared TFDS builder of
+a data config (generating the synthetic dataset under the workdir first when
 the config asks for it); `train_batches` is this host's training stream from
 any step; `iter_images(config.data, split)` yields a split's images as the
 network sees them, before augmentation. Missing or malformed dataset folders
@@ -34,6 +34,7 @@ from data_pipeline.tf_setup import tf
 DEFAULT_MANUAL_DIRS = {
     "sysu_mm01": os.path.join("~", "datasets", "SYSU-MM01"),
     "regdb": os.path.join("~", "datasets", "RegDB"),
+    "llcm": os.path.join("~", "datasets", "LLCM"),
 }
 _COMPLETE_MARKER = ".generation_complete"
 
@@ -52,47 +53,65 @@ def _builder_module(dataset: str):
         from data_pipeline.regdb import regdb
 
         return regdb
+    if dataset == "llcm":
+        from data_pipeline.llcm import llcm
+
+        return llcm
     raise ValueError(
-        f"config.data.dataset must be 'sysu_mm01' or 'regdb', got {dataset!r}."
+        "config.data.dataset must be 'sysu_mm01', 'regdb' or 'llcm', got "
+        f"{dataset!r}."
     )
 
 
 def generate_synthetic(
-    config: ml_collections.ConfigDict, workdir: str, *, process_index: int = 0
+    data_config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    process_index: int = 0,
 ) -> str:
     """Generates the synthetic dataset under the workdir once; returns it.
 
     Only process 0 writes; a marker file records a finished generation, so
     a rerun (or a resumed run) reuses it.
     """
-    root = os.path.join(workdir, "synthetic_" + config.data.dataset)
+    root = os.path.join(workdir, "synthetic_" + data_config.dataset)
     if os.path.exists(os.path.join(root, _COMPLETE_MARKER)):
         return root
-    kwargs = dict(config.data.synthetic.generator)
+    kwargs = dict(data_config.synthetic.generator)
     if process_index == 0:
         logging.info(
             "Generating the synthetic %s dataset in %s.",
-            config.data.dataset,
+            data_config.dataset,
             root,
         )
-        if config.data.dataset == "sysu_mm01":
-            synthetic.generate_sysu(root, overwrite=True, **kwargs)
-        else:
-            synthetic.generate_regdb(root, overwrite=True, **kwargs)
+        generate = {
+            "sysu_mm01": synthetic.generate_sysu,
+            "regdb": synthetic.generate_regdb,
+            "llcm": synthetic.generate_llcm,
+        }.get(data_config.dataset)
+        if generate is None:
+            raise ValueError(
+                "The dataset must be 'sysu_mm01', 'regdb' or 'llcm' "
+                f"for synthetic data, got {data_config.dataset!r}."
+            )
+        generate(root, overwrite=True, **kwargs)
         with open(os.path.join(root, _COMPLETE_MARKER), "w") as f:
             f.write("ok\n")
     return root
 
 
 def open_builder(
-    config: ml_collections.ConfigDict, workdir: str, *, process_index: int = 0
+    data_config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    process_index: int = 0,
 ):
     """The prepared TFDS builder of `config.data` (preparing it if needed).
 
     Args:
       config: the run's config (`config.data`).
       workdir: the run's folder (holds the synthetic dataset and its TFDS
-        build when `config.data.synthetic` is set).
+        build when `data_config.synthetic` is set).
       process_index: this host (only host 0 generates synthetic data).
 
     Raises:
@@ -100,10 +119,10 @@ def open_builder(
         (`OutdatedRecordsError` when only an older builder version is
         prepared).
     """
-    dc = config.data
+    dc = data_config
     if dc.synthetic:
         manual_dir = generate_synthetic(
-            config, workdir, process_index=process_index
+            dc, workdir, process_index=process_index
         )
         data_dir = dc.data_dir or os.path.join(workdir, "tfds")
         return prepare_builder(dc, manual_dir=manual_dir, data_dir=data_dir)
@@ -178,7 +197,7 @@ def iter_images(
         `mclnet_jax.configs.sysu.get_config().data` with `manual_dir` and
         `data_dir` set.
       split: a split of the builder: SYSU-MM01 "train", "train_only",
-        "val", "test"; RegDB "train", "test".
+        "val", "test"; RegDB and LLCM "train", "test".
       chunk_size: records decoded per batch (memory ~ chunk_size images).
 
     Yields:
@@ -239,13 +258,19 @@ def train_augment(
     """config.data -> the training augmentation.
 
     `random_grey` and `random_remap` are ours (not in the paper or the
-    release); 0 in the paper's recipes.
+    release); 0 in the paper's recipes. `channel_exchange`,
+    `channel_adaptive_grey` and `channel_erasing` are CAJ's channel
+    augmentation (off in the paper's recipes; on in the `mclnet_caj`
+    variant).
     """
     return augment.TrainAugment(
         padding=data_config.pad,
         erasing_probability=data_config.random_erasing,
         grey_probability=data_config.random_grey,
         remap_probability=data_config.random_remap,
+        channel_exchange=data_config.channel_exchange,
+        channel_adaptive_grey=data_config.channel_adaptive_grey,
+        channel_erasing=data_config.channel_erasing,
     )
 
 

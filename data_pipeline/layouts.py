@@ -1,9 +1,10 @@
-"""Reading and checking the on-disk layouts of SYSU-MM01 and RegDB.
+"""Reading and checking the on-disk layouts of SYSU-MM01, RegDB and LLCM.
 
 The TFDS builders and anything else that reads the raw folders go through
 here, so that a missing or malformed folder gives one error naming what is
 missing, where it was expected and where to get the data (`SYSU_LAYOUT`,
-`REGDB_LAYOUT`; the docs/datasets.md). Nothing is dropped silently.
+`REGDB_LAYOUT`, `LLCM_LAYOUT`; the docs/datasets.md). Nothing is dropped
+silently.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ REGDB_SOURCE = (
     "/ DDAG by Mang Ye et al.). See the docs/datasets.md."
 )
 
+LLCM_SOURCE = (
+    "LLCM is distributed by its authors (Yukang Zhang and Hanzi Wang, Xiamen "
+    "University; 'Diverse Embedding Expansion Network and Low-Light "
+    "Cross-Modality Benchmark for Visible-Infrared Person "
+    "Re-identification', CVPR 2023) on request, after signing their dataset "
+    "agreement. See the docs/datasets.md."
+)
+
 
 class DatasetLayoutError(FileNotFoundError):
     """A dataset folder is missing or does not have the expected layout."""
@@ -50,7 +59,8 @@ class ImageRecord:
     Attributes:
       file_name: path relative to the dataset root, '/'-separated.
       identity: person id as the dataset gives it.
-      camera: camera number (SYSU 1..6; RegDB 1 visible, 2 thermal).
+      camera: camera number (SYSU 1..6; RegDB 1 visible, 2 thermal; LLCM
+        1..9 in both modalities).
       modality: 0 visible, 1 infrared.
     """
 
@@ -82,6 +92,24 @@ REGDB_LAYOUT = (
     "'<path relative to root> <label>'"
 )
 
+LLCM_LAYOUT = (
+    "  <root>/idx/train_vis.txt, train_nir.txt  (lines '<path relative to "
+    "root> <label>', e.g. 'train_vis/cam1/0001/0001.jpg 0')\n"
+    "  <root>/idx/test_id.txt  (one line of comma-separated person ids)\n"
+    "  <root>/test_vis/cam1 .. cam9/<pid:04d>/<images>  (visible test "
+    "images)\n"
+    "  <root>/test_nir/cam1, cam2, cam4 .. cam9/<pid:04d>/<images>  "
+    "(infrared test images; no cam3)"
+)
+# The training index file and the test folder of each modality.
+LLCM_TRAIN_FILES = {
+    constants.VISIBLE: "train_vis.txt",
+    constants.INFRARED: "train_nir.txt",
+}
+LLCM_TEST_FOLDERS = {
+    constants.VISIBLE: ("test_vis", constants.LLCM_VISIBLE_CAMERAS),
+    constants.INFRARED: ("test_nir", constants.LLCM_INFRARED_CAMERAS),
+}
 
 _ONE_LINE_OF_IDS = "one line of comma-separated integers such as '1,2,4'"
 
@@ -90,18 +118,21 @@ def _sysu_error(root: str, what: str, expected: str) -> DatasetLayoutError:
     return _layout_error(root, what, expected, SYSU_SOURCE, SYSU_LAYOUT)
 
 
-def parse_id_file(path: str, *, root: str) -> tuple[int, ...]:
-    """Reads a SYSU `exp/*_id.txt` file: comma-separated ints (any lines).
+def _parse_ids(path: str, *, name: str, missing: str, error) -> tuple[int, ...]:
+    """Reads a file of comma-separated integer ids (any lines).
+
+    Args:
+      path: the file.
+      name: what the file is, for the messages ("SYSU-MM01 split file").
+      missing: where the file is expected, for the message if it is absent.
+      error: `error(what, expected)` -> the dataset's `DatasetLayoutError`.
 
     Raises:
-      DatasetLayoutError: the file is missing, empty or holds a non-integer.
+      DatasetLayoutError: the file is missing, empty, holds a non-integer or
+        repeats an id.
     """
     if not os.path.isfile(path):
-        raise _sysu_error(
-            root,
-            f"SYSU-MM01 split file {path} is missing",
-            "exp/train_id.txt, exp/val_id.txt, exp/test_id.txt",
-        )
+        raise error(f"{name} {path} is missing", missing)
     with open(path) as f:
         text = f.read()
     tokens = [t for t in re.split(r"[,\s]+", text) if t]
@@ -110,23 +141,30 @@ def parse_id_file(path: str, *, root: str) -> tuple[int, ...]:
         try:
             ids.append(int(t))
         except ValueError:
-            raise _sysu_error(
-                root,
-                f"SYSU-MM01 split file {path} holds {t!r}, not an integer id",
+            raise error(
+                f"{name} {path} holds {t!r}, not an integer id",
                 _ONE_LINE_OF_IDS,
             ) from None
     if not ids:
-        raise _sysu_error(
-            root, f"SYSU-MM01 split file {path} is empty", _ONE_LINE_OF_IDS
-        )
+        raise error(f"{name} {path} is empty", _ONE_LINE_OF_IDS)
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise _sysu_error(
-            root,
-            f"SYSU-MM01 split file {path} repeats ids {dup}",
-            "each id once",
-        )
+        raise error(f"{name} {path} repeats ids {dup}", "each id once")
     return tuple(ids)
+
+
+def parse_id_file(path: str, *, root: str) -> tuple[int, ...]:
+    """Reads a SYSU `exp/*_id.txt` file: comma-separated ints (any lines).
+
+    Raises:
+      DatasetLayoutError: the file is missing, empty or holds a non-integer.
+    """
+    return _parse_ids(
+        path,
+        name="SYSU-MM01 split file",
+        missing="exp/train_id.txt, exp/val_id.txt, exp/test_id.txt",
+        error=lambda what, expected: _sysu_error(root, what, expected),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +398,62 @@ def regdb_index_path(root: str, split: str, modality: str, trial: int) -> str:
     return os.path.join(root, "idx", f"{split}_{modality}_{trial}.txt")
 
 
+def _index_lines(
+    path: str, *, root: str, name: str, missing: str, error
+) -> list[tuple[int, str, int]]:
+    """Reads an index file of '<path relative to root> <label>' lines.
+
+    Args:
+      path: the index file.
+      root: the dataset root that the listed paths are relative to.
+      name: what the file is, for the messages ("RegDB split file").
+      missing: where the file is expected, for the message if it is absent.
+      error: `error(what, expected)` -> the dataset's `DatasetLayoutError`.
+
+    Returns:
+      (line number, '/'-separated relative path, label) in file order.
+
+    Raises:
+      DatasetLayoutError: the file is missing, empty or malformed, lists a file
+        twice, or lists an image that does not exist.
+    """
+    if not os.path.isfile(path):
+        raise error(f"{name} {path} is missing", missing)
+    out = []
+    seen = set()
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            try:
+                if len(fields) != 2:
+                    raise ValueError
+                rel, label = fields[0].replace("\\", "/"), int(fields[1])
+            except ValueError:
+                raise error(
+                    f"{name} {path} line {number} reads {line.strip()!r}",
+                    "'<relative/path> <integer label>'",
+                ) from None
+            if rel in seen:
+                raise error(
+                    f"{name} {path} lists {rel} twice", "each image once"
+                )
+            seen.add(rel)
+            if not os.path.isfile(os.path.join(root, rel)):
+                raise error(
+                    f"{name.split()[0]} image {os.path.join(root, rel)} "
+                    f"(listed in {path} line {number}) is missing",
+                    "paths relative to the dataset root",
+                )
+            out.append((number, rel, label))
+    if not out:
+        raise error(
+            f"{name} {path} is empty", "lines '<relative/path> <integer label>'"
+        )
+    return out
+
+
 def parse_regdb_index(
     path: str, *, root: str, camera: int, modality: int
 ) -> list[ImageRecord]:
@@ -378,52 +472,16 @@ def parse_regdb_index(
       DatasetLayoutError: the file is missing, empty or malformed, lists a file
         twice, or lists an image that does not exist.
     """
-    if not os.path.isfile(path):
-        raise _regdb_error(
-            root,
-            f"RegDB split file {path} is missing",
-            "idx/{train,test}_{visible,thermal}_{1..10}.txt",
-        )
-    records = []
-    seen = set()
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            try:
-                if len(fields) != 2:
-                    raise ValueError
-                rel, label = fields[0].replace("\\", "/"), int(fields[1])
-            except ValueError:
-                raise _regdb_error(
-                    root,
-                    f"RegDB split file {path} line {number} reads "
-                    f"{line.strip()!r}",
-                    "'<relative/path> <integer label>'",
-                ) from None
-            if rel in seen:
-                raise _regdb_error(
-                    root,
-                    f"RegDB split file {path} lists {rel} twice",
-                    "each image once",
-                )
-            seen.add(rel)
-            if not os.path.isfile(os.path.join(root, rel)):
-                raise _regdb_error(
-                    root,
-                    f"RegDB image {os.path.join(root, rel)} (listed in "
-                    f"{path} line {number}) is missing",
-                    "paths relative to the dataset root",
-                )
-            records.append(ImageRecord(rel, label, camera, modality))
-    if not records:
-        raise _regdb_error(
-            root,
-            f"RegDB split file {path} is empty",
-            "lines '<relative/path> <integer label>'",
-        )
-    return records
+    lines = _index_lines(
+        path,
+        root=root,
+        name="RegDB split file",
+        missing="idx/{train,test}_{visible,thermal}_{1..10}.txt",
+        error=lambda what, expected: _regdb_error(root, what, expected),
+    )
+    return [
+        ImageRecord(rel, label, camera, modality) for _, rel, label in lines
+    ]
 
 
 def read_regdb(root: str, *, trial: int) -> dict[str, list[ImageRecord]]:
@@ -531,4 +589,229 @@ def _check_regdb_modalities(
             + "; ".join(problems),
             "every label of a split in both its visible and its thermal "
             "idx file (training pairs them; the test queries both ways)",
+        )
+
+
+def _llcm_error(root: str, what: str, expected: str) -> DatasetLayoutError:
+    return _layout_error(root, what, expected, LLCM_SOURCE, LLCM_LAYOUT)
+
+
+def _llcm_camera(rel: str) -> int | None:
+    """The camera of an LLCM path: its one 'cam<c>' folder, c in 1..9."""
+    found = [
+        int(m.group(1))
+        for part in rel.split("/")[:-1]
+        if (m := re.fullmatch(r"cam(\d+)", part))
+    ]
+    if len(found) == 1 and found[0] in constants.LLCM_CAMERAS:
+        return found[0]
+    return None
+
+
+def parse_llcm_index(
+    path: str, *, root: str, modality: int
+) -> list[ImageRecord]:
+    """Reads idx/train_vis.txt or idx/train_nir.txt of LLCM.
+
+    Args:
+      path: the index file.
+      root: the dataset root that the listed paths are relative to.
+      modality: `constants.VISIBLE` or `constants.INFRARED`.
+
+    Returns:
+      Records in file order: identity is the label written in the file, the
+      camera that of the path's 'cam<c>' folder.
+
+    Raises:
+      DatasetLayoutError: the file is missing, empty or malformed, lists a file
+        twice, lists an image that does not exist, or a path without one
+        camera folder cam1 .. cam9.
+    """
+    lines = _index_lines(
+        path,
+        root=root,
+        name="LLCM index file",
+        missing="idx/train_vis.txt and idx/train_nir.txt",
+        error=lambda what, expected: _llcm_error(root, what, expected),
+    )
+    records = []
+    for number, rel, label in lines:
+        camera = _llcm_camera(rel)
+        if camera is None:
+            raise _llcm_error(
+                root,
+                f"LLCM index file {path} line {number} lists {rel!r}, whose "
+                "camera is not one folder cam1 .. cam9",
+                "paths such as 'train_vis/cam1/0001/0001.jpg'",
+            )
+        records.append(ImageRecord(rel, label, camera, modality))
+    return records
+
+
+def _llcm_test_records(
+    root: str, ids: tuple[int, ...], modality: int
+) -> list[ImageRecord]:
+    """The test images of one modality: <folder>/cam<c>/<pid:04d>/<files>.
+
+    Raises:
+      DatasetLayoutError: the modality's folder is missing, or holds a folder
+        that is not one of its cameras, or a camera folder holds a folder that
+        is not a person id.
+    """
+    name, cameras = LLCM_TEST_FOLDERS[modality]
+    top = os.path.join(root, name)
+    expected_cams = {f"cam{c}": c for c in cameras}
+    unknown = sorted(
+        d
+        for d in os.listdir(top)
+        if os.path.isdir(os.path.join(top, d)) and d not in expected_cams
+    )
+    if unknown:
+        raise _llcm_error(
+            root,
+            f"LLCM folder {top} holds {', '.join(unknown)}, not a camera of "
+            f"its modality",
+            f"only {_cameras(cameras)} in {name}/",
+        )
+    wanted = set(ids)
+    records = []
+    for cam_dir, cam in sorted(expected_cams.items(), key=lambda kv: kv[1]):
+        folder = os.path.join(top, cam_dir)
+        if not os.path.isdir(folder):
+            continue  # Not every camera saw every test person.
+        people = [
+            d
+            for d in os.listdir(folder)
+            if os.path.isdir(os.path.join(folder, d))
+        ]
+        bad = sorted(d for d in people if not d.isdigit())
+        if bad:
+            raise _llcm_error(
+                root,
+                f"LLCM folder {folder} holds {', '.join(bad[:5])}, not a "
+                "person id",
+                f"person folders <pid:04d> in {name}/{cam_dir}/",
+            )
+        for person in sorted(people):
+            if int(person) not in wanted:
+                continue  # Only the ids of idx/test_id.txt are tested.
+            rel_dir = f"{name}/{cam_dir}/{person}"
+            records.extend(
+                ImageRecord(f"{rel_dir}/{f}", int(person), cam, modality)
+                for f in _image_files(os.path.join(folder, person))
+            )
+    return records
+
+
+def read_llcm(root: str) -> dict[str, list[ImageRecord]]:
+    """Checks an LLCM folder and reads its training and test images.
+
+    Training images are those of idx/train_vis.txt and idx/train_nir.txt
+    (identity: the label written there); test images are those of the ids
+    of idx/test_id.txt under test_vis/ and test_nir/ (identity and camera
+    from the folders). Cameras keep LLCM's numbers (1..9) in both
+    modalities.
+
+    Args:
+      root: the folder holding idx/, test_vis/ and test_nir/.
+
+    Returns:
+      {"train": visible + infrared training records, "test": visible +
+      infrared test records}, each sorted by file name.
+
+    Raises:
+      DatasetLayoutError: a folder or file is missing or malformed, a listed
+        image is missing, or an identity of a split is seen in one modality
+        only (or, for a test id, not at all).
+    """
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise _llcm_error(
+            root,
+            f"LLCM folder {root} does not exist",
+            "a folder holding idx/, test_vis/ and test_nir/",
+        )
+    missing = [
+        d
+        for d in ("idx", "test_vis", "test_nir")
+        if not os.path.isdir(os.path.join(root, d))
+    ]
+    if missing:
+        raise _llcm_error(
+            root,
+            f"LLCM folder {root} lacks {', '.join(missing)}",
+            "idx/, test_vis/ and test_nir/ directly under the root",
+        )
+    train = []
+    for modality, fname in LLCM_TRAIN_FILES.items():
+        train += parse_llcm_index(
+            os.path.join(root, "idx", fname), root=root, modality=modality
+        )
+    ids = _parse_ids(
+        os.path.join(root, "idx", "test_id.txt"),
+        name="LLCM test id file",
+        missing="idx/test_id.txt",
+        error=lambda what, expected: _llcm_error(root, what, expected),
+    )
+    test = []
+    for modality in LLCM_TEST_FOLDERS:
+        test += _llcm_test_records(root, ids, modality)
+    out = {
+        "train": sorted(train, key=lambda r: r.file_name),
+        "test": sorted(test, key=lambda r: r.file_name),
+    }
+    _check_llcm_modalities(root, out, test_ids=ids)
+    logging.info(
+        "LLCM at %s: %d training images (%d labels), %d test images (%d ids).",
+        root,
+        len(out["train"]),
+        len({r.identity for r in out["train"]}),
+        len(out["test"]),
+        len(ids),
+    )
+    return out
+
+
+def _check_llcm_modalities(
+    root: str, splits: dict[str, list[ImageRecord]], *, test_ids
+) -> None:
+    """Every identity of each split in both modalities, named.
+
+    Training pairs visible and infrared images of each identity; the test
+    protocol queries in both directions, so a test id needs images in both
+    modalities or its queries could never be matched.
+
+    Raises:
+      DatasetLayoutError: naming each training label and test id seen in one
+        modality only, and each test id without any image.
+    """
+    problems = []
+    for split, records in splits.items():
+        seen = {constants.VISIBLE: set(), constants.INFRARED: set()}
+        for r in records:
+            seen[r.modality].add(r.identity)
+        visible, infrared = seen[constants.VISIBLE], seen[constants.INFRARED]
+        what = "labels" if split == "train" else "ids"
+        if visible - infrared:
+            problems.append(
+                f"{split} {what} with visible images only: "
+                f"{_ids(visible - infrared)}"
+            )
+        if infrared - visible:
+            problems.append(
+                f"{split} {what} with infrared images only: "
+                f"{_ids(infrared - visible)}"
+            )
+        if split == "test" and set(test_ids) - visible - infrared:
+            problems.append(
+                "test ids of idx/test_id.txt without any image in test_vis/ "
+                f"or test_nir/: {_ids(set(test_ids) - visible - infrared)}"
+            )
+    if problems:
+        raise _llcm_error(
+            root,
+            "LLCM identities break their split's rule: " + "; ".join(problems),
+            "every training label in both idx/train_vis.txt and "
+            "idx/train_nir.txt, every test id under both test_vis/ and "
+            "test_nir/",
         )

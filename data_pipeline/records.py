@@ -93,7 +93,7 @@ def image_storage(source) -> str:
     raise ValueError(
         f"the records hold no image: features {sorted(keys)}, expected "
         "'image' (encoded) or 'image/value' and 'image/shape' (raw pixels). "
-        "Open a split of the sysu_mm01 or regdb builders."
+        "Open a split of the sysu_mm01, regdb or llcm builders."
     )
 
 
@@ -131,7 +131,8 @@ class SplitMetadata:
     Attributes (all [N], row i = example i of the source):
       label: int64 contiguous identity index within the split.
       identity: int64 original person id.
-      camera: int64 camera id (SYSU 1..6; RegDB 1 visible, 2 thermal).
+      camera: int64 camera id (SYSU 1..6; RegDB 1 visible, 2 thermal;
+        LLCM 1..9 in both modalities).
       modality: int64, `constants.VISIBLE` or `constants.INFRARED`.
       file_name: object array of str, the path relative to the dataset
         root, e.g. "cam3/0001/0004.jpg".

@@ -6,7 +6,9 @@ release's sampler does: floor(max(N_visible, N_infrared) / (P * K)) + 1
 batches per epoch, identities drawn without replacement within a batch (and
 independently across batches), examples with replacement. Rows are
 identity-major, visible row r and infrared row r share the identity, and
-each host keeps a contiguous block of rows of every batch. See
+each host keeps a contiguous block of rows of every batch. CAJ's exchanged
+view (`augment.TrainAugment.channel_exchange`) adds no draw here: it is the
+visible rows of the plan once more, augmented apart (`train_pipeline`). See
 docs/datasets.md "The input pipeline".
 """
 

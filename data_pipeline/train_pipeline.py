@@ -3,12 +3,15 @@
 Per step: the identity-balanced plan (`sampling`, numpy, per epoch) names the
 records, read by index from the split in one Python call; every random choice
 is drawn from (seed, step) for the rows of the global batch and this host's
-rows kept (`augment.sample_train_params`); decoding (none for raw pixels),
+rows kept (`augment.sample_step_params`); decoding (none for raw pixels),
 resizing (only to another size than stored), pad + crop and flip run per
-image in parallel (uint8); grey, normalisation and erasing run
-per batch as one XLA computation. So `make_train_dataset(start_step=s)`
-yields exactly what an uninterrupted run yields from step s on, whatever the
-number of hosts, and only the records of the steps in flight are in memory.
+image in parallel (uint8); grey, normalisation and erasing (and CAJ's
+channel augmentation, when on) run per batch as one XLA computation; with
+CAJ's `channel_exchange` the visible records of a step are decoded a second
+time, as a third view with draws of its own. So
+`make_train_dataset(start_step=s)` yields exactly what an uninterrupted run
+yields from step s on, whatever the number of hosts, and only the records of
+the steps in flight are in memory.
 See the docs/datasets.md "The input pipeline".
 """
 
@@ -170,7 +173,10 @@ def make_train_dataset(
       "infrared_cameras" [P*K/n] int32; "step" int64 scalar, the global step
       (for checking resume; pop it before sharding). Row r of both
       modalities is the same identity (rows [j*K, (j+1)*K) of the global
-      batch: identity j).
+      batch: identity j). With `augmentation.channel_exchange` (CAJ) also
+      "visible_exchanged" [P*K/n, H, W, 3]: row r is the record of visible
+      row r (same label and camera), augmented independently and then with
+      its channels exchanged.
     """
     height, width = image_ops.check_image_size(image_size)
     dtype = image_ops.check_float_dtype(dtype)
@@ -208,12 +214,14 @@ def make_train_dataset(
         num_instances=num_instances,
     )
     plans(int(start_step) // spe)  # Validates the split (e.g. unpaired ids).
-    # Row of each local image in the global batch [visible; infrared]: its
-    # augmentation is drawn for that row, so hosts agree whatever their number.
+    # Row of each local image in the global batch [visible; infrared] (then
+    # the exchanged visible view, with CAJ's exchange): its augmentation is
+    # drawn for that row, so hosts agree whatever their number.
+    views = augmentation.num_views
     positions = np.concatenate(
         [
-            np.arange(rows.start, rows.stop),
-            global_rows + np.arange(rows.start, rows.stop),
+            view * global_rows + np.arange(rows.start, rows.stop)
+            for view in range(views)
         ]
     ).astype(np.int64)
 
@@ -232,12 +240,18 @@ def make_train_dataset(
         serialized, labels, cameras = tf.numpy_function(
             fetch, [step], (tf.string, tf.int32, tf.int32), stateful=False
         )
-        size = 2 * local_rows
+        if views == 3:
+            # CAJ's exchanged view: the visible records once more (read once).
+            serialized, labels, cameras = (
+                tf.concat([t, t[:local_rows]], 0)
+                for t in (serialized, labels, cameras)
+            )
+        size = views * local_rows
         # Every random choice of the step, drawn for the global batch and
         # gathered at this host's rows.
-        params = augment.sample_train_params(
+        params = augment.sample_step_params(
             augment.step_seed(seed, step),
-            num=2 * global_rows,
+            rows=global_rows,
             height=height,
             width=width,
             config=augmentation,
@@ -272,15 +286,19 @@ def make_train_dataset(
         images = finish(
             batch["image"], batch["params"], config=augmentation, dtype=dtype
         )
-        return {
+        ir = slice(local_rows, 2 * local_rows)
+        out = {
             "visible": images[:local_rows],
-            "infrared": images[local_rows:],
+            "infrared": images[ir],
             "visible_labels": batch["label"][:local_rows],
-            "infrared_labels": batch["label"][local_rows:],
+            "infrared_labels": batch["label"][ir],
             "visible_cameras": batch["camera"][:local_rows],
-            "infrared_cameras": batch["camera"][local_rows:],
+            "infrared_cameras": batch["camera"][ir],
             "step": batch["step"][0],
         }
+        if views == 3:
+            out["visible_exchanged"] = images[2 * local_rows :]
+        return out
 
     if num_steps is None:
         stop = np.iinfo(np.int64).max
@@ -296,14 +314,15 @@ def make_train_dataset(
     ds = ds.map(
         plain(decode), num_parallel_calls=num_parallel_calls, deterministic=True
     )
-    ds = ds.batch(2 * local_rows, drop_remainder=True)
+    ds = ds.batch(views * local_rows, drop_remainder=True)
     ds = ds.map(plain(augment_step), num_parallel_calls=2, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     ds = ds.with_options(options)
     logging.info(
         "Training stream: %d visible + %d infrared examples, %d identities, "
-        "%d steps/epoch, from step %d, host %d/%d with %d rows/modality.",
+        "%d steps/epoch, from step %d, host %d/%d with %d rows/view, %d "
+        "views.",
         metadata.visible_indices.size,
         metadata.infrared_indices.size,
         metadata.num_classes,
@@ -312,6 +331,7 @@ def make_train_dataset(
         process_index,
         process_count,
         local_rows,
+        views,
     )
     return ds.prefetch(prefetch)
 

@@ -7,9 +7,10 @@ pieces of at most `SORT_CHUNK` values sorted by value only (short sorts are
 cheaper per element than a long argsort), and the counts come from binary
 searches vectorised over all (positive, piece) pairs. Exact ties (and, for
 float64 input, values equal at float32 precision) are counted exactly
-against the original values. The SYSU identity de-duplication uses each
-identity's closest kept item: an identity precedes the first match iff that
-item ranks before it. Results do not depend on the chunk and block sizes.
+against the original values. The identity de-duplication of the SYSU and
+LLCM CMC uses each identity's closest kept item: an identity precedes the
+first match iff that item ranks before it. Results do not depend on the
+chunk and block sizes.
 """
 
 import numpy as np
@@ -34,12 +35,12 @@ def per_query(dist, qid, gid, qcam, gcam, *, flavour):
         dist: [Q, G] float32 or float64, finite.
         qid, gid: [Q], [G] int64 identities.
         qcam, gcam: [Q], [G] int64 cameras, or None (standard flavour only).
-        flavour: "sysu" or "standard" (see `mclnet_jax.metrics`).
+        flavour: "sysu", "standard" or "llcm" (see `mclnet_jax.metrics`).
 
     Returns:
         (valid, ap, inp, first_rank), each [Q]: whether the query has a
         positive after the removal, its AP, its INP and the 1-based rank of
-        its first match (SYSU: among de-duplicated identities).
+        its first match (SYSU, LLCM: among de-duplicated identities).
     """
     num_q, num_g = dist.shape
     # Gallery columns grouped by identity (column order kept inside a group).
@@ -110,8 +111,8 @@ def _evaluate_block(
             ).astype(dist.dtype, copy=False)
         drop = removed_rows[pos_q] & removed_cols[pos_g]
     elif qcam is not None:
-        # Only same-identity items can be removed here: exactly the
-        # positives seen from the same camera.
+        # Standard and LLCM: only same-identity items can be removed here,
+        # exactly the positives seen from the same camera.
         drop = qcam[pos_q] == gcam[pos_g]
         if drop.any():
             dist = dist.copy()
@@ -139,7 +140,7 @@ def _evaluate_block(
     inp[valid] = num_pos[valid] / ranks[ends[valid]]
     cmc_rank[valid] = ranks[starts[valid]]
 
-    if flavour == "sysu":
+    if flavour in ("sysu", "llcm"):
         # Computed for every row (invalid rows get column 0 and are
         # ignored): cheaper than copying out the valid rows.
         first_g = np.where(valid, pos_g[np.minimum(starts, pos_g.size - 1)], 0)

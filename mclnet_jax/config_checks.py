@@ -69,6 +69,8 @@ _RANGES = (
     ("data.random_erasing", _in_range(0, 1), "a probability in [0, 1]"),
     ("data.random_grey", _in_range(0, 1), "a probability in [0, 1]"),
     ("data.random_remap", _in_range(0, 1), "a probability in [0, 1]"),
+    ("data.channel_adaptive_grey", _in_range(0, 1), "a probability in [0, 1]"),
+    ("data.channel_erasing", _in_range(0, 1), "a probability in [0, 1]"),
     ("model.width_multiplier", lambda v: v > 0, "a number > 0"),
     ("loss.triplet_margin", _at_least(0), "a number >= 0"),
     ("loss.label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)"),
@@ -86,6 +88,8 @@ _RANGES = (
     ("checkpoint.every_steps", _at_least(1), "an integer >= 1"),
     ("checkpoint.keep", _at_least(1), "an integer >= 1"),
     ("eval.precise_bn_batches", _at_least(0), "an integer >= 0 (0: off)"),
+    ("eval.aqe_k", _at_least(1), "an integer >= 1"),
+    ("eval.aqe_alpha", _at_least(0), "a number >= 0"),
 )
 # The same for every entry of config.evals with the field.
 _ENTRY_RANGES = (
@@ -98,7 +102,7 @@ _ENTRY_RANGES = (
 )
 
 # Evaluator types of config.evals: the protocols and the figures of one.
-PROTOCOLS = ("sysu", "regdb")
+PROTOCOLS = ("sysu", "regdb", "llcm")
 EVAL_TYPES = (*PROTOCOLS, "figures")
 # The fields of each type's entries.
 _COMMON_FIELDS = ("type", "split", "every_steps", "at_end")
@@ -112,9 +116,23 @@ _PROTOCOL_FIELDS = (
 )
 # Which features a protocol entry evaluates: the network's or raw pixels.
 FEATURES = ("model", "pixels")
+# The fields of config.data that name a dataset; a protocol entry may add
+# `data` with some of them (`dataset` required) to evaluate another dataset
+# than the run's (cross-dataset evaluation; registry.entry_data).
+DATASET_FIELDS = (
+    "dataset",
+    "builder_config",
+    "image_format",
+    "manual_dir",
+    "data_dir",
+    "synthetic",
+)
+# The dataset each protocol evaluates.
+PROTOCOL_DATASETS = {"sysu": "sysu_mm01", "regdb": "regdb", "llcm": "llcm"}
 ENTRY_FIELDS = {
     "sysu": (*_PROTOCOL_FIELDS, "modes", "num_trials", "num_shots"),
     "regdb": _PROTOCOL_FIELDS,
+    "llcm": (*_PROTOCOL_FIELDS, "num_trials", "llcm_transposed_vis_to_ir"),
     "figures": (*_COMMON_FIELDS, "of", "baseline"),
 }
 
@@ -170,6 +188,34 @@ def _range_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
                         f"config.{section}.{rules}: multipliers must be >= 0, "
                         f"got {rule[1]!r} for {rule[0]!r}."
                     )
+
+
+def _eval_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
+    """config.eval's switches and the SYSU kit's permutation file."""
+    for path in ("eval.flip", "eval.aqe"):
+        present, value = _get(config, path)
+        if present and not isinstance(value, bool):
+            yield f"config.{path} must be True or False, got {value!r}."
+    present, path = _get(config, "eval.sysu_rand_perm")
+    if not present or path is None:
+        return
+    if not (isinstance(path, str) and path):
+        yield (
+            "config.eval.sysu_rand_perm must be unset or the path of the "
+            f"SYSU-MM01 kit's rand_perm_cam.mat, got {path!r}."
+        )
+    elif not os.path.isfile(path):
+        yield (
+            f"config.eval.sysu_rand_perm: no file {path!r}; pass the "
+            "SYSU-MM01 evaluation kit's evaluation/data_split/"
+            "rand_perm_cam.mat (github.com/wuancong/SYSU-MM01), or leave it "
+            "unset for the community's draw."
+        )
+    elif not any(e.type == "sysu" for e in _evals(config).values()):
+        yield (
+            "config.eval.sysu_rand_perm is set, but no entry of "
+            "config.evals is a SYSU-MM01 protocol (type 'sysu') to use it."
+        )
 
 
 def _choice(
@@ -290,7 +336,8 @@ def _entry_problems(name: str, entry: Any) -> Iterator[str]:
     fields = ENTRY_FIELDS[entry.type]
     if not _well_formed(entry):
         missing = [f for f in fields if f not in entry]
-        extra = sorted(set(entry) - set(fields))
+        optional = {"data"} if entry.type in PROTOCOLS else set()
+        extra = sorted(set(entry) - set(fields) - optional)
         yield (
             f"{where} ({entry.type}) must have the fields {list(fields)}; "
             f"missing {missing}, unknown {extra}."
@@ -304,7 +351,7 @@ def _entry_problems(name: str, entry: Any) -> Iterator[str]:
                 yield problem
     if not (isinstance(entry.split, str) and entry.split):
         yield f"{where}.split must name a split, got {entry.split!r}."
-    for field in ("at_end", "rerank"):
+    for field in ("at_end", "rerank", "llcm_transposed_vis_to_ir"):
         if field in fields and not isinstance(entry[field], bool):
             yield (
                 f"{where}.{field} must be True or False, got {entry[field]!r}."
@@ -323,6 +370,31 @@ def _entry_problems(name: str, entry: Any) -> Iterator[str]:
             f"{where}.modes must be a non-empty subset of ('all', 'indoor'), "
             f"got {entry.modes!r}."
         )
+    if "data" in entry:
+        yield from _entry_data_problems(where, entry)
+
+
+def _entry_data_problems(where: str, entry: Any) -> Iterator[str]:
+    """An entry's `data`: another dataset, of the entry's protocol."""
+    data = entry.data
+    if not isinstance(data, ml_collections.ConfigDict):
+        yield (
+            f"{where}.data must be a dict of dataset fields "
+            f"{list(DATASET_FIELDS)}, got {data!r}."
+        )
+        return
+    unknown = sorted(set(data) - set(DATASET_FIELDS))
+    if unknown:
+        yield (
+            f"{where}.data: unknown fields {unknown}; it names a dataset "
+            f"with {list(DATASET_FIELDS)}."
+        )
+    want = PROTOCOL_DATASETS[entry.type]
+    if data.get("dataset") != want:
+        yield (
+            f"{where}.data.dataset must be {want!r} (the dataset of the "
+            f"{entry.type!r} protocol), got {data.get('dataset')!r}."
+        )
 
 
 def _well_formed(entry: Any) -> bool:
@@ -331,7 +403,8 @@ def _well_formed(entry: Any) -> bool:
         isinstance(entry, ml_collections.ConfigDict)
         and "type" in entry
         and entry.type in ENTRY_FIELDS
-        and set(entry) == set(ENTRY_FIELDS[entry.type])
+        and set(entry) - {"data"} == set(ENTRY_FIELDS[entry.type])
+        and ("data" not in entry or entry.type in PROTOCOLS)
     )
 
 
@@ -353,9 +426,21 @@ def _evals_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
         return
     for name, entry in evals.items():
         yield from _entry_problems(name, entry)
+    valid = _evals(config)
+    _, dataset = _get(config, "data.dataset")
+    for name, entry in valid.items():
+        want = PROTOCOL_DATASETS.get(entry.type)
+        # (An unknown config.data.dataset is reported on its own.)
+        known = dataset in PROTOCOL_DATASETS.values()
+        if known and want and "data" not in entry and dataset != want:
+            yield (
+                f"config.evals.{name} ({entry.type}) evaluates {want!r} data "
+                f"but the run's config.data.dataset is {dataset!r}; give the "
+                f"entry its dataset in config.evals.{name}.data (cross-"
+                "dataset evaluation, docs/evaluation.md) or change its type."
+            )
     # What the figures refer to: a protocol entry's model features, and a
     # pixels entry's CMC, on the same split.
-    valid = _evals(config)
     protocols = {n: e for n, e in valid.items() if e.type in PROTOCOLS}
     for name, entry in valid.items():
         if entry.type != "figures":
@@ -419,11 +504,36 @@ def _best_metric_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
         )
 
 
+def _channel_aug_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
+    """CAJ's channel augmentation (data_pipeline/augment.py)."""
+    present, exchange = _get(config, "data.channel_exchange")
+    if present and not isinstance(exchange, bool):
+        yield (
+            f"config.data.channel_exchange must be True or False, got "
+            f"{exchange!r}."
+        )
+    _, channel = _get(config, "data.channel_erasing")
+    _, release = _get(config, "data.random_erasing")
+    if (
+        _is_number(channel, integer=False)
+        and _is_number(release, integer=False)
+        and channel > 0
+        and release > 0
+    ):
+        yield (
+            "config.data.channel_erasing (CAJ's random erasing) replaces "
+            "config.data.random_erasing (the release's): set one of them to "
+            f"0, got {channel!r} and {release!r}."
+        )
+
+
 def problems(config: ml_collections.ConfigDict) -> list[str]:
     """Every range, name, evaluator and image-size problem of `config`, one
     line each."""
     return [
         *_range_problems(config),
+        *_eval_problems(config),
+        *_channel_aug_problems(config),
         *_name_problems(config),
         *_evals_problems(config),
         *_best_metric_problems(config),

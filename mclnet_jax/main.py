@@ -6,9 +6,9 @@ r"""Command line: train, evaluate, analyze or export MCLNet (see README).
   python -m mclnet_jax.main --config=sysu --workdir=... \
       --mode=evaluate --checkpoint=best
 
-`--config` is a recipe of the package (sysu, regdb, synthetic; the files of
-the repository's configs/) or the path of a config file, either with
-`:ARG`. Any config field can be overridden with --config.<field>=<value>.
+`--config` is a recipe of the package (sysu, regdb, llcm, synthetic; the
+files of the repository's configs/) or the path of a config file, either
+with `:ARG`. Any config field can be overridden with --config.<field>=<value>.
 Rerunning the same command resumes from the latest checkpoint in the
 workdir.
 """
@@ -32,7 +32,8 @@ from mclnet_jax import workdir as workdir_lib  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     configs_lib.recipe_path("synthetic"),
-    "A recipe (sysu, regdb, synthetic) or a config file, optionally with "
+    "A recipe (sysu, regdb, llcm, synthetic) or a config file, optionally "
+    "with "
     "an argument: sysu:base, configs/sysu.py:base.",
     lock_config=True,
 )
@@ -147,15 +148,15 @@ def main(argv):
     # `--help` should not wait for it.
     with console.native_stderr_to(log_file):
         from data_pipeline import datasets  # noqa: F401 - see errors.py.
-        from mclnet_jax import export, train
+        from mclnet_jax import evaluate, export, train
 
     try:
         if _MODE.value == "train":
             train.train_and_evaluate(config, workdir)
         elif _MODE.value == "evaluate":
-            train.evaluate(config, workdir, which=_CHECKPOINT.value)
+            evaluate.evaluate(config, workdir, which=_CHECKPOINT.value)
         elif _MODE.value == "analyze":
-            train.analyze(config, workdir, which=_CHECKPOINT.value)
+            evaluate.analyze(config, workdir, which=_CHECKPOINT.value)
         else:
             export.export_workdir(config, workdir, which=_CHECKPOINT.value)
     except Exception as e:

@@ -1,8 +1,8 @@
 """Re-identification retrieval metrics: CMC, mAP and mINP, vectorised.
 
-From a distance matrix (smaller = closer), in the two flavours of the
-community's evaluation code: `sysu_metrics` (SYSU-MM01) and
-`standard_metrics` (RegDB, Market style). Queries without a positive are
+From a distance matrix (smaller = closer), in the three flavours of the
+community's evaluation code: `sysu_metrics` (SYSU-MM01), `standard_metrics`
+(RegDB, Market style) and `llcm_metrics` (LLCM). Queries without a positive are
 skipped; ties in distance are broken by gallery order (a stable sort).
 Definitions: docs/evaluation.md, "Metrics".
 """
@@ -19,6 +19,7 @@ from mclnet_jax import _ranking
 __all__ = [
     "RetrievalMetrics",
     "l2_normalize",
+    "llcm_metrics",
     "negative_inner_product",
     "standard_metrics",
     "sysu_metrics",
@@ -207,6 +208,51 @@ def standard_metrics(
     )
     return _evaluate(
         dist, qid, gid, qcam, gcam, max_rank=max_rank, flavour="standard"
+    )
+
+
+def llcm_metrics(
+    distmat: np.ndarray,
+    *,
+    query_ids: np.ndarray,
+    gallery_ids: np.ndarray,
+    query_cams: np.ndarray,
+    gallery_cams: np.ndarray,
+    max_rank: int = 20,
+) -> RetrievalMetrics:
+    """LLCM metrics (the LLCM reference code's `eval_llcm` protocol).
+
+    Gallery items with the query's identity and camera are removed (LLCM
+    numbers its cameras across modalities: a visible and an infrared image
+    of camera 4 are from one camera); CMC on the ranked identities with
+    repeats removed, as `sysu_metrics`; mAP and mINP on the image ranking
+    after the removal.
+
+    Args:
+        distmat: [Q, G] float, finite; smaller = closer.
+        query_ids: [Q] int identities.
+        gallery_ids: [G] int identities.
+        query_cams: [Q] int cameras (LLCM: 1..9).
+        gallery_cams: [G] int cameras (LLCM: 1..9).
+        max_rank: length of the returned CMC.
+
+    Returns:
+        `RetrievalMetrics`.
+
+    Raises:
+        ValueError: on malformed inputs or if no query has a positive.
+    """
+    dist, qid, gid, qcam, gcam = _check_inputs(
+        distmat,
+        query_ids,
+        gallery_ids,
+        query_cams,
+        gallery_cams,
+        max_rank,
+        cams_required=True,
+    )
+    return _evaluate(
+        dist, qid, gid, qcam, gcam, max_rank=max_rank, flavour="llcm"
     )
 
 

@@ -8,8 +8,9 @@ store), restore (the newest intact checkpoint, else a fresh state), the loop
 (the jitted step of `train_step.py` on a ("data",) mesh, one console line per
 interval, TensorBoard, periodic evaluations, the best checkpoint by validation,
 checkpoints that are never non-finite, SIGTERM) and the final evaluations into
-`results*.{json,txt}`. `evaluate` and `analyze` run the at-end evaluators on a
-checkpoint of the workdir (docs/training.md "Outputs, checkpoints and resume").
+`results*.{json,txt}`. `evaluate.py` runs the at-end evaluators (and the
+figures) on a checkpoint of the workdir with the same `setup` and `restore`
+(docs/training.md "Outputs, checkpoints and resume").
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from mclnet_jax import workdir as workdir_lib
 from mclnet_jax.evaluators import batch_stats, registry
 from mclnet_jax.evaluators import common as eval_common
 from mclnet_jax.evaluators import features as features_lib
-from mclnet_jax.evaluators import figures as figures_lib
 from mclnet_jax.evaluators import results as results_lib
 from mclnet_jax.models import mclnet as mclnet_model
 
@@ -61,6 +61,7 @@ class Run:
     init_state: Callable[[], train_step.TrainState]  # A fresh state.
     train_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
     evaluators: dict[str, eval_common.Evaluator]  # Over one FeatureStore.
+    dataset: str  # What it trains on (`registry.dataset_name`).
 
 
 def setup(
@@ -84,22 +85,22 @@ def setup(
     os.makedirs(workdir, exist_ok=True)
     dc = config.data
 
-    # -- Data: prepared by process 0 first (hosts building the same records
-    # at once would race on TFDS's final rename), each split opened once.
-    if jax.process_index() == 0:
-        builder = datasets.open_builder(config, workdir, process_index=0)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("mclnet_jax: data prepared")
-    if jax.process_index() > 0:
-        builder = datasets.open_builder(
-            config, workdir, process_index=jax.process_index()
-        )
+    # -- Data: each dataset prepared once, each split opened once; an
+    # evaluator with `data` reads another dataset (cross-dataset).
+    builder = _prepared_builder(dc, workdir)
     train_source = records.open_source(builder, dc.train_split)
     train_metadata = records.read_metadata(train_source)
-    sources = {
-        split: records.open_source(builder, split)
-        for split in registry.splits(config.evals)
-    }
+    sources = {}
+    for entry in config.evals.values():
+        key = registry.source_key(entry)
+        if key not in sources:
+            other = "data" in entry
+            sources[key] = records.open_source(
+                _prepared_builder(registry.entry_data(entry, dc), workdir)
+                if other
+                else builder,
+                entry.split,
+            )
 
     def train_batches(start_step: int) -> Iterator[dict[str, np.ndarray]]:
         return datasets.train_batches(
@@ -175,6 +176,7 @@ def setup(
             f"the model of step {int(jax.device_get(state.step))} "
             f"(checkpoints under {checkpoint_dir})"
         ),
+        flip=config.eval.flip,
     )
     evaluators = registry.build(
         config.evals,
@@ -185,6 +187,9 @@ def setup(
         builder_config=dc.builder_config,
         workdir=workdir,
         label=label,
+        aqe=eval_common.aqe_params(config.eval),
+        sysu_rand_perm=config.eval.sysu_rand_perm,
+        dataset=registry.dataset_name(dc),
     )
     return Run(
         mesh=mesh,
@@ -202,7 +207,24 @@ def setup(
         train_batches=train_batches,
         evaluators=evaluators,
         init_state=init_state,
+        dataset=registry.dataset_name(dc),
     )
+
+
+def _prepared_builder(data_config: ml_collections.ConfigDict, workdir: str):
+    """A dataset's TFDS builder, prepared by process 0 first: hosts building
+    the same records at once would race on TFDS's final rename."""
+    if jax.process_index() == 0:
+        builder = datasets.open_builder(data_config, workdir, process_index=0)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(
+            f"mclnet_jax: {data_config.dataset} prepared"
+        )
+    if jax.process_index() > 0:
+        builder = datasets.open_builder(
+            data_config, workdir, process_index=jax.process_index()
+        )
+    return builder
 
 
 def restore(
@@ -301,7 +323,8 @@ def _train(
     progress = console.Progress(
         total_steps=total_steps,
         steps_per_epoch=run.steps_per_epoch,
-        images_per_step=2
+        # Visible and infrared, and CAJ's channel-exchanged visible view.
+        images_per_step=(3 if config.data.channel_exchange else 2)
         * config.data.num_identities
         * config.data.num_instances,
         start_step=start_step,
@@ -359,12 +382,12 @@ def _train(
                     )
                     return {"stopped_at_step": done}
             ckpt.wait()
-        return _final_evaluations(
+        return final_evaluations(
             run, state, workdir, writer=writer, train_metrics=logged
         )
 
 
-def _final_evaluations(
+def final_evaluations(
     run: Run,
     state: train_step.TrainState,
     workdir: str,
@@ -400,79 +423,11 @@ def _final_evaluations(
                 step=0 if evaluator.kind == "pixels" else step,
                 name=stem + suffix,
                 train_metrics=train_metrics if name == "test" else None,
+                dataset=evaluator.dataset,
+                trained_on=run.dataset,
             )
             out = written if name == "test" else out
     return out
-
-
-def evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    which: str = checkpointing.LATEST,
-) -> dict[str, Any]:
-    """`--mode=evaluate`: the at-end evaluators on a workdir's checkpoint.
-
-    Writes `results_<which>.json` / `.txt` (and `results_<name>_<which>` for
-    the other protocol evaluators). With `config.init.release_checkpoint`
-    set, evaluates that checkpoint of the authors' release instead (`which`
-    must stay "latest") into `results_release.*` (step 0).
-    """
-    checkpointing.check_which(which)
-    release_path = config.init.release_checkpoint
-    if release_path and which != checkpointing.LATEST:
-        raise errors.ConfigurationError(
-            "--checkpoint=best does not apply to "
-            "config.init.release_checkpoint; drop one of them."
-        )
-    run = setup(config, workdir)
-    if release_path:
-        run.checkpointer.close()  # Nothing of the workdir is read.
-        state = checkpointing.release_state(
-            release_path,
-            run.abstract_state,
-            model_config=config.model,
-            feature_dim=run.model.feature_dim,
-            num_classes=run.num_classes,
-        )
-        state = jax.device_put(state, run.state_sharding)
-        return _final_evaluations(
-            run, state, workdir, suffix="_release", figures=False
-        )
-    with contextlib.closing(run.checkpointer):  # Read only.
-        state = restore(run, which=which, init=False)
-    return _final_evaluations(
-        run, state, workdir, suffix=f"_{which}", figures=False
-    )
-
-
-def analyze(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    which: str = checkpointing.LATEST,
-) -> dict[str, str]:
-    """`--mode=analyze`: the figures evaluators on a workdir's checkpoint.
-
-    Returns:
-      {figure name: PNG path} of every figures evaluator.
-    """
-    checkpointing.check_which(which)
-    if not any(e.type == "figures" for e in config.evals.values()):
-        raise errors.ConfigurationError(
-            "--mode=analyze draws the figures evaluators of config.evals, "
-            "and this config has none; use a recipe's config (e.g. "
-            "--config=synthetic), which has config.evals.figures."
-        )
-    run = setup(config, workdir, label=which)
-    with contextlib.closing(run.checkpointer):  # Read only.
-        state = restore(run, which=which, init=False)
-    paths = {}
-    for evaluator in run.evaluators.values():
-        if isinstance(evaluator, figures_lib.FiguresEvaluator):
-            dict(evaluator.run(state))
-            paths.update(evaluator.paths)
-    return paths
 
 
 # -- The loop's helpers.

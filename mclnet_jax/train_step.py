@@ -208,15 +208,45 @@ def init_state(
     )
 
 
+# CAJ's third view (data_pipeline: `TrainAugment.channel_exchange`): the
+# visible images again, with their channels exchanged; present only when on.
+EXCHANGED = "visible_exchanged"
+
+
+def _visible_input(batch: Batch) -> jax.Array:
+    """The visible stream's input: [visible; exchanged] with CAJ's view.
+
+    As CAJ feeds `cat(visible, exchanged)` to its visible stream: both views
+    go through the visible stem, and count as visible for every loss.
+    """
+    if EXCHANGED not in batch:
+        return batch["visible"]
+    visible, exchanged = batch["visible"], batch[EXCHANGED]
+    if exchanged.shape != visible.shape:
+        raise ValueError(
+            f"batch[{EXCHANGED!r}] must have the shape of batch['visible'] "
+            f"(the same records), got {tuple(exchanged.shape)} and "
+            f"{tuple(visible.shape)}."
+        )
+    return jnp.concatenate([visible, exchanged])
+
+
 def _concat_labels(batch: Batch):
-    labels = jnp.concatenate(
-        [batch["visible_labels"], batch["infrared_labels"]]
-    ).astype(jnp.int32)
+    visible_labels = batch["visible_labels"]
+    visible_cameras = batch["visible_cameras"]
+    if EXCHANGED in batch:
+        # CAJ repeats the visible labels for the exchanged view (its rows are
+        # the visible rows' records); so are their cameras and modality.
+        visible_labels = jnp.concatenate([visible_labels, visible_labels])
+        visible_cameras = jnp.concatenate([visible_cameras, visible_cameras])
+    labels = jnp.concatenate([visible_labels, batch["infrared_labels"]]).astype(
+        jnp.int32
+    )
     # Cameras are 1-based in the datasets (SYSU 1..6, RegDB 1..2).
     cameras = jnp.concatenate(
-        [batch["visible_cameras"], batch["infrared_cameras"]]
+        [visible_cameras, batch["infrared_cameras"]]
     ).astype(jnp.int32)
-    n_vis, n_ir = batch["visible"].shape[0], batch["infrared"].shape[0]
+    n_vis, n_ir = visible_labels.shape[0], batch["infrared"].shape[0]
     modality = jnp.concatenate(
         [jnp.zeros((n_vis,), jnp.int32), jnp.ones((n_ir,), jnp.int32)]
     )
@@ -259,7 +289,11 @@ def make_train_step(
     Returns:
       A pure function. `batch` holds "visible", "infrared" [P*K, H, W, 3]
       float32 and "visible_labels", "infrared_labels", "visible_cameras",
-      "infrared_cameras" [P*K] int; `metrics` is a dict of float scalars.
+      "infrared_cameras" [P*K] int, and with CAJ's channel exchange
+      "visible_exchanged" [P*K, H, W, 3]: it goes through the visible stem
+      with "visible" and takes the visible rows' labels, cameras and
+      modality in every loss (docs/training.md "Channel augmentation
+      (CAJ)"); `metrics` is a dict of float scalars.
     """
     lc = config.loss
     wrt_variant = _check_loss_config(lc)
@@ -281,7 +315,7 @@ def make_train_step(
         def forward(model_params):
             out, mutated = model.apply(
                 {"params": model_params, "batch_stats": state.batch_stats},
-                batch["visible"],
+                _visible_input(batch),
                 batch["infrared"],
                 train=True,
                 mutable=["batch_stats"],

@@ -43,13 +43,13 @@ def test_summarize_means_stds_and_paired_differences():
     # Hand-worked: mean(10, 14, 12) = 12, sample std = sqrt((4+4+0)/2) = 2.
     assert agw["rank1"]["mean"] == pytest.approx(12.0)
     assert agw["rank1"]["std"] == pytest.approx(2.0)
-    assert "rank1_vs_agw" not in agw  # The reference has no difference.
+    assert "rank1_vs_ref" not in agw  # The reference has no difference.
     # Paired differences per seed: 3, 0, 6 -> mean 3, std sqrt(9+9+0)/sqrt2.
-    assert mcl["rank1_vs_agw"]["mean"] == pytest.approx(3.0)
-    assert mcl["rank1_vs_agw"]["std"] == pytest.approx(3.0)
+    assert mcl["rank1_vs_ref"]["mean"] == pytest.approx(3.0)
+    assert mcl["rank1_vs_ref"]["std"] == pytest.approx(3.0)
     # mAP: 1, 4, 2 -> mean 7/3.
-    assert mcl["mAP_vs_agw"]["mean"] == pytest.approx(7.0 / 3.0)
-    assert mcl["mAP_vs_agw"]["std"] == pytest.approx(
+    assert mcl["mAP_vs_ref"]["mean"] == pytest.approx(7.0 / 3.0)
+    assert mcl["mAP_vs_ref"]["std"] == pytest.approx(
         np.std([1.0, 4.0, 2.0], ddof=1)
     )
     # Rows without runs are left out; one seed has std 0.
@@ -68,9 +68,78 @@ def test_markdown_rows_in_paper_order():
     assert [r.split("|")[1].strip() for r in rows] == [
         label for _, label in ablation.ROWS
     ]
-    # MCLNet (row 4) vs AGW* (row 1): +3.0 rank-1, +6.0 mAP.
-    assert "+3.0 ± 0.0 | +6.0 ± 0.0 | +0.0 ± 0.0" in rows[-1]
+    # MCLNet (row 4) vs AGW* (row 1): +3.0 rank-1, +6.0 mAP; MCLNet+CAJ
+    # (row 5): +4.0, +8.0.
+    assert "+3.0 ± 0.0 | +6.0 ± 0.0 | +0.0 ± 0.0" in rows[4]
+    assert "+4.0 ± 0.0 | +8.0 ± 0.0 | +0.0 ± 0.0" in rows[5]
     assert rows[1].endswith("| — | — | — |")
+
+
+def test_test_time_views_are_rows_of_their_own(tmp_path):
+    def mean(r1):
+        return {"mean": {"rank1": r1, "mAP": r1 / 2, "mINP": r1 / 4}}
+
+    run_dir = str(tmp_path / "run")
+    os.makedirs(run_dir)
+    summary = {
+        "sysu_all_single_shot": {"bn": mean(0.1), "bn+flip": mean(0.2)},
+        "sysu_all_single_shot+aqe": {"bn": mean(0.3), "bn+flip": mean(0.4)},
+    }
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump({"summary": summary}, f)
+    got = {
+        view: ablation.read_result(run_dir, "bn", view)["rank1"]
+        for view, _ in ablation.TEST_TIME_VIEWS
+    }
+    assert got == pytest.approx(
+        {"": 10.0, "+flip": 20.0, "+aqe": 30.0, "+flip+aqe": 40.0}
+    )
+    assert ablation.read_result(run_dir, "bn", "+aqe")["mAP"] == 15.0
+    # A run that evaluated no flip has no flip rows (the benchmark reruns it).
+    del summary["sysu_all_single_shot"]["bn+flip"]
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump({"summary": summary}, f)
+    assert ablation.read_result(run_dir, "bn", "+flip") is None
+    rows = ablation.table_rows(["mclnet_caj", "mclnet"], test_time=True)
+    assert rows == [
+        ("mclnet", "MCLNet"),
+        ("mclnet+flip", "MCLNet +flip"),
+        ("mclnet+aqe", "MCLNet +AQE"),
+        ("mclnet+flip+aqe", "MCLNet +flip +AQE"),
+        ("mclnet_caj", "MCLNet+CAJ"),
+        ("mclnet_caj+flip", "MCLNet+CAJ +flip"),
+        ("mclnet_caj+aqe", "MCLNet+CAJ +AQE"),
+        ("mclnet_caj+flip+aqe", "MCLNet+CAJ +flip +AQE"),
+    ]
+    # Paired differences to another reference row, per seed.
+    results = {
+        "mclnet": {0: _metrics(10.0, 20.0, 5.0), 1: _metrics(12.0, 20.0, 5.0)},
+        "mclnet+flip": {
+            0: _metrics(11.0, 20.0, 5.0),
+            1: _metrics(15.0, 20.0, 5.0),
+        },
+    }
+    table = ablation.summarize(
+        results, [0, 1], rows=rows[:2], reference="mclnet"
+    )
+    assert "rank1_vs_ref" not in table["mclnet"]
+    # Differences 1 and 3: mean 2, sample std sqrt(2).
+    assert table["mclnet+flip"]["rank1_vs_ref"]["mean"] == pytest.approx(2.0)
+    assert table["mclnet+flip"]["rank1_vs_ref"]["std"] == pytest.approx(
+        np.sqrt(2.0)
+    )
+    md = ablation.markdown(
+        table, title="T", rows=rows[:2], reference_label="MCLNet"
+    )
+    assert "dR1 vs MCLNet" in md and "| MCLNet +flip | " in md
+    with pytest.raises(ValueError, match="reference"):
+        ablation.run(
+            str(tmp_path / "x"),
+            num_seeds=1,
+            rows=["mclnet_caj"],
+            reference="mclnet",
+        )
+    assert not os.path.exists(str(tmp_path / "x"))
 
 
 def test_bad_arguments(tmp_path):
@@ -120,8 +189,10 @@ def test_tiny_end_to_end_and_resume(
     # the eval-mode features stay finite, as in tests/test_analysis.py).
     tiny_config = ablation.load_config
 
-    def few_steps(variant, *, seed, setting):
-        config = tiny_config(variant, seed=seed, setting=setting)
+    def few_steps(variant, *, seed, setting, test_time=False):
+        config = tiny_config(
+            variant, seed=seed, setting=setting, test_time=test_time
+        )
         config.max_steps = 4
         config.optimizer.lr = config.mcm_optimizer.lr = 0.01
         return config
@@ -149,7 +220,7 @@ def test_tiny_end_to_end_and_resume(
         )
     base = out["rows"]["base"]
     agw = out["rows"]["agw_re"]
-    assert base["mAP_vs_agw"]["mean"] == pytest.approx(
+    assert base["mAP_vs_ref"]["mean"] == pytest.approx(
         base["mAP"]["mean"] - agw["mAP"]["mean"]
     )
     md = open(os.path.join(workdir, "ablation.md")).read()

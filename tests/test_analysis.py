@@ -661,11 +661,11 @@ def test_analyze_workdir_draws_every_figure(tmp_path, fast_compile):
 def test_analyze_without_a_figures_evaluator_is_a_configuration_error(
     tmp_path,
 ):
-    from mclnet_jax import errors, train
+    from mclnet_jax import errors, evaluate
     from mclnet_jax.configs import synthetic
 
     config = synthetic.get_config("tiny=1")
     del config.evals["figures"]
     with pytest.raises(errors.ConfigurationError, match="figures evaluators"):
-        train.analyze(config, str(tmp_path))
+        evaluate.analyze(config, str(tmp_path))
     assert not os.listdir(tmp_path)  # Stopped before any work.

@@ -397,7 +397,7 @@ def test_records_of_the_previous_version_name_the_rebuild(
     config.data.data_dir = data_dir
     config.data.builder_config = "original"
     with pytest.raises(datasets.DatasetUnavailableError, match="1.0.0 only"):
-        datasets.open_builder(config, str(tmp_path))
+        datasets.open_builder(config.data, str(tmp_path))
     assert not os.path.exists(
         os.path.join(os.path.dirname(old), str(sysu_mm01.VERSION))
     )

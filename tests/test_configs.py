@@ -37,6 +37,9 @@ EXPECTED = {
     "agw_re_cca": ("wrt", "gem", AGW_NL, 0.8, False, False, True),
     "agw_re_ica_cca": ("wrt", "gem", AGW_NL, 0.8, False, True, True),
     "mclnet": ("wrt", "gem", AGW_NL, 0.8, True, True, True),
+    # Not a paper row: MCLNet with CAJ's channel augmentation, whose erasing
+    # replaces the release's (tests/test_channel_aug.py).
+    "mclnet_caj": ("wrt", "gem", AGW_NL, 0.0, True, True, True),
 }
 
 

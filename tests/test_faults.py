@@ -373,7 +373,7 @@ def test_undecodable_image_is_one_line_and_exit_2(tmp_path, capsys):
 
     workdir = str(tmp_path / "corrupt")
     config = cli_runs_config()
-    root = datasets.generate_synthetic(config, workdir)
+    root = datasets.generate_synthetic(config.data, workdir)
     images = sorted(
         os.path.join(r, n)
         for r, _, names in os.walk(os.path.join(root, "cam1"))

@@ -173,7 +173,7 @@ def test_validation_rounds_keep_the_best_checkpoint_by_val_only(
     steps, the best checkpoint chosen by the val evaluator alone (the
     periodic test results never reach the checkpointer), and --mode=evaluate
     --checkpoint=best reads that step."""
-    from mclnet_jax import checkpointing, train
+    from mclnet_jax import checkpointing, evaluate, train
     from mclnet_jax.configs import synthetic
 
     config = synthetic.get_config("tiny=1")
@@ -209,6 +209,6 @@ def test_validation_rounds_keep_the_best_checkpoint_by_val_only(
         "metric": config.checkpoint.best_metric,
         "value": values[best_step],
     }
-    out = train.evaluate(config, workdir, which="best")
+    out = evaluate.evaluate(config, workdir, which="best")
     assert out["step"] == best_step
     assert os.path.exists(os.path.join(workdir, "results_best.json"))

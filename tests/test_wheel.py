@@ -159,7 +159,7 @@ def test_an_unknown_recipe_names_the_recipes(venv_python, tmp_path):
     )
     print(proc.stderr[-1000:])
     assert proc.returncode == 2
-    assert "no recipe 'nosuch'; choose one of regdb, synthetic, sysu" in (
+    assert "no recipe 'nosuch'; choose one of llcm, regdb, synthetic, sysu" in (
         proc.stderr
     )
     assert "Traceback" not in proc.stderr

@@ -1,4 +1,4 @@
-"""Synthetic visible-infrared re-id data in the SYSU-MM01 and RegDB layouts.
+"""Synthetic visible-infrared re-id data: SYSU-MM01, RegDB and LLCM layouts.
 
 Lets every code path that reads the real datasets (TFDS builders, sampling,
 input pipelines, training, evaluation) run, and learn, without them. Equal
@@ -15,7 +15,11 @@ from data_pipeline.synthetic.appearance import (
     sample_identities,
     sample_views,
 )
-from data_pipeline.synthetic.cli import REGDB_PRESETS, SYSU_PRESETS
+from data_pipeline.synthetic.cli import (
+    LLCM_PRESETS,
+    REGDB_PRESETS,
+    SYSU_PRESETS,
+)
 from data_pipeline.synthetic.rendering import (
     iter_render_camera,
     render,
@@ -23,21 +27,26 @@ from data_pipeline.synthetic.rendering import (
 )
 from data_pipeline.synthetic.writing import (
     GenerationSummary,
+    generate_llcm,
     generate_regdb,
     generate_sysu,
+    llcm_split,
     regdb_split,
     sysu_split,
 )
 
 __all__ = [
+    "LLCM_PRESETS",
     "REGDB_PRESETS",
     "SYSU_PRESETS",
     "CameraStyle",
     "GenerationSummary",
     "SyntheticDataError",
+    "generate_llcm",
     "generate_regdb",
     "generate_sysu",
     "iter_render_camera",
+    "llcm_split",
     "make_camera",
     "regdb_split",
     "render",

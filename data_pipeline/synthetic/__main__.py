@@ -1,4 +1,4 @@
-"""Writes a synthetic dataset in the SYSU-MM01 or RegDB folder layout.
+"""Writes a synthetic dataset in the SYSU-MM01, RegDB or LLCM folder layout.
 
 python -m data_pipeline.synthetic --layout=sysu --out=DIR [--preset=tiny]
 """

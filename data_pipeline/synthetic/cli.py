@@ -2,6 +2,7 @@
 
     python -m data_pipeline.synthetic --layout=sysu --out=/tmp/sysu_synth
     mclnet-synthetic --layout=regdb --preset=tiny --out=/tmp/regdb_synth
+    python -m data_pipeline.synthetic --layout=llcm --out=/tmp/llcm_synth
 
 See the docs/datasets.md "Synthetic data".
 """
@@ -49,6 +50,31 @@ REGDB_PRESETS = {
     ),
     "tiny": dict(num_identities=8, images_per_modality=2, height=32, width=16),
 }
+# Sizes of the presets (keyword arguments of `generate_llcm`): 17 camera
+# folders per identity (9 visible, 8 infrared).
+LLCM_PRESETS = {
+    "default": dict(
+        num_identities=300,
+        visible_images_per_camera=3,
+        infrared_images_per_camera=3,
+        height=96,
+        width=48,
+    ),
+    "tiny": dict(
+        num_identities=8,
+        visible_images_per_camera=1,
+        infrared_images_per_camera=1,
+        height=32,
+        width=16,
+    ),
+}
+# Each layout's presets and generator.
+PRESETS = {"sysu": SYSU_PRESETS, "regdb": REGDB_PRESETS, "llcm": LLCM_PRESETS}
+_GENERATORS = {
+    "sysu": writing.generate_sysu,
+    "regdb": writing.generate_regdb,
+    "llcm": writing.generate_llcm,
+}
 
 _SYSU_ONLY = (
     "images_per_camera",
@@ -65,33 +91,33 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """
     fv = flag_values
     flags.DEFINE_enum(
-        "layout", None, ["sysu", "regdb"], "Folder layout.", flag_values=fv
+        "layout", None, sorted(PRESETS), "Folder layout.", flag_values=fv
     )
     flags.DEFINE_string("out", None, "Output folder.", flag_values=fv)
     flags.DEFINE_string(
         "preset",
         "default",
-        "Size preset: sysu: default, sysu_sized, tiny; regdb: default, "
-        "tiny. Explicit size flags override it.",
+        "Size preset: sysu: default, sysu_sized, tiny; regdb, llcm: "
+        "default, tiny. Explicit size flags override it.",
         flag_values=fv,
     )
     flags.DEFINE_integer("num_identities", None, "Identities.", flag_values=fv)
     flags.DEFINE_integer(
         "images_per_camera",
         None,
-        "sysu: images per id per camera (both modalities).",
+        "sysu, llcm: images per id per camera (both modalities).",
         flag_values=fv,
     )
     flags.DEFINE_integer(
         "visible_images_per_camera",
         None,
-        "sysu: images per id per visible camera.",
+        "sysu, llcm: images per id per visible camera.",
         flag_values=fv,
     )
     flags.DEFINE_integer(
         "infrared_images_per_camera",
         None,
-        "sysu: images per id per infrared camera.",
+        "sysu, llcm: images per id per infrared camera.",
         flag_values=fv,
     )
     flags.DEFINE_integer(
@@ -128,7 +154,7 @@ def generator_kwargs(fv: flags.FlagValues) -> dict:
     Raises:
       SyntheticDataError: unknown preset, or a flag of the other layout.
     """
-    presets = SYSU_PRESETS if fv.layout == "sysu" else REGDB_PRESETS
+    presets = PRESETS[fv.layout]
     if fv.preset not in presets:
         raise appearance.SyntheticDataError(
             f"unknown preset {fv.preset!r} for layout {fv.layout}; choose "
@@ -136,7 +162,7 @@ def generator_kwargs(fv: flags.FlagValues) -> dict:
         )
     kwargs = dict(presets[fv.preset])
     common = ("num_identities", "height", "width", "pattern_scale")
-    if fv.layout == "sysu":
+    if fv.layout in ("sysu", "llcm"):
         if any(fv[name].value is not None for name in _REGDB_ONLY):
             raise appearance.SyntheticDataError(
                 "--images_per_modality and --image_format apply to "
@@ -149,8 +175,8 @@ def generator_kwargs(fv: flags.FlagValues) -> dict:
     else:
         if any(fv[name].value is not None for name in _SYSU_ONLY):
             raise appearance.SyntheticDataError(
-                "--*images_per_camera apply to --layout=sysu; use "
-                "--images_per_modality for regdb."
+                "--*images_per_camera apply to --layout=sysu and "
+                "--layout=llcm; use --images_per_modality for regdb."
             )
         names = common + _REGDB_ONLY
     for name in names:
@@ -169,10 +195,7 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     fv = flag_values
     logging.set_verbosity(logging.INFO)
-    layout = fv.layout
-    generate = (
-        writing.generate_sysu if layout == "sysu" else writing.generate_regdb
-    )
+    generate = _GENERATORS[fv.layout]
     try:
         summary = generate(
             fv.out,

@@ -1,4 +1,4 @@
-"""Writing synthetic datasets in the SYSU-MM01 and RegDB folder layouts.
+"""Writing synthetic datasets in the SYSU-MM01, RegDB and LLCM layouts.
 
 The folders read like the real ones (`data_pipeline.layouts`), so the TFDS
 builders, training and evaluation run on them. See the docs/datasets.md
@@ -33,7 +33,7 @@ class GenerationSummary:
       num_infrared: infrared images among them.
       identities: all person ids, sorted.
       splits: split name -> sorted person ids (SYSU: "train", "val", "test";
-        RegDB: "train_{t}", "test_{t}").
+        RegDB: "train_{t}", "test_{t}"; LLCM: "train", "test").
       seconds: wall time of the generation.
     """
 
@@ -379,6 +379,161 @@ def generate_regdb(
         num_images=2 * n,
         num_visible=n,
         num_infrared=n,
+        identities=tuple(int(p) for p in pids),
+        splits=splits,
+        seconds=seconds,
+    )
+
+
+# LLCM's identities: 713 for training, 351 for testing.
+LLCM_SPLIT_SIZES = (713, 351)
+
+
+def llcm_split(
+    identities: Sequence[int], *, seed: int
+) -> dict[str, tuple[int, ...]]:
+    """Splits ids into train / test in LLCM's 713:351 proportion.
+
+    Args:
+      identities: person ids (at least 2).
+      seed: random seed of the split.
+
+    Returns:
+      {"train": ..., "test": ...}, sorted tuples of ids; each split has at
+      least one id.
+    """
+    ids = np.array(sorted(identities))
+    n = len(ids)
+    if n < 2:
+        raise appearance.SyntheticDataError(
+            f"need at least 2 identities, got {n}."
+        )
+    n_test = int(round(n * LLCM_SPLIT_SIZES[1] / sum(LLCM_SPLIT_SIZES)))
+    n_test = min(max(1, n_test), n - 1)
+    perm = np.random.default_rng([seed, 5]).permutation(ids)
+    return {
+        "train": tuple(int(i) for i in sorted(perm[n_test:])),
+        "test": tuple(int(i) for i in sorted(perm[:n_test])),
+    }
+
+
+def generate_llcm(
+    root: str,
+    *,
+    num_identities: int = 300,
+    visible_images_per_camera: int = 3,
+    infrared_images_per_camera: int = 3,
+    height: int = 96,
+    width: int = 48,
+    seed: int = 0,
+    jpeg_quality: int = 90,
+    pattern_scale: float = 1.0,
+    overwrite: bool = False,
+) -> GenerationSummary:
+    """Writes a synthetic dataset in the LLCM layout.
+
+    Person ids are 1..num_identities, split as `llcm_split`; every person is
+    seen by the nine visible cameras and the eight infrared ones (no
+    infrared camera 3, as in LLCM's test set). Image k of a person in
+    camera c is ``{train,test}_{vis,nir}/cam{c}/{pid:04d}/
+    {pid:04d}_c{c:02d}_{k:04d}_{vis,nir}.jpg``. idx/train_vis.txt and
+    idx/train_nir.txt list the training images with the label of their id
+    (0..n_train-1 in id order); idx/test_id.txt holds the test ids. A
+    camera keeps its number in both modalities, as in LLCM.
+
+    Args:
+      root: output folder (created).
+      num_identities: number of people (>= 2).
+      visible_images_per_camera: images per identity per visible camera.
+      infrared_images_per_camera: images per identity per infrared camera.
+      height: image height in pixels (>= 16).
+      width: image width in pixels (>= 8).
+      seed: random seed; equal seeds give byte-identical files.
+      jpeg_quality: JPEG quality (1..95).
+      pattern_scale: clothing-pattern frequency factor (see
+        `appearance.sample_identities`).
+      overwrite: replace the folders of an LLCM layout already under `root`.
+
+    Returns:
+      A `GenerationSummary` (splits "train" and "test").
+    """
+    start = time.perf_counter()
+    _check_size("num_identities", num_identities, 2)
+    _check_size("visible_images_per_camera", visible_images_per_camera, 1)
+    _check_size("infrared_images_per_camera", infrared_images_per_camera, 1)
+    _check_image_size(height, width)
+    if not 1 <= jpeg_quality <= 95:
+        raise appearance.SyntheticDataError(
+            f"jpeg_quality must be in 1..95, got {jpeg_quality}."
+        )
+    appearance.check_pattern_scale(pattern_scale)
+    folders = ["train_vis", "train_nir", "test_vis", "test_nir", "idx"]
+    _prepare_root(root, folders, overwrite)
+
+    identities = appearance.sample_identities(
+        num_identities, seed=seed, pattern_scale=pattern_scale
+    )
+    pids = np.arange(1, num_identities + 1)
+    splits = llcm_split(pids.tolist(), seed=seed)
+    test_ids = set(splits["test"])
+    label = {pid: i for i, pid in enumerate(splits["train"])}
+    counts = {"visible": 0, "infrared": 0}
+    train_lines = {"vis": [], "nir": []}
+    for suffix, cameras, per_id in (
+        ("vis", constants.LLCM_VISIBLE_CAMERAS, visible_images_per_camera),
+        ("nir", constants.LLCM_INFRARED_CAMERAS, infrared_images_per_camera),
+    ):
+        infrared = suffix == "nir"
+        for cam in cameras:
+            camera = appearance.make_camera(
+                cam, infrared=infrared, outdoor=cam % 2 == 0, seed=seed
+            )
+            rng = np.random.default_rng([seed, 2, cam, int(infrared)])
+            index = np.repeat(np.arange(num_identities), per_id)
+            views = appearance.sample_views(camera, index.size, rng=rng)
+            for first, images in rendering.iter_render_camera(
+                identities,
+                index,
+                views,
+                camera,
+                height=height,
+                width=width,
+                rng=rng,
+            ):
+                for row, image in enumerate(images, start=first):
+                    pid = int(pids[index[row]])
+                    split = "test" if pid in test_ids else "train"
+                    k = row - index[row] * per_id + 1
+                    rel_dir = f"{split}_{suffix}/cam{cam}/{pid:04d}"
+                    if k == 1:
+                        os.makedirs(os.path.join(root, rel_dir), exist_ok=True)
+                    rel = f"{rel_dir}/{pid:04d}_c{cam:02d}_{k:04d}_{suffix}.jpg"
+                    with open(os.path.join(root, rel), "wb") as f:
+                        f.write(_encode(image, "jpg", jpeg_quality))
+                    if split == "train":
+                        train_lines[suffix].append(f"{rel} {label[pid]}\n")
+            counts["infrared" if infrared else "visible"] += index.size
+
+    os.makedirs(os.path.join(root, "idx"), exist_ok=True)
+    for suffix, lines in train_lines.items():
+        with open(os.path.join(root, "idx", f"train_{suffix}.txt"), "w") as f:
+            f.writelines(lines)
+    with open(os.path.join(root, "idx", "test_id.txt"), "w") as f:
+        f.write(",".join(str(i) for i in splits["test"]) + "\n")
+    seconds = time.perf_counter() - start
+    total = counts["visible"] + counts["infrared"]
+    logging.info(
+        "Wrote %d synthetic LLCM images (%d ids) to %s in %.1f s.",
+        total,
+        num_identities,
+        root,
+        seconds,
+    )
+    return GenerationSummary(
+        root=root,
+        num_images=total,
+        num_visible=counts["visible"],
+        num_infrared=counts["infrared"],
         identities=tuple(int(p) for p in pids),
         splits=splits,
         seconds=seconds,

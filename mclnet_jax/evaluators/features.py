@@ -7,7 +7,9 @@ A predict function `predict_fn(variables, images [B, H, W, 3], modality) ->
 over a ("data",) mesh. `extract_features` runs it over an `EvalSplit`'s
 padded batches and checks that every image was embedded exactly once.
 `FeatureStore` holds a run's splits and extracts each split's features once
-per evaluated state, for every evaluator that asks.
+per evaluated state, for every evaluator that asks; with `flip` it also
+embeds every image mirrored left-right, in the same batch loop, and adds
+the mean of both as "<name>+flip" (`FLIP_SUFFIX`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 FEATURE_NAMES = ("pool", "bn")
 RAW_PIXEL_FEATURES = ("pixels",)
+# Appended to a feature's name: the mean of the image's and its mirror's.
+FLIP_SUFFIX = "+flip"
 # What a protocol evaluates: the model's features or the raw pixels.
 KINDS = config_checks.FEATURES
 
@@ -281,9 +285,14 @@ class FeatureStore:
             BatchNorm statistics recomputed; computed once per state).
         describe: state -> what it is, for the message of non-finite
             features (e.g. "the model of step 8 (checkpoints under ...)").
+        flip: test-time flip: the model's features also hold "<name>+flip"
+            (`FLIP_SUFFIX`), the mean of the features of each image and of
+            its left-right mirror (one more predict call per batch). Raw
+            pixels are not flipped: they stay a no-learning floor.
 
     Attributes:
-        predict_calls: batches embedded so far (model and raw pixels).
+        predict_calls: batches embedded so far (model and raw pixels; with
+            `flip` the mirrored batches too).
     """
 
     def __init__(
@@ -293,7 +302,11 @@ class FeatureStore:
         predict_fn: PredictFn,
         variables_fn: Callable[[Any], Any],
         describe: Callable[[Any], str],
+        flip: bool = False,
     ):
+        if not isinstance(flip, bool):
+            raise ValueError(f"flip must be True or False, got {flip!r}.")
+        self.flip = flip
         self.splits = dict(splits)
         self._predict_fn = predict_fn
         self._variables_fn = variables_fn
@@ -358,15 +371,33 @@ class FeatureStore:
             predict_fn, names = self._predict_fn, FEATURE_NAMES
             variables = self.variables(state)
 
+        flip = self.flip and kind == "model"
+
         def embed_fn(images, modality):
             self.predict_calls += 1
-            return predict_fn(variables, images, modality)
+            out = predict_fn(variables, images, modality)
+            if not flip:
+                return out
+            # [B, H, W, 3]: the width axis mirrors the person left-right.
+            mirrored = np.ascontiguousarray(np.flip(np.asarray(images), axis=2))
+            self.predict_calls += 1
+            out_mirrored = predict_fn(variables, mirrored, modality)
+            out = dict(out)
+            for name in names:
+                out[name + FLIP_SUFFIX] = (
+                    np.asarray(out[name], np.float32)
+                    + np.asarray(out_mirrored[name], np.float32)
+                ) / 2
+            return out
 
         features = extract_features(
             embed_fn,
             batches_fn=eval_split.batches_fn,
             modality=eval_split.metadata.modality,
-            feature_names=names,
+            feature_names=(
+                *names,
+                *(n + FLIP_SUFFIX for n in names if flip),
+            ),
         )
         if kind == "model":
             check_finite_features(features, model=self._describe(state))

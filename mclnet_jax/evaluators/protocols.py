@@ -7,14 +7,18 @@ positions. See docs/evaluation.md for what is drawn and why.
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from data_pipeline.constants import (
     INFRARED,
+    LLCM_INFRARED_CAMERAS,
+    LLCM_VISIBLE_CAMERAS,
+    MODALITY_NAMES,
     REGDB_DIRECTIONS,
     SYSU_GALLERY_CAMERAS,
     SYSU_INFRARED_CAMERAS,
@@ -34,7 +38,8 @@ class RankListView(NamedTuple):
         query: [Q] int64 split positions of the queries.
         gallery: [G] int64 split positions of the gallery.
         flavour: the metric's removal rule, "sysu" or "standard"
-            (`metrics.sysu_metrics` / `metrics.standard_metrics`).
+            (`metrics.sysu_metrics` / `metrics.standard_metrics`; LLCM's
+            removal is the standard one).
     """
 
     name: str
@@ -75,15 +80,22 @@ def shots_name(num_shots: int) -> str:
 
 
 def _folders(
-    meta: SplitMetadata, cameras: Sequence[int]
+    meta: SplitMetadata,
+    cameras: Sequence[int],
+    *,
+    modality: int | None = None,
 ) -> dict[tuple[int, int], list[int]]:
     """(identity, camera) -> split indices sorted by file name.
 
     This is the community's `sorted(os.listdir(cam/id))` without touching
     the disk: within one folder the file names share their prefix, so
-    sorting relative paths sorts the base names.
+    sorting relative paths sorts the base names. `modality` keeps that
+    modality's images only (LLCM numbers its cameras across modalities).
     """
-    keep = np.flatnonzero(np.isin(meta.camera, cameras))
+    keep = np.isin(meta.camera, cameras)
+    if modality is not None:
+        keep &= meta.modality == modality
+    keep = np.flatnonzero(keep)
     order = sorted(keep.tolist(), key=lambda i: meta.file_name[i])
     folders: dict[tuple[int, int], list[int]] = {}
     for i in order:
@@ -160,7 +172,9 @@ def sysu_galleries(
     return out
 
 
-def _draw_gallery(folders, cameras, *, trial, num_shots) -> np.ndarray:
+def _draw_gallery(
+    folders, cameras, *, trial, num_shots, what="SYSU-MM01 visible"
+) -> np.ndarray:
     # A private generator seeded like `random.seed(trial)`: same sequence,
     # without touching the global random state.
     rng = random.Random(trial)
@@ -175,11 +189,207 @@ def _draw_gallery(folders, cameras, *, trial, num_shots) -> np.ndarray:
             else:
                 out.extend(rng.sample(files, min(num_shots, len(files))))
     if not out:
+        dataset, modality = what.split()
         raise ValueError(
-            f"no visible images from cameras {cameras} in the test split: "
-            "is this the SYSU-MM01 'test' split?"
+            f"no {modality} images from cameras {cameras} in the test split: "
+            f"is this the {dataset} 'test' split?"
         )
     return np.asarray(out, np.int64)
+
+
+# The SYSU-MM01 evaluation kit's fixed gallery permutations
+# (github.com/wuancong/SYSU-MM01, evaluation/data_split/rand_perm_cam.mat):
+# the MATLAB variable, and the cameras of its outer cell array.
+SYSU_RAND_PERM_VARIABLE = "rand_perm_cam"
+SYSU_RAND_PERM_CAMERAS = 6
+# {camera: {identity: [runs, n] int64, 1-based positions}}.
+SysuRandPerm = Mapping[int, Mapping[int, np.ndarray]]
+
+
+def load_sysu_rand_perm(path: str) -> dict[int, dict[int, np.ndarray]]:
+    """The SYSU-MM01 kit's `rand_perm_cam.mat`, read with scipy.io.loadmat.
+
+    The kit (`evaluation_SYSU_MM01.m`, `get_testing_set.m`) stores a cell
+    array over the 6 cameras of cell arrays over person ids 1..533:
+    `rand_perm_cam{camera}{id}` is a [runs, n] matrix (10 runs), row r a
+    permutation of 1..n, the n images of that id in that camera (1-based,
+    the folder's files in name order: 0001.jpg is 1); empty where the
+    camera has no image of the id. Run r's N-shot gallery takes the first
+    N entries of row r.
+
+    Returns:
+        {camera 1..6: {identity: [runs, n] int64}}, empty cells left out.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: not a MATLAB file, or not the kit's layout.
+    """
+    # Imported here: only the official SYSU draw needs scipy.
+    import scipy.io
+
+    fix = (
+        "pass the SYSU-MM01 evaluation kit's "
+        "evaluation/data_split/rand_perm_cam.mat "
+        "(github.com/wuancong/SYSU-MM01) as config.eval.sysu_rand_perm"
+    )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No file {path!r}: {fix}.")
+    try:
+        mat = scipy.io.loadmat(path)
+    except (ValueError, OSError, TypeError, NotImplementedError) as e:
+        raise ValueError(
+            f"Cannot read {path!r} as a MATLAB file ({e}); {fix} (MATLAB "
+            "-v7.3 files: save it again with -v7)."
+        ) from e
+    if SYSU_RAND_PERM_VARIABLE not in mat:
+        names = sorted(k for k in mat if not k.startswith("__"))
+        raise ValueError(
+            f"{path!r} has no variable {SYSU_RAND_PERM_VARIABLE!r} (it has "
+            f"{names}); {fix}."
+        )
+    cells = np.asarray(mat[SYSU_RAND_PERM_VARIABLE])
+    if cells.dtype != object or cells.size != SYSU_RAND_PERM_CAMERAS:
+        raise ValueError(
+            f"{path!r}: {SYSU_RAND_PERM_VARIABLE} must be a cell array of "
+            f"{SYSU_RAND_PERM_CAMERAS} cameras, got a {cells.dtype} array of "
+            f"shape {cells.shape}; {fix}."
+        )
+    out: dict[int, dict[int, np.ndarray]] = {}
+    for camera, per_id in enumerate(cells.ravel(), start=1):
+        per_id = np.asarray(per_id)
+        if per_id.dtype != object:
+            raise ValueError(
+                f"{path!r}: {SYSU_RAND_PERM_VARIABLE}{{{camera}}} must be a "
+                f"cell array over person ids, got a {per_id.dtype} array; "
+                f"{fix}."
+            )
+        out[camera] = {}
+        for identity, perm in enumerate(per_id.ravel(), start=1):
+            perm = np.asarray(perm)
+            if perm.size == 0:
+                continue
+            if (
+                perm.ndim != 2
+                or not np.issubdtype(perm.dtype, np.number)
+                or np.any(perm != np.round(perm))
+                or perm.min() < 1
+            ):
+                raise ValueError(
+                    f"{path!r}: {SYSU_RAND_PERM_VARIABLE}{{{camera}}}"
+                    f"{{{identity}}} must be a [runs, n] matrix of 1-based "
+                    f"image positions, got {perm.dtype} of shape "
+                    f"{perm.shape}; {fix}."
+                )
+            out[camera][identity] = perm.astype(np.int64)
+    return out
+
+
+def check_sysu_rand_perm(
+    meta: SplitMetadata,
+    rand_perm: SysuRandPerm,
+    *,
+    modes: Sequence[str],
+    num_trials: int,
+) -> None:
+    """Checks that the kit's permutations fit the split's gallery folders.
+
+    Every identity of the split, in every gallery camera of `modes`, must
+    have a permutation exactly where the split has images, with at least
+    `num_trials` runs, each run a permutation of 1..n for the folder's n
+    images.
+
+    Raises:
+        ValueError: naming the first identity and camera that do not fit.
+    """
+    cameras = sorted({c for m in modes for c in check_mode(m)})
+    folders = _folders(meta, cameras)
+    identities = sorted({int(i) for i in meta.identity})
+    hint = (
+        "is config.eval.sysu_rand_perm the kit's rand_perm_cam.mat, and "
+        "the split SYSU-MM01's (the ids of the kit's person folders)?"
+    )
+    for camera in cameras:
+        perms = rand_perm.get(camera, {})
+        for identity in identities:
+            files = folders.get((identity, camera), [])
+            perm = perms.get(identity)
+            if perm is None and not files:
+                continue
+            if perm is None or not files:
+                have = (
+                    "no permutation"
+                    if perm is None
+                    else f"a {perm.shape} permutation"
+                )
+                raise ValueError(
+                    f"rand_perm_cam.mat has {have} for id {identity} in "
+                    f"camera {camera}, where the split has {len(files)} "
+                    f"images: {hint}"
+                )
+            if perm.shape[0] < num_trials:
+                raise ValueError(
+                    f"rand_perm_cam.mat has {perm.shape[0]} runs for id "
+                    f"{identity} in camera {camera}, fewer than the "
+                    f"{num_trials} trials asked for (the kit has 10): lower "
+                    "num_trials."
+                )
+            want = np.arange(1, len(files) + 1)
+            for run in range(num_trials):
+                if not np.array_equal(np.sort(perm[run]), want):
+                    raise ValueError(
+                        f"rand_perm_cam.mat run {run + 1} of id {identity} "
+                        f"in camera {camera} is not a permutation of the "
+                        f"split's {len(files)} images (1..{len(files)}): "
+                        f"{hint}"
+                    )
+
+
+def sysu_official_galleries(
+    meta: SplitMetadata,
+    rand_perm: SysuRandPerm,
+    *,
+    modes: Sequence[str],
+    trials: Sequence[int],
+    num_shots: int = 1,
+) -> dict[tuple[str, int], np.ndarray]:
+    """{(mode, trial): [G] int64} the SYSU-MM01 kit's galleries.
+
+    As the kit's get_testing_set: trial t (0-based) is the kit's run t + 1;
+    for every camera of the mode in order, every identity of the split
+    ascending, the first `num_shots` entries of that run's permutation of
+    the (identity, camera) folder, as positions in its sorted file list
+    (all n when n < num_shots, where the kit's MATLAB would fail). Checked
+    first with `check_sysu_rand_perm`.
+    """
+    num_shots = check_num_shots(num_shots)
+    if any(
+        isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0
+        for t in trials
+    ):
+        raise ValueError(
+            f"trials must be run numbers 0..9 of the kit, got {trials!r}."
+        )
+    check_sysu_rand_perm(
+        meta, rand_perm, modes=modes, num_trials=max(trials, default=-1) + 1
+    )
+    out = {}
+    for mode in modes:
+        cameras = check_mode(mode)
+        folders = _folders(meta, cameras)
+        for t in trials:
+            gallery = []
+            for camera in cameras:
+                for identity in sorted(k[0] for k in folders if k[1] == camera):
+                    files = folders[identity, camera]
+                    picked = rand_perm[camera][identity][t, :num_shots]
+                    gallery.extend(files[i - 1] for i in picked)
+            if not gallery:
+                raise ValueError(
+                    f"no visible images from cameras {cameras} in the test "
+                    "split: is this the SYSU-MM01 'test' split?"
+                )
+            out[mode, t] = np.asarray(gallery, np.int64)
+    return out
 
 
 def regdb_indices(
@@ -209,3 +419,43 @@ def regdb_indices(
     if direction == "visible_to_infrared":
         return visible, infrared
     return infrared, visible
+
+
+# LLCM's test cameras of each modality.
+LLCM_CAMERAS = {VISIBLE: LLCM_VISIBLE_CAMERAS, INFRARED: LLCM_INFRARED_CAMERAS}
+
+
+def llcm_query_indices(meta: SplitMetadata, *, modality: int) -> np.ndarray:
+    """[Q] int64 split indices of every LLCM test image of `modality`.
+
+    Ordered as the reference code reads its query: identities ascending,
+    then cameras ascending, then file name.
+    """
+    folders = _folders(meta, LLCM_CAMERAS[modality], modality=modality)
+    out = [i for key in sorted(folders) for i in folders[key]]
+    if not out:
+        raise ValueError(
+            f"no {MODALITY_NAMES[modality]} images (cameras "
+            f"{LLCM_CAMERAS[modality]}) in the test split: is this the LLCM "
+            "'test' split?"
+        )
+    return np.asarray(out, np.int64)
+
+
+def llcm_galleries(
+    meta: SplitMetadata, *, modality: int, trials: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """{trial: [G] int64 split indices} of LLCM's single-shot draws.
+
+    The reference code's draw: `random.seed(trial)`, identities ascending,
+    the modality's cameras ascending, one `random.choice` of the
+    file-name-sorted images of each (identity, camera) folder that has
+    any; here with a private `random.Random(trial)`.
+    """
+    cameras = LLCM_CAMERAS[modality]
+    folders = _folders(meta, cameras, modality=modality)
+    what = f"LLCM {MODALITY_NAMES[modality]}"
+    return {
+        t: _draw_gallery(folders, cameras, trial=t, num_shots=1, what=what)
+        for t in trials
+    }

@@ -15,7 +15,6 @@ import numpy as np
 
 from data_pipeline.constants import REGDB_DIRECTIONS, REGDB_TRIALS
 from mclnet_jax import metrics as metrics_lib
-from mclnet_jax import rerank as rerank_lib
 from mclnet_jax.evaluators import common, protocols
 from mclnet_jax.evaluators import results as results_lib
 
@@ -40,7 +39,7 @@ class Regdb(common.Protocol):
         metadata: that trial's test split (`records.SplitMetadata`).
         trial: the trial number (1..10), the key of the results
             (`trial_of`); `EvaluationResults.merge` joins trials.
-        max_rank, normalize, rerank: see `common.Protocol`.
+        max_rank, normalize, rerank, aqe: see `common.Protocol`.
 
     `evaluate` returns protocols "regdb_visible_to_infrared" and
     "regdb_infrared_to_visible".
@@ -55,8 +54,7 @@ class Regdb(common.Protocol):
     def evaluate(
         self, features: Mapping[str, np.ndarray]
     ) -> results_lib.EvaluationResults:
-        metadata, normalize, rerank = self.metadata, self.normalize, self.rerank
-        trial, max_rank = self.trial, self.max_rank
+        metadata, trial, max_rank = self.metadata, self.trial, self.max_rank
         common.check_features(features, len(metadata.identity))
         visible, infrared = protocols.regdb_indices(
             metadata, direction="visible_to_infrared"
@@ -76,48 +74,19 @@ class Regdb(common.Protocol):
 
         per_trial = {}
         for name, value in features.items():
-            # One matrix serves both directions (transposed).
-            value = np.asarray(value)
-            dist = metrics_lib.negative_inner_product(
-                value[visible], value[infrared], normalize=normalize
-            )
-            for direction, (q, g, d) in {
-                "visible_to_infrared": (visible, infrared, dist),
-                "infrared_to_visible": (infrared, visible, dist.T),
+            # One matrix of each kind serves both directions (transposed).
+            distances = common.Distances(value, normalize=self.normalize)
+            for direction, (q, g) in {
+                "visible_to_infrared": (visible, infrared),
+                "infrared_to_visible": (infrared, visible),
             }.items():
-                per_trial.setdefault(f"regdb_{direction}", {})[name] = metrics(
-                    d, q, g
-                )
-            if rerank is None:
-                continue
-            value = common.rerank_features(value, normalize)
-            vis_ir = rerank_lib.euclidean_distance(
-                value[visible], value[infrared]
-            )
-            vis_vis = rerank_lib.euclidean_distance(value[visible])
-            ir_ir = rerank_lib.euclidean_distance(value[infrared])
-            for direction, (q, g, q_g, q_q, g_g) in {
-                "visible_to_infrared": (
-                    visible,
-                    infrared,
-                    vis_ir,
-                    vis_vis,
-                    ir_ir,
-                ),
-                "infrared_to_visible": (
-                    infrared,
-                    visible,
-                    vis_ir.T,
-                    ir_ir,
-                    vis_vis,
-                ),
-            }.items():
-                dist = rerank_lib.k_reciprocal_distance(
-                    q_g, q_q, g_g, **rerank.to_dict()
-                )
-                protocol = f"regdb_{direction}{results_lib.RERANK_SUFFIX}"
-                per_trial.setdefault(protocol, {})[name] = metrics(dist, q, g)
-        return results_lib.EvaluationResults(per_trial, rerank=rerank)
+                for suffix, dist in self.distance_variants(distances, q, g):
+                    per_trial.setdefault(f"regdb_{direction}{suffix}", {})[
+                        name
+                    ] = metrics(dist, q, g)
+        return results_lib.EvaluationResults(
+            per_trial, rerank=self.rerank, aqe=self.aqe
+        )
 
     def rank_list_views(self) -> list[protocols.RankListView]:
         """Both directions."""

@@ -3,8 +3,12 @@
 `EvaluationResults.per_trial[protocol][feature][trial]` holds
 `metrics.RetrievalMetrics`; protocol names are "sysu_<mode>_single_shot",
 "sysu_<mode>_multi_shot" (10 shots; "sysu_<mode>_<n>_shot" otherwise),
-"regdb_visible_to_infrared" and "regdb_infrared_to_visible", each with
-`RERANK_SUFFIX` when computed from re-ranked distances.
+"regdb_visible_to_infrared", "regdb_infrared_to_visible",
+"llcm_infrared_to_visible" and "llcm_visible_to_infrared" (or
+"llcm_visible_to_infrared_transposed"), each with
+`RERANK_SUFFIX` when computed from re-ranked distances and `AQE_SUFFIX`
+from distances after average query expansion. SYSU results also say how
+each gallery was drawn (`gallery_draws`: `GALLERY_DRAWS`).
 
 Queries without a correct match in their gallery are skipped by the metrics
 (as the community's code does); the table and the JSON say how many and,
@@ -24,11 +28,30 @@ import numpy as np
 from absl import logging
 
 from mclnet_jax import metrics as metrics_lib
+from mclnet_jax import query_expansion
 from mclnet_jax import rerank as rerank_lib
 
 SUMMARY_RANKS = (1, 5, 10, 20)
 # Appended to the protocol name of re-ranked results.
 RERANK_SUFFIX = "+rerank"
+# Appended to the protocol name of results after average query expansion.
+AQE_SUFFIX = "+aqe"
+# How a protocol's galleries were drawn (`EvaluationResults.gallery_draws`).
+GALLERY_DRAWS = {
+    "official": (
+        "the SYSU-MM01 evaluation kit's fixed permutations "
+        "(rand_perm_cam.mat), as its get_testing_set"
+    ),
+    "community": "random.seed(trial), one random.choice per id and camera",
+    "ours": "random.sample per id and camera (ours, not the kit's)",
+}
+
+
+def base_protocol(protocol: str) -> str:
+    """The protocol without `RERANK_SUFFIX` / `AQE_SUFFIX`."""
+    for suffix in (RERANK_SUFFIX, AQE_SUFFIX):
+        protocol = protocol.removesuffix(suffix)
+    return protocol
 
 
 def _summary(
@@ -49,7 +72,9 @@ def _summary(
 class EvaluationResults:
     """Per-trial metrics: `per_trial[protocol][feature][trial]`.
 
-    `rerank` holds the parameters of the `RERANK_SUFFIX` protocols. Means and
+    `rerank` holds the parameters of the `RERANK_SUFFIX` protocols, `aqe`
+    those of the `AQE_SUFFIX` ones; `gallery_draws` {protocol (without
+    suffix): a key of `GALLERY_DRAWS`} says how galleries were drawn. Means and
     standard deviations (population, ddof=0) are over trials, and over the
     queries that have a correct match in the gallery; `skip_reasons`
     {protocol (without `RERANK_SUFFIX`): text} says why the others have
@@ -59,6 +84,8 @@ class EvaluationResults:
     per_trial: dict[str, dict[str, dict[int, metrics_lib.RetrievalMetrics]]]
     rerank: rerank_lib.RerankParams | None = None
     skip_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
+    aqe: query_expansion.AqeParams | None = None
+    gallery_draws: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def skipped_queries(self) -> dict[str, dict[str, Any]]:
         """{protocol: {"skipped": [min, max] over trials, "queries": Q,
@@ -73,7 +100,7 @@ class EvaluationResults:
             skipped = [c for c, _ in counts]
             if not counts or max(skipped) == 0:
                 continue
-            base = p.removesuffix(RERANK_SUFFIX)
+            base = base_protocol(p)
             out[p] = {
                 "skipped": [min(skipped), max(skipped)],
                 "queries": max(q for _, q in counts),
@@ -92,6 +119,11 @@ class EvaluationResults:
                 f"cannot merge results re-ranked with different parameters: "
                 f"{self.rerank.describe()} vs {other.rerank.describe()}."
             )
+        if self.aqe and other.aqe and self.aqe != other.aqe:
+            raise ValueError(
+                f"cannot merge results with different query expansions: "
+                f"{self.aqe.describe()} vs {other.aqe.describe()}."
+            )
         merged = {
             p: {f: dict(t) for f, t in fs.items()}
             for p, fs in self.per_trial.items()
@@ -109,6 +141,8 @@ class EvaluationResults:
             merged,
             rerank=self.rerank or other.rerank,
             skip_reasons={**self.skip_reasons, **other.skip_reasons},
+            aqe=self.aqe or other.aqe,
+            gallery_draws={**self.gallery_draws, **other.gallery_draws},
         )
 
     def summary(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
@@ -124,7 +158,8 @@ class EvaluationResults:
         """JSON-friendly: per-trial metrics, mean and std (fractions).
 
         Entries of re-ranked protocols also hold "rerank": {"k1", "k2",
-        "lambda_value"}.
+        "lambda_value"}, those after query expansion "aqe": {"k", "alpha"},
+        and SYSU entries "gallery_draw" (a key of `GALLERY_DRAWS`).
         """
         summary = self.summary()
         skipped = self.skipped_queries()
@@ -140,6 +175,10 @@ class EvaluationResults:
                 }
                 if p.endswith(RERANK_SUFFIX) and self.rerank is not None:
                     entry["rerank"] = self.rerank.to_dict()
+                if p.endswith(AQE_SUFFIX) and self.aqe is not None:
+                    entry["aqe"] = self.aqe.to_dict()
+                if base_protocol(p) in self.gallery_draws:
+                    entry["gallery_draw"] = self.gallery_draws[base_protocol(p)]
                 if p in skipped:
                     entry["skipped_queries"] = skipped[p]
         return out
@@ -192,6 +231,15 @@ class EvaluationResults:
                 f"{RERANK_SUFFIX}: k-reciprocal re-ranking (Zhong "
                 f"et al., CVPR 2017){params}"
             )
+        if any(p.endswith(AQE_SUFFIX) for p in summary):
+            params = f": {self.aqe.describe()}" if self.aqe else ""
+            lines.append(
+                f"{AQE_SUFFIX}: average query expansion (fast-reid's AQE, "
+                f"one round){params}"
+            )
+        for p, draw in sorted(self.gallery_draws.items()):
+            if p in summary:
+                lines.append(f"{p}: gallery drawn by {GALLERY_DRAWS[draw]}.")
         return "\n".join(lines)
 
 
@@ -202,6 +250,8 @@ def write(
     step: int,
     name: str = "results",
     train_metrics: Mapping[str, float] | None = None,
+    dataset: str = "",
+    trained_on: str = "",
 ) -> dict[str, Any]:
     """Writes `<name>.json` (per trial, mean, std) and `<name>.txt` (table).
 
@@ -212,13 +262,19 @@ def write(
       name: file stem.
       train_metrics: the last logged training metrics of this process's run
         (empty when it resumed at the end).
+      dataset: the evaluated dataset (e.g. "regdb/trial_1").
+      trained_on: the dataset the model was trained on (cross-dataset
+        evaluation when it differs from `dataset`).
 
     Returns:
-      The JSON dict: {"step", "summary": {protocol: {feature: {"mean",
-      "std"}}}, "results": per-trial details, "train_metrics"}.
+      The JSON dict: {"step", "dataset", "trained_on", "summary": {protocol:
+      {feature: {"mean", "std"}}}, "results": per-trial details,
+      "train_metrics"}.
     """
     out = {
         "step": step,
+        "dataset": dataset,
+        "trained_on": trained_on,
         "summary": results.summary(),
         "results": results.to_dict(),
         "train_metrics": dict(train_metrics or {}),
@@ -227,7 +283,10 @@ def write(
         with open(os.path.join(workdir, f"{name}.json"), "w") as f:
             json.dump(out, f, indent=2, sort_keys=True)
         with open(os.path.join(workdir, f"{name}.txt"), "w") as f:
-            f.write(f"step {step}\n{results.table()}\n")
+            where = f", {dataset}" if dataset else ""
+            if trained_on and trained_on != dataset:
+                where += f" (trained on {trained_on})"
+            f.write(f"step {step}{where}\n{results.table()}\n")
     logging.info(
         "Results at step %d written to %s",
         step,

@@ -1,11 +1,14 @@
 """The SYSU-MM01 evaluator: infrared queries against visible galleries.
 
 Query: every infrared image of the test split; gallery per trial and search
-mode: the community's seeded single-shot draw (`protocols`), or ours with
-`num_shots` > 1. Metrics: `metrics.sysu_metrics` (camera 2 removed for
-camera-3 queries). Distances: negative inner products of L2-normalised
-features; with re-ranking, k-reciprocal re-ranking of each trial's
-Euclidean distances (docs/evaluation.md, "Re-ranking").
+mode: with the evaluation kit's rand_perm_cam.mat, the kit's own draw
+(`protocols.sysu_official_galleries`, any number of shots); without it the
+community's seeded single-shot draw, or ours with `num_shots` > 1
+(`protocols.sysu_galleries`). Metrics: `metrics.sysu_metrics` (camera 2
+removed for camera-3 queries, as the kit's get_cmc_multi_cam). Distances:
+negative inner products of L2-normalised features, and the variants of
+`common.Protocol.distance_variants` (re-ranking, query expansion;
+docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from absl import logging
 
 from data_pipeline.constants import SYSU_TRIALS
 from mclnet_jax import metrics as metrics_lib
-from mclnet_jax import rerank as rerank_lib
 from mclnet_jax.evaluators import common, protocols
 from mclnet_jax.evaluators import results as results_lib
 
@@ -30,10 +32,14 @@ class Sysu(common.Protocol):
         modes: any of "all", "indoor".
         trials: gallery seeds (community: 0..9).
         num_shots: 1 (single-shot, the community protocol) or e.g. 10.
-        max_rank, normalize, rerank: see `common.Protocol`.
+        rand_perm: the kit's permutations (`protocols.load_sysu_rand_perm`):
+            draw the galleries as the kit does; None: the community's draw
+            (single-shot) or ours.
+        max_rank, normalize, rerank, aqe: see `common.Protocol`.
 
     `evaluate` returns protocols "sysu_<mode>_single_shot" (or
-    "_multi_shot" for 10 shots, "_<n>_shot" otherwise).
+    "_multi_shot" for 10 shots, "_<n>_shot" otherwise); its
+    `gallery_draws` says which draw ("official", "community", "ours").
     """
 
     title = "SYSU-MM01"
@@ -45,6 +51,7 @@ class Sysu(common.Protocol):
         modes: Sequence[str] = ("all", "indoor"),
         trials: Sequence[int] = SYSU_TRIALS,
         num_shots: int = 1,
+        rand_perm: protocols.SysuRandPerm | None = None,
         **kwargs,
     ):
         super().__init__(metadata, **kwargs)
@@ -53,20 +60,42 @@ class Sysu(common.Protocol):
         self.modes = tuple(modes)
         self.trials = tuple(trials)
         self.num_shots = protocols.check_num_shots(num_shots)
+        self.rand_perm = rand_perm
+        if rand_perm is not None:  # A mismatch fails when built, not later.
+            self._galleries = protocols.sysu_official_galleries(
+                metadata,
+                rand_perm,
+                modes=self.modes,
+                trials=self.trials,
+                num_shots=self.num_shots,
+            )
 
-    def evaluate(
-        self, features: Mapping[str, np.ndarray]
-    ) -> results_lib.EvaluationResults:
-        metadata, normalize, rerank = self.metadata, self.normalize, self.rerank
-        common.check_features(features, len(metadata.identity))
-        shots = protocols.shots_name(self.num_shots)
-        query = protocols.sysu_query_indices(metadata)
-        galleries = protocols.sysu_galleries(
-            metadata,
+    @property
+    def draw(self) -> str:
+        """How the galleries are drawn: a key of `results.GALLERY_DRAWS`."""
+        if self.rand_perm is not None:
+            return "official"
+        return "community" if self.num_shots == 1 else "ours"
+
+    def galleries(self) -> dict[tuple[str, int], np.ndarray]:
+        """{(mode, trial): [G] int64 split positions of the gallery}."""
+        if self.rand_perm is not None:
+            return self._galleries
+        return protocols.sysu_galleries(
+            self.metadata,
             modes=self.modes,
             trials=self.trials,
             num_shots=self.num_shots,
         )
+
+    def evaluate(
+        self, features: Mapping[str, np.ndarray]
+    ) -> results_lib.EvaluationResults:
+        metadata, normalize = self.metadata, self.normalize
+        common.check_features(features, len(metadata.identity))
+        shots = protocols.shots_name(self.num_shots)
+        query = protocols.sysu_query_indices(metadata)
+        galleries = self.galleries()
         # Distances from the queries to every image some trial uses, once per
         # feature; each trial then selects its columns.
         union = np.unique(np.concatenate(list(galleries.values())))
@@ -87,49 +116,52 @@ class Sysu(common.Protocol):
 
         per_trial = {}
         for name, value in features.items():
+            value = np.asarray(value)
             dist = metrics_lib.negative_inner_product(
-                np.asarray(value)[query],
-                np.asarray(value)[union],
-                normalize=normalize,
+                value[query], value[union], normalize=normalize
             )
-            for (mode, t), gallery in galleries.items():
-                per_trial.setdefault(f"sysu_{mode}_{shots}", {}).setdefault(
-                    name, {}
-                )[t] = metrics(dist[:, columns[mode, t]], gallery)
-            if rerank is None:
-                continue
-            value = common.rerank_features(value, normalize)
-            logging.info(
-                "Re-ranking %d SYSU galleries (%s), %d queries.",
-                len(galleries),
-                name,
-                query.size,
-            )
-            q_q = rerank_lib.euclidean_distance(value[query])
-            for (mode, t), gallery in galleries.items():
-                dist = rerank_lib.k_reciprocal_distance(
-                    rerank_lib.euclidean_distance(value[query], value[gallery]),
-                    q_q,
-                    rerank_lib.euclidean_distance(value[gallery]),
-                    **rerank.to_dict(),
+            distances = common.Distances(value, normalize=normalize)
+            if self.rerank is not None or self.aqe is not None:
+                logging.info(
+                    "Re-ranking / expanding %d SYSU galleries (%s), %d "
+                    "queries.",
+                    len(galleries),
+                    name,
+                    query.size,
                 )
-                protocol = f"sysu_{mode}_{shots}{results_lib.RERANK_SUFFIX}"
-                per_trial.setdefault(protocol, {}).setdefault(name, {})[t] = (
-                    metrics(dist, gallery)
-                )
+            for (mode, t), gallery in galleries.items():
+                for suffix, d in self.distance_variants(
+                    distances, query, gallery, plain=dist[:, columns[mode, t]]
+                ):
+                    per_trial.setdefault(
+                        f"sysu_{mode}_{shots}{suffix}", {}
+                    ).setdefault(name, {})[t] = metrics(d, gallery)
         reasons = {
             f"sysu_{mode}_{shots}": skip_reason(metadata, query, mode=mode)
             for mode in self.modes
         }
         return results_lib.EvaluationResults(
             per_trial,
-            rerank=rerank,
+            rerank=self.rerank,
             skip_reasons={p: r for p, r in reasons.items() if r},
+            aqe=self.aqe,
+            gallery_draws={
+                f"sysu_{mode}_{shots}": self.draw for mode in self.modes
+            },
         )
 
     def rank_list_views(self) -> list[protocols.RankListView]:
-        """All-search, the gallery of trial 0."""
+        """All-search, the single-shot gallery of trial 0 (the kit's with
+        `rand_perm`)."""
         metadata = self.metadata
+        if self.rand_perm is not None:
+            gallery = protocols.sysu_official_galleries(
+                metadata, self.rand_perm, modes=("all",), trials=(0,)
+            )["all", 0]
+        else:
+            gallery = protocols.sysu_gallery_indices(
+                metadata, mode="all", trial=0
+            )
         return [
             protocols.RankListView(
                 name="rank_list_sysu_all",
@@ -138,9 +170,7 @@ class Sysu(common.Protocol):
                     "query, top-10 visible"
                 ),
                 query=protocols.sysu_query_indices(metadata),
-                gallery=protocols.sysu_gallery_indices(
-                    metadata, mode="all", trial=0
-                ),
+                gallery=gallery,
                 flavour="sysu",
             )
         ]
