@@ -616,7 +616,7 @@ def test_tiny_synthetic_llcm_run_evaluates_both_directions(tmp_path):
     config = cli_runs.TINY.replace(":tiny=1", ":dataset=llcm,tiny=1")
     status = cli_runs.run_main(
         workdir,
-        "--config.num_epochs=1",
+        "--config.max_steps=2",
         "--config.optimizer.lr=0.01",
         "--config.mcm_optimizer.lr=0.01",
         config=config,

@@ -87,6 +87,32 @@ def _check_image_size(height: int, width: int) -> None:
     _check_size("width", width, 8)
 
 
+def _summary(
+    dataset: str, root: str, counts, pids, splits, start: float
+) -> GenerationSummary:
+    """Logs what a generator wrote and returns it; `counts` has "visible"
+    and "infrared", `start` is the generator's `time.perf_counter()`."""
+    seconds = time.perf_counter() - start
+    total = counts["visible"] + counts["infrared"]
+    logging.info(
+        "Wrote %d synthetic %s images (%d ids) to %s in %.1f s.",
+        total,
+        dataset,
+        len(pids),
+        root,
+        seconds,
+    )
+    return GenerationSummary(
+        root=root,
+        num_images=total,
+        num_visible=counts["visible"],
+        num_infrared=counts["infrared"],
+        identities=tuple(int(p) for p in pids),
+        splits=splits,
+        seconds=seconds,
+    )
+
+
 def sysu_split(
     identities: Sequence[int], *, seed: int
 ) -> dict[str, tuple[int, ...]]:
@@ -214,24 +240,7 @@ def generate_sysu(
         path = os.path.join(root, "exp", layouts.SYSU_SPLIT_FILES[name])
         with open(path, "w") as f:
             f.write(",".join(str(i) for i in ids) + "\n")
-    seconds = time.perf_counter() - start
-    total = counts["visible"] + counts["infrared"]
-    logging.info(
-        "Wrote %d synthetic SYSU-MM01 images (%d ids) to %s in %.1f s.",
-        total,
-        num_identities,
-        root,
-        seconds,
-    )
-    return GenerationSummary(
-        root=root,
-        num_images=total,
-        num_visible=counts["visible"],
-        num_infrared=counts["infrared"],
-        identities=tuple(int(p) for p in pids),
-        splits=splits,
-        seconds=seconds,
-    )
+    return _summary("SYSU-MM01", root, counts, pids, splits, start)
 
 
 def regdb_split(
@@ -365,24 +374,8 @@ def generate_regdb(
                 path = layouts.regdb_index_path(root, split, prefix, trial)
                 with open(path, "w") as f:
                     f.writelines(lines)
-    seconds = time.perf_counter() - start
-    n = index.size
-    logging.info(
-        "Wrote %d synthetic RegDB images (%d ids) to %s in %.1f s.",
-        2 * n,
-        num_identities,
-        root,
-        seconds,
-    )
-    return GenerationSummary(
-        root=root,
-        num_images=2 * n,
-        num_visible=n,
-        num_infrared=n,
-        identities=tuple(int(p) for p in pids),
-        splits=splits,
-        seconds=seconds,
-    )
+    counts = {"visible": index.size, "infrared": index.size}
+    return _summary("RegDB", root, counts, pids, splits, start)
 
 
 # LLCM's identities: 713 for training, 351 for testing.
@@ -520,21 +513,4 @@ def generate_llcm(
             f.writelines(lines)
     with open(os.path.join(root, "idx", "test_id.txt"), "w") as f:
         f.write(",".join(str(i) for i in splits["test"]) + "\n")
-    seconds = time.perf_counter() - start
-    total = counts["visible"] + counts["infrared"]
-    logging.info(
-        "Wrote %d synthetic LLCM images (%d ids) to %s in %.1f s.",
-        total,
-        num_identities,
-        root,
-        seconds,
-    )
-    return GenerationSummary(
-        root=root,
-        num_images=total,
-        num_visible=counts["visible"],
-        num_infrared=counts["infrared"],
-        identities=tuple(int(p) for p in pids),
-        splits=splits,
-        seconds=seconds,
-    )
+    return _summary("LLCM", root, counts, pids, splits, start)
