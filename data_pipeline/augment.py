@@ -22,6 +22,8 @@ docs/training.md "Channel augmentation (CAJ)".
 import dataclasses
 import numbers
 
+import numpy as np
+
 from data_pipeline import image_ops
 from data_pipeline.tf_setup import tf
 
@@ -222,15 +224,19 @@ def _check_probability(probability, name: str) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {probability}.")
 
 
+# randint(0, gray) is drawn as an int32 in [0, gray + 1).
+_MAX_GRAY = 2**31 - 2
+
+
 def _check_gray(gray) -> None:
     if (
         isinstance(gray, bool)
         or not isinstance(gray, numbers.Integral)
-        or gray < 0
+        or not 0 <= gray <= _MAX_GRAY
     ):
         raise ValueError(
-            "channel_exchange_gray (CAJ's `gray`) must be an integer >= 0, "
-            f"got {gray!r}."
+            "channel_exchange_gray (CAJ's `gray`) must be an integer in "
+            f"[0, {_MAX_GRAY}], got {gray!r}."
         )
 
 
@@ -517,6 +523,18 @@ def apply_channel_modes(images, modes) -> tf.Tensor:
             "apply_channel_modes expects RGB images [N, H, W, 3], got shape "
             f"{images.shape}."
         )
+    modes = tf.convert_to_tensor(modes)
+    rank = modes.shape.rank
+    if (rank is not None and rank != 1) or (
+        rank == 1
+        and modes.shape[0] is not None
+        and images.shape[0] is not None
+        and modes.shape[0] != images.shape[0]
+    ):
+        raise ValueError(
+            "apply_channel_modes needs one mode per image, [N] = "
+            f"[{images.shape[0]}], got shape {modes.shape}."
+        )
     modes = tf.reshape(tf.cast(modes, tf.int32), [-1, 1, 1, 1])
     red, green, blue = tf.unstack(images, axis=-1)
     weights = [tf.constant(w, images.dtype) for w in CAJ_GREY_WEIGHTS]
@@ -547,9 +565,9 @@ def sample_train_params(
       num: rows.
       height, width: image size.
       config: the settings.
-      views: [num] int, each row's view (`VISIBLE`, `INFRARED`,
-        `VISIBLE_EXCHANGED`), which picks its CAJ channel mode; None: no
-        channel modes (every row `CHANNEL_KEEP`).
+      views: [num] ints (a list or numpy array), each row's view
+        (`VISIBLE`, `INFRARED`, `VISIBLE_EXCHANGED`), which picks its CAJ
+        channel mode; None: no channel modes (every row `CHANNEL_KEEP`).
 
     Returns:
       dict: "offsets" [num, 2] int32, "flips" [num] bool, the erasing
@@ -613,12 +631,19 @@ def sample_train_params(
     if views is None:
         params["channel"] = keep
         return params
-    views = tf.convert_to_tensor(views, tf.int32)
-    if views.shape.rank != 1 or views.shape[0] != num:
+    codes = np.asarray(views)
+    if codes.ndim != 1 or codes.shape[0] != num:
         raise ValueError(
             f"views must be [num] = [{num}] view codes, got shape "
-            f"{views.shape}."
+            f"{codes.shape}."
         )
+    known = (VISIBLE, INFRARED, VISIBLE_EXCHANGED)
+    if codes.size and not np.isin(codes, known).all():
+        raise ValueError(
+            f"views must hold the view codes {known} (VISIBLE, INFRARED, "
+            f"VISIBLE_EXCHANGED), got {sorted(set(codes.tolist()))}."
+        )
+    views = tf.constant(codes, tf.int32)
     adaptive = sample_adaptive_grey(
         s_adaptive,
         num=num,

@@ -94,7 +94,9 @@ REGDB_LAYOUT = (
 
 LLCM_LAYOUT = (
     "  <root>/idx/train_vis.txt, train_nir.txt  (lines '<path relative to "
-    "root> <label>', e.g. 'train_vis/cam1/0001/0001.jpg 0')\n"
+    "root> <label>', e.g. 'nir/0001/0001_c01_s185535_f7010_nir.jpg 0': the "
+    "camera is the file name's '_c<NN>' or a 'cam<c>' folder)\n"
+    "  <root>/vis/, <root>/nir/  (the training images the idx files list)\n"
     "  <root>/idx/test_id.txt  (one line of comma-separated person ids)\n"
     "  <root>/test_vis/cam1 .. cam9/<pid:04d>/<images>  (visible test "
     "images)\n"
@@ -596,16 +598,44 @@ def _llcm_error(root: str, what: str, expected: str) -> DatasetLayoutError:
     return _layout_error(root, what, expected, LLCM_SOURCE, LLCM_LAYOUT)
 
 
-def _llcm_camera(rel: str) -> int | None:
-    """The camera of an LLCM path: its one 'cam<c>' folder, c in 1..9."""
+# An LLCM file name: '<pid>_c<NN>_...' (e.g. 0001_c01_s185535_f7010_nir.jpg).
+_LLCM_NAME_CAMERA = re.compile(r"\d+_c(\d+)(?:[_.]|$)")
+
+
+def _llcm_camera(rel: str) -> int:
+    """The camera of an LLCM path, 1..9.
+
+    LLCM's training paths ('nir/0001/0001_c01_s185535_f7010_nir.jpg') give
+    it only in the file name's '_c<NN>'; its test paths also in a 'cam<c>'
+    folder. Either is read; where both are present they must agree.
+
+    Raises:
+      ValueError: the reason, when the path gives no camera, two cameras or
+        one outside 1..9.
+    """
+    *folders, name = rel.split("/")
     found = [
         int(m.group(1))
-        for part in rel.split("/")[:-1]
+        for part in folders
         if (m := re.fullmatch(r"cam(\d+)", part))
     ]
-    if len(found) == 1 and found[0] in constants.LLCM_CAMERAS:
-        return found[0]
-    return None
+    if len(found) > 1:
+        raise ValueError("has more than one 'cam<c>' folder")
+    if m := _LLCM_NAME_CAMERA.match(name):
+        found.append(int(m.group(1)))
+    if not found:
+        raise ValueError(
+            "names no camera: neither a '_c<NN>' in its file name nor a "
+            "'cam<c>' folder"
+        )
+    if len(set(found)) > 1:
+        raise ValueError(
+            f"names two cameras: folder cam{found[0]}, file name "
+            f"_c{found[1]:02d}"
+        )
+    if found[0] not in constants.LLCM_CAMERAS:
+        raise ValueError(f"names camera {found[0]}, not one of 1 .. 9")
+    return found[0]
 
 
 def parse_llcm_index(
@@ -620,12 +650,13 @@ def parse_llcm_index(
 
     Returns:
       Records in file order: identity is the label written in the file, the
-      camera that of the path's 'cam<c>' folder.
+      camera the '_c<NN>' of the file name or the path's 'cam<c>' folder
+      (`_llcm_camera`).
 
     Raises:
       DatasetLayoutError: the file is missing, empty or malformed, lists a file
-        twice, lists an image that does not exist, or a path without one
-        camera folder cam1 .. cam9.
+        twice, lists an image that does not exist, or a path that names no
+        camera in 1..9, or two.
     """
     lines = _index_lines(
         path,
@@ -636,14 +667,17 @@ def parse_llcm_index(
     )
     records = []
     for number, rel, label in lines:
-        camera = _llcm_camera(rel)
-        if camera is None:
+        try:
+            camera = _llcm_camera(rel)
+        except ValueError as e:
             raise _llcm_error(
                 root,
-                f"LLCM index file {path} line {number} lists {rel!r}, whose "
-                "camera is not one folder cam1 .. cam9",
-                "paths such as 'train_vis/cam1/0001/0001.jpg'",
-            )
+                f"LLCM index file {path} line {number} lists {rel!r}, which "
+                f"{e}",
+                "file names '<pid>_c<NN>_...' with a camera 01 .. 09, such "
+                "as 'nir/0001/0001_c01_s185535_f7010_nir.jpg', or one "
+                "'cam1' .. 'cam9' folder agreeing with it",
+            ) from None
         records.append(ImageRecord(rel, label, camera, modality))
     return records
 
@@ -655,16 +689,29 @@ def _llcm_test_records(
 
     Raises:
       DatasetLayoutError: the modality's folder is missing, or holds a folder
-        that is not one of its cameras, or a camera folder holds a folder that
-        is not a person id.
+        that is no LLCM camera (another modality's camera, test_nir/cam3, is
+        skipped with a warning), or a camera folder holds a folder that is
+        not a person id.
     """
     name, cameras = LLCM_TEST_FOLDERS[modality]
     top = os.path.join(root, name)
     expected_cams = {f"cam{c}": c for c in cameras}
+    folders = [
+        d for d in os.listdir(top) if os.path.isdir(os.path.join(top, d))
+    ]
+    # Another modality's camera (test_nir/cam3): the reference code lists
+    # each modality's cameras and never reads such a folder; neither do we.
+    others = {f"cam{c}" for c in constants.LLCM_CAMERAS} - set(expected_cams)
+    skipped = sorted(d for d in folders if d in others)
+    if skipped:
+        logging.warning(
+            "LLCM: %s skipped (not a camera of %s/: %s).",
+            ", ".join(f"{name}/{d}" for d in skipped),
+            name,
+            _cameras(cameras),
+        )
     unknown = sorted(
-        d
-        for d in os.listdir(top)
-        if os.path.isdir(os.path.join(top, d)) and d not in expected_cams
+        d for d in folders if d not in expected_cams and d not in others
     )
     if unknown:
         raise _llcm_error(
@@ -721,8 +768,8 @@ def read_llcm(root: str) -> dict[str, list[ImageRecord]]:
 
     Raises:
       DatasetLayoutError: a folder or file is missing or malformed, a listed
-        image is missing, or an identity of a split is seen in one modality
-        only (or, for a test id, not at all).
+        image is missing, or a training label is seen in one modality only
+        (a test id in one modality or none is logged).
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
@@ -781,37 +828,49 @@ def _check_llcm_modalities(
     protocol queries in both directions, so a test id needs images in both
     modalities or its queries could never be matched.
 
+    A test id seen in one modality only (or in none) is logged, not
+    refused: the reference code evaluates whatever images a test id has, and
+    the protocol counts and explains queries left without a match.
+
     Raises:
-      DatasetLayoutError: naming each training label and test id seen in one
-        modality only, and each test id without any image.
+      DatasetLayoutError: naming each training label seen in one modality
+        only.
     """
     problems = []
+    warnings = []
     for split, records in splits.items():
         seen = {constants.VISIBLE: set(), constants.INFRARED: set()}
         for r in records:
             seen[r.modality].add(r.identity)
         visible, infrared = seen[constants.VISIBLE], seen[constants.INFRARED]
         what = "labels" if split == "train" else "ids"
+        found = problems if split == "train" else warnings
         if visible - infrared:
-            problems.append(
+            found.append(
                 f"{split} {what} with visible images only: "
                 f"{_ids(visible - infrared)}"
             )
         if infrared - visible:
-            problems.append(
+            found.append(
                 f"{split} {what} with infrared images only: "
                 f"{_ids(infrared - visible)}"
             )
         if split == "test" and set(test_ids) - visible - infrared:
-            problems.append(
+            warnings.append(
                 "test ids of idx/test_id.txt without any image in test_vis/ "
                 f"or test_nir/: {_ids(set(test_ids) - visible - infrared)}"
             )
+    if warnings:
+        logging.warning(
+            "LLCM at %s: %s; their queries find no match in the other "
+            "modality.",
+            root,
+            "; ".join(warnings),
+        )
     if problems:
         raise _llcm_error(
             root,
-            "LLCM identities break their split's rule: " + "; ".join(problems),
+            "LLCM training labels need both modalities: " + "; ".join(problems),
             "every training label in both idx/train_vis.txt and "
-            "idx/train_nir.txt, every test id under both test_vis/ and "
-            "test_nir/",
+            "idx/train_nir.txt",
         )

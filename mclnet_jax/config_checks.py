@@ -129,6 +129,9 @@ DATASET_FIELDS = (
 )
 # The dataset each protocol evaluates.
 PROTOCOL_DATASETS = {"sysu": "sysu_mm01", "regdb": "regdb", "llcm": "llcm"}
+# The split whose galleries the SYSU-MM01 kit's rand_perm_cam.mat draws (its
+# test ids); a validation split keeps the community's draw.
+SYSU_KIT_SPLIT = "test"
 ENTRY_FIELDS = {
     "sysu": (*_PROTOCOL_FIELDS, "modes", "num_trials", "num_shots"),
     "regdb": _PROTOCOL_FIELDS,
@@ -211,10 +214,14 @@ def _eval_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
             "rand_perm_cam.mat (github.com/wuancong/SYSU-MM01), or leave it "
             "unset for the community's draw."
         )
-    elif not any(e.type == "sysu" for e in _evals(config).values()):
+    elif not any(
+        e.type == "sysu" and e.split == SYSU_KIT_SPLIT
+        for e in _evals(config).values()
+    ):
         yield (
             "config.eval.sysu_rand_perm is set, but no entry of "
-            "config.evals is a SYSU-MM01 protocol (type 'sysu') to use it."
+            "config.evals is a SYSU-MM01 protocol (type 'sysu') on the "
+            f"{SYSU_KIT_SPLIT!r} split to use it."
         )
 
 

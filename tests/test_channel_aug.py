@@ -287,6 +287,44 @@ def test_step_params_keep_the_two_view_draws():
         np.testing.assert_array_equal(plain[key], value)
 
 
+def test_exchanged_view_draws_are_its_own_as_caj():
+    # CAJ's transform_color and transform_color1 crop, flip and erase the
+    # same image with independent draws: row r of the exchanged view agrees
+    # with visible row r at chance rates, not always.
+    rows, pad = 2000, 10
+    config = augment.TrainAugment(
+        padding=pad,
+        erasing_probability=0.0,
+        channel_exchange=True,
+        channel_exchange_gray=3,
+        channel_erasing=0.5,
+    )
+    params = {
+        k: v.numpy()
+        for k, v in augment.sample_step_params(
+            augment.step_seed(2, 9), rows=rows, height=H, width=W, config=config
+        ).items()
+    }
+    vis, ex = slice(0, rows), slice(2 * rows, 3 * rows)
+    same_flip = (params["flips"][vis] == params["flips"][ex]).sum()
+    assert _sigma_bound(same_flip, rows, 0.5), same_flip
+    # A crop offset is randint(0, 2 pad) per axis: equal with p 1/(2 pad + 1).
+    same_offset = (params["offsets"][vis] == params["offsets"][ex]).sum()
+    assert _sigma_bound(same_offset, 2 * rows, 1 / (2 * pad + 1)), same_offset
+    erased_v, erased_x = (
+        params["channel_erase"][vis],
+        params["channel_erase"][ex],
+    )
+    p_v, p_x = erased_v.mean(), erased_x.mean()
+    agree = p_v * p_x + (1 - p_v) * (1 - p_x)
+    assert _sigma_bound((erased_v == erased_x).sum(), rows, agree)
+    # The config's gray reaches the exchanged rows: randint(0, 3), 3 grey.
+    modes = params["channel"]
+    assert (modes[: 2 * rows] == augment.CHANNEL_KEEP).all()
+    for mode in range(4):
+        assert _sigma_bound((modes[ex] == mode).sum(), rows, 0.25), mode
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -294,8 +332,9 @@ def test_step_params_keep_the_two_view_draws():
         (dict(channel_erasing=1.5, erasing_probability=0.0), "channel_erasing"),
         (dict(channel_adaptive_grey=-0.1), "channel_adaptive_grey"),
         (dict(channel_exchange=1), "True or False"),
-        (dict(channel_exchange_gray=-1), "integer >= 0"),
-        (dict(channel_exchange_gray=2.5), "integer >= 0"),
+        (dict(channel_exchange_gray=-1), "integer in"),
+        (dict(channel_exchange_gray=2.5), "integer in"),
+        (dict(channel_exchange_gray=2**31), "integer in"),
         (
             dict(
                 channel_exchange=True,
@@ -315,8 +354,18 @@ def test_bad_settings_raise(kwargs, match):
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="RGB"):
         augment.apply_channel_modes(np.zeros((1, 2, 2, 1)), [0])
+    # One mode per image: a single mode is not broadcast over the batch.
+    with pytest.raises(ValueError, match="one mode per image"):
+        augment.apply_channel_modes(np.zeros((2, 2, 2, 3)), [0])
+    with pytest.raises(ValueError, match="one mode per image"):
+        augment.apply_channel_modes(np.zeros((2, 2, 2, 3)), [[0], [1]])
     with pytest.raises(ValueError, match="views"):
         augment.sample_train_params(SEED, num=3, height=8, width=8, views=[0])
+    # An unknown view code is an error, not a silently kept row.
+    with pytest.raises(ValueError, match="view codes"):
+        augment.sample_train_params(
+            SEED, num=3, height=8, width=8, views=[0, 1, 5]
+        )
 
 
 # ----------------------------------------------------- the three views
@@ -372,7 +421,8 @@ def test_three_view_stream(source, metadata, builder):
         # The visible and infrared views are those of the two-view stream.
         for key, value in plain.items():
             np.testing.assert_array_equal(batch[key], value, err_msg=key)
-        # The exchanged rows are the visible rows' records.
+        # The visible rows are the plan's records (the exchanged view's
+        # images are checked against them below, without augmentation).
         vis, _ = train_pipeline.step_indices(
             metadata, seed=5, step=step, num_identities=2, num_instances=2
         )

@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 import scipy.io
+import test_evaluators
 
 from data_pipeline.constants import INFRARED, VISIBLE
 from data_pipeline.records import SplitMetadata
@@ -233,30 +234,23 @@ def test_without_the_kit_the_draw_is_labelled_ours(kit):
     }
 
 
-def test_registry_reads_the_kit_once_and_names_stay(kit):
-    meta, _, _, path = kit
+def _kit_entry(**overrides) -> dict:
+    """A SYSU entry of config.evals on the test split, all-search, 10 shots."""
+    return test_evaluators.protocol_entry(
+        "sysu", **dict(dict(modes=("all",), num_shots=10), **overrides)
+    )
+
+
+def _build_with_kit(evals: dict, meta, path) -> dict:
+    """`registry.build` of `evals` over `meta` (every split) with the kit."""
     store = features.FeatureStore(
-        {"test": features.EvalSplit(meta, None)},
+        {e["split"]: features.EvalSplit(meta, None) for e in evals.values()},
         predict_fn=None,
         variables_fn=lambda state: None,
         describe=str,
     )
-    entry = dict(
-        type="sysu",
-        split="test",
-        every_steps=0,
-        at_end=True,
-        features="model",
-        num_trials=2,
-        rerank=False,
-        rerank_k1=20,
-        rerank_k2=6,
-        rerank_lambda=0.3,
-        modes=("all",),
-        num_shots=10,
-    )
-    built = registry.build(
-        ml_collections.ConfigDict({"test": entry}),
+    return registry.build(
+        ml_collections.ConfigDict(evals),
         store=store,
         sources={},
         image_size=(8, 4),
@@ -265,6 +259,11 @@ def test_registry_reads_the_kit_once_and_names_stay(kit):
         workdir="/nonexistent",
         sysu_rand_perm=path,
     )
+
+
+def test_registry_reads_the_kit_once_and_names_stay(kit):
+    meta, _, _, path = kit
+    built = _build_with_kit({"test": _kit_entry()}, meta, path)
     protocol = built["test"].protocol
     assert protocol.draw == "official"
     value = np.random.default_rng(5).normal(size=(len(meta.identity), 4))
@@ -278,6 +277,49 @@ def test_registry_reads_the_kit_once_and_names_stay(kit):
             meta, protocol.rand_perm, modes=("all",), trials=(0,)
         )["all", 0],
     )
+
+
+def test_kit_draws_only_the_test_split(kit):
+    # The kit's permutations are its test ids' draws: a validation entry
+    # (ids of the training set) keeps the community's draw and its label.
+    meta, _, _, path = kit
+    built = _build_with_kit(
+        {
+            "val": _kit_entry(split="val", num_shots=1),
+            "test": _kit_entry(num_shots=1),
+        },
+        meta,
+        path,
+    )
+    assert built["test"].protocol.draw == "official"
+    assert built["val"].protocol.draw == "community"
+    assert built["val"].protocol.rand_perm is None
+    # Only a validation entry: the file has nothing to draw, which the
+    # configuration checks say.
+    config = sysu_config.get_config()
+    config.eval.sysu_rand_perm = path
+    config.evals.test.split = "val"
+    assert any(
+        "no entry of config.evals is a SYSU-MM01 protocol (type 'sysu') on "
+        "the 'test' split" in p
+        for p in config_checks.problems(config)
+    )
+
+
+def test_merge_refuses_mixed_gallery_draws(kit):
+    meta = kit[0]
+    value = np.random.default_rng(10).normal(size=(len(meta.identity), 4))
+    rand_perm = protocols.load_sysu_rand_perm(kit[3])
+    official = sysu.Sysu(
+        meta, trials=(0,), rand_perm=rand_perm, max_rank=3
+    ).evaluate({"bn": value})
+    community = sysu.Sysu(meta, trials=(1,), max_rank=3).evaluate({"bn": value})
+    with pytest.raises(ValueError, match="galleries drawn differently"):
+        official.merge(community)
+    more = sysu.Sysu(meta, trials=(1,), rand_perm=rand_perm, max_rank=3)
+    merged = official.merge(more.evaluate({"bn": value}))
+    assert set(merged.per_trial["sysu_all_single_shot"]["bn"]) == {0, 1}
+    assert merged.gallery_draws["sysu_all_single_shot"] == "official"
 
 
 def test_bad_kit_files_are_refused(kit, tmp_path):
@@ -328,8 +370,18 @@ def test_bad_kit_files_are_refused(kit, tmp_path):
         perm[2, :] = 1
         c[0, 0][pid - 1, 0] = perm
 
-    if counts[pid, 1] > 1:
-        refused(repeated, "run 3 of id .* is not a permutation")
+    assert counts[pid, 1] > 1  # So that a repeated entry is no permutation.
+    refused(repeated, "run 3 of id .* is not a permutation")
+
+    def zero_based(c):  # As the kit's Python port holds them after `- 1`.
+        c[0, 0][pid - 1, 0] = c[0, 0][pid - 1, 0] - 1
+
+    refused(zero_based, "1-based image positions")
+
+    def three_d(c):
+        c[0, 0][pid - 1, 0] = c[0, 0][pid - 1, 0][:, :, None]
+
+    refused(three_d, "1-based image positions")
 
     def fractional(c):
         c[0, 0][pid - 1, 0] = c[0, 0][pid - 1, 0] + 0.5
@@ -341,6 +393,42 @@ def test_bad_kit_files_are_refused(kit, tmp_path):
             c[cam, 0] = c[cam, 0][: IDS[-1] - 1]
 
     refused(too_few_ids, f"id {IDS[-1]}")
+
+
+def test_kit_cell_arrays_must_be_vectors(kit, tmp_path):
+    # MATLAB indexes a matrix of cells column-major, numpy's ravel row-major:
+    # only rows and columns of cells name cameras and ids the same way.
+    _, counts, cells, _ = kit
+    load = protocols.load_sysu_rand_perm
+    grid = np.empty((2, 3), dtype=object)
+    grid[:] = cells.reshape(2, 3)
+    with pytest.raises(ValueError, match=r"6 cameras, .* shape \(2, 3\)"):
+        load(_write_mat(tmp_path / "grid.mat", grid))
+    # A row of cameras is as good as a column.
+    row = np.empty((1, 6), dtype=object)
+    row[0, :] = cells[:, 0]
+    assert load(_write_mat(tmp_path / "row.mat", row)).keys() == set(
+        range(1, 7)
+    )
+    damaged = _kit_perms(counts)
+    ids = damaged[1, 0]
+    damaged[1, 0] = np.empty((2, len(ids) // 2), dtype=object)
+    damaged[1, 0][:] = ids[: 2 * (len(ids) // 2), 0].reshape(2, -1)
+    with pytest.raises(ValueError, match=r"\{2\} must be a cell vector"):
+        load(_write_mat(tmp_path / "ids.mat", damaged))
+    damaged[1, 0] = np.zeros((len(ids), 1))
+    with pytest.raises(ValueError, match=r"\{2\} must be a cell vector"):
+        load(_write_mat(tmp_path / "numeric_ids.mat", damaged))
+
+
+def test_official_galleries_refuse_bad_trials(kit):
+    meta, _, _, path = kit
+    rand_perm = protocols.load_sysu_rand_perm(path)
+    for trials in ((-1,), (True,), (0.5,)):
+        with pytest.raises(ValueError, match="trials must be run numbers"):
+            protocols.sysu_official_galleries(
+                meta, rand_perm, modes=("all",), trials=trials
+            )
 
 
 def test_config_checks_of_the_eval_fields(kit, tmp_path):
@@ -516,7 +604,6 @@ def test_distance_variants_order_and_reuse(kit):
     suffixes = [s for s, _ in protocol.distance_variants(distances, q, g)]
     assert suffixes == ["", "+rerank", "+aqe"]
     # Swapped query and gallery: the kept matrix, transposed.
-    assert distances.euclidean(g, q) is not None
     np.testing.assert_array_equal(
         distances.euclidean(g, q), distances.euclidean(q, g).T
     )
@@ -551,6 +638,10 @@ def tiny_model(fast_compile):
     return model, variables
 
 
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def _padded_batches(images, batch_size):
     def batches_fn(indices):
         for start in range(0, len(indices), batch_size):
@@ -565,6 +656,54 @@ def _padded_batches(images, batch_size):
             }
 
     return batches_fn
+
+
+def test_flip_averages_unit_features():
+    # A model-free predict function whose feature of an image is the pixel
+    # sum of its left half, its mirror's that of the right half; the left
+    # halves are ten times brighter, so the two norms differ tenfold.
+    rng = np.random.default_rng(11)
+    n, w = 6, 8
+    images = rng.uniform(0.5, 1.0, size=(n, 4, w, 3)).astype(np.float32)
+    images[:, :, : w // 2] *= 10
+    meta = SplitMetadata(
+        label=np.arange(n, dtype=np.int64),
+        identity=np.arange(n, dtype=np.int64),
+        camera=np.ones(n, np.int64),
+        modality=np.full(n, VISIBLE, np.int64),
+        file_name=np.asarray([f"{i}.jpg" for i in range(n)], dtype=object),
+    )
+
+    def predict_fn(variables, batch, modality):
+        left = np.asarray(batch)[:, :, : w // 2].sum(axis=(1, 2))
+        return {"pool": left, "bn": 2 * left + 1}
+
+    def batches_fn(indices):
+        yield {
+            "image": images[indices],
+            "mask": np.ones(len(indices), bool),
+            "index": indices,
+        }
+
+    store = features.FeatureStore(
+        {"test": features.EvalSplit(meta, batches_fn)},
+        predict_fn=predict_fn,
+        variables_fn=lambda state: None,
+        describe=str,
+        flip=True,
+    )
+    state = type("State", (), {"step": np.int32(0)})
+    got = store.features("test", "model", state)
+    left = images[:, :, : w // 2].astype(np.float64).sum(axis=(1, 2))
+    right = images[:, :, w // 2 :].astype(np.float64).sum(axis=(1, 2))
+    for name, f in (("pool", lambda x: x), ("bn", lambda x: 2 * x + 1)):
+        a, b = f(left), f(right)
+        want = [
+            (a[i] / np.linalg.norm(a[i]) + b[i] / np.linalg.norm(b[i])) / 2
+            for i in range(n)
+        ]
+        np.testing.assert_allclose(got[name + "+flip"], want, rtol=1e-5)
+        np.testing.assert_allclose(got[name], a, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -621,7 +760,10 @@ def test_flip_averages_image_and_mirror(tiny_model, flip_split):
         direct = forward(images[rows], mod == VISIBLE)
         mirrored = forward(np.flip(images[rows], axis=2), mod == VISIBLE)
         for name in ("pool", "bn"):
-            want = (np.asarray(direct[name]) + np.asarray(mirrored[name])) / 2
+            want = (
+                _unit(np.asarray(direct[name]))
+                + _unit(np.asarray(mirrored[name]))
+            ) / 2
             np.testing.assert_allclose(
                 got[name + "+flip"][rows], want, rtol=1e-4, atol=1e-5
             )

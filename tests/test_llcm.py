@@ -20,6 +20,7 @@ import random
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import cli_runs
 import ml_collections
@@ -75,9 +76,12 @@ def _disk(root):
         with open(os.path.join(root, "idx", f"train_{suffix}.txt")) as f:
             for line in f:
                 rel, label = line.split()
-                cam = int(rel.split("/")[1][len("cam") :])
+                # LLCM's training paths: <vis|nir>/<pid>/<pid>_c<NN>_....jpg.
+                top, person, name = rel.split("/")
+                assert top == suffix and name.startswith(f"{person}_c")
+                cam = int(name.split("_")[1][1:])
                 out[rel] = ("train", int(label), cam, modality)
-                labels.setdefault(int(rel.split("/")[2]), int(label))
+                labels.setdefault(int(person), int(label))
         with open(os.path.join(root, "idx", "test_id.txt")) as f:
             test_ids = {int(t) for t in f.read().strip().split(",")}
         top = os.path.join(root, f"test_{suffix}")
@@ -161,8 +165,8 @@ def _first_line(path):
             "holds 'x', not an integer id",
         ),
         (
-            lambda r: os.makedirs(os.path.join(r, "test_nir", "cam3")),
-            "holds cam3, not a camera",
+            lambda r: os.makedirs(os.path.join(r, "test_nir", "cam10")),
+            "holds cam10, not a camera",
         ),
         (
             lambda r: os.makedirs(os.path.join(r, "test_vis", "cam1", "abc")),
@@ -183,17 +187,50 @@ def test_layout_errors_name_the_problem(llcm_copy, damage, message):
     assert "Xiamen University" in str(info.value)
 
 
-def test_path_without_a_camera_folder_is_refused(llcm_copy):
-    os.makedirs(os.path.join(llcm_copy, "train_vis", "x"))
+def _list_one_image_as(root, rel, label=0):
+    """idx/train_nir.txt lists one copy of an image, at `rel`."""
+    os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
     shutil.copy(
-        os.path.join(llcm_copy, _first_line_path(llcm_copy)),
-        os.path.join(llcm_copy, "train_vis", "x", "a.jpg"),
+        os.path.join(root, _first_line_path(root)), os.path.join(root, rel)
     )
-    _write(
-        os.path.join(llcm_copy, "idx", "train_vis.txt"), "train_vis/x/a.jpg 0\n"
+    _write(os.path.join(root, "idx", "train_nir.txt"), f"{rel} {label}\n")
+
+
+def test_training_paths_as_llcm_names_them_give_the_camera(llcm_copy):
+    # LLCM's own training paths: no camera folder, the camera in the name.
+    rel = "nir/0351/0351_c06_s200656_f4830_nir.jpg"
+    _list_one_image_as(llcm_copy, rel)
+    records = layouts.parse_llcm_index(
+        os.path.join(llcm_copy, "idx", "train_nir.txt"),
+        root=llcm_copy,
+        modality=constants.INFRARED,
     )
-    with pytest.raises(layouts.DatasetLayoutError, match="not one folder cam1"):
+    assert records == [layouts.ImageRecord(rel, 0, 6, constants.INFRARED)]
+    # A camera folder that agrees with the name is fine too.
+    rel = "x/cam9/0002/0002_c09_s1_f2_nir.jpg"
+    _list_one_image_as(llcm_copy, rel, label=4)
+    records = layouts.parse_llcm_index(
+        os.path.join(llcm_copy, "idx", "train_nir.txt"),
+        root=llcm_copy,
+        modality=constants.INFRARED,
+    )
+    assert records == [layouts.ImageRecord(rel, 4, 9, constants.INFRARED)]
+
+
+@pytest.mark.parametrize(
+    "rel, message",
+    [
+        ("nir/x/a.jpg", "names no camera"),
+        ("nir/cam2/0001/0001_c06_s1_f2_nir.jpg", "names two cameras"),
+        ("nir/0001/0001_c12_s1_f2_nir.jpg", "names camera 12, not one of"),
+        ("cam1/cam1/a.jpg", "more than one 'cam<c>' folder"),
+    ],
+)
+def test_path_without_one_camera_is_refused(llcm_copy, rel, message):
+    _list_one_image_as(llcm_copy, rel)
+    with pytest.raises(layouts.DatasetLayoutError, match=message) as info:
         layouts.read_llcm(llcm_copy)
+    assert f"train_nir.txt line 1 lists '{rel}'" in str(info.value)
 
 
 def _first_line_path(root):
@@ -211,11 +248,68 @@ def test_identities_in_one_modality_are_named(llcm_copy, llcm_raw):
     with open(path) as f:
         kept = [line for line in f if not line.rstrip().endswith(" 3")]
     _write(path, "".join(kept))
-    with pytest.raises(layouts.DatasetLayoutError) as info:
+    # Label 2 loses its visible images; an id of test_id.txt has no folder.
+    path = os.path.join(llcm_copy, "idx", "train_vis.txt")
+    with open(path) as f:
+        kept = [line for line in f if not line.rstrip().endswith(" 2")]
+    _write(path, "".join(kept))
+    path = os.path.join(llcm_copy, "idx", "test_id.txt")
+    _write(path, _first_line(path).strip() + ",999\n")
+    with (
+        mock.patch.object(layouts.logging, "warning") as warning,
+        pytest.raises(layouts.DatasetLayoutError) as info,
+    ):
         layouts.read_llcm(llcm_copy)
     text = str(info.value)
     assert "train labels with visible images only: 3" in text
-    assert f"test ids with visible images only: {test_id}" in text
+    assert "train labels with infrared images only: 2" in text
+    # Test ids are logged, not refused (the reference evaluates whatever a
+    # test id has; the protocol explains unmatched queries).
+    assert "test ids" not in text and "999" not in text
+    logged = _logged(warning)
+    assert f"test ids with visible images only: {test_id}" in logged
+    assert "without any image in test_vis/ or test_nir/: 999" in logged
+
+
+def _logged(warning) -> str:
+    """The messages a mocked `logging.warning` was called with."""
+    return " ".join(c.args[0] % c.args[1:] for c in warning.call_args_list)
+
+
+def test_test_ids_in_one_modality_and_other_cameras_are_logged(llcm_copy):
+    disk, _ = _disk(llcm_copy)
+    want = sorted(rel for rel, v in disk.items() if v[0] == "test")
+    # Another modality's camera: the reference never reads test_nir/cam3.
+    stray = os.path.join(llcm_copy, "test_nir", "cam3", "0001")
+    os.makedirs(stray)
+    shutil.copy(os.path.join(llcm_copy, want[0]), os.path.join(stray, "a.jpg"))
+    test_ids = _first_line(os.path.join(llcm_copy, "idx", "test_id.txt"))
+    first = int(test_ids.split(",")[0])
+    for cam_dir in os.listdir(os.path.join(llcm_copy, "test_vis")):
+        shutil.rmtree(
+            os.path.join(llcm_copy, "test_vis", cam_dir, f"{first:04d}"),
+            ignore_errors=True,
+        )
+    with mock.patch.object(layouts.logging, "warning") as warning:
+        test = layouts.read_llcm(llcm_copy)["test"]
+    logged = _logged(warning)
+    assert "test_nir/cam3 skipped" in logged
+    assert f"test ids with infrared images only: {first}" in logged
+    assert sorted(r.file_name for r in test) == sorted(
+        rel for rel in want if f"/{first:04d}/" not in rel or "test_nir" in rel
+    )
+
+
+def test_a_missing_test_camera_folder_only_lacks_its_images(llcm_copy):
+    # Not every camera saw every test person: an absent folder is no error.
+    shutil.rmtree(os.path.join(llcm_copy, "test_vis", "cam5"))
+    disk, _ = _disk(llcm_copy)
+    test = layouts.read_llcm(llcm_copy)["test"]
+    assert sorted(r.file_name for r in test) == sorted(
+        rel for rel, v in disk.items() if v[0] == "test"
+    )
+    assert (5, constants.VISIBLE) not in {(r.camera, r.modality) for r in test}
+    assert (5, constants.INFRARED) in {(r.camera, r.modality) for r in test}
 
 
 def test_cli_writes_the_llcm_layout(tmp_path, capsys):
@@ -466,6 +560,49 @@ def test_protocol_matches_a_slow_independent_implementation(transposed):
     assert set(views) == {f"rank_list_{p}" for p in results.per_trial}
 
 
+def test_skip_reasons_count_the_queries_without_a_match():
+    meta = _metadata(np.random.default_rng(5))
+    # Identity 7: two visible images in camera 1, no infrared image at all.
+    extra = [f"test_vis/cam1/0007/{n}.jpg" for n in ("a", "b")]
+    fields = {
+        "identity": [7, 7],
+        "camera": [1, 1],
+        "modality": [constants.VISIBLE] * 2,
+        "file_name": extra,
+    }
+    meta = records.SplitMetadata(
+        label=np.concatenate([meta.label, [7, 7]]),
+        **{
+            f: np.concatenate(
+                [getattr(meta, f), np.asarray(v, dtype=object)]
+            ).astype(getattr(meta, f).dtype)
+            for f, v in fields.items()
+        },
+    )
+    value = np.random.default_rng(6).normal(size=(len(meta), 8))
+    results = llcm.Llcm(meta, trials=(0,)).evaluate({"bn": value})
+    # Counted here from the records: visible queries whose identity has no
+    # infrared image, and those whose infrared images share their camera.
+    ir_cams = {}
+    for i in range(len(meta)):
+        if meta.modality[i] == constants.INFRARED:
+            ir_cams.setdefault(meta.identity[i], set()).add(meta.camera[i])
+    vis = _all_of(meta, constants.VISIBLE)
+    absent = sum(meta.identity[i] not in ir_cams for i in vis)
+    removed = sum(
+        ir_cams.get(meta.identity[i], set()) == {meta.camera[i]} for i in vis
+    )
+    assert (absent, removed) == (2, 2)
+    reason = results.skip_reasons["llcm_visible_to_infrared"]
+    assert f"{absent} queries whose identity has no infrared image" in reason
+    assert f"{removed} queries whose identity's infrared images are all" in (
+        reason
+    )
+    got = results.per_trial["llcm_visible_to_infrared"]["bn"][0]
+    assert got.num_queries == len(vis)
+    assert got.num_valid_queries == len(vis) - absent - removed
+
+
 def test_reranked_and_expanded_rows_use_each_trials_sets():
     rng = np.random.default_rng(4)
     meta = _metadata(rng)
@@ -511,6 +648,9 @@ def test_protocol_refuses_bad_arguments():
         llcm.Llcm(meta, transposed_vis_to_ir="yes")
     with pytest.raises(ValueError, match="trials is empty"):
         llcm.Llcm(meta, trials=())
+    for trials in ((0, 0), (0, 1.5), (True,)):
+        with pytest.raises(ValueError, match="distinct integer seeds"):
+            llcm.Llcm(meta, trials=trials)
     visible_only = records.SplitMetadata(
         **{
             f: getattr(meta, f)[meta.modality == constants.VISIBLE]

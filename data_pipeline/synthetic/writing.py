@@ -428,11 +428,12 @@ def generate_llcm(
     Person ids are 1..num_identities, split as `llcm_split`; every person is
     seen by the nine visible cameras and the eight infrared ones (no
     infrared camera 3, as in LLCM's test set). Image k of a person in
-    camera c is ``{train,test}_{vis,nir}/cam{c}/{pid:04d}/
-    {pid:04d}_c{c:02d}_{k:04d}_{vis,nir}.jpg``. idx/train_vis.txt and
-    idx/train_nir.txt list the training images with the label of their id
-    (0..n_train-1 in id order); idx/test_id.txt holds the test ids. A
-    camera keeps its number in both modalities, as in LLCM.
+    camera c is named ``{pid:04d}_c{c:02d}_{k:04d}_{vis,nir}.jpg``; as in
+    LLCM, a training image lies in ``{vis,nir}/{pid:04d}/`` (its camera only
+    in its name) and a test image in ``test_{vis,nir}/cam{c}/{pid:04d}/``.
+    idx/train_vis.txt and idx/train_nir.txt list the training images with
+    the label of their id (0..n_train-1 in id order); idx/test_id.txt holds
+    the test ids. A camera keeps its number in both modalities, as in LLCM.
 
     Args:
       root: output folder (created).
@@ -460,7 +461,7 @@ def generate_llcm(
             f"jpeg_quality must be in 1..95, got {jpeg_quality}."
         )
     appearance.check_pattern_scale(pattern_scale)
-    folders = ["train_vis", "train_nir", "test_vis", "test_nir", "idx"]
+    folders = ["vis", "nir", "test_vis", "test_nir", "idx"]
     _prepare_root(root, folders, overwrite)
 
     identities = appearance.sample_identities(
@@ -497,7 +498,11 @@ def generate_llcm(
                     pid = int(pids[index[row]])
                     split = "test" if pid in test_ids else "train"
                     k = row - index[row] * per_id + 1
-                    rel_dir = f"{split}_{suffix}/cam{cam}/{pid:04d}"
+                    rel_dir = (
+                        f"test_{suffix}/cam{cam}/{pid:04d}"
+                        if split == "test"
+                        else f"{suffix}/{pid:04d}"
+                    )
                     if k == 1:
                         os.makedirs(os.path.join(root, rel_dir), exist_ok=True)
                     rel = f"{rel_dir}/{pid:04d}_c{cam:02d}_{k:04d}_{suffix}.jpg"

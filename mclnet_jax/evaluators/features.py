@@ -9,7 +9,8 @@ padded batches and checks that every image was embedded exactly once.
 `FeatureStore` holds a run's splits and extracts each split's features once
 per evaluated state, for every evaluator that asks; with `flip` it also
 embeds every image mirrored left-right, in the same batch loop, and adds
-the mean of both as "<name>+flip" (`FLIP_SUFFIX`).
+the mean of both, each L2-normalised first, as "<name>+flip"
+(`FLIP_SUFFIX`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from data_pipeline.constants import INFRARED, VISIBLE
 from mclnet_jax import config_checks, errors, sharding
+from mclnet_jax import metrics as metrics_lib
 
 if TYPE_CHECKING:
     from data_pipeline.records import SplitMetadata
@@ -286,9 +288,10 @@ class FeatureStore:
         describe: state -> what it is, for the message of non-finite
             features (e.g. "the model of step 8 (checkpoints under ...)").
         flip: test-time flip: the model's features also hold "<name>+flip"
-            (`FLIP_SUFFIX`), the mean of the features of each image and of
-            its left-right mirror (one more predict call per batch). Raw
-            pixels are not flipped: they stay a no-learning floor.
+            (`FLIP_SUFFIX`), the mean of the L2-normalised features of each
+            image and of its left-right mirror (one more predict call per
+            batch). Raw pixels are not flipped: they stay a no-learning
+            floor.
 
     Attributes:
         predict_calls: batches embedded so far (model and raw pixels; with
@@ -384,9 +387,15 @@ class FeatureStore:
             out_mirrored = predict_fn(variables, mirrored, modality)
             out = dict(out)
             for name in names:
+                # Each view L2-normalised first, as the reference test code
+                # (CAJ's testa.py, DEEN's test.py) combines the unit features
+                # its model returns in eval mode; unnormalised, the view with
+                # the larger norm would dominate the mean.
                 out[name + FLIP_SUFFIX] = (
-                    np.asarray(out[name], np.float32)
-                    + np.asarray(out_mirrored[name], np.float32)
+                    metrics_lib.l2_normalize(np.asarray(out[name], np.float32))
+                    + metrics_lib.l2_normalize(
+                        np.asarray(out_mirrored[name], np.float32)
+                    )
                 ) / 2
             return out
 

@@ -86,6 +86,15 @@ class Llcm(common.Protocol):
         self.trials = tuple(trials)
         if not self.trials:
             raise ValueError("trials is empty: give at least one seed.")
+        # Results are keyed by seed: a repeated or non-integer seed would
+        # silently merge or change the draws.
+        if len(set(self.trials)) != len(self.trials) or not all(
+            isinstance(t, (int, np.integer)) and not isinstance(t, bool)
+            for t in self.trials
+        ):
+            raise ValueError(
+                f"trials must be distinct integer seeds, got {self.trials!r}."
+            )
         self.transposed_vis_to_ir = transposed_vis_to_ir
 
     def _sets(self) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:

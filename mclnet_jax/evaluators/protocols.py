@@ -248,7 +248,11 @@ def load_sysu_rand_perm(path: str) -> dict[int, dict[int, np.ndarray]]:
             f"{names}); {fix}."
         )
     cells = np.asarray(mat[SYSU_RAND_PERM_VARIABLE])
-    if cells.dtype != object or cells.size != SYSU_RAND_PERM_CAMERAS:
+    if (
+        cells.dtype != object
+        or cells.size != SYSU_RAND_PERM_CAMERAS
+        or not _is_vector(cells)
+    ):
         raise ValueError(
             f"{path!r}: {SYSU_RAND_PERM_VARIABLE} must be a cell array of "
             f"{SYSU_RAND_PERM_CAMERAS} cameras, got a {cells.dtype} array of "
@@ -257,11 +261,11 @@ def load_sysu_rand_perm(path: str) -> dict[int, dict[int, np.ndarray]]:
     out: dict[int, dict[int, np.ndarray]] = {}
     for camera, per_id in enumerate(cells.ravel(), start=1):
         per_id = np.asarray(per_id)
-        if per_id.dtype != object:
+        if per_id.dtype != object or not _is_vector(per_id):
             raise ValueError(
                 f"{path!r}: {SYSU_RAND_PERM_VARIABLE}{{{camera}}} must be a "
-                f"cell array over person ids, got a {per_id.dtype} array; "
-                f"{fix}."
+                f"cell vector over person ids, got a {per_id.dtype} array of "
+                f"shape {per_id.shape}; {fix}."
             )
         out[camera] = {}
         for identity, perm in enumerate(per_id.ravel(), start=1):
@@ -282,6 +286,12 @@ def load_sysu_rand_perm(path: str) -> dict[int, dict[int, np.ndarray]]:
                 )
             out[camera][identity] = perm.astype(np.int64)
     return out
+
+
+def _is_vector(cells: np.ndarray) -> bool:
+    """Whether a MATLAB array is a row or column (or empty): only then is
+    cell k the k-th of `ravel()` (MATLAB indexes matrices column-major)."""
+    return cells.size == 0 or max(cells.shape) == cells.size
 
 
 def check_sysu_rand_perm(

@@ -25,6 +25,7 @@ from mclnet_jax.evaluators.figures import FiguresEvaluator
 # The evaluator types, named once where configs are checked.
 PROTOCOL_TYPES = config_checks.PROTOCOLS
 TYPES = config_checks.EVAL_TYPES
+SYSU_KIT_SPLIT = config_checks.SYSU_KIT_SPLIT
 
 
 def source_key(entry: ml_collections.ConfigDict) -> str:
@@ -130,13 +131,19 @@ def build(
         aqe: `config.eval`'s average query expansion (`common.aqe_params`):
             every protocol also reports "<protocol>+aqe".
         sysu_rand_perm: `config.eval.sysu_rand_perm`, the SYSU-MM01 kit's
-            rand_perm_cam.mat: SYSU galleries drawn as the kit draws them
-            (read once here); None: the community's / our draw.
+            rand_perm_cam.mat: the galleries of SYSU entries on the test
+            split (`config_checks.SYSU_KIT_SPLIT`, the kit's test ids) drawn
+            as the kit draws them (read once here); None, and entries on
+            other splits (validation): the community's / our draw.
         dataset: the run's dataset (`dataset_name`), which the results of
             entries without `data` name.
     """
+
+    def uses_kit(entry) -> bool:
+        return entry.type == "sysu" and entry.split == SYSU_KIT_SPLIT
+
     rand_perm = None
-    if sysu_rand_perm and any(e.type == "sysu" for e in evals.values()):
+    if sysu_rand_perm and any(uses_kit(e) for e in evals.values()):
         rand_perm = protocols.load_sysu_rand_perm(sysu_rand_perm)
     built: dict[str, common.Evaluator] = {}
     for name, entry in evals.items():
@@ -152,7 +159,7 @@ def build(
                         other.builder_config if other else builder_config
                     ),
                     aqe=aqe,
-                    sysu_rand_perm=rand_perm,
+                    sysu_rand_perm=rand_perm if uses_kit(entry) else None,
                 ),
                 store=store,
                 split=key,

@@ -124,6 +124,13 @@ class EvaluationResults:
                 f"cannot merge results with different query expansions: "
                 f"{self.aqe.describe()} vs {other.aqe.describe()}."
             )
+        for p in set(self.gallery_draws) & set(other.gallery_draws):
+            if self.gallery_draws[p] != other.gallery_draws[p]:
+                raise ValueError(
+                    f"cannot merge {p} results of galleries drawn "
+                    f"differently: {self.gallery_draws[p]!r} vs "
+                    f"{other.gallery_draws[p]!r}."
+                )
         merged = {
             p: {f: dict(t) for f, t in fs.items()}
             for p, fs in self.per_trial.items()
