@@ -524,13 +524,7 @@ def apply_channel_modes(images, modes) -> tf.Tensor:
             f"{images.shape}."
         )
     modes = tf.convert_to_tensor(modes)
-    rank = modes.shape.rank
-    if (rank is not None and rank != 1) or (
-        rank == 1
-        and modes.shape[0] is not None
-        and images.shape[0] is not None
-        and modes.shape[0] != images.shape[0]
-    ):
+    if not modes.shape.is_compatible_with([images.shape[0]]):
         raise ValueError(
             "apply_channel_modes needs one mode per image, [N] = "
             f"[{images.shape[0]}], got shape {modes.shape}."

@@ -824,13 +824,11 @@ def _check_llcm_modalities(
 ) -> None:
     """Every identity of each split in both modalities, named.
 
-    Training pairs visible and infrared images of each identity; the test
-    protocol queries in both directions, so a test id needs images in both
-    modalities or its queries could never be matched.
-
-    A test id seen in one modality only (or in none) is logged, not
-    refused: the reference code evaluates whatever images a test id has, and
-    the protocol counts and explains queries left without a match.
+    Training pairs visible and infrared images of each identity, so a
+    training label in one modality is refused. A test id seen in one
+    modality only (or in none) is logged: its queries can never be matched,
+    but the reference code evaluates whatever images a test id has, and the
+    protocol counts and explains the queries left without a match.
 
     Raises:
       DatasetLayoutError: naming each training label seen in one modality

@@ -132,6 +132,14 @@ PROTOCOL_DATASETS = {"sysu": "sysu_mm01", "regdb": "regdb", "llcm": "llcm"}
 # The split whose galleries the SYSU-MM01 kit's rand_perm_cam.mat draws (its
 # test ids); a validation split keeps the community's draw.
 SYSU_KIT_SPLIT = "test"
+
+
+def uses_sysu_kit(entry: Any) -> bool:
+    """Whether an entry of config.evals draws its galleries with the kit's
+    rand_perm_cam.mat when config.eval.sysu_rand_perm is set."""
+    return entry.type == "sysu" and entry.split == SYSU_KIT_SPLIT
+
+
 ENTRY_FIELDS = {
     "sysu": (*_PROTOCOL_FIELDS, "modes", "num_trials", "num_shots"),
     "regdb": _PROTOCOL_FIELDS,
@@ -214,10 +222,7 @@ def _eval_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
             "rand_perm_cam.mat (github.com/wuancong/SYSU-MM01), or leave it "
             "unset for the community's draw."
         )
-    elif not any(
-        e.type == "sysu" and e.split == SYSU_KIT_SPLIT
-        for e in _evals(config).values()
-    ):
+    elif not any(uses_sysu_kit(e) for e in _evals(config).values()):
         yield (
             "config.eval.sysu_rand_perm is set, but no entry of "
             "config.evals is a SYSU-MM01 protocol (type 'sysu') on the "

@@ -17,7 +17,7 @@ import test_evaluators
 
 from data_pipeline.constants import INFRARED, VISIBLE
 from data_pipeline.records import SplitMetadata
-from mclnet_jax import config_checks, metrics, query_expansion, rerank
+from mclnet_jax import config_checks, errors, metrics, query_expansion, rerank
 from mclnet_jax.configs import sysu as sysu_config
 from mclnet_jax.evaluators import common as eval_common
 from mclnet_jax.evaluators import features, protocols, regdb, registry, sysu
@@ -329,22 +329,35 @@ def test_bad_kit_files_are_refused(kit, tmp_path):
         load(str(tmp_path / "missing.mat"))
     junk = tmp_path / "junk.mat"
     junk.write_bytes(b"not a MATLAB file at all" * 10)
-    with pytest.raises(ValueError, match="Cannot read"):
+    with pytest.raises(errors.ConfigurationError, match="Cannot read"):
         load(str(junk))
-    with pytest.raises(ValueError, match="no variable 'rand_perm_cam'"):
+    # Cut short (scipy's MatReadError is no ValueError): the same message,
+    # which the command line prints in one line with exit code 2.
+    truncated = tmp_path / "truncated.mat"
+    truncated.write_bytes(b"MA")
+    with pytest.raises(errors.ConfigurationError, match="Cannot read") as e:
+        load(str(truncated))
+    assert errors.classify(e.value) == (errors.USER_ERROR, str(e.value))
+    with pytest.raises(
+        errors.ConfigurationError, match="no variable 'rand_perm_cam'"
+    ):
         load(_write_mat(tmp_path / "other.mat", cells, name="perm"))
-    with pytest.raises(ValueError, match="cell array of 6 cameras"):
+    with pytest.raises(
+        errors.ConfigurationError, match="cell array of 6 cameras"
+    ):
         load(_write_mat(tmp_path / "five.mat", cells[:5]))
     numeric = tmp_path / "numeric.mat"
     scipy.io.savemat(str(numeric), {"rand_perm_cam": np.zeros((6, 1))})
-    with pytest.raises(ValueError, match="cell array of 6 cameras"):
+    with pytest.raises(
+        errors.ConfigurationError, match="cell array of 6 cameras"
+    ):
         load(str(numeric))
 
     def refused(damage, match, **kwargs):
         damaged = _kit_perms(counts)
         damage(damaged)
         path = _write_mat(tmp_path / "damaged.mat", damaged)
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(errors.ConfigurationError, match=match):
             sysu.Sysu(meta, rand_perm=load(path), trials=range(RUNS), **kwargs)
 
     pid = IDS[0]

@@ -279,12 +279,13 @@ def _logged(warning) -> str:
 def test_test_ids_in_one_modality_and_other_cameras_are_logged(llcm_copy):
     disk, _ = _disk(llcm_copy)
     want = sorted(rel for rel, v in disk.items() if v[0] == "test")
-    # Another modality's camera: the reference never reads test_nir/cam3.
-    stray = os.path.join(llcm_copy, "test_nir", "cam3", "0001")
+    test_ids = _first_line(os.path.join(llcm_copy, "idx", "test_id.txt"))
+    first, second = (int(i) for i in test_ids.split(",")[:2])
+    # Another modality's camera, under a test id (so only the camera rule
+    # keeps it out): the reference never reads test_nir/cam3.
+    stray = os.path.join(llcm_copy, "test_nir", "cam3", f"{second:04d}")
     os.makedirs(stray)
     shutil.copy(os.path.join(llcm_copy, want[0]), os.path.join(stray, "a.jpg"))
-    test_ids = _first_line(os.path.join(llcm_copy, "idx", "test_id.txt"))
-    first = int(test_ids.split(",")[0])
     for cam_dir in os.listdir(os.path.join(llcm_copy, "test_vis")):
         shutil.rmtree(
             os.path.join(llcm_copy, "test_vis", cam_dir, f"{first:04d}"),

@@ -392,10 +392,8 @@ class FeatureStore:
                 # its model returns in eval mode; unnormalised, the view with
                 # the larger norm would dominate the mean.
                 out[name + FLIP_SUFFIX] = (
-                    metrics_lib.l2_normalize(np.asarray(out[name], np.float32))
-                    + metrics_lib.l2_normalize(
-                        np.asarray(out_mirrored[name], np.float32)
-                    )
+                    metrics_lib.l2_normalize(out[name])
+                    + metrics_lib.l2_normalize(out_mirrored[name])
                 ) / 2
             return out
 

@@ -24,6 +24,7 @@ from data_pipeline.constants import (
     SYSU_INFRARED_CAMERAS,
     VISIBLE,
 )
+from mclnet_jax import errors
 
 if TYPE_CHECKING:
     from data_pipeline.records import SplitMetadata
@@ -222,7 +223,8 @@ def load_sysu_rand_perm(path: str) -> dict[int, dict[int, np.ndarray]]:
 
     Raises:
         FileNotFoundError: no file at `path`.
-        ValueError: not a MATLAB file, or not the kit's layout.
+        errors.ConfigurationError: not a MATLAB file, or not the kit's
+            layout (a user's error: one message, exit 2).
     """
     # Imported here: only the official SYSU draw needs scipy.
     import scipy.io
@@ -236,14 +238,20 @@ def load_sysu_rand_perm(path: str) -> dict[int, dict[int, np.ndarray]]:
         raise FileNotFoundError(f"No file {path!r}: {fix}.")
     try:
         mat = scipy.io.loadmat(path)
-    except (ValueError, OSError, TypeError, NotImplementedError) as e:
-        raise ValueError(
+    except (
+        scipy.io.matlab.MatReadError,
+        ValueError,
+        OSError,
+        TypeError,
+        NotImplementedError,
+    ) as e:
+        raise errors.ConfigurationError(
             f"Cannot read {path!r} as a MATLAB file ({e}); {fix} (MATLAB "
             "-v7.3 files: save it again with -v7)."
         ) from e
     if SYSU_RAND_PERM_VARIABLE not in mat:
         names = sorted(k for k in mat if not k.startswith("__"))
-        raise ValueError(
+        raise errors.ConfigurationError(
             f"{path!r} has no variable {SYSU_RAND_PERM_VARIABLE!r} (it has "
             f"{names}); {fix}."
         )
@@ -253,7 +261,7 @@ def load_sysu_rand_perm(path: str) -> dict[int, dict[int, np.ndarray]]:
         or cells.size != SYSU_RAND_PERM_CAMERAS
         or not _is_vector(cells)
     ):
-        raise ValueError(
+        raise errors.ConfigurationError(
             f"{path!r}: {SYSU_RAND_PERM_VARIABLE} must be a cell array of "
             f"{SYSU_RAND_PERM_CAMERAS} cameras, got a {cells.dtype} array of "
             f"shape {cells.shape}; {fix}."
@@ -262,7 +270,7 @@ def load_sysu_rand_perm(path: str) -> dict[int, dict[int, np.ndarray]]:
     for camera, per_id in enumerate(cells.ravel(), start=1):
         per_id = np.asarray(per_id)
         if per_id.dtype != object or not _is_vector(per_id):
-            raise ValueError(
+            raise errors.ConfigurationError(
                 f"{path!r}: {SYSU_RAND_PERM_VARIABLE}{{{camera}}} must be a "
                 f"cell vector over person ids, got a {per_id.dtype} array of "
                 f"shape {per_id.shape}; {fix}."
@@ -278,7 +286,7 @@ def load_sysu_rand_perm(path: str) -> dict[int, dict[int, np.ndarray]]:
                 or np.any(perm != np.round(perm))
                 or perm.min() < 1
             ):
-                raise ValueError(
+                raise errors.ConfigurationError(
                     f"{path!r}: {SYSU_RAND_PERM_VARIABLE}{{{camera}}}"
                     f"{{{identity}}} must be a [runs, n] matrix of 1-based "
                     f"image positions, got {perm.dtype} of shape "
@@ -309,7 +317,8 @@ def check_sysu_rand_perm(
     images.
 
     Raises:
-        ValueError: naming the first identity and camera that do not fit.
+        errors.ConfigurationError: naming the first identity and camera
+            that do not fit.
     """
     cameras = sorted({c for m in modes for c in check_mode(m)})
     folders = _folders(meta, cameras)
@@ -331,13 +340,13 @@ def check_sysu_rand_perm(
                     if perm is None
                     else f"a {perm.shape} permutation"
                 )
-                raise ValueError(
+                raise errors.ConfigurationError(
                     f"rand_perm_cam.mat has {have} for id {identity} in "
                     f"camera {camera}, where the split has {len(files)} "
                     f"images: {hint}"
                 )
             if perm.shape[0] < num_trials:
-                raise ValueError(
+                raise errors.ConfigurationError(
                     f"rand_perm_cam.mat has {perm.shape[0]} runs for id "
                     f"{identity} in camera {camera}, fewer than the "
                     f"{num_trials} trials asked for (the kit has 10): lower "
@@ -346,7 +355,7 @@ def check_sysu_rand_perm(
             want = np.arange(1, len(files) + 1)
             for run in range(num_trials):
                 if not np.array_equal(np.sort(perm[run]), want):
-                    raise ValueError(
+                    raise errors.ConfigurationError(
                         f"rand_perm_cam.mat run {run + 1} of id {identity} "
                         f"in camera {camera} is not a permutation of the "
                         f"split's {len(files)} images (1..{len(files)}): "
@@ -394,7 +403,7 @@ def sysu_official_galleries(
                     picked = rand_perm[camera][identity][t, :num_shots]
                     gallery.extend(files[i - 1] for i in picked)
             if not gallery:
-                raise ValueError(
+                raise errors.ConfigurationError(
                     f"no visible images from cameras {cameras} in the test "
                     "split: is this the SYSU-MM01 'test' split?"
                 )

@@ -25,7 +25,6 @@ from mclnet_jax.evaluators.figures import FiguresEvaluator
 # The evaluator types, named once where configs are checked.
 PROTOCOL_TYPES = config_checks.PROTOCOLS
 TYPES = config_checks.EVAL_TYPES
-SYSU_KIT_SPLIT = config_checks.SYSU_KIT_SPLIT
 
 
 def source_key(entry: ml_collections.ConfigDict) -> str:
@@ -139,11 +138,10 @@ def build(
             entries without `data` name.
     """
 
-    def uses_kit(entry) -> bool:
-        return entry.type == "sysu" and entry.split == SYSU_KIT_SPLIT
-
     rand_perm = None
-    if sysu_rand_perm and any(uses_kit(e) for e in evals.values()):
+    if sysu_rand_perm and any(
+        config_checks.uses_sysu_kit(e) for e in evals.values()
+    ):
         rand_perm = protocols.load_sysu_rand_perm(sysu_rand_perm)
     built: dict[str, common.Evaluator] = {}
     for name, entry in evals.items():
@@ -159,7 +157,9 @@ def build(
                         other.builder_config if other else builder_config
                     ),
                     aqe=aqe,
-                    sysu_rand_perm=rand_perm if uses_kit(entry) else None,
+                    sysu_rand_perm=rand_perm
+                    if config_checks.uses_sysu_kit(entry)
+                    else None,
                 ),
                 store=store,
                 split=key,
